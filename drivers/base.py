@@ -1,0 +1,101 @@
+"""What every sensor driver looks like: setup / read / close, and the values it hands back."""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from drivers.bus import Bus
+from drivers.clock import Clock
+
+
+class Quality(enum.IntFlag):
+    """Quality flags carried by every reading; 0 means good.
+
+    Values are stored in the outbox and sent upstream, so existing bits never change meaning.
+    """
+
+    GOOD = 0
+    WARMUP = 1 << 0  # the sensor is still settling after power-up or start of measurement
+    OUT_OF_RANGE = 1 << 1  # outside the sensor's physical measuring range
+    STUCK = 1 << 2  # identical value for longer than plausible
+    SPIKE = 1 << 3  # jump larger than plausible between consecutive samples
+    CLOCK_UNSYNCED = 1 << 4  # the wall clock was never synchronised in this boot
+    CLOCK_RESTAMPED = 1 << 5  # time re-derived from the boot-time anchor after a later sync
+    CLIPPED = 1 << 6  # the chip clipped the value at the end of its scale
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One quantity from one sample, in engineering units."""
+
+    quantity: str
+    value: float
+    unit: str
+    quality: Quality = Quality.GOOD
+
+
+@dataclass(frozen=True)
+class Option:
+    """A driver option as it appears in a ``[[sensor]]`` table of the config."""
+
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def expected(self) -> str:
+        """Words for a config error: what a valid value looks like."""
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[
+            self.kind
+        ]
+        if self.minimum is not None and self.maximum is not None:
+            return f"{kind} from {self.minimum:g} to {self.maximum:g}"
+        if self.minimum is not None:
+            return f"{kind} >= {self.minimum:g}"
+        return kind
+
+
+class Driver(ABC):
+    """A sensor chip on a bus.
+
+    ``setup`` identifies and configures the chip (raising :class:`~drivers.errors.WrongChipError`
+    with a hint when another chip answers); ``read`` takes one sample and returns every quantity
+    from that one measurement; both finish within a bounded time. ``close`` puts the chip to
+    sleep where it has a sleep mode.
+    """
+
+    name: ClassVar[str]
+    addresses: ClassVar[tuple[int, ...]]
+    quantities: ClassVar[Mapping[str, str]]  # quantity -> unit
+    options: ClassVar[Mapping[str, Option]] = {}
+
+    def __init__(
+        self, bus: Bus, address: int, *, clock: Clock, options: Mapping[str, Any] | None = None
+    ) -> None:
+        self.bus = bus
+        self.address = address
+        self.clock = clock
+        given = dict(options or {})
+        self.settings = {k: given.get(k, opt.default) for k, opt in self.options.items()}
+
+    @property
+    def where(self) -> str:
+        """``bus:0xAA`` as used in every log line and error about this sensor."""
+        return f"{self.bus.number}:0x{self.address:02x}"
+
+    @abstractmethod
+    def setup(self) -> None: ...
+
+    @abstractmethod
+    def read(self) -> list[Measurement]: ...
+
+    def close(self) -> None:  # noqa: B027 - most chips need nothing
+        """Leave the chip in its lowest-power state."""
