@@ -1,0 +1,36 @@
+"""The unit of data: one quantity of one sample, with everything needed to trust its time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A reading as sampled; immutable so a replay sends exactly what was stored.
+
+    ``time_ns`` is the wall clock (ns since the epoch) at the sample; ``boot_ns`` is
+    CLOCK_BOOTTIME at the same instant and ``boot_id`` the kernel's boot id, so a reading taken
+    before the clock synchronised can be re-stamped later from a boot-time anchor. ``synced`` is
+    whether the wall clock was synchronised at that moment (None: could not tell). ``quality`` is
+    a :class:`drivers.base.Quality` bit set; ``calibration`` names the calibration applied.
+    """
+
+    sensor: str
+    quantity: str
+    value: float
+    unit: str
+    time_ns: int
+    boot_ns: int
+    boot_id: str
+    synced: bool | None
+    quality: int = 0
+    calibration: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """A reading as it sits in the outbox, with the outbox row id used to acknowledge it."""
+
+    id: int
+    reading: Reading
