@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import threading
 import time
 from typing import Protocol
 
@@ -25,6 +26,7 @@ class Clock(Protocol):
     def time(self) -> float: ...
     def boottime(self) -> float: ...
     def sleep(self, seconds: float) -> None: ...
+    def wait(self, event: threading.Event, seconds: float) -> bool: ...
     def synchronized(self) -> bool | None: ...
 
 
@@ -52,6 +54,10 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Sleep until ``event`` is set or ``seconds`` pass; True when the event was set."""
+        return event.wait(max(0.0, seconds))
 
     def synchronized(self) -> bool | None:
         """Whether the kernel considers the wall clock synchronised; None when it cannot tell."""

@@ -34,6 +34,13 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.advance(seconds)
 
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Like SystemClock.wait, but time jumps instead of passing."""
+        if event.is_set():
+            return True
+        self.advance(seconds)
+        return event.is_set()
+
     def advance(self, seconds: float) -> None:
         if seconds > 0:
             with self._lock:

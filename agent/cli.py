@@ -1,0 +1,345 @@
+"""The ``envagent`` command: the one composition root that builds real or simulated hardware.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent import __version__
+from agent.config import Config, load_config
+from agent.errors import ConfigError, StorageError
+from drivers.bus import Bus
+from drivers.clock import Clock, SystemClock
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = Path("/etc/envagent/envagent.toml")
+# Where a newcomer's simulated run keeps its data: beside them, never under /var.
+SIMULATE_DATA_DIR = Path("envagent-data")
+OUTBOX_NAME = "outbox.sqlite"
+
+log = logging.getLogger("envagent")
+
+
+def example_config_path() -> Path:
+    """The annotated example shipped inside the package (a copy of config/envagent.example.toml)."""
+    return Path(__file__).with_name("example.toml")
+
+
+@dataclass(frozen=True)
+class Context:
+    config: Config
+    data_dir: Path
+    simulate: bool
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.data_dir / OUTBOX_NAME
+
+
+def _context(args: argparse.Namespace) -> Context:
+    simulate = getattr(args, "simulate", False)
+    path = args.config or (example_config_path() if simulate else DEFAULT_CONFIG)
+    config = load_config(path)
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is None:
+        data_dir = SIMULATE_DATA_DIR if simulate and args.config is None else config.storage.path
+    config = replace(config, storage=replace(config.storage, path=Path(data_dir)))
+    return Context(config, Path(data_dir), simulate)
+
+
+@contextmanager
+def open_buses(config: Config, clock: Clock, *, simulate: bool) -> Iterator[dict[int, Bus]]:
+    """One Bus per bus number the config uses: the simulated world, or /dev/i2c-N."""
+    if simulate:
+        from drivers.sim.environment import Environment
+        from drivers.sim.world import build_world
+
+        unit = config.unit
+        environment = Environment(
+            latitude=unit.latitude, longitude=unit.longitude, elevation_m=unit.elevation_m or 0.0
+        )
+        placements = [(s.bus, s.address, s.driver, s.id) for s in config.sensors]
+        yield dict(build_world(placements, clock=clock, environment=environment))
+        return
+    from drivers.bus import SMBus2Bus
+
+    buses: dict[int, Bus] = {}
+    try:
+        for number in sorted({s.bus for s in config.sensors}):
+            buses[number] = SMBus2Bus(number)
+        yield buses
+    finally:
+        for bus in buses.values():
+            bus.close()
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _iso(time_ns: int | None) -> str | None:
+    if time_ns is None:
+        return None
+    return datetime.fromtimestamp(time_ns / 1e9, UTC).isoformat(timespec="seconds")
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    ctx = _context(args)
+    print(f"{ctx.config.source}: ok ({len(ctx.config.sensors)} sensor(s))")
+    return EXIT_OK
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    from drivers.registry import DRIVERS
+
+    ctx = _context(args)
+    clock = SystemClock()
+    rows: list[dict[str, Any]] = []
+    failed = False
+    with open_buses(ctx.config, clock, simulate=ctx.simulate) as buses:
+        for sensor in ctx.config.sensors:
+            driver = DRIVERS[sensor.driver](
+                buses[sensor.bus], sensor.address, clock=clock, options=sensor.options
+            )
+            try:
+                driver.setup()
+                measurements = driver.read()
+            except Exception as exc:  # noqa: BLE001 - report every sensor, then exit 1
+                failed = True
+                print(f"{sensor.id}: {_one_line(exc)}", file=sys.stderr)
+                continue
+            finally:
+                driver.close()
+            rows += [
+                {"sensor": sensor.id, "quantity": m.quantity, "value": m.value, "unit": m.unit,
+                 "quality": int(m.quality)}
+                for m in measurements
+            ]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['sensor']:<12} {r['quantity']:<14} {r['value']:>10.2f} {r['unit']}")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from drivers.registry import IDENTIFIERS
+    from drivers.scan import scan
+
+    clock = SystemClock()
+    if args.simulate:
+        ctx = _context(args)
+        cm = open_buses(ctx.config, clock, simulate=True)
+    else:
+        cm = _real_bus(args.bus)
+    with cm as buses:
+        bus = buses.get(args.bus)
+        found = scan(bus, IDENTIFIERS) if bus is not None else []
+    rows = [{"bus": args.bus, "address": a, "chip": chip} for a, chip in found]
+    if args.json:
+        _print_json(rows)
+    elif not rows:
+        print(f"no device answered on bus {args.bus}")
+    else:
+        for r in rows:
+            print(f"{r['bus']}:0x{r['address']:02x}  {r['chip'] or 'unknown'}")
+    return EXIT_OK
+
+
+@contextmanager
+def _real_bus(number: int) -> Iterator[dict[int, Bus]]:
+    from drivers.bus import SMBus2Bus
+
+    bus = SMBus2Bus(number)
+    try:
+        yield {number: bus}
+    finally:
+        bus.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import Agent, make_drivers, read_boot_id
+    from agent.outbox import Outbox
+    from drivers.registry import DRIVERS
+
+    ctx = _context(args)
+    clock = SystemClock()
+    with (
+        open_buses(ctx.config, clock, simulate=ctx.simulate) as buses,
+        Outbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes) as outbox,
+    ):
+        drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
+        agent = Agent(ctx.config, drivers, outbox=outbox, clock=clock, boot_id=read_boot_id())
+        with _stop_on_signals(agent.stop.set):
+            agent.run(duration=args.duration)
+        log.info("stopped; %d reading(s) committed this run", agent.committed)
+    return EXIT_OK
+
+
+@contextmanager
+def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("%s received, stopping", signal.Signals(signum).name)
+        stop()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.outbox import Outbox
+
+    ctx = _context(args)
+    if not ctx.outbox_path.exists():
+        print(f"no outbox at {ctx.outbox_path}: has the agent run with this data directory?",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    with Outbox.open_readonly(ctx.outbox_path) as outbox:
+        stats = outbox.stats()
+        latest = outbox.latest()
+    report = {
+        "unit": ctx.config.unit.id,
+        "outbox": str(ctx.outbox_path),
+        "backlog": stats.backlog,
+        "backlog_bytes": stats.backlog_bytes,
+        "oldest": _iso(stats.oldest_ns),
+        "newest": _iso(stats.newest_ns),
+        "added": stats.added,
+        "delivered": stats.delivered,
+        "dropped": stats.dropped,
+        "latest": [
+            {"sensor": x.sensor, "quantity": x.quantity, "value": x.value, "unit": x.unit,
+             "time": _iso(x.time_ns), "quality": x.quality}
+            for x in latest
+        ],
+    }
+    if args.json:
+        _print_json(report)
+        return EXIT_OK
+    print(f"unit {report['unit']}  outbox {report['outbox']}")
+    print(f"backlog  {stats.backlog} reading(s), oldest {report['oldest'] or '-'}, "
+          f"newest {report['newest'] or '-'}")
+    print(f"counters added {stats.added}, delivered {stats.delivered}, dropped {stats.dropped}")
+    for x in report["latest"]:
+        print(f"  {x['sensor']:<12} {x['quantity']:<14} {x['value']:>10.2f} {x['unit']:<5} "
+              f"at {x['time']}")
+    return EXIT_OK
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().replace("\n", "; ")
+    return text or type(exc).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="envagent",
+        description="Field agent for environmental monitoring: reads I2C sensors, keeps every "
+        "reading in a local outbox.",
+        epilog="Exit codes: 0 ok, 1 runtime failure, 2 bad usage or config.",
+    )
+    parser.add_argument("--version", action="version", version=f"envagent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def config_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, metavar="PATH",
+                       help=f"config file (default {DEFAULT_CONFIG}; with --simulate, the "
+                       "shipped example)")
+
+    def simulate_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--simulate", action="store_true",
+                       help="use the simulated sensors instead of /dev/i2c-*")
+
+    def data_dir_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", type=Path, metavar="DIR",
+                       help="state directory holding the outbox (overrides storage.path; with "
+                       f"--simulate and no --config: ./{SIMULATE_DATA_DIR})")
+
+    def json_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("run", help="sample and store, in the foreground, until stopped")
+    config_opt(p), simulate_opt(p), data_dir_opt(p)
+    p.add_argument("--duration", type=_positive_seconds, metavar="SECONDS",
+                   help="stop cleanly after this many seconds")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("read", help="take one sample from every configured sensor")
+    config_opt(p), simulate_opt(p), json_opt(p)
+    p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("scan", help="list the addresses that answer on a bus, and their chips")
+    p.add_argument("--bus", type=int, default=1, metavar="N", help="/dev/i2c-N (default 1)")
+    config_opt(p), simulate_opt(p), json_opt(p)
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("status", help="backlog and last values, from the outbox")
+    config_opt(p), simulate_opt(p), data_dir_opt(p), json_opt(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("config", help="configuration tools")
+    config_sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    c = config_sub.add_parser("check", help="validate the config file and exit")
+    config_opt(c), simulate_opt(c)
+    c.set_defaults(func=cmd_config_check)
+    return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    if args.command != "run":
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    except StorageError as exc:
+        print(f"envagent: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"envagent: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE

@@ -1,0 +1,159 @@
+"""One thread per sensor: set up, sample on schedule, and recover -- never permanently dead.
+
+Each sensor runs on its own thread so a slow or hung sensor delays nobody else. Health follows
+DESIGN.md: ok -> warning (a read failed; the next slot retries) -> failed (after several
+consecutive failures, or when setup fails: the chip is re-probed and set up again with a capped
+exponential backoff) -> ok. Only transitions are logged, never individual polls.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.config import SensorConfig
+from agent.reading import Reading
+from agent.scheduler import Schedule
+from drivers.base import Driver, Quality
+from drivers.clock import Clock
+
+log = logging.getLogger("envagent.sensor")
+
+# Consecutive failed reads that turn a warning into a failure (and a re-initialisation).
+FAILURES_BEFORE_FAILED = 3
+# Re-probe backoff for a failed sensor: doubles from the first value up to the cap.
+REPROBE_FIRST_S = 5.0
+REPROBE_CAP_S = 300.0
+NS = 1_000_000_000
+
+
+class State(enum.StrEnum):
+    OK = "ok"
+    WARNING = "warning"
+    FAILED = "failed"
+
+
+@dataclass
+class Health:
+    state: State = State.FAILED
+    errors: int = 0
+    consecutive: int = 0
+    last_error: str | None = None
+    samples: int = 0
+
+
+class SensorWorker:
+    def __init__(
+        self,
+        sensor: SensorConfig,
+        driver: Driver,
+        *,
+        clock: Clock,
+        deliver: Callable[[list[Reading]], None],
+        boot_id: str,
+        stop: threading.Event,
+    ) -> None:
+        self.sensor = sensor
+        self.driver = driver
+        self.clock = clock
+        self.deliver = deliver
+        self.boot_id = boot_id
+        self.stop = stop
+        self.health = Health()
+        self._set_up = False
+        self._reprobe_delay = REPROBE_FIRST_S
+        self.thread = threading.Thread(target=self.run, name=f"sensor-{sensor.id}", daemon=True)
+
+    @property
+    def label(self) -> str:
+        return f"{self.sensor.driver} '{self.sensor.id}' at {self.sensor.where}"
+
+    def run(self) -> None:
+        schedule = Schedule(self.sensor.interval, self.clock)
+        while not self.stop.is_set():
+            if not self._set_up:
+                if not self._try_setup():
+                    self.clock.wait(self.stop, self._reprobe_delay)
+                    self._reprobe_delay = min(self._reprobe_delay * 2, REPROBE_CAP_S)
+                    continue
+                schedule.realign()
+            if self.clock.wait(self.stop, schedule.delay()):
+                break
+            self.sample()
+            schedule.advance()
+
+    def _try_setup(self) -> bool:
+        try:
+            self.driver.setup()
+        except Exception as exc:  # noqa: BLE001 - any chip or bus failure must not end the thread
+            self._transition(State.FAILED, f"setup failed: {_describe(exc)}")
+            return False
+        self._set_up = True
+        self._reprobe_delay = REPROBE_FIRST_S
+        self.health.consecutive = 0
+        self._transition(State.OK, "set up")
+        return True
+
+    def sample(self) -> None:
+        """Take one sample now and hand its readings on; failures only change health."""
+        synced = self.clock.synchronized()
+        time_ns = int(self.clock.time() * NS)
+        boot_ns = int(self.clock.boottime() * NS)
+        try:
+            measurements = self.driver.read()
+        except Exception as exc:  # noqa: BLE001 - one flaky sensor never takes the unit down
+            self._read_failed(exc)
+            return
+        self.health.samples += 1
+        self.health.consecutive = 0
+        if self.health.state is not State.OK:
+            self._transition(State.OK, "recovered")
+        readings = []
+        for m in measurements:
+            quality = m.quality if math.isfinite(m.value) else m.quality | Quality.OUT_OF_RANGE
+            readings.append(
+                Reading(
+                    self.sensor.id, m.quantity, m.value, m.unit,
+                    time_ns, boot_ns, self.boot_id, synced, int(quality),
+                )
+            )
+        self.deliver(readings)
+
+    def _read_failed(self, exc: Exception) -> None:
+        self.health.errors += 1
+        self.health.consecutive += 1
+        if self.health.consecutive >= FAILURES_BEFORE_FAILED:
+            self._set_up = False
+            try:
+                self.driver.close()
+            except Exception:  # noqa: BLE001 - the chip is already misbehaving
+                pass
+            self._transition(
+                State.FAILED, f"{self.health.consecutive} reads failed in a row, re-initialising: "
+                f"{_describe(exc)}"
+            )
+        else:
+            self._transition(State.WARNING, f"read failed, retrying: {_describe(exc)}")
+
+    def _transition(self, state: State, why: str) -> None:
+        previous = self.health.state
+        self.health.state = state
+        if state is not State.OK:
+            self.health.last_error = why
+        if state is previous:
+            return
+        level = logging.INFO if state is State.OK else logging.WARNING
+        log.log(level, "%s: %s (%s)", self.label, state.value, why)
+
+
+def _describe(exc: BaseException) -> str:
+    """An error in one line: errno name for bus errors, the message otherwise."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        return f"{name} ({exc.strerror or exc})"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,208 @@
+"""Bosch BME280: temperature, humidity and pressure from one forced-mode measurement.
+
+Adafruit's driver does the chip set-up (id check, soft reset, calibration read-out) and the
+datasheet compensation; this module owns transport and timing, because Adafruit's property reads
+trigger a measurement per property and wait on the status bit with no deadline. One sample here is
+two bus transactions in the usual case: write ctrl_meas (forced mode), then -- after the
+datasheet's maximum measurement time -- one burst read of status and all data registers. The
+compensation then runs on that single snapshot, so temperature, humidity and pressure come from
+the same conversion.
+
+Register numbers and timings: Bosch BST-BME280-DS002, sections 5.3-5.4 and appendix 9.1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from adafruit_bme280.basic import MODE_NORMAL, Adafruit_BME280_I2C
+
+from drivers.base import Driver, Measurement, Option, Quality
+from drivers.bus import Bus
+from drivers.busio_adapter import BusioI2C
+from drivers.errors import SensorError, SensorTimeoutError, WrongChipError
+
+REG_CHIP_ID = 0xD0
+REG_CTRL_HUM = 0xF2
+REG_STATUS = 0xF3
+REG_CTRL_MEAS = 0xF4
+REG_CONFIG = 0xF5
+REG_PRESS_MSB = 0xF7
+REG_HUM_LSB = 0xFE
+
+CHIP_ID_BME280 = 0x60
+# BMP280 production parts report 0x58; early samples 0x56/0x57 (BMP280 datasheet 4.3.1).
+CHIP_IDS_BMP280 = (0x56, 0x57, 0x58)
+CHIP_ID_BME680 = 0x61
+
+STATUS_MEASURING = 0x08
+MODE_FORCED = 0x01
+
+# Oversampling factor -> register code (datasheet table 20/23/24); IIR coefficient -> code (table 28).
+OVERSAMPLING_CODES = {1: 1, 2: 2, 4: 3, 8: 4, 16: 5}
+IIR_CODES = {0: 0, 2: 1, 4: 2, 8: 3, 16: 4}
+
+# A value the chip reports for a measurement it skipped -- also what it reports after a
+# brown-out reset wiped ctrl_hum/ctrl_meas (datasheet 5.4.7-5.4.9).
+SKIPPED_20BIT = 0x80000
+SKIPPED_16BIT = 0x8000
+
+POLL_INTERVAL_S = 0.001
+# Margin on top of the datasheet maximum before a measurement counts as hung.
+DEADLINE_MARGIN_S = 0.1
+
+_BURST_START = REG_STATUS
+_BURST_LENGTH = REG_HUM_LSB - REG_STATUS + 1
+
+
+def max_measurement_time(osrs_t: int, osrs_p: int, osrs_h: int) -> float:
+    """Seconds a forced measurement may take at most (datasheet appendix 9.1, t_measure,max)."""
+    ms = 1.25 + 2.3 * osrs_t + (2.3 * osrs_p + 0.575) + (2.3 * osrs_h + 0.575)
+    return ms / 1000.0
+
+
+def identify(bus: Bus, address: int) -> str | None:
+    """Name the Bosch environmental chip at ``address`` from its chip-id register, if any."""
+    if address not in BME280.addresses:
+        return None
+    chip_id = bus.write_read(address, bytes([REG_CHIP_ID]), 1)[0]
+    if chip_id == CHIP_ID_BME280:
+        return "bme280"
+    if chip_id in CHIP_IDS_BMP280:
+        return "bmp280"
+    if chip_id == CHIP_ID_BME680:
+        return "bme680"
+    return None
+
+
+class _SnapshotBME280(Adafruit_BME280_I2C):
+    """Adafruit's driver, made to compute from one burst of data registers we read ourselves.
+
+    While ``snapshot`` holds the bytes of 0xF7-0xFE, register reads in that range come from it
+    and the driver believes it is in normal mode, so its properties neither trigger another
+    measurement nor wait on the status bit.
+    """
+
+    snapshot: bytes | None = None
+
+    @property  # type: ignore[override]
+    def mode(self) -> int:
+        return MODE_NORMAL if self.snapshot is not None else self._mode
+
+    @mode.setter
+    def mode(self, value: int) -> None:
+        Adafruit_BME280_I2C.mode.fset(self, value)  # type: ignore[attr-defined]
+
+    def _read_register(self, register: int, length: int) -> bytearray:
+        if self.snapshot is not None and register >= REG_PRESS_MSB:
+            offset = register - REG_PRESS_MSB
+            return bytearray(self.snapshot[offset : offset + length])
+        return super()._read_register(register, length)
+
+
+class BME280(Driver):
+    name: ClassVar[str] = "bme280"
+    addresses: ClassVar[tuple[int, ...]] = (0x76, 0x77)
+    quantities: ClassVar[dict[str, str]] = {
+        "temperature": "°C",
+        "humidity": "%RH",
+        "pressure": "hPa",
+    }
+    options: ClassVar[dict[str, Option]] = {
+        "oversampling_temperature": Option(
+            int, 1, "samples averaged per temperature conversion", choices=(1, 2, 4, 8, 16)
+        ),
+        "oversampling_pressure": Option(
+            int, 16, "samples averaged per pressure conversion", choices=(1, 2, 4, 8, 16)
+        ),
+        "oversampling_humidity": Option(
+            int, 1, "samples averaged per humidity conversion", choices=(1, 2, 4, 8, 16)
+        ),
+        "iir_filter": Option(
+            int, 0, "IIR filter coefficient (0 = off)", choices=(0, 2, 4, 8, 16)
+        ),
+    }
+
+    def __init__(self, bus: Bus, address: int, **kwargs: Any) -> None:
+        super().__init__(bus, address, **kwargs)
+        s = self.settings
+        self._ctrl_meas = (
+            OVERSAMPLING_CODES[s["oversampling_temperature"]] << 5
+            | OVERSAMPLING_CODES[s["oversampling_pressure"]] << 2
+            | MODE_FORCED
+        )
+        self._measure_time = max_measurement_time(
+            s["oversampling_temperature"], s["oversampling_pressure"], s["oversampling_humidity"]
+        )
+        self._chip: _SnapshotBME280 | None = None
+
+    def setup(self) -> None:
+        chip_id = self.bus.write_read(self.address, bytes([REG_CHIP_ID]), 1)[0]
+        if chip_id in CHIP_IDS_BMP280:
+            raise WrongChipError(
+                f"bme280 at {self.where}: found a BMP280 (chip id 0x{chip_id:02x}), which has no "
+                f'humidity sensor; set driver = "bmp280" for this sensor'
+            )
+        if chip_id != CHIP_ID_BME280:
+            raise WrongChipError(
+                f"bme280 at {self.where}: chip id 0x{chip_id:02x} is not a BME280 (0x60); "
+                "is the address right? Run 'envagent scan' to see what answers"
+            )
+        with self.bus.lock:
+            self._chip = _SnapshotBME280(BusioI2C(self.bus), self.address)
+            s = self.settings
+            self._write(REG_CTRL_HUM, OVERSAMPLING_CODES[s["oversampling_humidity"]])
+            self._write(REG_CONFIG, IIR_CODES[s["iir_filter"]] << 2)
+
+    def _write(self, register: int, value: int) -> None:
+        self.bus.write(self.address, bytes([register, value]))
+
+    def read(self) -> list[Measurement]:
+        if self._chip is None:
+            raise SensorError(f"bme280 at {self.where}: read() before setup()")
+        data = self._measure()[REG_PRESS_MSB - _BURST_START :]
+        raw_p = (data[0] << 12) | (data[1] << 4) | (data[2] >> 4)
+        raw_t = (data[3] << 12) | (data[4] << 4) | (data[5] >> 4)
+        raw_h = (data[6] << 8) | data[7]
+        if SKIPPED_20BIT in (raw_p, raw_t) or raw_h == SKIPPED_16BIT:
+            raise SensorError(
+                f"bme280 at {self.where}: the chip returned its reset values; it probably lost "
+                "power and needs to be set up again"
+            )
+        chip = self._chip
+        chip.snapshot = bytes(data)
+        try:
+            temperature = chip.temperature
+            humidity = chip.humidity
+            pressure = chip.pressure
+        finally:
+            chip.snapshot = None
+        humidity_quality = Quality.CLIPPED if humidity in (0, 100) else Quality.GOOD
+        return [
+            Measurement("temperature", temperature, "°C"),
+            Measurement("humidity", float(humidity), "%RH", humidity_quality),
+            Measurement("pressure", pressure, "hPa"),
+        ]
+
+    def _measure(self) -> bytes:
+        """Trigger a forced measurement and return status..hum_lsb once it has finished."""
+        clock = self.clock
+        with self.bus.lock:
+            self._write(REG_CTRL_MEAS, self._ctrl_meas)
+            started = clock.monotonic()
+            deadline = started + self._measure_time + DEADLINE_MARGIN_S
+            clock.sleep(self._measure_time)
+            while True:
+                burst = self.bus.write_read(self.address, bytes([_BURST_START]), _BURST_LENGTH)
+                if not burst[0] & STATUS_MEASURING and not burst[1] & MODE_FORCED:
+                    return burst
+                if clock.monotonic() >= deadline:
+                    raise SensorTimeoutError(
+                        f"bme280 at {self.where}: measurement not finished after "
+                        f"{clock.monotonic() - started:.3f} s (status 0x{burst[0]:02x}); "
+                        "check the sensor's power and wiring"
+                    )
+                clock.sleep(POLL_INTERVAL_S)
+
+    def close(self) -> None:
+        """Nothing to do: after a forced measurement the chip is back in sleep mode."""
