@@ -189,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ):
         drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
         agent = Agent(ctx.config, drivers, outbox=outbox, clock=clock, boot_id=read_boot_id())
-        with _stop_on_signals(agent.stop.set):
+        with _stop_on_signals(agent.request_stop):
             agent.run(duration=args.duration)
         log.info("stopped; %d reading(s) committed this run", agent.committed)
     return EXIT_OK
@@ -223,7 +223,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with Outbox.open_readonly(ctx.outbox_path) as outbox:
         stats = outbox.stats()
         latest = outbox.latest()
-    report = {
+    report: dict[str, Any] = {
         "unit": ctx.config.unit.id,
         "outbox": str(ctx.outbox_path),
         "backlog": stats.backlog,
@@ -246,9 +246,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"backlog  {stats.backlog} reading(s), oldest {report['oldest'] or '-'}, "
           f"newest {report['newest'] or '-'}")
     print(f"counters added {stats.added}, delivered {stats.delivered}, dropped {stats.dropped}")
-    for x in report["latest"]:
-        print(f"  {x['sensor']:<12} {x['quantity']:<14} {x['value']:>10.2f} {x['unit']:<5} "
-              f"at {x['time']}")
+    for x in latest:
+        print(f"  {x.sensor:<12} {x.quantity:<14} {x.value:>10.2f} {x.unit:<5} "
+              f"at {_iso(x.time_ns)}")
     return EXIT_OK
 
 
@@ -270,46 +270,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"envagent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def config_opt(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path, metavar="PATH",
-                       help=f"config file (default {DEFAULT_CONFIG}; with --simulate, the "
-                       "shipped example)")
-
-    def simulate_opt(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--simulate", action="store_true",
-                       help="use the simulated sensors instead of /dev/i2c-*")
-
-    def data_dir_opt(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", type=Path, metavar="DIR",
-                       help="state directory holding the outbox (overrides storage.path; with "
-                       f"--simulate and no --config: ./{SIMULATE_DATA_DIR})")
-
-    def json_opt(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+    def add_common(p: argparse.ArgumentParser, *names: str) -> None:
+        """The options several commands share, with one wording everywhere."""
+        if "config" in names:
+            p.add_argument("--config", type=Path, metavar="PATH",
+                           help=f"config file (default {DEFAULT_CONFIG}; with --simulate, the "
+                           "shipped example)")
+        if "simulate" in names:
+            p.add_argument("--simulate", action="store_true",
+                           help="use the simulated sensors instead of /dev/i2c-*")
+        if "data_dir" in names:
+            p.add_argument("--data-dir", type=Path, metavar="DIR",
+                           help="state directory holding the outbox (overrides storage.path; "
+                           f"with --simulate and no --config: ./{SIMULATE_DATA_DIR})")
+        if "json" in names:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("run", help="sample and store, in the foreground, until stopped")
-    config_opt(p), simulate_opt(p), data_dir_opt(p)
+    add_common(p, "config", "simulate", "data_dir")
     p.add_argument("--duration", type=_positive_seconds, metavar="SECONDS",
                    help="stop cleanly after this many seconds")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("read", help="take one sample from every configured sensor")
-    config_opt(p), simulate_opt(p), json_opt(p)
+    add_common(p, "config", "simulate", "json")
     p.set_defaults(func=cmd_read)
 
     p = sub.add_parser("scan", help="list the addresses that answer on a bus, and their chips")
     p.add_argument("--bus", type=int, default=1, metavar="N", help="/dev/i2c-N (default 1)")
-    config_opt(p), simulate_opt(p), json_opt(p)
+    add_common(p, "config", "simulate", "json")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("status", help="backlog and last values, from the outbox")
-    config_opt(p), simulate_opt(p), data_dir_opt(p), json_opt(p)
+    add_common(p, "config", "simulate", "data_dir", "json")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("config", help="configuration tools")
     config_sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     c = config_sub.add_parser("check", help="validate the config file and exit")
-    config_opt(c), simulate_opt(c)
+    add_common(c, "config", "simulate")
     c.set_defaults(func=cmd_config_check)
     return parser
 

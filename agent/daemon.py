@@ -66,6 +66,11 @@ class Agent:
         ]
         self.committed = 0
 
+    def request_stop(self) -> None:
+        """Ask ``run`` to finish: safe from a signal handler or another thread."""
+        self.stop.set()
+        self._queue.put([])  # wakes the writer if it is waiting for readings
+
     def run(self, duration: float | None = None) -> None:
         """Sample until ``stop`` is set (or ``duration`` seconds pass), then commit and return."""
         clock = self.clock

@@ -8,6 +8,7 @@ exponential backoff) -> ok. Only transitions are logged, never individual polls.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import logging
@@ -129,10 +130,8 @@ class SensorWorker:
         self.health.consecutive += 1
         if self.health.consecutive >= FAILURES_BEFORE_FAILED:
             self._set_up = False
-            try:
+            with contextlib.suppress(Exception):  # the chip is already misbehaving
                 self.driver.close()
-            except Exception:  # noqa: BLE001 - the chip is already misbehaving
-                pass
             self._transition(
                 State.FAILED, f"{self.health.consecutive} reads failed in a row, re-initialising: "
                 f"{_describe(exc)}"

@@ -25,7 +25,7 @@ class Schedule:
         self.realign()
 
     def realign(self) -> None:
-        """Re-derive the next slot from the wall clock (at start, and after the wall clock steps)."""
+        """Re-derive the next slot from the wall clock (at start, and after it steps)."""
         wall = self.clock.time()
         mono = self.clock.monotonic()
         next_wall = (math.floor(wall / self.interval) + 1) * self.interval

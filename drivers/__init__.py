@@ -1,1 +1,1 @@
-"""Hardware access for envagent: the I2C bus, one module per sensor chip, and the simulated world."""
+"""Hardware access: the I2C bus, one module per sensor chip, and the simulated world."""

@@ -49,19 +49,6 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
 
-    def expected(self) -> str:
-        """Words for a config error: what a valid value looks like."""
-        if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[
-            self.kind
-        ]
-        if self.minimum is not None and self.maximum is not None:
-            return f"{kind} from {self.minimum:g} to {self.maximum:g}"
-        if self.minimum is not None:
-            return f"{kind} >= {self.minimum:g}"
-        return kind
-
 
 class Driver(ABC):
     """A sensor chip on a bus.

@@ -38,7 +38,7 @@ CHIP_ID_BME680 = 0x61
 STATUS_MEASURING = 0x08
 MODE_FORCED = 0x01
 
-# Oversampling factor -> register code (datasheet table 20/23/24); IIR coefficient -> code (table 28).
+# Oversampling factor -> register code (datasheet tables 20, 23, 24); IIR -> code (table 28).
 OVERSAMPLING_CODES = {1: 1, 2: 2, 4: 3, 8: 4, 16: 5}
 IIR_CODES = {0: 0, 2: 1, 4: 2, 8: 3, 16: 4}
 

@@ -1,0 +1,354 @@
+"""The outbox: every reading, durable in SQLite until upstream has it, in bounded space.
+
+Durability: a batch is stored when its one transaction commits (WAL, ``synchronous=FULL``); a
+reading is deleted only by :meth:`Outbox.ack`, after upstream answered 2xx for it.
+
+Byte bound, the one policy: after each append, if the live data ((page_count - freelist_count)
+x page_size) exceeds ``max_bytes``, the OLDEST undelivered readings are deleted, in the same
+transaction, until the live data is under 90 % of the bound, and counted in ``dropped``. A unit
+offline for good is better served by recent data than by refusing new readings; the 10 %
+headroom makes a full outbox drop in chunks, not on every commit. A reading taken for delivery
+and dropped before its ack counts as dropped, even if it did reach upstream.
+
+Schema (version in ``PRAGMA user_version``): a ``readings`` row is integers and one value, the
+strings live once in ``series``, ``boots`` and ``calibrations`` (~40 bytes a reading). ``latest``
+keeps the last value per series for ``envagent status`` after readings are gone. ``counters``
+(one row) is updated in the transaction that adds or removes the rows it counts, so the backlog
+is ``added - delivered - dropped - rejected`` without counting a million rows; a later
+quarantine of rejected readings must remove and count them together to keep that true.
+
+Write volume: WAL appends every page a commit touches (readings, latest, counters), so new
+databases use 1 KiB pages (~3x fewer bytes per commit than 4 KiB), and row ids come from the
+``added`` counter instead of AUTOINCREMENT's ``sqlite_sequence`` page. Such ids are never
+reused, even after the outbox drained, so a late duplicate ack cannot delete a newer reading.
+
+Values: SQLite stores NaN as NULL, which reads back as NaN. The value columns have no declared
+type: REAL affinity would store 21.0 as an integer and -0.0 (``round(-0.04, 1)``) as 0, and a
+replay must send exactly what was sampled.
+
+Threads: one connection behind one lock. SQLite has one writer anyway; a single connection
+keeps the id cache coherent, never gets SQLITE_BUSY from itself and holds one page cache in a
+35 MiB budget. Calls take milliseconds; delivery sends over HTTP after ``take`` returned.
+(sqlite-utils is not imported here: it costs ~11 MiB of RSS, a third of that budget.)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from agent.errors import StorageError
+from agent.reading import Reading, StoredReading
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1  # PRAGMA user_version of a database this module created
+PAGE_SIZE = 1024  # bytes; applies to new databases only (SQLite fixes it at creation)
+BUSY_TIMEOUT_S = 5.0  # wait this long for another connection's lock before failing
+LOW_WATER = 0.9  # a full outbox drops down to this fraction of max_bytes
+MIN_BYTES = 64 * 1024  # below this the fixed tables (~10 pages) leave little room for readings
+ROW_BYTES = 64  # a generous guess of bytes per reading row, to size each drop step
+
+_SCHEMA = (
+    """CREATE TABLE series (id INTEGER PRIMARY KEY, sensor TEXT NOT NULL,
+        quantity TEXT NOT NULL, unit TEXT NOT NULL, UNIQUE (sensor, quantity, unit))""",
+    "CREATE TABLE boots (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE calibrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    """CREATE TABLE readings (id INTEGER PRIMARY KEY, series INTEGER NOT NULL REFERENCES series,
+        time_ns INTEGER NOT NULL, boot_ns INTEGER NOT NULL, boot INTEGER NOT NULL REFERENCES boots,
+        value, quality INTEGER NOT NULL, synced INTEGER,
+        calibration INTEGER REFERENCES calibrations)""",
+    """CREATE TABLE latest (series INTEGER PRIMARY KEY REFERENCES series,
+        time_ns INTEGER NOT NULL, value, quality INTEGER NOT NULL)""",
+    """CREATE TABLE counters (added INTEGER NOT NULL, delivered INTEGER NOT NULL,
+        dropped INTEGER NOT NULL, rejected INTEGER NOT NULL)""",
+    "INSERT INTO counters VALUES (0, 0, 0, 0)",
+    f"PRAGMA user_version = {SCHEMA_VERSION}",
+)
+# lookup table -> its key columns; the hot path caches (table, *key) -> id
+_LOOKUPS = {"series": ("sensor", "quantity", "unit"), "boots": ("boot_id",),
+            "calibrations": ("name",)}
+
+_INSERT = "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_LATEST = """INSERT INTO latest (series, time_ns, value, quality) VALUES (?, ?, ?, ?)
+    ON CONFLICT (series) DO UPDATE
+    SET time_ns = excluded.time_ns, value = excluded.value, quality = excluded.quality"""
+_TAKE = """SELECT r.id, s.sensor, s.quantity, r.value, s.unit, r.time_ns, r.boot_ns, b.boot_id,
+        r.synced, r.quality, c.name
+    FROM readings r JOIN series s ON s.id = r.series JOIN boots b ON b.id = r.boot
+    LEFT JOIN calibrations c ON c.id = r.calibration
+    ORDER BY r.id LIMIT ?"""
+_DROP_OLDEST = "DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT ?)"
+_ENDS = """SELECT (SELECT time_ns FROM readings ORDER BY id LIMIT 1),
+    (SELECT time_ns FROM readings ORDER BY id DESC LIMIT 1)"""
+_LATEST = """SELECT s.sensor, s.quantity, s.unit, l.time_ns, l.value, l.quality
+    FROM latest l JOIN series s ON s.id = l.series ORDER BY s.sensor, s.quantity, s.unit"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """The outbox at one instant.
+
+    ``backlog_bytes`` is the live size of the database -- the quantity the bound applies to -- so
+    it includes ~10 KiB of fixed tables even when the backlog is empty. ``oldest_ns`` and
+    ``newest_ns`` are the sample times of the first and last undelivered reading in append order.
+    """
+
+    backlog: int
+    backlog_bytes: int
+    oldest_ns: int | None
+    newest_ns: int | None
+    added: int
+    delivered: int
+    dropped: int
+    rejected: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatestValue:
+    """The last value appended for one sensor, quantity and unit."""
+
+    sensor: str
+    quantity: str
+    unit: str
+    time_ns: int
+    value: float
+    quality: int
+
+
+class Outbox:
+    """The durable, bounded queue between sampling and delivery; see the module docstring."""
+
+    def __init__(self, path: Path, *, max_bytes: int) -> None:
+        if max_bytes < MIN_BYTES:
+            raise ValueError(f"outbox max_bytes must be at least {MIN_BYTES}, got {max_bytes}")
+        self.path = path
+        self.max_bytes: int | None = max_bytes
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot create the outbox directory {path.parent}: "
+                               f"{exc.strerror}; check storage.path and its owner") from exc
+        self._open(lambda: sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                           check_same_thread=False))
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Outbox:
+        """Open for ``envagent status``: reads only, creates nothing, works beside the daemon.
+
+        While the daemon runs, its ``-wal`` and ``-shm`` files exist and a read-only connection
+        shares them. Without them the main file holds every commit and is opened ``immutable``,
+        because a plain read-only open would create them, owned by whoever ran ``status``.
+        """
+        self = cls.__new__(cls)
+        self.path, self.max_bytes = path, None
+        if not path.is_file():
+            raise StorageError(f"no outbox at {path}: has the agent run with this storage.path?")
+        live = all(Path(f"{path}{end}").exists() for end in ("-wal", "-shm"))
+        uri = path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+        self._open(lambda: sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S,
+                                           isolation_level=None, check_same_thread=False))
+        return self
+
+    def _open(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._lock = threading.Lock()
+        self._ids: dict[tuple[str, ...], int] = {}
+        self._warned_full = False
+        conn = None
+        try:
+            conn = connect()
+            if self.max_bytes is not None:
+                conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # before WAL creates the file
+                if conn.execute("PRAGMA journal_mode = WAL").fetchone() != ("wal",):
+                    raise StorageError(f"{self.path}: SQLite refused WAL mode; put "
+                                       "storage.path on a local filesystem")
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("BEGIN IMMEDIATE")  # closing conn on an error rolls this back
+                if conn.execute("PRAGMA user_version").fetchone() == (0,):
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                conn.execute("COMMIT")
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version != SCHEMA_VERSION:
+                raise StorageError(f"{self.path} has outbox schema {version}, this agent reads "
+                                   f"{SCHEMA_VERSION}: is it an outbox, from this agent version?")
+            (self._page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"cannot open the outbox {self.path}: {exc}. Check that it is "
+                                   "on a local filesystem the agent's user can write; if the "
+                                   "file is damaged, move it aside to start a new one") from exc
+            raise
+        self._conn = conn
+
+    # --- writing (the sampler and delivery threads) -------------------------------------------
+
+    def append(self, readings: Sequence[Reading]) -> None:
+        """Store the whole batch in one transaction: all of it, or none and the error raised."""
+        if not readings:
+            return
+        new_ids: dict[tuple[str, ...], int] = {}  # cached only once the transaction commits
+        with self._lock:
+            with self._transaction() as conn:
+                (first,) = conn.execute("SELECT added FROM counters").fetchone()
+                rows, latest = [], {}
+                for row_id, r in enumerate(readings, start=first + 1):
+                    series = self._id(conn, ("series", r.sensor, r.quantity, r.unit), new_ids)
+                    boot = self._id(conn, ("boots", r.boot_id), new_ids)
+                    cal = (None if r.calibration is None
+                           else self._id(conn, ("calibrations", r.calibration), new_ids))
+                    rows.append((row_id, series, r.time_ns, r.boot_ns, boot, r.value, r.quality,
+                                 r.synced, cal))
+                    latest[series] = (series, r.time_ns, r.value, r.quality)
+                conn.executemany(_INSERT, rows)
+                conn.executemany(_UPSERT_LATEST, latest.values())
+                conn.execute("UPDATE counters SET added = added + ?", (len(rows),))
+                self._enforce_bound(conn)
+            self._ids.update(new_ids)
+
+    def ack(self, ids: Iterable[int]) -> int:
+        """Delete readings upstream has accepted; return how many were still here.
+
+        An id already gone (acknowledged twice, or dropped meanwhile) is skipped and not counted.
+        """
+        unique = sorted(set(ids))
+        if not unique:
+            return 0
+        with self._lock, self._transaction() as conn:
+            deleted = conn.executemany("DELETE FROM readings WHERE id = ?",
+                                       [(i,) for i in unique]).rowcount
+            conn.execute("UPDATE counters SET delivered = delivered + ?", (deleted,))
+        return deleted
+
+    def _id(self, conn: sqlite3.Connection, key: tuple[str, ...],
+            new_ids: dict[tuple[str, ...], int]) -> int:
+        """The id of a lookup row (series, boot, calibration), inserting it when new."""
+        found = self._ids.get(key)
+        if found is None:
+            found = new_ids.get(key)
+        if found is None:
+            table, *values = key
+            columns = _LOOKUPS[table]
+            where = " AND ".join(f"{c} = ?" for c in columns)
+            row = conn.execute(f"SELECT id FROM {table} WHERE {where}", values).fetchone()
+            if row is None:
+                marks = ", ".join("?" * len(columns))
+                sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+                row = (conn.execute(sql, values).lastrowid,)
+            found = new_ids[key] = row[0]
+        return found
+
+    def _enforce_bound(self, conn: sqlite3.Connection) -> None:
+        assert self.max_bytes is not None
+        live = self._live_bytes(conn)
+        if live <= self.max_bytes:
+            return
+        target, dropped = int(self.max_bytes * LOW_WATER), 0
+        while live > target:
+            # at least a page worth: deleting fewer rows rarely frees a page
+            step = max(self._page_size, live - target) // ROW_BYTES
+            deleted = conn.execute(_DROP_OLDEST, (step,)).rowcount
+            if deleted == 0:
+                break
+            dropped, live = dropped + deleted, self._live_bytes(conn)
+        conn.execute("UPDATE counters SET dropped = dropped + ?", (dropped,))
+        if not self._warned_full:  # once per process; the dropped counter goes upstream
+            self._warned_full = True
+            log.warning("outbox %s is full (max_bytes %d): dropped the %d oldest undelivered "
+                        "reading(s), and will keep dropping the oldest", self.path,
+                        self.max_bytes, dropped)
+
+    # --- reading (any thread, and `envagent status` from another process) ---------------------
+
+    def take(self, limit: int) -> list[StoredReading]:
+        """The oldest ``limit`` undelivered readings, exactly as appended; they stay until acked."""
+        with self._lock, self._storage_errors():
+            rows = self._conn.execute(_TAKE, (max(0, limit),)).fetchall()
+        return [
+            StoredReading(row_id, Reading(sensor, quantity, _float(value), unit, time_ns,
+                                          boot_ns, boot_id, None if synced is None
+                                          else bool(synced), quality, calibration))
+            for (row_id, sensor, quantity, value, unit, time_ns, boot_ns, boot_id, synced,
+                 quality, calibration) in rows
+        ]
+
+    def stats(self) -> OutboxStats:
+        """Backlog and counters, from one consistent snapshot."""
+        with self._lock, self._transaction(write=False) as conn:
+            added, delivered, dropped, rejected = conn.execute(
+                "SELECT added, delivered, dropped, rejected FROM counters").fetchone()
+            oldest, newest = conn.execute(_ENDS).fetchone()
+            live = self._live_bytes(conn)
+        return OutboxStats(
+            backlog=added - delivered - dropped - rejected, backlog_bytes=live,
+            oldest_ns=oldest, newest_ns=newest,
+            added=added, delivered=delivered, dropped=dropped, rejected=rejected,
+        )
+
+    def latest(self) -> list[LatestValue]:
+        """The last value appended per sensor, quantity and unit, delivered or not."""
+        with self._lock, self._storage_errors():
+            rows = self._conn.execute(_LATEST).fetchall()
+        return [LatestValue(s, q, u, t, _float(v), quality) for s, q, u, t, v, quality in rows]
+
+    def _live_bytes(self, conn: sqlite3.Connection) -> int:
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        return int((pages - free) * self._page_size)
+
+    # --- transactions and errors --------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """Commit on success, roll back on any exception (which then propagates)."""
+        if write and self.max_bytes is None:
+            raise StorageError(f"the outbox {self.path} is open read-only")
+        conn = self._conn
+        with self._storage_errors():
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        """Turn failures of the storage (disk full, I/O, damage) into StorageError.
+
+        Errors about the data (a value SQLite cannot bind) are the caller's and propagate as is.
+        """
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if type(exc) not in (sqlite3.OperationalError, sqlite3.DatabaseError):
+                raise
+            raise StorageError(f"outbox {self.path}: {exc}; check free space and the storage "
+                               "device; a damaged file can be moved aside") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _float(value: float | None) -> float:
+    """SQLite returns NaN as NULL."""
+    return math.nan if value is None else value

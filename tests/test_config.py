@@ -1,0 +1,821 @@
+"""The configuration layer: every problem found at once, one exact line each, never a traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import (
+    Config,
+    SensorConfig,
+    StorageConfig,
+    UnitConfig,
+    load_config,
+    parse_config,
+)
+from agent.errors import ConfigError
+from agent.units import format_duration, format_size, parse_duration, parse_size
+from drivers.base import Driver, Measurement, Option
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config" / "envagent.example.toml"
+SRC = "envagent.toml"
+
+
+class Probe(Driver):
+    """A test-only driver with one option of each kind."""
+
+    name = "probe"
+    addresses = (0x40, 0x41)
+    quantities: ClassVar[Mapping[str, str]] = {"temperature": "°C"}
+    options: ClassVar[Mapping[str, Option]] = {
+        "gain": Option(int, 1, "amplifier gain", choices=(1, 2, 4)),
+        "offset": Option(float, 0.0, "added to every value", minimum=-5.0, maximum=5.0),
+        "heater": Option(bool, False, "run the heater"),
+        "label": Option(str, "", "free text"),
+    }
+
+    def setup(self) -> None:
+        pass
+
+    def read(self) -> list[Measurement]:
+        return []
+
+
+class Bare(Probe):
+    """A test-only driver without options."""
+
+    name = "bare"
+    options: ClassVar[Mapping[str, Option]] = {}
+
+
+REGISTRY: dict[str, type[Driver]] = {"probe": Probe, "bare": Bare}
+
+UNIT = '[unit]\nid = "u1"\nsite = "Roof"\n'
+SENSOR = '[[sensor]]\nid = "s"\ndriver = "probe"\naddress = 0x40\n'
+
+
+def parse(text: str) -> Config:
+    return parse_config(tomllib.loads(text), source=SRC, drivers=REGISTRY)
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    return caught.value.problems
+
+
+# --- good configs ------------------------------------------------------------------------------
+
+
+def test_minimal_config_takes_every_default() -> None:
+    config = parse(UNIT + SENSOR)
+    assert config.unit == UnitConfig("u1", "Roof")
+    assert config.storage == StorageConfig(Path("/var/lib/envagent"), 256 * 1024**2, 10.0)
+    assert config.sensors == (
+        SensorConfig(
+            "s", "probe", 1, 0x40, 60.0, {"gain": 1, "offset": 0.0, "heater": False, "label": ""}
+        ),
+    )
+    assert config.source == SRC
+
+
+def test_full_config_is_typed() -> None:
+    config = parse(
+        '[unit]\nid = "demo-001"\nsite = "汉中 wetland, east"\n'
+        "latitude = 33\nlongitude = -107.5\nelevation_m = 510\n"
+        '[storage]\npath = "/data/ea"\nmax_bytes = "64 MiB"\ncommit_interval = "1m30s"\n'
+        '[[sensor]]\nid = "air.1"\ndriver = "probe"\nbus = 3\naddress = 0x41\n'
+        'interval = 2.5\ngain = 4\noffset = -5\nheater = true\nlabel = "north"\n'
+    )
+    assert config.unit == UnitConfig("demo-001", "汉中 wetland, east", 33.0, -107.5, 510.0)
+    assert isinstance(config.unit.latitude, float)
+    assert config.storage == StorageConfig(Path("/data/ea"), 64 * 1024**2, 90.0)
+    (sensor,) = config.sensors
+    assert (sensor.bus, sensor.address, sensor.interval, sensor.where) == (3, 0x41, 2.5, "3:0x41")
+    assert dict(sensor.options) == {"gain": 4, "offset": -5.0, "heater": True, "label": "north"}
+    assert isinstance(sensor.options["offset"], float)
+
+
+def test_config_is_immutable_hashable_and_overridable() -> None:
+    config = parse(UNIT + SENSOR)
+    assert isinstance(config.sensors[0].options, MappingProxyType)
+    with pytest.raises(TypeError):
+        config.sensors[0].options["gain"] = 2  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.unit.id = "x"  # type: ignore[misc]
+    assert hash(config) == hash(parse(UNIT + SENSOR)) and config == parse(UNIT + SENSOR)
+    moved = config.with_storage_path("envagent-data")
+    assert moved.storage.path == Path("envagent-data") and config.storage.path != moved.storage.path
+    assert moved.storage.max_bytes == config.storage.max_bytes and moved.sensors == config.sensors
+
+
+def test_no_sensors_and_no_storage_section_is_valid() -> None:
+    config = parse(UNIT)
+    assert config.sensors == () and config.storage == StorageConfig()
+
+
+def test_same_address_on_two_buses_is_fine() -> None:
+    config = parse(UNIT + SENSOR + SENSOR.replace('"s"', '"t"') + "bus = 0\n")
+    assert [s.where for s in config.sensors] == ["1:0x40", "0:0x40"]
+
+
+def test_boundaries_are_inclusive() -> None:
+    config = parse(
+        '[unit]\nid = "' + "a" * 64 + '"\nsite = "' + "é" * 200 + '"\n'
+        "latitude = -90\nlongitude = 180\nelevation_m = 9000\n"
+        '[storage]\nmax_bytes = "1MiB"\ncommit_interval = "5m"\n'
+        '[[sensor]]\nid = "a"\ndriver = "probe"\naddress = 0x08\ninterval = "24h"\nbus = 255\n'
+        'offset = 5.0\n[[sensor]]\nid = "b"\ndriver = "bare"\naddress = 0x77\ninterval = 1\n'
+    )
+    assert [s.address for s in config.sensors] == [0x08, 0x77]
+    assert config.storage.max_bytes == 1024**2 and config.storage.commit_interval == 300
+
+
+# --- one problem at a time: the exact line -----------------------------------------------------
+
+DURATION = 'expected a duration such as "10s", "5m" or "1h"'
+SIZE = 'expected a size such as "256MiB", "500MB" or a whole number of bytes'
+ID_RULE = "expected 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+SITE_RULE = "expected a description of the place, 1 to 200 characters on one line"
+SENSOR_KEYS = (
+    "valid keys are id, driver, bus, address, interval, and the probe options "
+    "gain, offset, heater, label"
+)
+
+CASES: list[tuple[str, str, str]] = [
+    # (what is added to a valid config, the one expected line)
+    (
+        "top-level unknown key",
+        "colour = 1\n" + UNIT,
+        "colour: unknown key; valid keys are unit, storage, sensor",
+    ),
+    (
+        "uplink is not part of the schema yet",
+        UNIT + '[uplink]\nurl = "https://x"\n',
+        "uplink: unknown key; valid keys are unit, storage, sensor",
+    ),
+    ("unit missing", "", "unit: missing; add a [unit] table with at least id and site"),
+    ("unit not a table", "unit = 5\n", "unit = 5: expected a table [unit]"),
+    (
+        "unit unknown key",
+        UNIT + 'colour = "red"\n',
+        "unit.colour: unknown key; valid keys are id, site, latitude, longitude, elevation_m",
+    ),
+    (
+        "quoted unknown key",
+        UNIT + '"my key" = 1\n',
+        'unit."my key": unknown key; valid keys are id, site, latitude, longitude, elevation_m',
+    ),
+    (
+        "unit id missing",
+        '[unit]\nsite = "Roof"\n',
+        'unit.id: missing; add it, such as id = "demo-001"',
+    ),
+    (
+        "unit id space",
+        '[unit]\nid = "demo 001"\nsite = "Roof"\n',
+        f'unit.id = "demo 001": {ID_RULE}',
+    ),
+    ("unit id leading dash", '[unit]\nid = "-a"\nsite = "Roof"\n', f'unit.id = "-a": {ID_RULE}'),
+    (
+        "unit id trailing newline",
+        '[unit]\nid = "a\\n"\nsite = "Roof"\n',
+        f'unit.id = "a\\n": {ID_RULE}',
+    ),
+    (
+        "unit id too long",
+        '[unit]\nid = "' + "a" * 65 + '"\nsite = "Roof"\n',
+        f'unit.id = "{"a" * 65}": {ID_RULE}',
+    ),
+    ("unit id a number", '[unit]\nid = 7\nsite = "Roof"\n', f"unit.id = 7: {ID_RULE}"),
+    (
+        "site missing",
+        '[unit]\nid = "u1"\n',
+        'unit.site: missing; add it, such as site = "Hanzhong wetland, east"',
+    ),
+    ("site empty", '[unit]\nid = "u1"\nsite = ""\n', f'unit.site = "": {SITE_RULE}'),
+    ("site blank", '[unit]\nid = "u1"\nsite = "  "\n', f'unit.site = "  ": {SITE_RULE}'),
+    (
+        "site two lines",
+        '[unit]\nid = "u1"\nsite = "a\\nb"\n',
+        f'unit.site = "a\\nb": contains a line break or control character; {SITE_RULE}',
+    ),
+    (
+        "site too long",
+        '[unit]\nid = "u1"\nsite = "' + "x" * 201 + '"\n',
+        f'unit.site = "{"x" * 75} …: {SITE_RULE}',
+    ),
+    (
+        "latitude out of range",
+        UNIT + "latitude = 91\n",
+        "unit.latitude = 91: expected a number from -90 to 90 degrees",
+    ),
+    (
+        "latitude quoted",
+        UNIT + 'latitude = "52.1"\n',
+        'unit.latitude = "52.1": expected a number from -90 to 90 degrees; '
+        "write 52.1 without quotes",
+    ),
+    (
+        "latitude nan",
+        UNIT + "latitude = nan\n",
+        "unit.latitude = nan: expected a number from -90 to 90 degrees",
+    ),
+    (
+        "longitude bool",
+        UNIT + "longitude = true\n",
+        "unit.longitude = true: expected a number from -180 to 180 degrees",
+    ),
+    (
+        "elevation too low",
+        UNIT + "elevation_m = -501.5\n",
+        "unit.elevation_m = -501.5: expected a number from -500 to 9000 metres",
+    ),
+    (
+        "storage not a table",
+        'storage = "/var"\n' + UNIT,
+        'storage = "/var": expected a table [storage]',
+    ),
+    (
+        "storage unknown key",
+        UNIT + "[storage]\ndb = 1\n",
+        "storage.db: unknown key; valid keys are path, max_bytes, commit_interval",
+    ),
+    (
+        "storage path empty",
+        UNIT + '[storage]\npath = ""\n',
+        'storage.path = "": expected a directory path such as "/var/lib/envagent"',
+    ),
+    (
+        "storage path list",
+        UNIT + '[storage]\npath = ["/a"]\n',
+        'storage.path = ["/a"]: expected a directory path such as "/var/lib/envagent"',
+    ),
+    (
+        "max_bytes too small",
+        UNIT + '[storage]\nmax_bytes = "512kB"\n',
+        'storage.max_bytes = "512kB": expected at least 1MiB',
+    ),
+    (
+        "max_bytes ambiguous unit",
+        UNIT + '[storage]\nmax_bytes = "1KB"\n',
+        'storage.max_bytes = "1KB": unknown unit "KB" (use B, kB, MB, GB, KiB, MiB or GiB; '
+        f"the case of each letter matters); {SIZE}",
+    ),
+    (
+        "max_bytes float",
+        UNIT + "[storage]\nmax_bytes = 1e9\n",
+        f"storage.max_bytes = 1000000000.0: {SIZE}",
+    ),
+    (
+        "commit_interval too short",
+        UNIT + '[storage]\ncommit_interval = "500ms"\n',
+        'storage.commit_interval = "500ms": expected a duration from 1s to 5m',
+    ),
+    (
+        "commit_interval a date",
+        UNIT + "[storage]\ncommit_interval = 2024-01-02\n",
+        f"storage.commit_interval = 2024-01-02: {DURATION}",
+    ),
+    (
+        "sensor as a plain table",
+        UNIT + '[sensor]\nid = "s"\n',
+        'sensor = { id = "s" }: expected [[sensor]] tables, with double brackets, one per sensor',
+    ),
+    (
+        "sensor item not a table",
+        "sensor = [1]\n" + UNIT,
+        "sensor[0] = 1: expected a [[sensor]] table",
+    ),
+    (
+        "sensor id missing",
+        UNIT + '[[sensor]]\ndriver = "probe"\naddress = 0x40\n',
+        'sensor[0].id: missing; add it, such as id = "air"',
+    ),
+    (
+        "sensor driver missing",
+        UNIT + '[[sensor]]\nid = "s"\naddress = 0x40\n',
+        'sensor[0].driver: missing; add it, such as driver = "bme280"',
+    ),
+    (
+        "sensor address missing",
+        UNIT + '[[sensor]]\nid = "s"\ndriver = "probe"\n',
+        "sensor[0].address: missing; add it, such as address = 0x76",
+    ),
+    (
+        "unknown driver",
+        UNIT + SENSOR.replace('"probe"', '"bme28"'),
+        'sensor[0].driver = "bme28": unknown driver; expected one of "bare", "probe"',
+    ),
+    (
+        "sensor unknown key",
+        UNIT + SENSOR + "colour = 1\n",
+        f"sensor[0].colour: unknown key; {SENSOR_KEYS}",
+    ),
+    (
+        "unknown key, driver without options",
+        UNIT + SENSOR.replace("probe", "bare") + "gain = 1\n",
+        "sensor[0].gain: unknown key; valid keys are id, driver, bus, address, interval, and the "
+        "bare options (none)",
+    ),
+    (
+        "bus too big",
+        UNIT + SENSOR + "bus = 256\n",
+        "sensor[0].bus = 256: expected an integer from 0 to 255 (the N of /dev/i2c-N)",
+    ),
+    (
+        "bus quoted",
+        UNIT + SENSOR + 'bus = "1"\n',
+        'sensor[0].bus = "1": expected an integer from 0 to 255 (the N of /dev/i2c-N); '
+        "write 1 without quotes",
+    ),
+    (
+        "address reserved low",
+        UNIT + SENSOR.replace("0x40", "0x03"),
+        "sensor[0].address = 0x03: reserved I2C address (0x00-0x07 and 0x78-0x7F are reserved); "
+        "expected 0x08 to 0x77",
+    ),
+    (
+        "address reserved high",
+        UNIT + SENSOR.replace("0x40", "0x78"),
+        "sensor[0].address = 0x78: reserved I2C address (0x00-0x07 and 0x78-0x7F are reserved); "
+        "expected 0x08 to 0x77",
+    ),
+    (
+        "address 8-bit",
+        UNIT + SENSOR.replace("0x40", "0xEC"),
+        "sensor[0].address = 0xec: not a 7-bit I2C address (an 8-bit address as some datasheets "
+        "print it? Then write 0x76); expected 0x08 to 0x77",
+    ),
+    (
+        "address too big",
+        UNIT + SENSOR.replace("0x40", "0x400"),
+        "sensor[0].address = 0x400: not a 7-bit I2C address; expected 0x08 to 0x77",
+    ),
+    (
+        "address negative",
+        UNIT + SENSOR.replace("0x40", "-1"),
+        "sensor[0].address = -0x01: not a 7-bit I2C address; expected 0x08 to 0x77",
+    ),
+    (
+        "address quoted",
+        UNIT + SENSOR.replace("0x40", '"0x76"'),
+        'sensor[0].address = "0x76": expected an I2C address from 0x08 to 0x77; '
+        "write 0x76 without quotes",
+    ),
+    (
+        "address words",
+        UNIT + SENSOR.replace("0x40", '"seventy"'),
+        'sensor[0].address = "seventy": expected an I2C address from 0x08 to 0x77, '
+        "a number such as 0x76",
+    ),
+    (
+        "interval unknown unit",
+        UNIT + SENSOR + 'interval = "5x"\n',
+        f'sensor[0].interval = "5x": unknown unit "x" (use ms, s, m, h or d); {DURATION}',
+    ),
+    (
+        "interval too long",
+        UNIT + SENSOR + 'interval = "2d"\n',
+        'sensor[0].interval = "2d": expected a duration from 1s to 1d',
+    ),
+    (
+        "interval negative",
+        UNIT + SENSOR + "interval = -5\n",
+        f"sensor[0].interval = -5: a duration cannot be negative; {DURATION}",
+    ),
+    (
+        "interval infinite",
+        UNIT + SENSOR + "interval = inf\n",
+        f"sensor[0].interval = inf: not a finite number; {DURATION}",
+    ),
+    (
+        "option not a choice",
+        UNIT + SENSOR + "gain = 3\n",
+        "sensor[0].gain = 3: expected one of 1, 2, 4",
+    ),
+    (
+        "bool is not an int",
+        UNIT + SENSOR + "gain = true\n",
+        "sensor[0].gain = true: expected one of 1, 2, 4",
+    ),
+    (
+        "option quoted",
+        UNIT + SENSOR + 'gain = "2"\n',
+        'sensor[0].gain = "2": expected one of 1, 2, 4; write 2 without quotes',
+    ),
+    (
+        "float option out of range",
+        UNIT + SENSOR + "offset = 5.5\n",
+        "sensor[0].offset = 5.5: expected a number from -5 to 5",
+    ),
+    (
+        "float option nan",
+        UNIT + SENSOR + "offset = nan\n",
+        "sensor[0].offset = nan: expected a number from -5 to 5",
+    ),
+    (
+        "bool option given an int",
+        UNIT + SENSOR + "heater = 1\n",
+        "sensor[0].heater = 1: expected true or false",
+    ),
+    (
+        "str option given a number",
+        UNIT + SENSOR + "label = 1\n",
+        "sensor[0].label = 1: expected a string",
+    ),
+    (
+        "duplicate id",
+        UNIT + SENSOR + SENSOR.replace("0x40", "0x41"),
+        'sensor[1].id = "s": already used by sensor[0]; give each sensor its own id',
+    ),
+    (
+        "duplicate address",
+        UNIT + SENSOR.replace('"s"', '"air"') + SENSOR.replace('"s"', '"porch"'),
+        "sensor[1] ('porch'): bus 1 address 0x40 is already used by sensor 'air'; "
+        "give each sensor its own address or bus",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_each_problem_is_one_exact_line(text: str, line: str) -> None:
+    assert problems(text) == [f"{SRC}: {line}"]
+
+
+def test_wrong_type_and_unknown_key_give_exactly_two_lines() -> None:
+    assert problems(UNIT + 'latitude = "north"\n' + SENSOR + "colour = 1\n") == [
+        f'{SRC}: unit.latitude = "north": expected a number from -90 to 90 degrees',
+        f"{SRC}: sensor[0].colour: unknown key; {SENSOR_KEYS}",
+    ]
+
+
+def test_every_problem_is_reported_section_by_section() -> None:
+    lines = problems(
+        'uplink = 1\n[unit]\nid = ""\n[storage]\nmax_bytes = -1\n'
+        + SENSOR
+        + 'interval = "1x"\ngain = 5\n'
+        + '[[sensor]]\nid = "s"\ndriver = "nope"\naddress = 0x40\nwhatever = 1\n'
+    )
+    assert [line.split(":")[1].strip().split(" ")[0] for line in lines] == [
+        "uplink",
+        "unit.id",
+        "unit.site",
+        "storage.max_bytes",
+        "sensor[0].interval",
+        "sensor[0].gain",
+        "sensor[1].driver",
+        "sensor[1].id",
+        "sensor[1]",
+    ]
+
+
+def test_duplicates_are_found_even_when_the_sensor_has_other_problems() -> None:
+    lines = problems(UNIT + SENSOR + SENSOR + "gain = 3\n")
+    assert len(lines) == 3 and "already used by sensor[0]" in lines[1]
+    assert lines[2].startswith(f"{SRC}: sensor[1] ('s'): bus 1 address 0x40 is already used")
+
+
+def test_hostile_strings_cannot_split_a_line() -> None:
+    lines = problems('[unit]\nid = "a\\u2028b\\u0085c"\nsite = "x\\ry"\n"k\\nk" = 1\n')
+    assert len(lines) == 3
+    assert all(line.splitlines() == [line] for line in lines)
+    assert 'unit."k\\nk": unknown key' in lines[0]
+
+
+# --- reading the file --------------------------------------------------------------------------
+
+
+def test_load_config_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / SRC
+    path.write_text(UNIT + SENSOR, encoding="utf-8")
+    config = load_config(path, drivers=REGISTRY)
+    assert config.source == str(path) and config.sensors[0].id == "s"
+
+
+def test_load_config_problems_name_the_path_as_given(tmp_path: Path) -> None:
+    path = tmp_path / SRC
+    path.write_text(UNIT + "colour = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), drivers=REGISTRY)
+    assert caught.value.problems == [
+        f"{path}: unit.colour: unknown key; valid keys are id, "
+        "site, latitude, longitude, elevation_m"
+    ]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, drivers=REGISTRY)
+    assert caught.value.problems == [
+        f"{path}: cannot read the configuration file: No such file or directory"
+    ]
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path, drivers=REGISTRY)
+    assert caught.value.problems == [
+        f"{tmp_path}: cannot read the configuration file: Is a directory"
+    ]
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / SRC
+    path.write_bytes(b'[unit]\nsite = "caf\xe9"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, drivers=REGISTRY)
+    assert caught.value.problems == [
+        f"{path}: not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8"
+    ]
+
+
+def test_toml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / SRC
+    path.write_text(UNIT + "latitude = 52,1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, drivers=REGISTRY)
+    (line,) = caught.value.problems
+    assert line.startswith(f"{path}: invalid TOML: ") and "(at line 4, column 14)" in line
+
+
+def test_deeply_nested_toml_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / SRC
+    path.write_text("a = " + "[" * 100_000, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, drivers=REGISTRY)
+    assert caught.value.problems == [f"{path}: invalid TOML: arrays nested too deeply"]
+
+
+def test_a_byte_order_mark_is_tolerated(tmp_path: Path) -> None:
+    path = tmp_path / SRC
+    path.write_bytes(b"\xef\xbb\xbf" + UNIT.encode())
+    assert load_config(path, drivers=REGISTRY).unit.id == "u1"
+    path.write_bytes(b"\xef\xbb\xbf" + UNIT.encode() + b"# \xff\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, drivers=REGISTRY)
+    assert caught.value.problems == [
+        f"{path}: not UTF-8 text (byte 0xff on line 4); save it as UTF-8"
+    ]
+
+
+# --- durations and sizes -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("10s", 10),
+        ("5m", 300),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("500ms", 0.5),
+        ("1.5s", 1.5),
+        ("2d", 172800),
+        ("1d2h3m4s5ms", 93784.005),
+        ("1h 30m", 5400),
+        (" 10 s ", 10),
+        ("0s", 0),
+        ("0.1s", 0.1),
+        (10, 10),
+        (2.5, 2.5),
+        (0, 0),
+    ],
+)
+def test_good_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("5x", 'unknown unit "x" (use ms, s, m, h or d)'),
+        ("10S", 'unknown unit "S"'),
+        ("", "empty duration"),
+        ("   ", "empty duration"),
+        ("10", "a unit is missing"),
+        ("-5s", "a duration cannot be negative"),
+        (-1, "a duration cannot be negative"),
+        ("30m1h", "write the largest unit first"),
+        ("1m1m", "write the largest unit first"),
+        ("1e3s", 'unknown unit "e"'),
+        (".5s", DURATION),
+        ("s", DURATION),
+        ("1.s", DURATION),
+        ("١s", DURATION),
+        (True, DURATION),
+        (None, DURATION),
+        ([1], DURATION),
+        (float("nan"), "not a finite number"),
+        (float("inf"), "not a finite number"),
+        (10**400, "not a finite number"),
+        ("9" * 400 + "d", "not a finite number"),
+    ],
+)
+def test_bad_durations(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
+        parse_duration(value)
+    assert str(caught.value).endswith(DURATION)
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("500MB", 500 * 10**6),
+        ("64 MiB", 64 * 2**20),
+        ("1GiB", 2**30),
+        ("512kB", 512_000),
+        ("256MiB", 256 * 2**20),
+        ("1B", 1),
+        ("1.5KiB", 1536),
+        ("2TB", 2 * 10**12),
+        ("1TiB", 2**40),
+        (0, 0),
+        (1048576, 2**20),
+        (" 1 MB ", 10**6),
+    ],
+)
+def test_good_sizes(value: object, size: int) -> None:
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1KB", 'unknown unit "KB"'),
+        ("1mb", 'unknown unit "mb"'),
+        ("1Mb", 'unknown unit "Mb"'),
+        ("1kib", 'unknown unit "kib"'),
+        ("1024", "a unit is missing"),
+        ("1.5B", "not a whole"),
+        ("-1MB", "a size cannot be negative"),
+        (-1, "a size cannot be negative"),
+        ("", SIZE),
+        ("MB", SIZE),
+        (1.0, SIZE),
+        (True, SIZE),
+        (None, SIZE),
+        ("1" * 41 + "B", SIZE),
+    ],
+)
+def test_bad_sizes(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
+        parse_size(value)
+    assert str(caught.value).endswith(SIZE)
+
+
+@given(st.integers(min_value=0, max_value=10**9))
+def test_formatted_durations_parse_back(milliseconds: int) -> None:
+    assert parse_duration(format_duration(milliseconds / 1000)) == pytest.approx(
+        milliseconds / 1000, abs=1e-9
+    )
+
+
+@given(st.integers(min_value=0, max_value=2**63 - 1))
+def test_formatted_sizes_parse_back(size: int) -> None:
+    assert parse_size(format_size(size)) == size
+
+
+# --- fuzzing: bad input only ever raises ConfigError -------------------------------------------
+
+# fmt: off
+SCHEMA_KEYS = ["unit", "storage", "sensor", "uplink", "id", "site", "latitude", "longitude",
+               "elevation_m", "path", "max_bytes", "commit_interval", "driver", "bus", "address",
+               "interval", "gain", "offset", "heater", "label"]
+keys = st.sampled_from(SCHEMA_KEYS) | st.text(max_size=6)
+scalars = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["probe", "bare", "s", "u1", "10s", "1h30m", "256MiB", "0x76", "-1s", "1e9",
+                     "", " ", "\n", "\u2028", "KB", "9" * 50]),
+    st.integers(), st.sampled_from([0, 1, 2, 0x40, 0x76, 0xEC, 255, 256, -1, 2**63 - 1]),
+    st.floats(), st.booleans(),
+    st.datetimes(timezones=st.none() | st.just(datetime.UTC)), st.dates(), st.times(),
+)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=6),
+    max_leaves=25,
+)
+tables = st.dictionaries(keys, values, max_size=7)
+
+
+def near(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Nine times in ten a good value, else anything: reaches the checks behind the first ones."""
+    return st.integers(0, 9).flatmap(lambda i: values if i == 0 else good)
+
+
+site_text = st.text(st.characters(categories=["L", "N", "P", "Zs"]), min_size=1, max_size=20)
+
+
+near_unit = st.fixed_dictionaries(
+    {"id": near(st.sampled_from(["u1", "demo-001"])), "site": near(site_text)},
+    optional={"latitude": near(st.floats(-90, 90)), "longitude": near(st.integers(-180, 180)),
+              "elevation_m": near(st.floats(-500, 9000))},
+)
+near_storage = st.fixed_dictionaries({}, optional={
+    "path": near(st.sampled_from(["/var/lib/envagent", "data"])),
+    "max_bytes": near(st.sampled_from(["1MiB", "1.5GiB", 2**20, 2**40])),
+    "commit_interval": near(st.sampled_from(["1s", "5m", 2, 2.5, "1m30s"])),
+})
+near_sensor = st.fixed_dictionaries(
+    {"id": near(st.sampled_from(["a", "b", "c"])),
+     "driver": near(st.sampled_from(["probe", "bare"])), "address": near(st.integers(0x08, 0x77))},
+    optional={"bus": near(st.integers(0, 2)), "interval": near(st.sampled_from(["10s", 5, "1h"])),
+              "gain": near(st.sampled_from([1, 2, 4])), "offset": near(st.floats(-5, 5)),
+              "heater": near(st.booleans()), "label": near(st.text(max_size=5))},
+)
+documents = st.one_of(
+    st.dictionaries(keys, values, max_size=5),
+    st.fixed_dictionaries(
+        {"unit": tables},
+        optional={"storage": tables | values, "sensor": st.lists(tables, max_size=4) | values,
+                  "uplink": values},
+    ),
+    st.fixed_dictionaries(
+        {"unit": near(near_unit)},
+        optional={"storage": near(near_storage), "sensor": near(st.lists(near_sensor, max_size=4))},
+    ),
+)
+# fmt: on
+
+
+def _assert_only_config_errors(call: Any, source: str) -> None:
+    try:
+        result = call()
+    except ConfigError as e:
+        assert e.problems
+        for line in e.problems:
+            assert line.startswith(f"{source}: ") and line.splitlines() == [line]
+    else:
+        assert isinstance(result, Config)
+
+
+@settings(max_examples=500, deadline=None)
+@given(documents)
+def test_any_toml_shaped_data_gives_a_config_or_a_config_error(data: dict[str, Any]) -> None:
+    _assert_only_config_errors(lambda: parse_config(data, source=SRC, drivers=REGISTRY), SRC)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300) | st.binary(max_size=300))
+def test_any_file_content_gives_a_config_or_a_config_error(
+    tmp_path_factory: pytest.TempPathFactory, content: str | bytes
+) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / SRC
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    _assert_only_config_errors(lambda: load_config(path, drivers=REGISTRY), str(path))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0), st.integers(min_value=0, max_value=20), st.text(max_size=8))
+def test_damaged_example_gives_a_config_or_a_config_error(
+    tmp_path_factory: pytest.TempPathFactory, at: int, cut: int, insert: str
+) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    at %= len(text)
+    path = tmp_path_factory.mktemp("damaged") / SRC
+    path.write_text(text[:at] + insert + text[at + cut :], encoding="utf-8")
+    _assert_only_config_errors(lambda: load_config(path), str(path))
+
+
+# --- the shipped example -----------------------------------------------------------------------
+
+
+def test_example_config_validates_against_the_real_drivers() -> None:
+    from drivers.registry import DRIVERS
+
+    config = load_config(EXAMPLE)
+    assert config.unit.id == "demo-001"
+    assert config.storage == StorageConfig()  # it documents the defaults
+    (sensor,) = config.sensors
+    assert (sensor.id, sensor.driver, sensor.where, sensor.interval) == (
+        "air",
+        "bme280",
+        "1:0x76",
+        10.0,
+    )
+    assert dict(sensor.options) == {k: o.default for k, o in DRIVERS["bme280"].options.items()}
+
+
+def test_example_shows_every_driver_option_commented_out_with_its_default() -> None:
+    from drivers.registry import DRIVERS
+
+    text = EXAMPLE.read_text(encoding="utf-8")
+    shown = dict(re.findall(r"^# (\w+) = (\S+)$", text, re.MULTILINE))
+    for name, option in DRIVERS["bme280"].options.items():
+        assert tomllib.loads(f"v = {shown[name]}")["v"] == option.default, name
+
+
+def test_packaged_example_is_the_shipped_example() -> None:
+    assert (ROOT / "agent" / "example.toml").resolve() == EXAMPLE.resolve()
