@@ -108,6 +108,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
+    from agent.daemon import make_drivers
     from drivers.registry import DRIVERS
 
     ctx = _context(args)
@@ -115,10 +116,8 @@ def cmd_read(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     failed = False
     with open_buses(ctx.config, clock, simulate=ctx.simulate) as buses:
-        for sensor in ctx.config.sensors:
-            driver = DRIVERS[sensor.driver](
-                buses[sensor.bus], sensor.address, clock=clock, options=sensor.options
-            )
+        drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
+        for sensor, driver in zip(ctx.config.sensors, drivers, strict=True):
             try:
                 driver.setup()
                 measurements = driver.read()
