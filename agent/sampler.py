@@ -34,6 +34,7 @@ NS = 1_000_000_000
 
 
 class State(enum.StrEnum):
+    STARTING = "starting"  # not set up yet
     OK = "ok"
     WARNING = "warning"
     FAILED = "failed"
@@ -41,7 +42,7 @@ class State(enum.StrEnum):
 
 @dataclass
 class Health:
-    state: State = State.FAILED
+    state: State = State.STARTING
     errors: int = 0
     consecutive: int = 0
     last_error: str | None = None
