@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.config import SensorConfig
+from agent.processing import Processor
 from agent.reading import Reading
 from agent.scheduler import Schedule
 from drivers.base import Driver, Quality
@@ -67,6 +68,7 @@ class SensorWorker:
         self.boot_id = boot_id
         self.stop = stop
         self.health = Health()
+        self.processor = Processor.for_sensor(sensor)  # averaging, calibration, plausibility
         self._set_up = False
         self._reprobe_delay = REPROBE_FIRST_S
         self.thread = threading.Thread(target=self.run, name=f"sensor-{sensor.id}", daemon=True)
@@ -107,7 +109,7 @@ class SensorWorker:
         time_ns = int(self.clock.time() * NS)
         boot_ns = int(self.clock.boottime() * NS)
         try:
-            measurements = self.driver.read()
+            measurements = self.processor.sample(self.driver.read)
         except Exception as exc:  # noqa: BLE001 - one flaky sensor never takes the unit down
             self._read_failed(exc)
             return
@@ -121,7 +123,7 @@ class SensorWorker:
             readings.append(
                 Reading(
                     self.sensor.id, m.quantity, m.value, m.unit,
-                    time_ns, boot_ns, self.boot_id, synced, int(quality),
+                    time_ns, boot_ns, self.boot_id, synced, int(quality), m.calibration,
                 )
             )
         self.deliver(readings)

@@ -73,6 +73,16 @@ class Driver(ABC):
         given = dict(options or {})
         self.settings = {k: given.get(k, opt.default) for k, opt in self.options.items()}
 
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Problems spanning several options, as (key, message); most drivers have none."""
+        return []
+
+    @classmethod
+    def configured_quantities(cls, options: Mapping[str, Any]) -> Mapping[str, str]:
+        """Quantity -> unit reported with these options (a probe ADC's come from its config)."""
+        return cls.quantities
+
     @property
     def where(self) -> str:
         """``bus:0xAA`` as used in every log line and error about this sensor."""

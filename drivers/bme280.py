@@ -9,10 +9,14 @@ compensation then runs on that single snapshot, so temperature, humidity and pre
 the same conversion.
 
 Register numbers and timings: Bosch BST-BME280-DS002, sections 5.3-5.4 and appendix 9.1.
+
+:class:`BoschForcedDriver` is the part the BMP280 (``drivers/bmp280.py``) shares: the chip-id
+check, the forced-mode trigger with its deadline, and the burst read of status and data.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 from adafruit_bme280.basic import MODE_NORMAL, Adafruit_BME280_I2C
@@ -23,6 +27,7 @@ from drivers.busio_adapter import BusioI2C
 from drivers.errors import SensorError, SensorTimeoutError, WrongChipError
 
 REG_CHIP_ID = 0xD0
+REG_RESET = 0xE0
 REG_CTRL_HUM = 0xF2
 REG_STATUS = 0xF3
 REG_CTRL_MEAS = 0xF4
@@ -52,18 +57,30 @@ POLL_INTERVAL_S = 0.001
 DEADLINE_MARGIN_S = 0.1
 
 _BURST_START = REG_STATUS
-_BURST_LENGTH = REG_HUM_LSB - REG_STATUS + 1
 
 
-def max_measurement_time(osrs_t: int, osrs_p: int, osrs_h: int) -> float:
-    """Seconds a forced measurement may take at most (datasheet appendix 9.1, t_measure,max)."""
-    ms = 1.25 + 2.3 * osrs_t + (2.3 * osrs_p + 0.575) + (2.3 * osrs_h + 0.575)
+def max_measurement_time(osrs_t: int, osrs_p: int, osrs_h: int = 0) -> float:
+    """Seconds a forced measurement may take at most (datasheet appendix 9.1, t_measure,max).
+
+    A bracket of the formula is left out when its measurement is skipped (oversampling 0), as for
+    humidity on a BMP280.
+    """
+    ms = 1.25 + 2.3 * osrs_t + (2.3 * osrs_p + 0.575)
+    if osrs_h:
+        ms += 2.3 * osrs_h + 0.575
     return ms / 1000.0
+
+
+def decode_pressure_temperature(data: bytes) -> tuple[int, int]:
+    """The 20-bit raw pressure and temperature words from the six data bytes at 0xF7 (5.4.7-8)."""
+    raw_p = (data[0] << 12) | (data[1] << 4) | (data[2] >> 4)
+    raw_t = (data[3] << 12) | (data[4] << 4) | (data[5] >> 4)
+    return raw_p, raw_t
 
 
 def identify(bus: Bus, address: int) -> str | None:
     """Name the Bosch environmental chip at ``address`` from its chip-id register, if any."""
-    if address not in BME280.addresses:
+    if address not in BoschForcedDriver.addresses:
         return None
     chip_id = bus.write_read(address, bytes([REG_CHIP_ID]), 1)[0]
     if chip_id == CHIP_ID_BME280:
@@ -73,6 +90,65 @@ def identify(bus: Bus, address: int) -> str | None:
     if chip_id == CHIP_ID_BME680:
         return "bme680"
     return None
+
+
+class BoschForcedDriver(Driver):
+    """A Bosch BMx280 in forced mode: one trigger, one bounded wait, one burst read per sample.
+
+    Subclasses name their chip ids and the last register of their burst; the burst always starts
+    at the status register so one read tells whether the conversion has finished.
+    """
+
+    addresses: ClassVar[tuple[int, ...]] = (0x76, 0x77)
+    chip_ids: ClassVar[tuple[int, ...]]
+    burst_end: ClassVar[int]  # the last data register read in the burst
+
+    def __init__(self, bus: Bus, address: int, **kwargs: Any) -> None:
+        super().__init__(bus, address, **kwargs)
+        s = self.settings
+        self._ctrl_meas = (
+            OVERSAMPLING_CODES[s["oversampling_temperature"]] << 5
+            | OVERSAMPLING_CODES[s["oversampling_pressure"]] << 2
+            | MODE_FORCED
+        )
+        self._measure_time = max_measurement_time(
+            s["oversampling_temperature"],
+            s["oversampling_pressure"],
+            s.get("oversampling_humidity", 0),
+        )
+
+    @abstractmethod
+    def _wrong_chip(self, chip_id: int) -> str:
+        """The message for a chip id not in ``chip_ids``."""
+
+    def _check_chip(self) -> None:
+        chip_id = self.bus.write_read(self.address, bytes([REG_CHIP_ID]), 1)[0]
+        if chip_id not in self.chip_ids:
+            raise WrongChipError(self._wrong_chip(chip_id))
+
+    def _write(self, register: int, value: int) -> None:
+        self.bus.write(self.address, bytes([register, value]))
+
+    def _measure(self) -> bytes:
+        """Trigger a forced measurement and return status..burst_end once it has finished."""
+        clock = self.clock
+        length = self.burst_end - _BURST_START + 1
+        with self.bus.lock:
+            self._write(REG_CTRL_MEAS, self._ctrl_meas)
+            started = clock.monotonic()
+            deadline = started + self._measure_time + DEADLINE_MARGIN_S
+            clock.sleep(self._measure_time)
+            while True:
+                burst = self.bus.write_read(self.address, bytes([_BURST_START]), length)
+                if not burst[0] & STATUS_MEASURING and not burst[1] & MODE_FORCED:
+                    return burst
+                if clock.monotonic() >= deadline:
+                    raise SensorTimeoutError(
+                        f"{self.name} at {self.where}: measurement not finished after "
+                        f"{clock.monotonic() - started:.3f} s (status 0x{burst[0]:02x}); "
+                        "check the sensor's power and wiring"
+                    )
+                clock.sleep(POLL_INTERVAL_S)
 
 
 class _SnapshotBME280(Adafruit_BME280_I2C):
@@ -100,9 +176,10 @@ class _SnapshotBME280(Adafruit_BME280_I2C):
         return super()._read_register(register, length)
 
 
-class BME280(Driver):
+class BME280(BoschForcedDriver):
     name: ClassVar[str] = "bme280"
-    addresses: ClassVar[tuple[int, ...]] = (0x76, 0x77)
+    chip_ids: ClassVar[tuple[int, ...]] = (CHIP_ID_BME280,)
+    burst_end: ClassVar[int] = REG_HUM_LSB
     quantities: ClassVar[dict[str, str]] = {
         "temperature": "°C",
         "humidity": "%RH",
@@ -125,44 +202,32 @@ class BME280(Driver):
 
     def __init__(self, bus: Bus, address: int, **kwargs: Any) -> None:
         super().__init__(bus, address, **kwargs)
-        s = self.settings
-        self._ctrl_meas = (
-            OVERSAMPLING_CODES[s["oversampling_temperature"]] << 5
-            | OVERSAMPLING_CODES[s["oversampling_pressure"]] << 2
-            | MODE_FORCED
-        )
-        self._measure_time = max_measurement_time(
-            s["oversampling_temperature"], s["oversampling_pressure"], s["oversampling_humidity"]
-        )
         self._chip: _SnapshotBME280 | None = None
 
-    def setup(self) -> None:
-        chip_id = self.bus.write_read(self.address, bytes([REG_CHIP_ID]), 1)[0]
+    def _wrong_chip(self, chip_id: int) -> str:
         if chip_id in CHIP_IDS_BMP280:
-            raise WrongChipError(
+            return (
                 f"bme280 at {self.where}: found a BMP280 (chip id 0x{chip_id:02x}), which has no "
                 f'humidity sensor; set driver = "bmp280" for this sensor'
             )
-        if chip_id != CHIP_ID_BME280:
-            raise WrongChipError(
-                f"bme280 at {self.where}: chip id 0x{chip_id:02x} is not a BME280 (0x60); "
-                "is the address right? Run 'envagent scan' to see what answers"
-            )
+        return (
+            f"bme280 at {self.where}: chip id 0x{chip_id:02x} is not a BME280 (0x60); "
+            "is the address right? Run 'envagent scan' to see what answers"
+        )
+
+    def setup(self) -> None:
+        self._check_chip()
         with self.bus.lock:
             self._chip = _SnapshotBME280(BusioI2C(self.bus), self.address)
             s = self.settings
             self._write(REG_CTRL_HUM, OVERSAMPLING_CODES[s["oversampling_humidity"]])
             self._write(REG_CONFIG, IIR_CODES[s["iir_filter"]] << 2)
 
-    def _write(self, register: int, value: int) -> None:
-        self.bus.write(self.address, bytes([register, value]))
-
     def read(self) -> list[Measurement]:
         if self._chip is None:
             raise SensorError(f"bme280 at {self.where}: read() before setup()")
         data = self._measure()[REG_PRESS_MSB - _BURST_START :]
-        raw_p = (data[0] << 12) | (data[1] << 4) | (data[2] >> 4)
-        raw_t = (data[3] << 12) | (data[4] << 4) | (data[5] >> 4)
+        raw_p, raw_t = decode_pressure_temperature(data)
         raw_h = (data[6] << 8) | data[7]
         if SKIPPED_20BIT in (raw_p, raw_t) or raw_h == SKIPPED_16BIT:
             raise SensorError(
@@ -183,26 +248,6 @@ class BME280(Driver):
             Measurement("humidity", float(humidity), "%RH", humidity_quality),
             Measurement("pressure", pressure, "hPa"),
         ]
-
-    def _measure(self) -> bytes:
-        """Trigger a forced measurement and return status..hum_lsb once it has finished."""
-        clock = self.clock
-        with self.bus.lock:
-            self._write(REG_CTRL_MEAS, self._ctrl_meas)
-            started = clock.monotonic()
-            deadline = started + self._measure_time + DEADLINE_MARGIN_S
-            clock.sleep(self._measure_time)
-            while True:
-                burst = self.bus.write_read(self.address, bytes([_BURST_START]), _BURST_LENGTH)
-                if not burst[0] & STATUS_MEASURING and not burst[1] & MODE_FORCED:
-                    return burst
-                if clock.monotonic() >= deadline:
-                    raise SensorTimeoutError(
-                        f"bme280 at {self.where}: measurement not finished after "
-                        f"{clock.monotonic() - started:.3f} s (status 0x{burst[0]:02x}); "
-                        "check the sensor's power and wiring"
-                    )
-                clock.sleep(POLL_INTERVAL_S)
 
     def close(self) -> None:
         """Nothing to do: after a forced measurement the chip is back in sleep mode."""

@@ -14,6 +14,7 @@ existing quantities keep their values for a given seed.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -59,6 +60,15 @@ _TIDE_HALF_RANGE_HPA = 0.6
 _TIDE_PEAK_SOLAR_HOUR = 10.0
 _TIDE_PERIOD_HOURS = 12.0
 
+# --- CO2 ----------------------------------------------------------------------------------------
+# Background near the global mean of the mid-2020s (NOAA GML, ~420-425 ppm). Over vegetation,
+# night-time respiration under a shallow, stable boundary layer adds tens of ppm that photosynthesis
+# and daytime mixing remove: highest around dawn, lowest in the afternoon.
+_CO2_BACKGROUND_PPM = 420.0
+_CO2_DIURNAL_HALF_RANGE_PPM = 20.0
+_CO2_PEAK_SOLAR_HOUR = 5.0
+_WEATHER_CO2 = ((8.0, 3.3), (4.0, 11.0))  # ppm, days: air masses of different origin
+
 # --- per-sensor offsets (about half a BME280's absolute accuracy, datasheet table 1-3) -----------
 _OFFSET_TEMPERATURE_C = 0.3
 _OFFSET_HUMIDITY_RH = 1.5
@@ -75,6 +85,13 @@ class Conditions:
     temperature: float  # °C
     humidity: float  # %RH, 0-100
     pressure: float  # hPa, station pressure (not reduced to sea level)
+    illuminance: float = 0.0  # lx, horizontal, outdoors
+    pm1: float = 0.0  # µg/m³, particulate matter < 1 µm
+    pm2_5: float = 0.0  # µg/m³, < 2.5 µm
+    pm10: float = 0.0  # µg/m³, < 10 µm
+    soil_moisture: float = 0.0  # % volumetric water content
+    water_level: float = 0.0  # m above the gauge's zero
+    co2: float = 420.0  # ppm, dry-air mole fraction
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +193,10 @@ class Environment:
             temperature=temperature,
             humidity=relative_humidity(temperature, dew_point),
             pressure=self._pressure(wall_time),
+            illuminance=self._illuminance(wall_time),
+            **self._particulates(wall_time),
+            **self._hydrology(wall_time),
+            co2=self._co2(wall_time),
         )
 
     def offset_for(self, key: str) -> Offsets:
@@ -224,6 +245,14 @@ class Environment:
         hour = self._solar_hour(wall_time)
         return _DIURNAL_HALF_RANGE_C * math.cos(math.tau * (hour - _WARMEST_SOLAR_HOUR) / 24.0)
 
+    def _co2(self, wall_time: float) -> float:
+        """ppm: background, a night-time high over vegetation, and passing weather."""
+        hour = self._solar_hour(wall_time)
+        diurnal = _CO2_DIURNAL_HALF_RANGE_PPM * math.cos(
+            math.tau * (hour - _CO2_PEAK_SOLAR_HOUR) / 24.0
+        )
+        return _CO2_BACKGROUND_PPM + diurnal + _wander(self.seed, "co2", _WEATHER_CO2)(wall_time)
+
     def _pressure(self, wall_time: float) -> float:
         station = station_pressure(self.elevation_m)
         scale = station / _SEA_LEVEL_HPA  # weather moves pressure in proportion at altitude
@@ -232,6 +261,53 @@ class Environment:
             math.tau * (hour - _TIDE_PEAK_SOLAR_HOUR) / _TIDE_PERIOD_HOURS
         )
         return station + scale * (self._weather_p(wall_time) + tide)
+
+    def _illuminance(self, wall_time: float) -> float:
+        """Clear-sky daylight from the sun's elevation, dimmed by seeded clouds; 0 at night."""
+        latitude = math.radians(_DEFAULT_LATITUDE if self.latitude is None else self.latitude)
+        day_of_year = (wall_time / SECONDS_PER_DAY) % DAYS_PER_YEAR
+        declination = math.radians(_MAX_DECLINATION_DEG) * math.sin(
+            math.tau * (_DECLINATION_DAY_OFFSET + day_of_year) / DAYS_PER_YEAR
+        )
+        hour_angle = math.radians(_DEGREES_PER_HOUR * (self._solar_hour(wall_time) - 12.0))
+        sin_elevation = math.sin(latitude) * math.sin(declination) + math.cos(
+            latitude
+        ) * math.cos(declination) * math.cos(hour_angle)
+        if sin_elevation <= 0.0:
+            return 0.0
+        clear = _SOLAR_LUX * sin_elevation * math.exp(-_EXTINCTION / sin_elevation)
+        cloud = _clamp(0.5 + _wander(self.seed, "cloud", _WEATHER_CLOUD)(wall_time), 0.0, 1.0)
+        return clear * (1.0 - _CLOUD_DIMMING * cloud**_CLOUD_EXPONENT)
+
+    def _particulates(self, wall_time: float) -> dict[str, float]:
+        """PM1 <= PM2.5 <= PM10 in µg/m³: a seeded site level, weather, rush-hour peaks."""
+        rng = random.Random(f"{self.seed}:pm")
+        level = rng.uniform(*_PM2_5_SITE_RANGE)
+        weather = math.exp(_wander(self.seed, "pm", _WEATHER_PM)(wall_time))
+        hour = self._solar_hour(wall_time)
+        peaks = sum(
+            height * math.exp(-0.5 * ((hour - peak) / width) ** 2)
+            for peak, width, height in _PM_PEAKS
+        )
+        pm2_5 = level * weather * (1.0 + peaks)
+        coarse = _PM10_RATIO + _wander(self.seed, "pm_coarse", _WEATHER_PM_COARSE)(wall_time)
+        return {"pm1": pm2_5 * _PM1_RATIO, "pm2_5": pm2_5, "pm10": pm2_5 * max(1.0, coarse)}
+
+    def _hydrology(self, wall_time: float) -> dict[str, float]:
+        """Soil moisture and water level: seeded rain events, each decaying exponentially."""
+        now_day = math.floor(wall_time / SECONDS_PER_DAY)
+        wetting = rise = 0.0
+        for day in range(now_day - _RAIN_MEMORY_DAYS, now_day + 1):
+            for start, mm in _rain_events(self.seed, day):
+                age = wall_time - start
+                if age >= 0.0:
+                    wetting += mm * math.exp(-age / _SOIL_DRYING_S)
+                    rise += mm * math.exp(-age / _WATER_RECESSION_S)
+        soil = _SOIL_DRY_PERCENT + _SOIL_PERCENT_PER_MM * wetting
+        return {
+            "soil_moisture": min(soil, _SOIL_SATURATED_PERCENT),
+            "water_level": _WATER_BASE_M + _WATER_M_PER_MM * rise,
+        }
 
 
 @dataclass(frozen=True)
@@ -262,3 +338,56 @@ def relative_humidity(temperature: float, dew_point: float) -> float:
 
 def _clamp(value: float, low: float, high: float) -> float:
     return min(high, max(low, value))
+
+
+# --- light, particulates, soil and water (illuminance, pm*, soil_moisture, water_level) ---------
+# Sun position: declination by Cooper (1969), δ = 23.44° · sin(360° · (284 + N) / 365).
+_MAX_DECLINATION_DEG = 23.44
+_DECLINATION_DAY_OFFSET = 284.0
+# Clear-sky horizontal illuminance E = E0 · sin(h) · exp(-c / sin(h)): E0 is the extraterrestrial
+# solar illuminance (~128 klx) and c a clear-atmosphere extinction chosen to give ~100 klx with the
+# sun overhead -- a rough fit, not a radiative-transfer model.
+_SOLAR_LUX = 128_000.0
+_EXTINCTION = 0.21
+# Cloud dimming after Kasten & Czeplak (1980): 1 - 0.75 · (cloud fraction)^3.4.
+_CLOUD_DIMMING = 0.75
+_CLOUD_EXPONENT = 3.4
+_WEATHER_CLOUD = ((0.35, 2.9), (0.25, 0.7), (0.15, 0.17))  # cloud fraction around 0.5
+
+# Urban-background PM2.5 of a few to a few tens of µg/m³, with morning and evening peaks
+# (traffic, shallow night-time boundary layer); PM1 ~ 0.7 of PM2.5, PM10 ~ 1.6x.
+_PM2_5_SITE_RANGE = (5.0, 15.0)
+_WEATHER_PM = ((0.5, 3.1), (0.3, 8.3))  # log-scale: a factor of ~0.45 to 2.2
+_PM_PEAKS = ((8.0, 1.5, 0.8), (20.0, 2.0, 0.6))  # (solar hour, width h, relative height)
+_PM1_RATIO = 0.7
+_PM10_RATIO = 1.6
+_WEATHER_PM_COARSE = ((0.3, 2.3),)
+
+# Rain: on a seeded 30 % of days, one shower of exponentially distributed depth (mean 8 mm).
+# Soil (%VWC) dries from each wetting with a ~6-day time constant towards a dry floor; the water
+# level recedes more slowly. Rain older than _RAIN_MEMORY_DAYS no longer matters (e^-10).
+_RAIN_DAY_PROBABILITY = 0.3
+_RAIN_MEAN_MM = 8.0
+_RAIN_MEMORY_DAYS = 60
+_SOIL_DRY_PERCENT = 12.0
+_SOIL_SATURATED_PERCENT = 45.0
+_SOIL_PERCENT_PER_MM = 0.8
+_SOIL_DRYING_S = 6.0 * SECONDS_PER_DAY
+_WATER_BASE_M = 0.5
+_WATER_M_PER_MM = 0.01
+_WATER_RECESSION_S = 6.0 * SECONDS_PER_DAY
+
+
+@functools.lru_cache(maxsize=64)
+def _wander(seed: int, name: str, spec: tuple[tuple[float, float], ...]) -> _Wander:
+    """``_Wander.seeded``, built once per (seed, name): the Environment stays a pure function."""
+    return _Wander.seeded(seed, name, spec)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rain_events(seed: int, day: int) -> tuple[tuple[float, float], ...]:
+    """(start wall time, mm) of the showers on ``day`` (days since the epoch), seeded per day."""
+    rng = random.Random(f"{seed}:rain:{day}")
+    if rng.random() >= _RAIN_DAY_PROBABILITY:
+        return ()
+    return ((day + rng.random()) * SECONDS_PER_DAY, rng.expovariate(1.0 / _RAIN_MEAN_MM)),

@@ -5,6 +5,11 @@
 I2C_RDWR path on a real adapter: an address nobody acknowledges raises ``OSError(EREMOTEIO)``, a
 write followed by a read is one transfer with a repeated start, and errors keep the kernel's errno
 (see ``drivers/errors.py``). Faults are injected per address and consumed one per transaction.
+
+An I2C switch model attached with :meth:`SimBus.attach_mux` answers at its own address and lends
+the bus the downstream devices of its selected channels; when several devices answer one address
+(two selected channels, or a channel and the bus itself), writes reach all of them and reads are
+their wired-AND, as on an open-drain bus.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import os
 import random
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from drivers.bus import check_address
 from drivers.clock import Clock, SystemClock
@@ -30,6 +35,7 @@ LOG_LENGTH = 100_000
 _IDLE_BYTE = 0xFF
 
 TransactionKind = Literal["write", "read", "write_read"]
+_T = TypeVar("_T")
 
 
 class SimDevice(Protocol):
@@ -41,6 +47,44 @@ class SimDevice(Protocol):
 
     def write(self, data: bytes) -> None: ...
     def read(self, length: int) -> bytes: ...
+
+
+class SimMux(SimDevice, Protocol):
+    """An I2C switch: a device at its own address that connects downstream devices to the bus."""
+
+    def connected(self, address: int) -> list[SimDevice]: ...
+
+
+class _Contention:
+    """Several devices on one address: each sees every write; a read is the AND of the answers.
+
+    The address is acknowledged if any device acknowledges; a NACK from all is a NACK.
+    """
+
+    def __init__(self, devices: list[SimDevice]) -> None:
+        self.devices = devices
+
+    def write(self, data: bytes) -> None:
+        self._each(lambda device: device.write(data))
+
+    def read(self, length: int) -> bytes:
+        wired = bytearray([_IDLE_BYTE]) * length
+        for answer in self._each(lambda device: device.read(length)):
+            for i, byte in enumerate(answer):
+                wired[i] &= byte
+        return bytes(wired)
+
+    def _each(self, call: Callable[[SimDevice], _T]) -> list[_T]:
+        results: list[_T] = []
+        nack: OSError | None = None
+        for device in self.devices:
+            try:
+                results.append(call(device))
+            except OSError as exc:
+                nack = exc
+        if not results and nack is not None:
+            raise nack
+        return results
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +175,7 @@ class SimBus:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.lock = threading.RLock()
         self._devices: dict[int, SimDevice] = {}
+        self._muxes: dict[int, SimMux] = {}
         self._vanished: set[int] = set()
         self._faults: dict[int, deque[_ActiveFault]] = {}
         self._last_reads: dict[tuple[int, int], bytes] = {}
@@ -154,9 +199,16 @@ class SimBus:
                 )
             self._devices[address] = device
 
+    def attach_mux(self, address: int, mux: SimMux) -> None:
+        """Attach an I2C switch: it answers at ``address`` and routes its selected channels."""
+        with self.lock:
+            self.attach(address, mux)
+            self._muxes[address] = mux
+
     def detach(self, address: int) -> SimDevice:
         with self.lock:
             self._vanished.discard(address)
+            self._muxes.pop(address, None)
             return self._devices.pop(address)
 
     # --- faults ---------------------------------------------------------------------------------
@@ -232,7 +284,7 @@ class SimBus:
             return answer
 
     def _run(self, address: int, kind: TransactionKind, wrote: bytes, length: int) -> bytes:
-        device = self._devices.get(address)
+        device = self._resolve(address)
         if device is None or address in self._vanished:
             raise _os_error(errno.EREMOTEIO)
         fault = self._next_fault(address, reads=kind != "write")
@@ -259,6 +311,18 @@ class SimBus:
         if fault.rng is not None:
             return bytes(fault.rng.getrandbits(8) for _ in range(length))
         return self._last_reads.get((address, length), bytes([_IDLE_BYTE]) * length)
+
+    def _resolve(self, address: int) -> SimDevice | None:
+        """Whoever answers ``address`` now: a device on the bus or behind a selected channel."""
+        device = self._devices.get(address)
+        if not self._muxes:
+            return device
+        answering = [] if device is None else [device]
+        for mux in self._muxes.values():
+            answering += mux.connected(address)
+        if len(answering) > 1:
+            return _Contention(answering)
+        return answering[0] if answering else None
 
     def _next_fault(self, address: int, *, reads: bool) -> _ActiveFault | None:
         """The fault that applies to this transfer; spent faults are dropped first."""

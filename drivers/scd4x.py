@@ -1,0 +1,240 @@
+"""Sensirion SCD4x (SCD40/SCD41): CO2, temperature and humidity from the periodic measurement.
+
+The chip measures by itself every 5 s once started; the agent samples on its own schedule (an
+interval of 5 s or more). ``setup`` stops whatever measurement still runs (a restarted agent finds
+the chip measuring, and the chip then refuses every other command), reads the serial number as
+identification, and starts the periodic measurement; each ``read`` waits -- bounded -- for the
+data-ready status and reads the newest measurement; ``close`` stops the measurement.
+
+The first samples after a start carry :attr:`Quality.WARMUP`. The data sheet asks for more than
+three minutes of operation before the output serves as a calibration reference (3.7.1), and
+Sensirion's own examples show the first minutes settling; so samples taken less than
+:data:`WARMUP_S` after the start are flagged, not dropped.
+
+Pressure compensation: the photoacoustic cell counts CO2 molecules, so the ppm depend on the
+ambient pressure the chip assumes. :meth:`SCD4x.set_ambient_pressure` passes it (allowed while
+measuring); the option ``pressure_from`` names the sensor whose pressure the agent should pass.
+
+Numbers: Sensirion data sheet "SCD4x" Version 1.3 (September 2022): table 9 (codes, execution
+times, commands allowed during a measurement), 3.5.1-3.5.3, 3.6.5 (ambient pressure as Pa / 100),
+3.8.2 (data ready: low 11 bits), 3.9.2 (serial number), 3.9.3 (self test); later revisions give
+the valid ambient pressure input as 700-1200 hPa.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+from typing import Any, ClassVar
+
+from drivers import sensirion
+from drivers.base import Driver, Measurement, Option, Quality
+from drivers.bus import Bus
+from drivers.clock import Clock
+from drivers.errors import DriverConfigError, SensorError, SensorTimeoutError
+
+log = logging.getLogger("envagent.driver")
+
+START_PERIODIC_MEASUREMENT = 0x21B1
+READ_MEASUREMENT = 0xEC05
+STOP_PERIODIC_MEASUREMENT = 0x3F86
+SET_AMBIENT_PRESSURE = 0xE000
+GET_DATA_READY_STATUS = 0xE4B8
+GET_SERIAL_NUMBER = 0x3682
+PERFORM_SELF_TEST = 0x3639
+
+COMMAND_S = 0.001  # read_measurement, get_data_ready_status, get_serial_number, set_ambient_p.
+STOP_S = 0.5  # the chip answers nothing for 500 ms after stop_periodic_measurement
+SELF_TEST_S = 10.0
+SIGNAL_UPDATE_INTERVAL_S = 5.0
+DATA_READY_MASK = 0x07FF  # data ready unless the least significant 11 bits are all 0
+SELF_TEST_OK = 0x0000
+
+READY_POLL_S = 0.1
+READY_MARGIN_S = 2.0  # a signal update later than 5 s + this counts as stale data
+WARMUP_S = 180.0  # see the module docstring
+
+PRESSURE_MIN_HPA = 700.0
+PRESSURE_MAX_HPA = 1200.0
+CO2_MAX_PPM = 40_000  # output range 0-40'000 ppm
+T_MIN_C = -10.0  # operating conditions
+T_MAX_C = 60.0
+
+
+def read_serial(bus: Bus, address: int, clock: Clock, where: str) -> int:
+    """The 48-bit serial number; only answered while no periodic measurement runs."""
+    words = sensirion.read_words(
+        bus, address, sensirion.command(GET_SERIAL_NUMBER), 3, clock=clock, wait=COMMAND_S,
+        where=where,
+    )
+    return words[0] << 32 | words[1] << 16 | words[2]
+
+
+def identify(bus: Bus, address: int, clock: Clock | None = None) -> str | None:
+    """``"scd4x"`` when the chip at ``address`` answers get_serial_number or, while it measures
+    (when it refuses get_serial_number), get_data_ready_status with good CRCs. Neither changes
+    the chip's state."""
+    if address not in SCD4x.addresses:
+        return None
+    clock = sensirion.scan_clock(bus, clock)
+    where = f"scd4x? at 0x{address:02x}"
+    try:
+        read_serial(bus, address, clock, where)
+    except OSError as exc:
+        if exc.errno != errno.EREMOTEIO:
+            raise
+        request = sensirion.command(GET_DATA_READY_STATUS)
+        try:
+            sensirion.read_words(bus, address, request, 1, clock=clock, wait=COMMAND_S, where=where)
+        except SensorError:
+            return None
+        except OSError as nacked:
+            if nacked.errno == errno.EREMOTEIO:
+                return None
+            raise
+    except SensorError:
+        return None
+    return "scd4x"
+
+
+class SCD4x(Driver):
+    name: ClassVar[str] = "scd4x"
+    addresses: ClassVar[tuple[int, ...]] = (0x62,)
+    quantities: ClassVar[dict[str, str]] = {
+        "co2": "ppm",
+        "temperature": "°C",
+        "humidity": "%RH",
+    }
+    options: ClassVar[dict[str, Option]] = {
+        "pressure_from": Option(
+            str, "", "id of the sensor (a BME280) whose pressure compensates the CO2 reading; "
+            "empty: the chip assumes 1013 hPa",
+        ),
+    }
+
+    def __init__(self, bus: Bus, address: int, **kwargs: Any) -> None:
+        super().__init__(bus, address, **kwargs)
+        self.pressure_from: str = self.settings["pressure_from"]
+        self.serial_number: int | None = None
+        self._started: float | None = None  # clock.monotonic() of start_periodic_measurement
+        self._pressure_hpa: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"scd4x at {self.where}"
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self._started = None
+        self._stop(tolerate_nack=True)
+        self.serial_number = read_serial(self.bus, self.address, self.clock, self.label)
+        if self._pressure_hpa is not None:
+            self._send_pressure(self._pressure_hpa)
+        self._write(sensirion.command(START_PERIODIC_MEASUREMENT))
+        self._started = self.clock.monotonic()
+
+    def read(self) -> list[Measurement]:
+        if self._started is None:
+            raise SensorError(f"{self.label}: read() before setup()")
+        self._wait_for_data()
+        co2, t_ticks, rh_ticks = self._read_words(READ_MEASUREMENT, 3)
+        warm = self.clock.monotonic() - self._started >= WARMUP_S
+        base = Quality.GOOD if warm else Quality.WARMUP
+        temperature = sensirion.ticks_to_celsius(t_ticks)
+        t_range = sensirion.temperature_quality(temperature, T_MIN_C, T_MAX_C)
+        co2_range = Quality.GOOD if co2 <= CO2_MAX_PPM else Quality.OUT_OF_RANGE
+        return [
+            Measurement("co2", float(co2), "ppm", base | co2_range),
+            Measurement("temperature", temperature, "°C", base | t_range),
+            Measurement("humidity", sensirion.ticks_to_rh(rh_ticks), "%RH", base),
+        ]
+
+    def close(self) -> None:
+        """Stop the periodic measurement (the chip idles at a fraction of the current)."""
+        if self._started is None:
+            return
+        self._started = None
+        try:
+            self._stop(tolerate_nack=False)
+        except OSError as exc:
+            log.debug("%s: stop on close failed: %s", self.label, exc)
+
+    # --- pressure compensation and self test ------------------------------------------------------
+
+    def set_ambient_pressure(self, hpa: float) -> None:
+        """Compensate the CO2 reading for ``hpa`` (station pressure, e.g. from a BME280).
+
+        Allowed while the chip measures (table 9); kept and sent again after every ``setup``,
+        because the chip forgets it at power-up. Raises :class:`DriverConfigError` outside the
+        700-1200 hPa the chip accepts, and the bus's ``OSError`` when the chip does not answer.
+        """
+        if not math.isfinite(hpa) or not PRESSURE_MIN_HPA <= hpa <= PRESSURE_MAX_HPA:
+            raise DriverConfigError(
+                f"{self.label}: ambient pressure {hpa} hPa is outside the "
+                f"{PRESSURE_MIN_HPA:g}-{PRESSURE_MAX_HPA:g} hPa the SCD4x accepts"
+            )
+        self._pressure_hpa = hpa
+        if self._started is not None:
+            self._send_pressure(hpa)
+
+    def self_test(self) -> bool:
+        """Run perform_self_test (10 s, the chip idle meanwhile); True when it found no fault.
+
+        Restarts the periodic measurement afterwards if it ran, which restarts the warm-up too.
+        """
+        was_running = self._started is not None
+        self._started = None
+        self._stop(tolerate_nack=True)
+        (result,) = sensirion.read_words(
+            self.bus, self.address, sensirion.command(PERFORM_SELF_TEST), 1,
+            clock=self.clock, wait=SELF_TEST_S, where=self.label,
+        )
+        if was_running:
+            self._write(sensirion.command(START_PERIODIC_MEASUREMENT))
+            self._started = self.clock.monotonic()
+        return result == SELF_TEST_OK
+
+    # --- transfers ------------------------------------------------------------------------------
+
+    def _wait_for_data(self) -> None:
+        started = self.clock.monotonic()
+        deadline = started + SIGNAL_UPDATE_INTERVAL_S + READY_MARGIN_S
+        while True:
+            (status,) = self._read_words(GET_DATA_READY_STATUS, 1)
+            if status & DATA_READY_MASK:
+                return
+            if self.clock.monotonic() >= deadline:
+                raise SensorTimeoutError(
+                    f"{self.label}: no new measurement for "
+                    f"{self.clock.monotonic() - started:.1f} s (data-ready 0x{status:04x}); "
+                    "the chip may have stopped measuring"
+                )
+            self.clock.sleep(READY_POLL_S)  # the bus is free for other sensors meanwhile
+
+    def _read_words(self, code: int, words: int) -> list[int]:
+        return sensirion.read_words(
+            self.bus, self.address, sensirion.command(code), words,
+            clock=self.clock, wait=COMMAND_S, where=self.label,
+        )
+
+    def _write(self, data: bytes, wait: float = 0.0) -> None:
+        with self.bus.lock:
+            self.bus.write(self.address, data)
+            if wait:
+                self.clock.sleep(wait)
+
+    def _send_pressure(self, hpa: float) -> None:
+        # 3.6.5: the argument word is the pressure in Pa / 100, i.e. in hPa.
+        request = sensirion.command(SET_AMBIENT_PRESSURE) + sensirion.frame_words(round(hpa))
+        self._write(request, COMMAND_S)
+
+    def _stop(self, *, tolerate_nack: bool) -> None:
+        """stop_periodic_measurement and its 500 ms; ``tolerate_nack``: from an idle chip too."""
+        try:
+            self._write(sensirion.command(STOP_PERIODIC_MEASUREMENT))
+        except OSError as exc:
+            if not tolerate_nack or exc.errno != errno.EREMOTEIO:
+                raise
+        self.clock.sleep(STOP_S)

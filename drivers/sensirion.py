@@ -1,0 +1,193 @@
+"""Sensirion's I2C framing, shared by the SHT3x, SHT4x and SCD4x drivers.
+
+Every Sensirion chip here talks in commands (one or two bytes) and 16-bit big-endian words, each
+word followed by a CRC-8 over its two bytes. A word whose CRC does not match is never a value: the
+read fails. The conversions are the data sheets' formulas from raw "ticks" to engineering units.
+
+CRC-8 parameters, identical in all three data sheets (SHT3x-DIS v5 table 20; the checksum
+sections of the SHT4x and SCD4x data sheets): polynomial 0x31 (x^8 + x^5 + x^4 + 1), init 0xFF,
+no reflection, final XOR 0x00; check value CRC(0xBE 0xEF) = 0x92.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+
+from drivers.base import Quality
+from drivers.bus import Bus
+from drivers.clock import Clock, SystemClock
+from drivers.errors import SensorError, SensorTimeoutError
+
+CRC8_POLYNOMIAL = 0x31
+CRC8_INIT = 0xFF
+_BYTE_MASK = 0xFF
+_TOP_BIT = 0x80
+
+WORD_BYTES = 2
+FRAME_BYTES = WORD_BYTES + 1  # a word and its CRC
+WORD_MAX = 0xFFFF  # 2^16 - 1: the denominator of every Sensirion conversion formula
+
+# SHT3x-DIS 4.13, SHT4x "conversion of signal output", SCD4x 3.5.2: T = -45 + 175 * S / (2^16 - 1).
+T_OFFSET_C = -45.0
+T_SPAN_C = 175.0
+# RH = 100 * S / (2^16 - 1) on SHT3x and SCD4x; SHT4x: RH = -6 + 125 * S / (2^16 - 1), which the
+# data sheet tells the host to clamp to 0..100 %RH.
+RH_SPAN = 100.0
+SHT4X_RH_OFFSET = -6.0
+SHT4X_RH_SPAN = 125.0
+RH_MIN = 0.0
+RH_MAX = 100.0
+
+POLL_INTERVAL_S = 0.001  # between reads the chip NACKed because it is still converting
+DEADLINE_MARGIN_S = 0.1  # beyond the data sheet's maximum before a conversion counts as hung
+
+
+def crc8(data: bytes) -> int:
+    """The Sensirion CRC-8 of ``data`` (bitwise: small, and fast enough for a few bytes)."""
+    crc = CRC8_INIT
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ CRC8_POLYNOMIAL) if crc & _TOP_BIT else crc << 1
+            crc &= _BYTE_MASK
+    return crc
+
+
+def command(code: int, *, length: int = WORD_BYTES) -> bytes:
+    """A command code as sent on the wire (big-endian, ``length`` bytes)."""
+    return code.to_bytes(length, "big")
+
+
+def frame_words(*words: int) -> bytes:
+    """Words as the chip expects arguments: each big-endian and followed by its CRC."""
+    out = bytearray()
+    for word in words:
+        if not 0 <= word <= WORD_MAX:
+            raise ValueError(f"0x{word:x} does not fit a 16-bit word")
+        raw = word.to_bytes(WORD_BYTES, "big")
+        out += raw + bytes([crc8(raw)])
+    return bytes(out)
+
+
+def parse_words(data: bytes, where: str) -> list[int]:
+    """The words of a read, each checked against its CRC.
+
+    ``where`` names the chip in the error (``sht3x at 1:0x44``). A mismatch raises
+    :class:`SensorError` and no value at all comes back: a flipped bit must not become a reading.
+    """
+    if len(data) % FRAME_BYTES:
+        raise SensorError(
+            f"{where}: {len(data)} bytes is not a whole number of word+CRC frames"
+        )
+    words = []
+    for index in range(0, len(data), FRAME_BYTES):
+        raw, received = data[index : index + WORD_BYTES], data[index + WORD_BYTES]
+        expected = crc8(raw)
+        if received != expected:
+            raise SensorError(
+                f"{where}: CRC mismatch in word {index // FRAME_BYTES} (data 0x{raw.hex()}, "
+                f"CRC 0x{received:02x}, expected 0x{expected:02x}); noise on the bus? "
+                "Check cable length and pull-ups"
+            )
+        words.append(int.from_bytes(raw, "big"))
+    return words
+
+
+def ticks_to_celsius(ticks: int) -> float:
+    return T_OFFSET_C + T_SPAN_C * ticks / WORD_MAX
+
+
+def ticks_to_rh(ticks: int) -> float:
+    """SHT3x and SCD4x relative humidity, %RH."""
+    return RH_SPAN * ticks / WORD_MAX
+
+
+def sht4x_ticks_to_rh(ticks: int) -> float:
+    """SHT4x relative humidity before the data sheet's clamp: it spans -6 .. 119 %RH."""
+    return SHT4X_RH_OFFSET + SHT4X_RH_SPAN * ticks / WORD_MAX
+
+
+def temperature_quality(celsius: float, low: float, high: float) -> Quality:
+    """OUT_OF_RANGE outside a chip's specified range; a value one tick past a limit is the
+    limit itself, rounded by the ADC, and stays good."""
+    tick = T_SPAN_C / WORD_MAX
+    return Quality.GOOD if low - tick <= celsius <= high + tick else Quality.OUT_OF_RANGE
+
+
+def read_words(
+    bus: Bus, address: int, request: bytes, words: int, *, clock: Clock, wait: float, where: str
+) -> list[int]:
+    """Send a command, wait its execution time, read ``words`` words and check their CRCs.
+
+    Holds the bus lock for the whole exchange. A NACK (the chip still busy) is the kernel's
+    ``OSError`` and propagates unchanged.
+    """
+    with bus.lock:
+        bus.write(address, request)
+        clock.sleep(wait)
+        data = bus.read(address, words * FRAME_BYTES)
+    return parse_words(data, where)
+
+
+def measure(
+    bus: Bus,
+    address: int,
+    request: bytes,
+    words: int,
+    *,
+    clock: Clock,
+    duration: float,
+    where: str,
+    unlocked: float = 0.0,
+) -> list[int]:
+    """Start a conversion and read its ``words`` once the chip stops NACKing the read.
+
+    ``duration`` is the data sheet's maximum conversion time: the first read comes after it, and a
+    chip still NACKing :data:`DEADLINE_MARGIN_S` later raises :class:`SensorTimeoutError`. The bus
+    lock is held throughout, except for ``unlocked`` seconds before the conversion (an SHT4x
+    heater pulse), so a long wait does not hold up the other sensors on the bus.
+    """
+    started = clock.monotonic()
+    deadline = started + unlocked + duration + DEADLINE_MARGIN_S
+    if unlocked:
+        with bus.lock:
+            bus.write(address, request)
+        clock.sleep(unlocked)
+        request = b""  # already sent
+    with bus.lock:
+        if request:
+            bus.write(address, request)
+        clock.sleep(max(0.0, started + unlocked + duration - clock.monotonic()))
+        while True:
+            try:
+                data = bus.read(address, words * FRAME_BYTES)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EREMOTEIO:
+                    raise
+                if clock.monotonic() >= deadline:
+                    raise SensorTimeoutError(
+                        f"{where}: no result (NACK) {clock.monotonic() - started:.3f} s after "
+                        "a measurement command; check the sensor's power and wiring"
+                    ) from exc
+            clock.sleep(POLL_INTERVAL_S)
+    return parse_words(data, where)
+
+
+def scan_clock(bus: Bus, clock: Clock | None) -> Clock:
+    """The clock an identifier waits on: the given one, the bus's own (a SimBus carries the
+    simulated world's clock), or the system clock for real hardware.
+
+    `envagent scan` calls identifiers as ``identify(bus, address)`` without a clock, yet Sensirion
+    chips need a millisecond or more between a command and its answer.
+    """
+    if clock is not None:
+        return clock
+    own = getattr(bus, "clock", None)
+    return own if own is not None else _system_clock()
+
+
+@functools.cache
+def _system_clock() -> Clock:
+    return SystemClock()

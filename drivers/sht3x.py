@@ -1,0 +1,164 @@
+"""Sensirion SHT3x (SHT30/31/35): temperature and humidity from one single-shot measurement.
+
+Single-shot commands without clock stretching, so no I2C adapter has to tolerate a held SCL (the
+Pi's i2c-bcm2835 handles stretching badly): the driver sends the command, waits the data sheet's
+maximum measurement time, and reads 6 bytes; while the chip is still converting it NACKs the read,
+which the driver retries until a deadline (``sensirion.measure``). Identification reads the
+status register (0xF32D), which every SHT3x answers with a CRC-protected word.
+
+Numbers: Sensirion data sheet "SHT3x-DIS" v5 (May 2018) -- table 9 (single-shot commands), 4.9
+(soft reset), table 16 (heater), tables 17-18 (status register), 4.13 (conversion), table 4
+(timings; later revisions raise the maxima by 0.5 ms, which this driver uses).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Any, ClassVar
+
+from drivers import sensirion
+from drivers.base import Driver, Measurement, Option
+from drivers.bus import Bus
+from drivers.clock import Clock
+from drivers.errors import SensorError, WrongChipError
+
+log = logging.getLogger("envagent.driver")
+
+MEASURE = {"high": 0x2400, "medium": 0x240B, "low": 0x2416}  # table 9, no clock stretching
+# Maximum measurement durations in seconds (table 4 of the latest revision: 15.5 / 6.5 / 4.5 ms).
+MEASURE_MAX_S = {"high": 0.0155, "medium": 0.0065, "low": 0.0045}
+SOFT_RESET = 0x30A2
+HEATER_ON = 0x306D
+HEATER_OFF = 0x3066
+READ_STATUS = 0xF32D
+CLEAR_STATUS = 0x3041
+
+STATUS_HEATER_ON = 1 << 13  # table 18
+STATUS_COMMAND_FAILED = 1 << 1
+
+SOFT_RESET_S = 0.0015  # t_SR max (table 4)
+COMMAND_S = 0.001  # the 1 ms pause table 9 asks for between a command and the next transfer
+
+# Specified operating range (table 1, 2): outside it the value is stored but flagged.
+T_MIN_C = -40.0
+T_MAX_C = 125.0
+
+
+def read_status(bus: Bus, address: int, clock: Clock, where: str) -> int:
+    """The status register; any answer with a good CRC comes from an SHT3x."""
+    request = sensirion.command(READ_STATUS)
+    words = sensirion.read_words(bus, address, request, 1, clock=clock, wait=COMMAND_S, where=where)
+    return words[0]
+
+
+def identify(bus: Bus, address: int, clock: Clock | None = None) -> str | None:
+    """``"sht3x"`` when the chip at ``address`` answers the SHT3x status command with a good CRC.
+
+    Safe on any chip: it only reads. An SHT4x does not know the command and NACKs it; an answer
+    with a bad CRC is not an SHT3x.
+    """
+    if address not in SHT3x.addresses:
+        return None
+    try:
+        read_status(bus, address, sensirion.scan_clock(bus, clock), f"sht3x? at 0x{address:02x}")
+    except SensorError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EREMOTEIO:
+            return None  # the command or its answer was refused: another chip
+        raise
+    return "sht3x"
+
+
+class SHT3x(Driver):
+    name: ClassVar[str] = "sht3x"
+    addresses: ClassVar[tuple[int, ...]] = (0x44, 0x45)
+    quantities: ClassVar[dict[str, str]] = {"temperature": "°C", "humidity": "%RH"}
+    options: ClassVar[dict[str, Option]] = {
+        "repeatability": Option(
+            str, "high", "measurement repeatability: longer conversions are less noisy",
+            choices=("high", "medium", "low"),
+        ),
+        "heater": Option(
+            bool, False, "keep the on-chip heater on (dries a condensed sensor; T reads high)"
+        ),
+    }
+
+    def __init__(self, bus: Bus, address: int, **kwargs: Any) -> None:
+        super().__init__(bus, address, **kwargs)
+        self._repeatability: str = self.settings["repeatability"]
+        self._ready = False
+
+    @property
+    def label(self) -> str:
+        return f"sht3x at {self.where}"
+
+    def setup(self) -> None:
+        """Identify by the status register, reset, and set the heater as configured."""
+        self._ready = False
+        try:
+            read_status(self.bus, self.address, self.clock, self.label)
+        except (OSError, SensorError) as exc:
+            self._explain_identity(exc)
+            raise
+        self._command(SOFT_RESET, SOFT_RESET_S)  # the heater is off after any reset
+        if self.settings["heater"]:
+            self._command(HEATER_ON, COMMAND_S)
+        status = read_status(self.bus, self.address, self.clock, self.label)
+        if bool(status & STATUS_HEATER_ON) != self.settings["heater"] or (
+            status & STATUS_COMMAND_FAILED
+        ):
+            raise SensorError(
+                f"{self.label}: status 0x{status:04x} after set-up does not show the configured "
+                f"heater ({'on' if self.settings['heater'] else 'off'}); is it an SHT3x?"
+            )
+        self._ready = True
+
+    def _explain_identity(self, exc: Exception) -> None:
+        """Raise a WrongChipError when another Sensirion chip answers instead."""
+        from drivers import sht4x  # late: sht4x imports this module
+
+        if isinstance(exc, OSError) and exc.errno != errno.EREMOTEIO:
+            return
+        try:
+            other = sht4x.identify(self.bus, self.address, self.clock)
+        except OSError:
+            return
+        if other:
+            raise WrongChipError(
+                f'{self.label}: found an SHT4x, not an SHT3x; set driver = "sht4x" for this sensor'
+            ) from exc
+
+    def _command(self, code: int, wait: float) -> None:
+        with self.bus.lock:
+            self.bus.write(self.address, sensirion.command(code))
+            self.clock.sleep(wait)
+
+    def read(self) -> list[Measurement]:
+        if not self._ready:
+            raise SensorError(f"{self.label}: read() before setup()")
+        t_ticks, rh_ticks = sensirion.measure(
+            self.bus,
+            self.address,
+            sensirion.command(MEASURE[self._repeatability]),
+            2,
+            clock=self.clock,
+            duration=MEASURE_MAX_S[self._repeatability],
+            where=self.label,
+        )
+        temperature = sensirion.ticks_to_celsius(t_ticks)
+        t_quality = sensirion.temperature_quality(temperature, T_MIN_C, T_MAX_C)
+        return [
+            Measurement("temperature", temperature, "°C", t_quality),
+            Measurement("humidity", sensirion.ticks_to_rh(rh_ticks), "%RH"),
+        ]
+
+    def close(self) -> None:
+        """Turn the heater off if it was on; the chip sleeps by itself between measurements."""
+        if self._ready and self.settings["heater"]:
+            try:
+                self._command(HEATER_OFF, COMMAND_S)
+            except OSError as exc:
+                log.debug("%s: heater off failed on close: %s", self.label, exc)
+        self._ready = False
