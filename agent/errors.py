@@ -17,3 +17,7 @@ class ConfigError(AgentError, ValueError):
 
 class StorageError(AgentError, OSError):
     """The outbox database cannot be opened or written."""
+
+
+class StorageFullError(StorageError):
+    """The outbox's filesystem is full (SQLITE_FULL): the batch was not stored; retry later."""

@@ -14,8 +14,15 @@ Schema (version in ``PRAGMA user_version``): a ``readings`` row is integers and 
 strings live once in ``series``, ``boots`` and ``calibrations`` (~40 bytes a reading). ``latest``
 keeps the last value per series for ``envagent status`` after readings are gone. ``counters``
 (one row) is updated in the transaction that adds or removes the rows it counts, so the backlog
-is ``added - delivered - dropped - rejected`` without counting a million rows; a later
-quarantine of rejected readings must remove and count them together to keep that true.
+is ``added - delivered - dropped - rejected`` without counting a million rows.
+
+Quarantine (schema 2): a reading upstream refuses for good (poison data) is moved, in one
+transaction that also counts it in ``rejected``, from ``readings`` to ``quarantine`` -- same
+columns plus the reason and the wall time it was quarantined -- so it stops blocking delivery but
+stays inspectable. Quarantined rows are already counted, so the byte bound deletes the oldest of
+them first, silently, before it drops any undelivered reading. ``meta`` (key/value) records
+events that outlive a process, such as a recovery from a damaged database (see agent.salvage).
+A schema 1 database is upgraded in place when the agent opens it for writing.
 
 Write volume: WAL appends every page a commit touches (readings, latest, counters), so new
 databases use 1 KiB pages (~3x fewer bytes per commit than 4 KiB), and row ids come from the
@@ -34,22 +41,26 @@ keeps the id cache coherent, never gets SQLITE_BUSY from itself and holds one pa
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from agent.errors import StorageError
+from agent import salvage
+from agent.errors import StorageError, StorageFullError
 from agent.reading import Reading, StoredReading
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of a database this module created
+SCHEMA_VERSION = 2  # PRAGMA user_version of a database this module created
 PAGE_SIZE = 1024  # bytes; applies to new databases only (SQLite fixes it at creation)
 BUSY_TIMEOUT_S = 5.0  # wait this long for another connection's lock before failing
 LOW_WATER = 0.9  # a full outbox drops down to this fraction of max_bytes
@@ -70,8 +81,23 @@ _SCHEMA = (
     """CREATE TABLE counters (added INTEGER NOT NULL, delivered INTEGER NOT NULL,
         dropped INTEGER NOT NULL, rejected INTEGER NOT NULL)""",
     "INSERT INTO counters VALUES (0, 0, 0, 0)",
-    f"PRAGMA user_version = {SCHEMA_VERSION}",
+    "PRAGMA user_version = 1",
 )
+# user_version -> the statements that upgrade it by one
+_UPGRADES = {
+    1: (
+        """CREATE TABLE quarantine (id INTEGER PRIMARY KEY, series INTEGER NOT NULL,
+            time_ns INTEGER NOT NULL, boot_ns INTEGER NOT NULL, boot INTEGER NOT NULL,
+            value, quality INTEGER NOT NULL, synced INTEGER, calibration INTEGER,
+            reason TEXT NOT NULL, quarantined_ns INTEGER NOT NULL)""",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+        # every commit rewrites the counters page, so every -wal carries this id: it lets
+        # salvage.diagnose tell a -wal of another database from ours
+        "ALTER TABLE counters ADD COLUMN database_id TEXT",
+        "UPDATE counters SET database_id = lower(hex(randomblob(8)))",
+        "PRAGMA user_version = 2",
+    ),
+}
 # lookup table -> its key columns; the hot path caches (table, *key) -> id
 _LOOKUPS = {"series": ("sensor", "quantity", "unit"), "boots": ("boot_id",),
             "calibrations": ("name",)}
@@ -80,11 +106,18 @@ _INSERT = "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPSERT_LATEST = """INSERT INTO latest (series, time_ns, value, quality) VALUES (?, ?, ?, ?)
     ON CONFLICT (series) DO UPDATE
     SET time_ns = excluded.time_ns, value = excluded.value, quality = excluded.quality"""
-_TAKE = """SELECT r.id, s.sensor, s.quantity, r.value, s.unit, r.time_ns, r.boot_ns, b.boot_id,
-        r.synced, r.quality, c.name
-    FROM readings r JOIN series s ON s.id = r.series JOIN boots b ON b.id = r.boot
+_SELECT = """SELECT r.id, s.sensor, s.quantity, r.value, s.unit, r.time_ns, r.boot_ns,
+        b.boot_id, r.synced, r.quality, c.name{extra}
+    FROM {table} r JOIN series s ON s.id = r.series JOIN boots b ON b.id = r.boot
     LEFT JOIN calibrations c ON c.id = r.calibration
     ORDER BY r.id LIMIT ?"""
+_TAKE = _SELECT.format(table="readings", extra="")
+_QUARANTINED = _SELECT.format(table="quarantine", extra=", r.reason, r.quarantined_ns")
+_READING_COLUMNS = "id, series, time_ns, boot_ns, boot, value, quality, synced, calibration"
+_QUARANTINE = f"""INSERT INTO quarantine SELECT {_READING_COLUMNS}, ?, ?
+    FROM readings WHERE id = ?"""
+_DROP_QUARANTINED = """DELETE FROM quarantine
+    WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?)"""
 _DROP_OLDEST = "DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT ?)"
 _ENDS = """SELECT (SELECT time_ns FROM readings ORDER BY id LIMIT 1),
     (SELECT time_ns FROM readings ORDER BY id DESC LIMIT 1)"""
@@ -109,6 +142,17 @@ class OutboxStats:
     delivered: int
     dropped: int
     rejected: int
+    quarantined: int = 0  # rows kept in quarantine for inspection, already counted in rejected
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedReading:
+    """A reading upstream refused for good, moved aside with why and when (ns since epoch)."""
+
+    id: int
+    reading: Reading
+    reason: str
+    quarantined_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +180,21 @@ class Outbox:
         except OSError as exc:
             raise StorageError(exc.errno, f"cannot create the outbox directory {path.parent}: "
                                f"{exc.strerror}; check storage.path and its owner") from exc
+        salvage.check_directory(path.parent, path.name)
+        damage = salvage.diagnose(path)
+        aside = None if damage is None else salvage.move_aside(path)
         self._open(lambda: sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                            check_same_thread=False))
+        if damage is not None and aside is not None:
+            with self._lock, self._transaction() as conn:
+                salvage.mark_pending(conn, damage, aside)
+            log.warning("outbox %s is damaged (%s): moved it aside to %s (with any -wal/-shm), "
+                        "started a new one; salvaging what can be read", path, damage.reason,
+                        aside)
+        with self._lock, self._storage_errors():
+            unfinished = salvage.pending(self._conn)  # also one a kill interrupted
+        if unfinished is not None:
+            self._recover(*unfinished)
 
     @classmethod
     def open_readonly(cls, path: Path) -> Outbox:
@@ -171,10 +228,10 @@ class Outbox:
                                        "storage.path on a local filesystem")
                 conn.execute("PRAGMA synchronous = FULL")
                 conn.execute("BEGIN IMMEDIATE")  # closing conn on an error rolls this back
-                if conn.execute("PRAGMA user_version").fetchone() == (0,):
-                    for statement in _SCHEMA:
-                        conn.execute(statement)
+                changed = _create_or_upgrade(conn)
                 conn.execute("COMMIT")
+                if changed:  # the schema and database_id into the main file, for diagnose
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version != SCHEMA_VERSION:
                 raise StorageError(f"{self.path} has outbox schema {version}, this agent reads "
@@ -190,15 +247,39 @@ class Outbox:
             raise
         self._conn = conn
 
+    def _recover(self, damage: salvage.Damage, aside: Path) -> None:
+        """Salvage the moved-aside database into this fresh one, in one transaction that also
+        clears the pending mark: a kill midway leaves the mark, and the next start does it again."""
+        try:
+            with self._lock, self._transaction() as conn:
+                recovery = salvage.salvage_into(conn, damage, aside)
+        except Exception as exc:  # a salvage bug must not stop sampling: keep the files
+            log.exception("outbox %s: salvaging %s failed", self.path, aside)
+            recovery = salvage.Recovery(time.time_ns(), f"{damage.reason}; salvage failed: "
+                                        f"{exc}", str(aside), 0, 0, 1)
+            with self._lock, self._transaction() as conn:
+                salvage.record(conn, recovery)
+        log.warning("outbox %s: salvaged %d undelivered reading(s) from %s; %d unreadable "
+                    "counted as dropped", self.path, recovery.salvaged, aside, recovery.lost)
+
     # --- writing (the sampler and delivery threads) -------------------------------------------
 
-    def append(self, readings: Sequence[Reading]) -> None:
-        """Store the whole batch in one transaction: all of it, or none and the error raised."""
-        if not readings:
+    def append(self, readings: Sequence[Reading], *, dropped_before: int = 0) -> None:
+        """Store the whole batch in one transaction: all of it, or none and the error raised.
+
+        ``dropped_before`` counts readings the caller sampled before this batch but gave up
+        without storing (e.g. while the disk was full); they are counted as added and dropped in
+        the same transaction, so the count cannot be lost or doubled. Raises StorageFullError
+        when the filesystem is full.
+        """
+        if not readings and not dropped_before:
             return
         new_ids: dict[tuple[str, ...], int] = {}  # cached only once the transaction commits
         with self._lock:
             with self._transaction() as conn:
+                if dropped_before:
+                    conn.execute("UPDATE counters SET added = added + ?1, dropped = dropped + ?1",
+                                 (dropped_before,))
                 (first,) = conn.execute("SELECT added FROM counters").fetchone()
                 rows, latest = [], {}
                 for row_id, r in enumerate(readings, start=first + 1):
@@ -229,6 +310,23 @@ class Outbox:
             conn.execute("UPDATE counters SET delivered = delivered + ?", (deleted,))
         return deleted
 
+    def quarantine(self, ids: Iterable[int], reason: str) -> int:
+        """Move undelivered readings upstream refused for good out of the way; return how many.
+
+        One transaction moves them to ``quarantine`` with ``reason`` and counts them in
+        ``rejected``; ids not (or no longer) in the outbox are skipped and not counted.
+        """
+        unique = sorted(set(ids))
+        if not unique:
+            return 0
+        now = time.time_ns()
+        with self._lock, self._transaction() as conn:
+            conn.executemany(_QUARANTINE, [(reason, now, i) for i in unique])
+            moved = conn.executemany("DELETE FROM readings WHERE id = ?",
+                                     [(i,) for i in unique]).rowcount
+            conn.execute("UPDATE counters SET rejected = rejected + ?", (moved,))
+        return moved
+
     def _id(self, conn: sqlite3.Connection, key: tuple[str, ...],
             new_ids: dict[tuple[str, ...], int]) -> int:
         """The id of a lookup row (series, boot, calibration), inserting it when new."""
@@ -253,6 +351,11 @@ class Outbox:
         if live <= self.max_bytes:
             return
         target, dropped = int(self.max_bytes * LOW_WATER), 0
+        while live > target:  # quarantined rows first: they are counted already
+            step = max(self._page_size, live - target) // ROW_BYTES
+            if conn.execute(_DROP_QUARANTINED, (step,)).rowcount == 0:
+                break
+            live = self._live_bytes(conn)
         while live > target:
             # at least a page worth: deleting fewer rows rarely frees a page
             step = max(self._page_size, live - target) // ROW_BYTES
@@ -273,13 +376,18 @@ class Outbox:
         """The oldest ``limit`` undelivered readings, exactly as appended; they stay until acked."""
         with self._lock, self._storage_errors():
             rows = self._conn.execute(_TAKE, (max(0, limit),)).fetchall()
-        return [
-            StoredReading(row_id, Reading(sensor, quantity, _float(value), unit, time_ns,
-                                          boot_ns, boot_id, None if synced is None
-                                          else bool(synced), quality, calibration))
-            for (row_id, sensor, quantity, value, unit, time_ns, boot_ns, boot_id, synced,
-                 quality, calibration) in rows
-        ]
+        return [StoredReading(row[0], _reading(row[1:])) for row in rows]
+
+    def quarantined(self, limit: int) -> list[QuarantinedReading]:
+        """The oldest ``limit`` quarantined readings, for inspection."""
+        with self._lock, self._storage_errors():
+            rows = self._conn.execute(_QUARANTINED, (max(0, limit),)).fetchall()
+        return [QuarantinedReading(row[0], _reading(row[1:11]), row[11], row[12]) for row in rows]
+
+    def recovery(self) -> salvage.Recovery | None:
+        """The last time this outbox was recovered from a damaged database, if ever."""
+        with self._lock, self._storage_errors():
+            return salvage.read_recovery(self._conn)
 
     def stats(self) -> OutboxStats:
         """Backlog and counters, from one consistent snapshot."""
@@ -287,11 +395,13 @@ class Outbox:
             added, delivered, dropped, rejected = conn.execute(
                 "SELECT added, delivered, dropped, rejected FROM counters").fetchone()
             oldest, newest = conn.execute(_ENDS).fetchone()
+            (quarantined,) = conn.execute("SELECT count(*) FROM quarantine").fetchone()
             live = self._live_bytes(conn)
         return OutboxStats(
             backlog=added - delivered - dropped - rejected, backlog_bytes=live,
             oldest_ns=oldest, newest_ns=newest,
             added=added, delivered=delivered, dropped=dropped, rejected=rejected,
+            quarantined=quarantined,
         )
 
     def latest(self) -> list[LatestValue]:
@@ -334,8 +444,11 @@ class Outbox:
         except sqlite3.Error as exc:
             if type(exc) not in (sqlite3.OperationalError, sqlite3.DatabaseError):
                 raise
+            if exc.sqlite_errorname == "SQLITE_FULL":
+                raise StorageFullError(errno.ENOSPC, f"outbox {self.path}: the filesystem is "
+                                       "full; nothing of this batch was stored") from exc
             raise StorageError(f"outbox {self.path}: {exc}; check free space and the storage "
-                               "device; a damaged file can be moved aside") from exc
+                               "device; a damaged file is moved aside at the next start") from exc
 
     def close(self) -> None:
         with self._lock:
@@ -347,6 +460,31 @@ class Outbox:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _create_or_upgrade(conn: sqlite3.Connection) -> bool:
+    """Create the schema in an empty database, or upgrade an older one; inside a transaction.
+
+    Returns whether anything changed.
+    """
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    before = version
+    if version == 0:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        version = 1
+    while version in _UPGRADES:
+        for statement in _UPGRADES[version]:
+            conn.execute(statement)
+        version += 1
+    return bool(version != before)
+
+
+def _reading(row: tuple[Any, ...]) -> Reading:
+    """A Reading from the columns of ``_SELECT`` after the id."""
+    sensor, quantity, value, unit, time_ns, boot_ns, boot_id, synced, quality, calibration = row
+    return Reading(sensor, quantity, _float(value), unit, time_ns, boot_ns, boot_id,
+                   None if synced is None else bool(synced), quality, calibration)
 
 
 def _float(value: float | None) -> float:

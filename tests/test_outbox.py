@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sqlite3
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from agent.errors import StorageError
+from agent.errors import StorageError, StorageFullError
 from agent.outbox import MIN_BYTES, PAGE_SIZE, Outbox
 from agent.reading import Reading
 from drivers.base import Quality
@@ -156,6 +157,73 @@ def test_latest_keeps_the_last_value_per_series_after_ack(outbox: Outbox) -> Non
     assert (humidity.sensor, humidity.unit, humidity.value) == ("air", "%", 55.0)
     assert math.isnan(temperature.value)
     assert (temperature.time_ns, temperature.quality) == (reading(3).time_ns, 2)
+
+
+# --- quarantine -----------------------------------------------------------------------------
+
+
+def test_quarantine_moves_refused_readings_aside_and_counts_them(outbox: Outbox) -> None:
+    outbox.append(ODD_READINGS[:6])
+    taken = outbox.take(6)
+    poison = [taken[1].id, taken[4].id]
+    assert outbox.quarantine(iter(poison), "400: field type conflict") == 2
+    assert [s.reading for s in outbox.take(10)] == [ODD_READINGS[i] for i in (0, 2, 3, 5)]
+    stats = outbox.stats()
+    assert (stats.added, stats.rejected, stats.quarantined, stats.backlog) == (6, 2, 2, 4)
+    kept = outbox.quarantined(10)
+    assert [q.id for q in kept] == poison
+    assert [exact(q.reading) for q in kept] == [exact(ODD_READINGS[i]) for i in (1, 4)]
+    assert {q.reason for q in kept} == {"400: field type conflict"}
+    assert kept[0].quarantined_ns == kept[1].quarantined_ns > 0
+    assert outbox.quarantined(1) == kept[:1]
+
+
+def test_quarantine_skips_unknown_delivered_and_repeated_ids(outbox: Outbox) -> None:
+    outbox.append([reading(i) for i in range(4)])
+    ids = [s.id for s in outbox.take(4)]
+    outbox.ack(ids[:1])
+    assert outbox.quarantine([ids[0], ids[1], ids[1], 10**9], "poison") == 1
+    assert outbox.quarantine([ids[1]], "again") == 0
+    assert outbox.quarantine([], "nothing") == 0
+    assert outbox.ack(ids[1:2]) == 0  # a late ack of a quarantined reading changes nothing
+    stats = outbox.stats()
+    assert (stats.delivered, stats.rejected, stats.quarantined, stats.backlog) == (1, 1, 1, 2)
+
+
+def test_quarantine_is_one_transaction(outbox: Outbox) -> None:
+    outbox.append([reading(i) for i in range(3)])
+    statements: list[str] = []
+    outbox._conn.set_trace_callback(statements.append)
+    outbox.quarantine([s.id for s in outbox.take(3)], "poison")
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == [
+        "BEGIN IMMEDIATE", "COMMIT"]
+
+
+def test_a_full_outbox_deletes_quarantined_rows_before_readings(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "small.sqlite", max_bytes=MIN_BYTES) as box:
+        box.append([reading(i) for i in range(300)])
+        box.quarantine([s.id for s in box.take(300)], "poison " * 10)
+        start = 300
+        while (stats := box.stats()).quarantined == 300:
+            box.append([reading(i) for i in range(start, start + 50)])
+            start += 50
+        assert stats.dropped == 0 and stats.backlog_bytes <= MIN_BYTES
+        assert (stats.added, stats.rejected, stats.backlog) == (start, 300, start - 300)
+        assert [q.id for q in box.quarantined(300)] == list(range(301 - stats.quarantined, 301))
+
+
+def test_a_schema_1_outbox_is_upgraded_in_place(tmp_path: Path) -> None:
+    from agent import outbox as module
+
+    path = tmp_path / "outbox.sqlite"
+    with sqlite3.connect(path) as conn:
+        for statement in module._SCHEMA:
+            conn.execute(statement)
+    with Outbox(path, max_bytes=BIG) as box:
+        box.append([reading(0)])
+        assert box.quarantine([s.id for s in box.take(1)], "poison") == 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (module.SCHEMA_VERSION,)
 
 
 # --- the byte bound -------------------------------------------------------------------------
@@ -300,14 +368,6 @@ def test_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone() == (99,)
 
 
-def test_a_damaged_file_is_a_storage_error_naming_it(tmp_path: Path) -> None:
-    path = tmp_path / "outbox.sqlite"
-    path.write_bytes(b"not a database, just a file that is long enough " * 100)
-    with pytest.raises(StorageError, match=str(path)):
-        Outbox(path, max_bytes=BIG)
-    assert path.read_bytes().startswith(b"not a database")  # left for salvage
-
-
 def test_an_unusable_directory_is_a_storage_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(StorageError, match="outbox directory"):
@@ -316,15 +376,101 @@ def test_an_unusable_directory_is_a_storage_error(tmp_path: Path) -> None:
 
 def test_a_full_disk_is_a_storage_error_and_commits_nothing(outbox: Outbox) -> None:
     outbox.append([reading(0)])
-    # SQLITE_FULL on demand: forbid the file to grow by another page
-    pages = outbox._conn.execute("PRAGMA page_count").fetchone()[0]
-    outbox._conn.execute(f"PRAGMA max_page_count = {pages}")
-    with pytest.raises(StorageError, match="full"):
+    _forbid_growth(outbox)
+    with pytest.raises(StorageFullError, match="full"):
         outbox.append([reading(i, sensor=f"s{i}") for i in range(1, 200)])
     assert outbox.stats().added == 1
     outbox._conn.execute("PRAGMA max_page_count = 1000000")
     outbox.append([reading(1)])
     assert [s.reading for s in outbox.take(10)] == [reading(0), reading(1)]
+
+
+def _forbid_growth(box: Outbox) -> None:
+    """SQLITE_FULL on demand, portably: the file may not grow by another page."""
+    pages = box._conn.execute("PRAGMA page_count").fetchone()[0]
+    box._conn.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_readings_given_up_before_a_batch_are_counted_with_it(outbox: Outbox) -> None:
+    outbox.append([reading(0)])
+    outbox.append([reading(1), reading(2)], dropped_before=5)
+    outbox.append([], dropped_before=3)
+    stats = outbox.stats()
+    assert (stats.added, stats.dropped, stats.backlog) == (11, 8, 3)
+    assert [s.id for s in outbox.take(10)] == [1, 7, 8]  # the given-up ones used ids 2..6
+    _forbid_growth(outbox)
+    with pytest.raises(StorageFullError):
+        outbox.append([reading(i, sensor=f"s{i}") for i in range(3, 200)], dropped_before=4)
+    assert outbox.stats() == stats  # all or nothing, the count included
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB filesystem (tmpfs), so the kernel itself answers ENOSPC."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 1 MiB tmpfs needs root; the max_page_count tests still run")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_really_full_filesystem_stores_nothing_then_recovers(small_disk: Path) -> None:
+    path = small_disk / "outbox.sqlite"
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * 600 * 1024)
+    stored: list[Reading] = []
+    with Outbox(path, max_bytes=BIG) as box:
+        with pytest.raises(StorageFullError, match="filesystem is full"):
+            for start in range(0, 10**6, 100):
+                batch = [reading(i) for i in range(start, start + 100)]
+                box.append(batch)
+                stored += batch
+        assert len(stored) > 0 and box.stats().added == len(stored)
+        assert [s.reading for s in box.take(10**6)] == stored
+        filler.unlink()  # space is back
+        box.append([reading(-1)])
+        stored.append(reading(-1))
+    with Outbox(path, max_bytes=BIG) as box:
+        assert [s.reading for s in box.take(10**6)] == stored
+        assert box.recovery() is None and box.stats().dropped == 0
+
+
+def test_the_agent_holds_readings_while_the_disk_is_full(
+        outbox: Outbox, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from agent import daemon
+    from agent.config import Config, UnitConfig
+    from drivers.clock import SystemClock
+
+    monkeypatch.setattr(daemon, "MAX_HELD_READINGS", 100)
+    agent = daemon.Agent(Config(UnitConfig("unit-1", "site")), [], outbox=outbox,
+                         clock=SystemClock(), boot_id="boot-0")
+    outbox.append([reading(0)])
+    _forbid_growth(outbox)
+    caplog.set_level(logging.WARNING, logger="envagent")
+    for start, size in ((1, 60), (61, 60), (121, 50)):
+        agent._pending += [reading(i, sensor=f"s{i}") for i in range(start, start + size)]
+        agent.commit()
+    assert outbox.stats().added == 1 and agent.committed == 0
+    outbox._conn.execute("PRAGMA max_page_count = 1000000")  # space is back
+    agent.commit()
+    stats = outbox.stats()
+    assert (stats.added, stats.dropped, stats.backlog, agent.committed) == (171, 70, 101, 100)
+    assert [s.reading for s in outbox.take(1000)] == [reading(0)] + [
+        reading(i, sensor=f"s{i}") for i in range(71, 171)]  # the oldest were given up
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2  # once entering, once leaving the state
+    assert "filesystem is full" in messages[0] and "holding up to 100" in messages[0]
+    assert "70 reading(s) were given up" in messages[1]
+    agent.commit()  # nothing pending, nothing given up: no transaction
+    assert outbox.stats() == stats
 
 
 def test_a_reading_row_is_integers_and_one_untyped_value(outbox: Outbox) -> None:
