@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,13 +18,17 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import Config, load_config
 from agent.errors import ConfigError, StorageError
 from drivers.bus import Bus
 from drivers.clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from agent.outbox import Outbox
+    from agent.uplink import Uplink
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = Path("/etc/envagent/envagent.toml")
@@ -66,13 +71,15 @@ def open_buses(config: Config, clock: Clock, *, simulate: bool) -> Iterator[dict
     """One Bus per bus number the config uses: the simulated world, or /dev/i2c-N."""
     if simulate:
         from drivers.sim.environment import Environment
-        from drivers.sim.world import build_world
+        from drivers.sim.world import Placement, build_world
 
         unit = config.unit
         environment = Environment(
             latitude=unit.latitude, longitude=unit.longitude, elevation_m=unit.elevation_m or 0.0
         )
-        placements = [(s.bus, s.address, s.driver, s.id) for s in config.sensors]
+        placements = [
+            Placement(s.bus, s.address, s.driver, s.id, s.mux, s.channel) for s in config.sensors
+        ]
         yield dict(build_world(placements, clock=clock, environment=environment))
         return
     from drivers.bus import SMBus2Bus
@@ -109,6 +116,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def cmd_read(args: argparse.Namespace) -> int:
     from agent.daemon import make_drivers
+    from agent.processing import Processor
     from drivers.registry import DRIVERS
 
     ctx = _context(args)
@@ -120,7 +128,7 @@ def cmd_read(args: argparse.Namespace) -> int:
         for sensor, driver in zip(ctx.config.sensors, drivers, strict=True):
             try:
                 driver.setup()
-                measurements = driver.read()
+                measurements = Processor.for_sensor(sensor).sample(driver.read)
             except Exception as exc:  # noqa: BLE001 - report every sensor, then exit 1
                 failed = True
                 print(f"{sensor.id}: {_one_line(exc)}", file=sys.stderr)
@@ -129,14 +137,15 @@ def cmd_read(args: argparse.Namespace) -> int:
                 driver.close()
             rows += [
                 {"sensor": sensor.id, "quantity": m.quantity, "value": m.value, "unit": m.unit,
-                 "quality": int(m.quality)}
+                 "quality": int(m.quality), "calibration": m.calibration}
                 for m in measurements
             ]
     if args.json:
         _print_json(rows)
     else:
         for r in rows:
-            print(f"{r['sensor']:<12} {r['quantity']:<14} {r['value']:>10.2f} {r['unit']}")
+            cal = f"  (calibration {r['calibration']})" if r["calibration"] else ""
+            print(f"{r['sensor']:<12} {r['quantity']:<14} {r['value']:>10.2f} {r['unit']}{cal}")
     return EXIT_FAILURE if failed else EXIT_OK
 
 
@@ -153,14 +162,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
     with cm as buses:
         bus = buses.get(args.bus)
         found = scan(bus, IDENTIFIERS) if bus is not None else []
-    rows = [{"bus": args.bus, "address": a, "chip": chip} for a, chip in found]
+    # Devices behind a multiplexer also carry "mux" and "channel"; the bus's own leave them out.
+    rows: list[dict[str, Any]] = [
+        {"bus": args.bus, "address": f.address, "chip": f.chip}
+        | ({} if f.mux is None else {"mux": f.mux, "channel": f.channel})
+        for f in found
+    ]
     if args.json:
         _print_json(rows)
     elif not rows:
         print(f"no device answered on bus {args.bus}")
     else:
         for r in rows:
-            print(f"{r['bus']}:0x{r['address']:02x}  {r['chip'] or 'unknown'}")
+            via = f"  (mux 0x{r['mux']:02x} channel {r['channel']})" if "mux" in r else ""
+            print(f"{r['bus']}:0x{r['address']:02x}  {r['chip'] or 'unknown'}{via}")
     return EXIT_OK
 
 
@@ -181,6 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from drivers.registry import DRIVERS
 
     ctx = _context(args)
+    _refuse_token_environment(ctx.config)
     clock = SystemClock()
     with (
         open_buses(ctx.config, clock, simulate=ctx.simulate) as buses,
@@ -188,8 +204,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     ):
         drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
         agent = Agent(ctx.config, drivers, outbox=outbox, clock=clock, boot_id=read_boot_id())
-        with _stop_on_signals(agent.request_stop):
-            agent.run(duration=args.duration)
+        uplink = _start_uplink(ctx, outbox, clock)
+        try:
+            with _stop_on_signals(agent.request_stop):
+                agent.run(duration=args.duration)
+        finally:
+            if uplink is not None:
+                uplink.stop()
         log.info("stopped; %d reading(s) committed this run", agent.committed)
     return EXIT_OK
 
@@ -209,6 +230,70 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _refuse_token_environment(config: Config) -> None:
+    if config.uplink is not None:
+        from agent.credentials import check_environment
+
+        check_environment(os.environ)
+
+
+def _start_uplink(ctx: Context, outbox: Outbox, clock: Clock) -> Uplink | None:
+    """The delivery thread, when ``[uplink]`` is configured; it stops with ``stop()``."""
+    if ctx.config.uplink is None:
+        return None
+    from agent.uplink import build_uplink
+
+    uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir)
+    uplink.start()
+    return uplink
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Deliver the backlog now; exit 1 unless all of it was delivered (or quarantined)."""
+    from agent.outbox import Outbox
+    from agent.uplink import build_uplink
+
+    ctx = _context(args)
+    if ctx.config.uplink is None:
+        raise ConfigError([f"{ctx.config.source}: uplink: missing; add an [uplink] section "
+                           "with the url to deliver to"])
+    _refuse_token_environment(ctx.config)
+    if not ctx.outbox_path.exists():
+        print(f"no outbox at {ctx.outbox_path}: has the agent run with this data directory?",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    with Outbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes) as outbox:
+        uplink = build_uplink(ctx.config, outbox, SystemClock(), ctx.data_dir)
+        try:
+            flushed = uplink.flush()
+        finally:
+            uplink.sink.close()
+        backlog = outbox.stats().backlog
+    report = {"url": uplink.sink.where, "delivered": flushed.delivered,
+              "quarantined": flushed.quarantined, "backlog": backlog, "ok": flushed.ok,
+              "error": flushed.error}
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"delivered {flushed.delivered} reading(s) to {uplink.sink.where}, quarantined "
+              f"{flushed.quarantined}; {backlog} left in the outbox")
+        if not flushed.ok:
+            print(f"envagent: could not deliver: {flushed.error}", file=sys.stderr)
+    return EXIT_OK if flushed.ok else EXIT_FAILURE
+
+
+def _uplink_status(ctx: Context) -> dict[str, Any] | None:
+    """What the delivery worker last recorded in the data directory, if it ever ran."""
+    from agent.uplink import STATE_FILE, UplinkState
+
+    state = UplinkState.load(ctx.data_dir / STATE_FILE)
+    if state is None:
+        return None
+    return {"state": state.state, "since": _iso(state.since_ns),
+            "last_success": _iso(state.last_success_ns), "last_error": state.last_error,
+            "last_error_time": _iso(state.last_error_ns)}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -232,6 +317,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "added": stats.added,
         "delivered": stats.delivered,
         "dropped": stats.dropped,
+        "quarantined": stats.rejected,
+        "uplink": _uplink_status(ctx),
         "latest": [
             {"sensor": x.sensor, "quantity": x.quantity, "value": x.value, "unit": x.unit,
              "time": _iso(x.time_ns), "quality": x.quality}
@@ -244,7 +331,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"unit {report['unit']}  outbox {report['outbox']}")
     print(f"backlog  {stats.backlog} reading(s), oldest {report['oldest'] or '-'}, "
           f"newest {report['newest'] or '-'}")
-    print(f"counters added {stats.added}, delivered {stats.delivered}, dropped {stats.dropped}")
+    print(f"counters added {stats.added}, delivered {stats.delivered}, dropped {stats.dropped}, "
+          f"quarantined {stats.rejected}")
+    if (up := report["uplink"]) is not None:
+        print(f"uplink   {up['state']} since {up['since'] or '-'}, last success "
+              f"{up['last_success'] or '-'}, last error {up['last_error'] or '-'}")
     for x in latest:
         print(f"  {x.sensor:<12} {x.quantity:<14} {x.value:>10.2f} {x.unit:<5} "
               f"at {_iso(x.time_ns)}")
@@ -289,7 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p, "config", "simulate", "data_dir")
     p.add_argument("--duration", type=_positive_seconds, metavar="SECONDS",
                    help="stop cleanly after this many seconds")
+    _refuse_token_option(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sync", help="deliver the outbox to [uplink] now, and report")
+    add_common(p, "config", "data_dir", "json")
+    _refuse_token_option(p)
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("read", help="take one sample from every configured sensor")
     add_common(p, "config", "simulate", "json")
@@ -310,6 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(c, "config", "simulate")
     c.set_defaults(func=cmd_config_check)
     return parser
+
+
+def _refuse_token_option(parser: argparse.ArgumentParser) -> None:
+    """``--token`` fails with a clear message that does not repeat the token."""
+    parser.add_argument("--token", "--upload-token", type=_no_token, help=argparse.SUPPRESS)
+
+
+def _no_token(text: str) -> str:
+    raise argparse.ArgumentTypeError(
+        "the upload token is never taken from the command line (other users can read it in "
+        "the process list); put it in the file named by uplink.token_file, or use "
+        "LoadCredential=upload-token:... in the systemd unit")
 
 
 def _positive_seconds(text: str) -> float:

@@ -17,11 +17,21 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from agent.credentials import AUTH_SCHEMES
 from agent.errors import ConfigError
+from agent.processing import (
+    AVERAGE_RANGE,
+    POLYNOMIAL_TERMS,
+    STUCK_AFTER_MIN,
+    Calibration,
+    Plausible,
+)
 from agent.units import (
     format_duration,
     format_size,
@@ -39,9 +49,11 @@ from drivers.bus import FIRST_ADDRESS, LAST_ADDRESS
 __all__ = [
     "Config",
     "ConfigError",
+    "IndicatorConfig",
     "SensorConfig",
     "StorageConfig",
     "UnitConfig",
+    "UplinkConfig",
     "load_config",
     "parse_config",
     "parse_duration",
@@ -63,7 +75,13 @@ BUS_RANGE = (0, 255)  # the N of /dev/i2c-N
 DEFAULT_INTERVAL = 60.0
 INTERVAL_RANGE = (1.0, 24 * 3600.0)
 SEVEN_BIT_MAX = 0x7F
-SENSOR_KEYS = ("id", "driver", "bus", "address", "interval")  # the rest of a sensor: options
+SENSOR_KEYS = (  # the rest of a sensor: options
+    "id", "driver", "bus", "address", "interval",
+    "mux", "channel", "average", "calibration", "plausible",
+)
+MUX_RANGE = (0x70, 0x77)  # TCA9548A: 0x70 + A2A1A0
+CHANNEL_RANGE = (0, 7)
+STUCK_AFTER_MAX = 1_000_000
 
 
 # --- the result ------------------------------------------------------------------------------
@@ -103,11 +121,55 @@ class SensorConfig:
     address: int
     interval: float
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    mux: int | None = None  # the TCA9548A in front of the sensor, with ``channel``
+    channel: int | None = None
+    average: int = 1  # driver reads per reading (agent.processing)
+    calibration: Mapping[str, Calibration] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
+    plausible: Mapping[str, Plausible] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
 
     @property
     def where(self) -> str:
-        """``bus:0xAA``, as in every log line about this sensor."""
-        return f"{self.bus}:0x{self.address:02x}"
+        """``bus:0xAA`` (and the mux channel), as in every log line about this sensor."""
+        if self.mux is None:
+            return f"{self.bus}:0x{self.address:02x}"
+        return f"{self.bus}:0x{self.address:02x} (mux 0x{self.mux:02x} channel {self.channel})"
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkConfig:
+    """``[uplink]``: where readings are delivered, and how patiently (seconds); see agent.uplink."""
+
+    url: str
+    format: str = "influx"
+    allow_insecure_http: bool = False
+    token_file: Path | None = None
+    auth: str = "token"
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    measurement: str = "envagent"
+    batch_size: int = 5000
+    flush_interval: float = 10.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    deadline: float = 60.0
+    backoff_min: float = 1.0
+    backoff_max: float = 300.0
+    retry_after_max: float = 1800.0
+    auth_retry: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class IndicatorConfig:
+    """``[indicator]``: status LED and service button, as BCM GPIO numbers; see agent.indicator."""
+
+    led_pin: int
+    button_pin: int | None = None
+    hold_time: float = 3.0  # a press this long is a long press (identify)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +179,8 @@ class Config:
     unit: UnitConfig
     storage: StorageConfig = StorageConfig()
     sensors: tuple[SensorConfig, ...] = ()
+    uplink: UplinkConfig | None = None
+    indicator: IndicatorConfig | None = None
     source: str = "config"
 
     def with_storage_path(self, path: Path | str) -> Config:
@@ -466,6 +530,7 @@ def _parse_sensors(problems: _Problems, value: object) -> tuple[SensorConfig, ..
             schema = {k: v for k, v in values.items() if k in SENSOR_KEYS}
             options = {k: v for k, v in values.items() if k not in SENSOR_KEYS}
             sensors.append(SensorConfig(**schema, options=MappingProxyType(options)))
+    seen.finish(problems)
     return tuple(sensors)
 
 
@@ -474,25 +539,42 @@ def _read_sensor(
 ) -> tuple[dict[str, Any], bool]:
     """A sensor's keys, with the options of its driver as further fields."""
     fields = _sensor_fields(problems.drivers)
+    known = fields | _PLACEMENT_FIELDS
+    nested = {k: table[k] for k in _PER_QUANTITY if k in table}
+    table = {k: v for k, v in table.items() if k not in _PER_QUANTITY}
     name = table.get("driver")
     driver = problems.drivers.get(name) if isinstance(name, str) else None
     if driver is None:
         # Options cannot be told from typos without a known driver; the next check will see them.
-        values, _ = _read_table(problems, path, {k: table[k] for k in fields if k in table}, fields)
+        values, _ = _read_table(problems, path, {k: table[k] for k in known if k in table}, known)
         return values, False
     options = {k: _Field(_option(o), o.default, "") for k, o in driver.options.items()}
-    options = {k: f for k, f in options.items() if k not in fields}  # the schema's keys win
+    options = {k: f for k, f in options.items() if k not in SENSOR_KEYS}  # the schema's keys win
     listed = ", ".join(driver.options) if driver.options else "(none)"
     valid = f"{_valid_keys(fields)}, and the {driver.name} options {listed}"
-    return _read_table(problems, path, table, fields | options, valid)
+    values, ok = _read_table(problems, path, table, known | options, valid)
+    check = getattr(driver, "check_options", None)  # rules spanning options (ads1115 channels)
+    if ok and check is not None:
+        for key, message in check({k: values[k] for k in driver.options if k in values}):
+            problems.add(toml_key(path, key), message, table.get(key, _NO_VALUE))
+            ok = False
+    for key, parse in _PER_QUANTITY.items():
+        values[key], good = parse(problems, toml_key(path, key), nested.get(key, {}), driver)
+        ok = ok and good
+    return values, _mux_pair(problems, path, table) and ok
+
+
+Place = tuple[int, int | None, int | None, int]  # bus, mux, channel, address
 
 
 class _Seen:
-    """Sensor ids and bus addresses seen so far, to report the second user of each."""
+    """Sensor ids and places seen so far, to report the second user of each; ``finish`` then
+    checks every place against the multiplexers, which a later sensor may declare."""
 
     def __init__(self) -> None:
         self.ids: dict[str, int] = {}
-        self.places: dict[tuple[int, int], str] = {}
+        self.places: dict[Place, str] = {}
+        self.named: list[tuple[Place, str]] = []
 
     def check(self, problems: _Problems, index: int, values: Mapping[str, Any]) -> None:
         sensor_id = values.get("id")
@@ -505,15 +587,432 @@ class _Seen:
                 problems.add(f"{name}.id", message, sensor_id)
             self.ids.setdefault(sensor_id, index)
             name = f"{name} ({sensor_id!r})"
-        if "bus" in values and "address" in values:
-            place = (values["bus"], values["address"])
-            if place in self.places:
-                message = (
-                    f"bus {place[0]} address 0x{place[1]:02x} is already used by "
-                    f"sensor {self.places[place]}; give each sensor its own address or bus"
-                )
-                problems.add(name, message)
-            self.places.setdefault(place, repr(sensor_id) if sensor_id else name)
+        if not {"bus", "address", "mux", "channel"} <= values.keys():
+            return
+        bus, address, mux, channel = (values[k] for k in ("bus", "address", "mux", "channel"))
+        if (mux is None) != (channel is None):
+            return  # reported by _mux_pair
+        place = (bus, mux, channel, address)
+        if place in self.places:
+            where, fix = f"bus {bus}", "address or bus"
+            if mux is not None:
+                where, fix = f"bus {bus} mux 0x{mux:02x} channel {channel}", "address or channel"
+            message = (
+                f"{where} address 0x{address:02x} is already used by "
+                f"sensor {self.places[place]}; give each sensor its own {fix}"
+            )
+            problems.add(name, message)
+        self.places.setdefault(place, repr(sensor_id) if sensor_id else name)
+        self.named.append((place, name))
+
+    def finish(self, problems: _Problems) -> None:
+        muxes = {(bus, mux) for bus, mux, _, _ in self.places if mux is not None}
+        for (bus, mux, channel, address), name in self.named:
+            if (bus, address) in muxes:
+                problems.add(name, (
+                    f"address 0x{address:02x} is where the multiplexer mux = 0x{address:02x} "
+                    f"answers on bus {bus}; give the sensor or the multiplexer (its A0-A2 pins) "
+                    "another address"
+                ))
+            elif mux is not None and (bus, None, None, address) in self.places:
+                problems.add(name, (
+                    f"address 0x{address:02x} behind mux 0x{mux:02x} channel {channel} is also "
+                    f"used on bus {bus} itself by sensor {self.places[(bus, None, None, address)]}"
+                    f"; both would answer whenever channel {channel} is selected, so move one"
+                ))
+
+
+# --- sensor placement behind a multiplexer, and per-quantity processing -----------------------
+
+
+def _whole(low: int, high: int, what: str = "") -> Callable[[object], int]:
+    def check(value: object) -> int:
+        expected = f"expected an integer from {low} to {high}{what}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(expected + _unquote_hint(value))
+        if not low <= value <= high:
+            raise _Bad(expected)
+        return value
+
+    return check
+
+
+def _mux(value: object) -> int:
+    low, high = MUX_RANGE
+    expected = f"expected the multiplexer's address, 0x{low:02x} to 0x{high:02x} (a TCA9548A)"
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _Bad(expected + _unquote_hint(value))
+    return value
+
+
+def _mux_pair(problems: _Problems, path: str, table: Mapping[str, Any]) -> bool:
+    """``mux`` and ``channel`` come together."""
+    if "channel" in table and "mux" not in table:
+        message = "needs mux, the multiplexer's address; add mux = 0x70 (0x70 to 0x77)"
+        problems.add(toml_key(path, "channel"), message, table["channel"])
+        return False
+    if "mux" in table and "channel" not in table:
+        message = "needs channel, the multiplexer channel the sensor is wired to; add channel = 0"
+        problems.add(toml_key(path, "mux"), message + " to 7", table["mux"], toml_hex)
+        return False
+    return True
+
+
+def _real(value: object) -> float:
+    if not isinstance(value, int | float) or not _is_kind(value, float):  # no bool, no huge int
+        raise _Bad("expected a number" + _unquote_hint(value))
+    if not math.isfinite(value):
+        raise _Bad("expected a finite number")
+    return float(value)
+
+
+def _nonzero(value: object) -> float:
+    number = _real(value)
+    if number == 0:
+        raise _Bad("expected a number other than 0 (a scale of 0 would erase every reading)")
+    return number
+
+
+def _positive(value: object) -> float:
+    number = _real(value)
+    if number <= 0:
+        raise _Bad("expected a number above 0")
+    return number
+
+
+def _polynomial(value: object) -> tuple[float, ...]:
+    low, high = POLYNOMIAL_TERMS
+    expected = f"expected {low} to {high} numbers [c0, c1, ...] for value = c0 + c1·x + c2·x² ..."
+    if not isinstance(value, list) or not low <= len(value) <= high:
+        raise _Bad(expected)
+    try:
+        return tuple(_real(c) for c in value)
+    except _Bad:
+        raise _Bad(expected) from None
+
+
+def _make_calibration(quantity: str, v: Mapping[str, Any]) -> Calibration:
+    if v["polynomial"] is not None and (v["offset"] is not None or v["scale"] is not None):
+        raise _Bad("polynomial replaces offset and scale; write them as its c0 and c1")
+    if v["polynomial"] is None and v["offset"] is None and v["scale"] is None:
+        raise _Bad("expected offset, scale or polynomial (offset = 0.0 records no correction)")
+    scale = 1.0 if v["scale"] is None else v["scale"]
+    return Calibration(v["id"], v["offset"] or 0.0, scale, v["polynomial"])
+
+
+def _make_plausible(quantity: str, v: Mapping[str, Any]) -> Plausible:
+    given = Plausible(**v)
+    limits = given.resolved(quantity)
+    if limits.min is not None and limits.max is not None and limits.min >= limits.max:
+        low = f"{limits.min:g}" + (" (built in)" if given.min is None else "")
+        high = f"{limits.max:g}" + (" (built in)" if given.max is None else "")
+        raise _Bad(f"min {low} must be below max {high}")
+    return given
+
+
+_CALIBRATION_FIELDS = {
+    "id": _Field(_identifier, REQUIRED, 'id = "air-T-2026-03"'),
+    "offset": _Field(_real, None, ""),
+    "scale": _Field(_nonzero, None, ""),
+    "polynomial": _Field(_polynomial, None, ""),
+}
+
+_PLAUSIBLE_FIELDS = {
+    "min": _Field(_real, None, ""),
+    "max": _Field(_real, None, ""),
+    "spike": _Field(_positive, None, ""),
+    "stuck_after": _Field(_whole(STUCK_AFTER_MIN, STUCK_AFTER_MAX), None, ""),
+}
+
+_PLACEMENT_FIELDS = {
+    "mux": _Field(_mux, None, "", toml_hex),
+    "channel": _Field(_whole(*CHANNEL_RANGE, " (the multiplexer channel)"), None, ""),
+    "average": _Field(_whole(*AVERAGE_RANGE, " (driver reads per reading)"), 1, ""),
+}
+
+PerQuantity = Callable[[_Problems, str, object, type[Driver]], tuple[Mapping[str, Any], bool]]
+
+
+def _per_quantity(
+    kind: str, fields: Mapping[str, _Field], make: Callable[[str, Mapping[str, Any]], Any]
+) -> PerQuantity:
+    """The parser of ``[sensor.<kind>.<quantity>]`` tables, one per quantity of the driver."""
+
+    def parse(
+        problems: _Problems, path: str, value: object, driver: type[Driver]
+    ) -> tuple[Mapping[str, Any], bool]:
+        before = len(problems.lines)
+        found: dict[str, Any] = {}
+        if not isinstance(value, Mapping):
+            problems.add(path, f"expected tables such as [sensor.{kind}.temperature]", value)
+        else:
+            for quantity, table in value.items():
+                at = toml_key(path, quantity)
+                if quantity not in driver.quantities:
+                    names = ", ".join(driver.quantities)
+                    problems.add(at, f"unknown quantity for driver {driver.name}; expected {names}")
+                elif not isinstance(table, Mapping):
+                    problems.add(at, f"expected a table [sensor.{kind}.{quantity}]", table)
+                else:
+                    values, ok = _read_table(problems, at, table, fields)
+                    try:
+                        if ok:
+                            found[quantity] = make(quantity, values)
+                    except _Bad as e:
+                        problems.add(at, str(e))
+        return MappingProxyType(found), len(problems.lines) == before
+
+    return parse
+
+
+_PER_QUANTITY: dict[str, PerQuantity] = {
+    "calibration": _per_quantity("calibration", _CALIBRATION_FIELDS, _make_calibration),
+    "plausible": _per_quantity("plausible", _PLAUSIBLE_FIELDS, _make_plausible),
+}
+
+
+# --- [uplink] ----------------------------------------------------------------------------------
+
+UPLINK_FORMATS = ("influx", "json")
+MEASUREMENT_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")  # used with fullmatch
+INFLUX_V2_PATH = "/api/v2/write"
+# Keys and URL parts that would put a secret in this file (readable by every technician, kept in
+# backups and support tickets): refused, with the way to do it instead.
+SECRET_KEYS = ("token", "password", "api_key", "apikey", "secret", "auth_token", "upload_token")
+SECRET_PARAMS = frozenset({"u", "p", "password", "token", "access_token", "api_key", "apikey",
+                           "auth_token"})  # u and p: InfluxDB 1.x query authentication
+TOKEN_HOWTO = ("put the token in a file readable only by the agent's user and name it with "
+               "uplink.token_file, or use LoadCredential=upload-token:/etc/envagent/upload-token "
+               "in the systemd unit")
+URL_EXAMPLE = 'url = "https://influx.example.org:8086/api/v2/write?org=eco&bucket=field"'
+
+
+def _url(value: object) -> str:
+    expected = f"expected the full write URL, such as {URL_EXAMPLE[6:]}"
+    if not isinstance(value, str) or not value.isprintable() or not value.strip():
+        raise _Bad(expected)
+    if any(char.isspace() for char in value):
+        raise _Bad(f"contains a space (write %20); {expected}")
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("https", "http"):
+        raise _Bad(f"expected an https:// URL; {expected}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise _Bad(f"the port is not a number from 1 to 65535; {expected}") from None
+    if not parts.hostname:
+        raise _Bad(f"no host name; {expected}")
+    if parts.username is not None or parts.password is not None:
+        raise _Bad(f"has a user name or password in it; credentials never go in the config "
+                   f"file: {TOKEN_HOWTO}")
+    params = {key.lower() for key, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    if params & SECRET_PARAMS:
+        names = ", ".join(sorted(params & SECRET_PARAMS))
+        raise _Bad(f"carries credentials ({names}=); they never go in the config file: "
+                   f"{TOKEN_HOWTO}")
+    if parts.fragment:
+        raise _Bad(f"remove the #fragment; {expected}")
+    return value
+
+
+def _show_url(value: object) -> str:
+    """The URL as written, with any user name, password or credential parameter masked."""
+    if not isinstance(value, str):
+        return toml_value(value)
+    try:
+        parts = urlsplit(value)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = "***@" + netloc.rsplit("@", 1)[1]
+        query = "&".join(
+            f"{key}=***" if key.lower() in SECRET_PARAMS else f"{key}={item}"
+            for key, item in parse_qsl(parts.query, keep_blank_values=True))
+        shown = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return '"(an unusable URL)"'
+    return toml_value(shown)
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if value not in choices:
+            raise _Bad("expected one of " + ", ".join(toml_quote(c) for c in choices))
+        return str(value)
+
+    return check
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad("expected true or false, without quotes")
+    return value
+
+
+def _integer(low: int, high: int) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        expected = f"expected a whole number from {low} to {high}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(expected + _unquote_hint(value))
+        if not low <= value <= high:
+            raise _Bad(expected)
+        return value
+
+    return check
+
+
+def _file_path(value: object) -> Path:
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise _Bad('expected a file path such as "/etc/envagent/upload-token"')
+    return Path(value)
+
+
+def _measurement(value: object) -> str:
+    if not isinstance(value, str) or not MEASUREMENT_PATTERN.fullmatch(value):
+        raise _Bad("expected 1 to 64 letters, digits, '.', '_' or '-', starting with a letter")
+    return value
+
+
+_UPLINK_DEFAULTS = {f.name: f.default for f in dataclasses.fields(UplinkConfig)}
+_UPLINK_FIELDS = {
+    "url": _Field(_url, REQUIRED, URL_EXAMPLE, _show_url),
+    "format": _Field(_choice(UPLINK_FORMATS), _UPLINK_DEFAULTS["format"], ""),
+    "allow_insecure_http": _Field(_boolean, _UPLINK_DEFAULTS["allow_insecure_http"], ""),
+    "token_file": _Field(_file_path, None, ""),
+    "auth": _Field(_choice(AUTH_SCHEMES), _UPLINK_DEFAULTS["auth"], ""),
+    "ca_file": _Field(_file_path, None, ""),
+    "client_cert": _Field(_file_path, None, ""),
+    "client_key": _Field(_file_path, None, ""),
+    "measurement": _Field(_measurement, _UPLINK_DEFAULTS["measurement"], ""),
+    "batch_size": _Field(_integer(1000, 100_000), _UPLINK_DEFAULTS["batch_size"], ""),
+    "flush_interval": _Field(_duration(1.0, 3600.0), _UPLINK_DEFAULTS["flush_interval"], ""),
+    "connect_timeout": _Field(_duration(1.0, 300.0), _UPLINK_DEFAULTS["connect_timeout"], ""),
+    "read_timeout": _Field(_duration(1.0, 600.0), _UPLINK_DEFAULTS["read_timeout"], ""),
+    "deadline": _Field(_duration(1.0, 1800.0), _UPLINK_DEFAULTS["deadline"], ""),
+    "backoff_min": _Field(_duration(0.1, 3600.0), _UPLINK_DEFAULTS["backoff_min"], ""),
+    "backoff_max": _Field(_duration(1.0, 86400.0), _UPLINK_DEFAULTS["backoff_max"], ""),
+    "retry_after_max": _Field(_duration(1.0, 86400.0), _UPLINK_DEFAULTS["retry_after_max"], ""),
+    "auth_retry": _Field(_duration(10.0, 86400.0), _UPLINK_DEFAULTS["auth_retry"], ""),
+}
+
+
+def _parse_uplink(problems: _Problems, value: object) -> UplinkConfig | None:
+    """``[uplink]``; absent (None) means sample and store only."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        problems.add("uplink", "expected a table [uplink]", value)
+        return None
+    before = len(problems.lines)
+    table = dict(value)
+    for key in list(table):
+        if isinstance(key, str) and key.lower() in SECRET_KEYS:
+            del table[key]  # and never shown: the problem line names the key only
+            problems.add(toml_key("uplink", key),
+                         f"a secret never goes in the config file; {TOKEN_HOWTO}")
+    values, _ = _read_table(problems, "uplink", table, _UPLINK_FIELDS)
+    _check_uplink(problems, values)
+    return UplinkConfig(**values) if len(problems.lines) == before else None
+
+
+def _check_uplink(problems: _Problems, values: Mapping[str, Any]) -> None:
+    """The rules between keys: plain http, InfluxDB URL parameters, pairs of settings."""
+    url = values.get("url")
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme.lower() == "http" and not values.get("allow_insecure_http"):
+            problems.add("uplink.url", "plain http sends readings and the token unencrypted; "
+                         "use https://, or for a collector on this machine set "
+                         "allow_insecure_http = true and a loopback host", url, _show_url)
+        elif parts.scheme.lower() == "http" and not _loopback(parts.hostname or ""):
+            problems.add("uplink.url", "allow_insecure_http allows plain http only to this "
+                         "machine (127.0.0.1, ::1 or localhost); use https:// for any other "
+                         "host", url, _show_url)
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        if values.get("format") == "influx" and params.get("precision", "ns") != "ns":
+            problems.add("uplink.url", "the agent sends nanosecond timestamps; remove "
+                         "precision= (precision=ns is added)", url, _show_url)
+        if parts.path.rstrip("/").endswith(INFLUX_V2_PATH) and "bucket" not in params:
+            problems.add("uplink.url", "InfluxDB 2 needs the bucket and organisation: add "
+                         "?org=...&bucket=... to the URL", url, _show_url)
+    if values.get("client_key") is not None and values.get("client_cert") is None:
+        problems.add("uplink.client_key", "set client_cert too (the certificate of this key)")
+    low, high = values.get("backoff_min"), values.get("backoff_max")
+    if low is not None and high is not None and low > high:
+        problems.add("uplink.backoff_min", f"is longer than backoff_max "
+                     f"({format_duration(high)}); make it shorter", low, format_duration)
+    connect, deadline = values.get("connect_timeout"), values.get("deadline")
+    if connect is not None and deadline is not None and deadline < connect:
+        problems.add("uplink.deadline", f"is shorter than connect_timeout "
+                     f"({format_duration(connect)}); make it longer", deadline, format_duration)
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- [indicator] -----------------------------------------------------------------------------
+
+GPIO_RANGE = (0, 27)  # the BCM GPIOs of the 40-pin header
+I2C1_PINS = {2: "SDA", 3: "SCL"}  # i2c-1, the sensors' bus, is enabled on every unit
+# Physical pin of the 40-pin header -> BCM GPIO, the same on every 40-pin Pi including the Pi 5
+# (https://pinout.xyz); the pins not listed are power and ground.
+BOARD_TO_BCM = {
+    3: 2, 5: 3, 7: 4, 8: 14, 10: 15, 11: 17, 12: 18, 13: 27, 15: 22, 16: 23, 18: 24, 19: 10,
+    21: 9, 22: 25, 23: 11, 24: 8, 26: 7, 27: 0, 28: 1, 29: 5, 31: 6, 32: 12, 33: 13, 35: 19,
+    36: 16, 37: 26, 38: 20, 40: 21,
+}
+PIN_NAME = re.compile(r"(GPIO|BCM|BOARD|J8:)([0-9]{1,2})", re.IGNORECASE)  # gpiozero's names
+PIN_EXPECTED = ('expected a GPIO number from 0 to 27 such as 17, or a pin name such as "GPIO17" '
+                'or "BOARD11" (physical pin 11 of the 40-pin header)')
+
+
+def _gpio(value: object) -> int:
+    """A pin as its BCM GPIO number, from a number or one of gpiozero's pin names."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _Bad(PIN_EXPECTED)
+    if isinstance(value, str):
+        match = PIN_NAME.fullmatch(value.strip())
+        if match is None:
+            raise _Bad(PIN_EXPECTED + _unquote_hint(value))
+        kind, number = match[1].upper(), int(match[2])
+        if kind in ("BOARD", "J8:") and number not in BOARD_TO_BCM:
+            raise _Bad(f"physical pin {number} is not a GPIO pin; {PIN_EXPECTED}")
+        value = BOARD_TO_BCM[number] if kind in ("BOARD", "J8:") else number
+    low, high = GPIO_RANGE
+    if not low <= value <= high:
+        raise _Bad(PIN_EXPECTED)
+    if value in I2C1_PINS:
+        raise _Bad(f"GPIO{value} is {I2C1_PINS[value]} of I2C bus 1, the sensors' bus; "
+                   "choose a free GPIO such as 17")
+    return value
+
+
+_INDICATOR_FIELDS = {
+    "led_pin": _Field(_gpio, REQUIRED, "led_pin = 17"),
+    "button_pin": _Field(_gpio, None, ""),
+    "hold_time": _Field(_duration(1.0, 10.0), 3.0, ""),
+}
+
+
+def _parse_indicator(problems: _Problems, value: object) -> IndicatorConfig | None:
+    """``[indicator]``; absent (None) means no status LED and no service button."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        problems.add("indicator", "expected a table [indicator]", value)
+        return None
+    values, ok = _read_table(problems, "indicator", value, _INDICATOR_FIELDS)
+    led = values.get("led_pin")
+    if led is not None and values.get("button_pin") == led:
+        problems.add("indicator.button_pin", f"the same pin as led_pin (GPIO{led}); wire the "
+                     "button to another GPIO", value["button_pin"])
+        ok = False
+    return IndicatorConfig(**values) if ok else None
 
 
 class _Section(NamedTuple):
@@ -534,6 +1033,8 @@ _SECTIONS: dict[str, _Section] = {
     ),
     "storage": _Section("storage", _table_section("storage", _STORAGE_FIELDS, StorageConfig), {}),
     "sensor": _Section("sensors", _parse_sensors, []),
+    "uplink": _Section("uplink", _parse_uplink, None),
+    "indicator": _Section("indicator", _parse_indicator, None),
 }
 
 

@@ -13,19 +13,24 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from agent.config import Config
+from agent.config import Config, SensorConfig
+from agent.errors import StorageFullError
 from agent.outbox import Outbox
 from agent.reading import Reading
 from agent.sampler import SensorWorker
 from drivers.base import Driver
 from drivers.bus import Bus
 from drivers.clock import Clock
+from drivers.tca9548a import MuxChannel
 
 log = logging.getLogger("envagent")
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 # How long a stop waits for a sensor thread stuck in a read before leaving it behind.
 JOIN_TIMEOUT_S = 2.0
+# Readings held in memory while the disk is full; beyond it the oldest are given up. A held
+# reading costs ~220 bytes (measured), so this is ~4 MiB of the 35 MiB budget: hours of data.
+MAX_HELD_READINGS = 20_000
 
 
 def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
@@ -35,8 +40,20 @@ def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
 def make_drivers(
     config: Config, buses: Mapping[int, Bus], clock: Clock, registry: Mapping[str, type[Driver]]
 ) -> list[Driver]:
+    """One driver per sensor; a sensor behind a multiplexer gets the MuxChannel of its
+    (bus, mux, channel), one shared by every sensor on that channel."""
+    channels: dict[tuple[int, int, int], Bus] = {}
+
+    def bus_of(s: SensorConfig) -> Bus:
+        if s.mux is None or s.channel is None:
+            return buses[s.bus]
+        key = (s.bus, s.mux, s.channel)
+        if key not in channels:
+            channels[key] = MuxChannel(buses[s.bus], s.mux, s.channel)
+        return channels[key]
+
     return [
-        registry[s.driver](buses[s.bus], s.address, clock=clock, options=s.options)
+        registry[s.driver](bus_of(s), s.address, clock=clock, options=s.options)
         for s in config.sensors
     ]
 
@@ -57,6 +74,8 @@ class Agent:
         self.stop = threading.Event()
         self._queue: queue.SimpleQueue[list[Reading]] = queue.SimpleQueue()
         self._pending: list[Reading] = []
+        self._given_up = 0  # readings dropped from _pending while the disk was full
+        self._disk_full = False
         self.workers = [
             SensorWorker(
                 sensor, driver, clock=clock, deliver=self._queue.put, boot_id=boot_id,
@@ -119,8 +138,34 @@ class Agent:
                 return
 
     def commit(self) -> None:
-        if not self._pending:
+        """Store what was sampled; on a full disk keep it (bounded) and try again next time.
+
+        Readings given up meanwhile are counted into the outbox's ``dropped`` by the first
+        commit that succeeds, in that same transaction.
+        """
+        if not self._pending and not self._given_up:
             return
-        self.outbox.append(self._pending)
+        try:
+            self.outbox.append(self._pending, dropped_before=self._given_up)
+        except StorageFullError as exc:
+            self._hold_while_full(exc)
+            return
+        if self._disk_full:
+            self._disk_full = False
+            log.warning("outbox %s: storing again; %d reading(s) were given up while the disk "
+                        "was full", self.outbox.path, self._given_up)
         self.committed += len(self._pending)
-        self._pending = []
+        self._pending, self._given_up = [], 0
+
+    def _hold_while_full(self, exc: StorageFullError) -> None:
+        if not self._disk_full:
+            self._disk_full = True
+            log.warning("%s; holding up to %d reading(s) in memory and retrying every commit",
+                        exc.strerror or exc, MAX_HELD_READINGS)
+        excess = len(self._pending) - MAX_HELD_READINGS
+        if excess > 0:  # the outbox's own policy: the oldest go first
+            del self._pending[:excess]
+            self._given_up += excess
+        if self.stop.is_set():
+            log.error("outbox %s: stopping with the disk full; %d held reading(s) are lost",
+                      self.outbox.path, len(self._pending) + self._given_up)

@@ -158,12 +158,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "top-level unknown key",
         "colour = 1\n" + UNIT,
-        "colour: unknown key; valid keys are unit, storage, sensor",
-    ),
-    (
-        "uplink is not part of the schema yet",
-        UNIT + '[uplink]\nurl = "https://x"\n',
-        "uplink: unknown key; valid keys are unit, storage, sensor",
+        "colour: unknown key; valid keys are unit, storage, sensor, uplink, indicator",
     ),
     ("unit missing", "", "unit: missing; add a [unit] table with at least id and site"),
     ("unit not a table", "unit = 5\n", "unit = 5: expected a table [unit]"),
@@ -463,13 +458,13 @@ def test_wrong_type_and_unknown_key_give_exactly_two_lines() -> None:
 
 def test_every_problem_is_reported_section_by_section() -> None:
     lines = problems(
-        'uplink = 1\n[unit]\nid = ""\n[storage]\nmax_bytes = -1\n'
+        'colour = 1\n[unit]\nid = ""\n[storage]\nmax_bytes = -1\n'
         + SENSOR
         + 'interval = "1x"\ngain = 5\n'
         + '[[sensor]]\nid = "s"\ndriver = "nope"\naddress = 0x40\nwhatever = 1\n'
     )
     assert [line.split(":")[1].strip().split(" ")[0] for line in lines] == [
-        "uplink",
+        "colour",
         "unit.id",
         "unit.site",
         "storage.max_bytes",

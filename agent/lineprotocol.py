@@ -1,0 +1,170 @@
+"""InfluxDB line protocol: readings in, one deterministic UTF-8 body out.
+
+Reference: https://docs.influxdata.com/influxdb/v2/reference/syntax/line-protocol/ -- also what
+InfluxDB 1.x ``/write``, VictoriaMetrics, Telegraf's ``http_listener_v2`` and QuestDB parse.
+
+Shape: one line per sensor sample -- every reading of one sensor with the same ``time_ns`` --
+with the quantities as float fields, ns timestamps, and the tags ``driver``, ``sensor``,
+``site`` and ``unit`` (sorted by key, as InfluxDB recommends)::
+
+    envagent,driver=bme280,sensor=air,site=汉中\\ wetland\\,\\ east,unit=demo-001 humidity=52.1,
+    pressure=1003.2,temperature=21.5,temperature_q=16i 1767225600000000000
+
+(shown wrapped; it is one line). Quality: ``<quantity>_q`` is an integer field holding the
+reading's :class:`drivers.base.Quality` bits, present only when they are not 0 (so "no ``_q``
+field" means good). A reading whose wall clock was not synchronised (``synced is False``) gets
+``CLOCK_UNSYNCED`` added. NaN and infinities are never sent as numbers: the value field is left
+out and ``<quantity>_nonfinite`` (a string: ``"NaN"``, ``"+Inf"`` or ``"-Inf"``) plus
+``<quantity>_q`` (even when 0) are sent instead, so the sample is visible upstream and every line
+keeps at least one field. Units of measure are not sent: each driver quantity has one fixed unit.
+
+Escaping follows the spec: measurement -- comma and space; tag keys, tag values and field keys
+-- comma, equals sign and space; string field values -- double quote and backslash. Beyond the
+spec, where a value could otherwise break the line: a run of backslashes that would escape the
+next separator (or the one after the token) is doubled; tab, line feed, form feed and carriage
+return become ``\\t``, ``\\n``, ``\\f``, ``\\r`` (as Telegraf writes them); other control
+characters become U+FFFD. Everything else, non-ASCII text included, goes through as UTF-8.
+
+The output depends only on the readings and the tags given, so a replayed batch is
+byte-identical and stores that collapse identical points keep one copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+from agent.reading import Reading
+from drivers.base import Quality
+
+CONTENT_TYPE = "text/plain; charset=utf-8"
+QUALITY_SUFFIX = "_q"
+NONFINITE_SUFFIX = "_nonfinite"
+
+_CONTROLS = {"\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+_MEASUREMENT_SPECIAL = ", "
+_KEY_SPECIAL = ",= "
+# A run of backslashes right before a separator or the end would escape it: doubled, each pair
+# reads as one escaped backslash and the separator stays a separator.
+_MEASUREMENT_RUN = re.compile(r"\\+(?=[, ]|\Z)")
+_KEY_RUN = re.compile(r"\\+(?=[,= ]|\Z)")
+_REPLACEMENT = "\ufffd"
+_UNSYNCED = int(Quality.CLOCK_UNSYNCED)
+
+
+def _escape(text: str, special: str, runs: re.Pattern[str]) -> str:
+    """Backslash-escape ``special`` characters, keeping the token on one line."""
+    out: list[str] = []
+    for char in runs.sub(lambda run: run.group() * 2, text):
+        if char in special:
+            out.append("\\" + char)
+        elif char in _CONTROLS:
+            out.append(_CONTROLS[char])
+        elif char < " " or "\x7f" <= char <= "\x9f":
+            out.append(_REPLACEMENT)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def escape_measurement(name: str) -> str:
+    return _escape(name, _MEASUREMENT_SPECIAL, _MEASUREMENT_RUN)
+
+
+def escape_key(key: str) -> str:
+    """For tag keys, tag values and field keys."""
+    return _escape(key, _KEY_SPECIAL, _KEY_RUN)
+
+
+def escape_string_field(value: str) -> str:
+    """A string field value, with its double quotes."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quality_of(reading: Reading) -> int:
+    """The quality bits sent upstream: the stored ones, plus CLOCK_UNSYNCED when not synced."""
+    quality = int(reading.quality)
+    return quality | _UNSYNCED if reading.synced is False else quality
+
+
+def nonfinite_name(value: float) -> str | None:
+    """``"NaN"``, ``"+Inf"`` or ``"-Inf"`` for a value that cannot be a number upstream."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _field_keys(quantity: str) -> tuple[str, str, str]:
+    """The escaped field keys of a quantity: its value, its quality, its non-finite name."""
+    return (escape_key(quantity), escape_key(quantity + QUALITY_SUFFIX),
+            escape_key(quantity + NONFINITE_SUFFIX))
+
+
+def _fields(readings: Iterable[Reading]) -> str:
+    parts: list[str] = []
+    for r in readings:
+        value_key, quality_key, nonfinite_key = _field_keys(r.quantity)
+        quality = quality_of(r)
+        if math.isfinite(r.value):
+            parts.append(f"{value_key}={r.value!r}")
+            if quality:
+                parts.append(f"{quality_key}={quality}i")
+        else:
+            name = escape_string_field(nonfinite_name(r.value) or "NaN")
+            parts.append(f"{nonfinite_key}={name},{quality_key}={quality}i")
+    return ",".join(parts)
+
+
+def samples(readings: Iterable[Reading]) -> list[list[Reading]]:
+    """Readings grouped into lines: one per sensor and ``time_ns``, in order of first appearance.
+
+    A quantity seen twice in one sample (which no driver does) opens a further line rather
+    than overwrite the first value upstream.
+    """
+    lines: dict[tuple[str, int, int], list[Reading]] = {}
+    seen: dict[tuple[str, int, str], int] = {}
+    for r in readings:
+        occurrence = seen.get((r.sensor, r.time_ns, r.quantity), 0)
+        seen[(r.sensor, r.time_ns, r.quantity)] = occurrence + 1
+        lines.setdefault((r.sensor, r.time_ns, occurrence), []).append(r)
+    return list(lines.values())
+
+
+class LineProtocolEncoder:
+    """Encodes a batch of readings from one unit; ``drivers`` maps sensor id to driver name.
+
+    Tags with an empty value are left out (line protocol has no empty tag values); so is the
+    ``driver`` tag of a sensor no longer in the configuration.
+    """
+
+    content_type = CONTENT_TYPE
+
+    def __init__(self, *, unit: str, site: str, drivers: Mapping[str, str],
+                 measurement: str = "envagent") -> None:
+        self._measurement = escape_measurement(measurement)
+        self._unit, self._site = unit, site
+        self._drivers = dict(drivers)
+        self._prefixes: dict[str, str] = {}  # sensor id -> "measurement,tags "
+
+    def _prefix(self, sensor: str) -> str:
+        prefix = self._prefixes.get(sensor)
+        if prefix is None:
+            tags = {"driver": self._drivers.get(sensor, ""), "sensor": sensor,
+                    "site": self._site, "unit": self._unit}
+            tag_text = "".join(f",{escape_key(k)}={escape_key(v)}"
+                               for k, v in sorted(tags.items()) if v)
+            prefix = self._prefixes[sensor] = f"{self._measurement}{tag_text} "
+        return prefix
+
+    def lines(self, readings: Sequence[Reading]) -> list[str]:
+        return [f"{self._prefix(group[0].sensor)}{_fields(group)} {group[0].time_ns}"
+                for group in samples(readings)]
+
+    def encode(self, readings: Sequence[Reading]) -> bytes:
+        """The request body: the lines, each ending in a line feed, as UTF-8."""
+        return "".join(line + "\n" for line in self.lines(readings)).encode("utf-8")

@@ -1,0 +1,332 @@
+"""Sinks: encode a batch of readings, POST it once, and report what came back.
+
+A sink never decides what to delete or when to retry -- :mod:`agent.uplink` does, from the
+:class:`Reply`. Encoders are pure: the same readings give the same bytes, so a retried batch is
+byte-identical (gzip included: its header carries no time stamp here).
+
+HTTP: one keep-alive ``requests.Session`` that ignores the environment (``trust_env = False``:
+no proxy variables, no ``~/.netrc`` credentials), verifies TLS (optionally against ``ca_file``,
+optionally with a client certificate) and never follows a redirect for a write.
+
+The total deadline. ``requests`` bounds the connect and each single read, not an exchange: a
+server that dribbles one byte per read timeout keeps a request alive forever. A timer armed for
+every POST shuts down (``shutdown(SHUT_RDWR)``) this process's TCP connections to the upload
+port when it expires, which makes the blocked send or receive in the worker fail at once. The
+connections are found by listing the process's own file descriptors (``/proc/self/fd``), since
+``requests`` does not hand out its sockets; the agent has no other TCP client, so the match on
+the peer port is exact enough. What that guarantees: a POST whose connection is up returns
+within ``deadline`` plus a few milliseconds, and one still resolving or connecting at the
+deadline is cut off within ``RECHECK_S`` of connecting. What it does not: name resolution
+(bounded by the resolver's own timeouts, ``/etc/resolv.conf``) and each connection attempt
+(``connect_timeout`` per address the name resolves to) cannot be interrupted this way -- the
+config requires ``deadline >= connect_timeout`` so the usual single-address case stays within
+it. A complete answer that arrives as the timer fires is treated as cut off (a shut-down socket
+can make a 204 look complete), so the batch is sent again: a duplicate, never a loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import gzip
+import hashlib
+import json
+import os
+import socket
+import stat
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import requests
+
+from agent import __version__
+from agent.credentials import Secret, authorization, redact
+from agent.lineprotocol import LineProtocolEncoder, nonfinite_name, quality_of
+from agent.reading import Reading
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+JSON_FORMAT = "envagent-batch/1"
+ID_HEX_DIGITS = 32  # 128 bits of SHA-256: collisions are out of reach for any network
+GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a third of its CPU
+REPLY_TEXT_CHARS = 300  # of a server's answer kept for the log and `envagent status`
+FD_DIRS = ("/proc/self/fd", "/dev/fd")  # Linux, then macOS/BSD
+RECHECK_S = 0.1  # after the deadline, how often to look for a connection made late
+
+
+class Encoder(Protocol):
+    content_type: str
+
+    def encode(self, readings: Sequence[Reading]) -> bytes: ...
+
+
+# --- the JSON batch format ---------------------------------------------------------------------
+
+
+def reading_id(unit: str, reading: Reading) -> str:
+    """The stable id of a reading: first 32 hex digits of SHA-256 over its identity.
+
+    The identity is ``unit, sensor, quantity, time_ns`` joined by line feeds, in UTF-8 -- the same
+    reading sent twice, from any process, after any restart, has the same id.
+    """
+    identity = f"{unit}\n{reading.sensor}\n{reading.quantity}\n{reading.time_ns}"
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:ID_HEX_DIGITS]
+
+
+def batch_id(reading_ids: Sequence[str]) -> str:
+    """First 32 hex digits of SHA-256 over the reading ids in batch order, one per line."""
+    return hashlib.sha256("\n".join(reading_ids).encode("ascii")).hexdigest()[:ID_HEX_DIGITS]
+
+
+class JsonEncoder:
+    """The JSON batch format for custom backends (documented in the README)."""
+
+    content_type = JSON_CONTENT_TYPE
+
+    def __init__(self, *, unit: str, site: str, drivers: Mapping[str, str]) -> None:
+        self._unit, self._site, self._drivers = unit, site, dict(drivers)
+
+    def document(self, readings: Sequence[Reading]) -> dict[str, Any]:
+        items = [self._item(r) for r in readings]
+        return {
+            "format": JSON_FORMAT,
+            "batch": batch_id([item["id"] for item in items]),
+            "unit": self._unit,
+            "site": self._site,
+            "count": len(items),
+            "readings": items,
+        }
+
+    def _item(self, r: Reading) -> dict[str, Any]:
+        nonfinite = nonfinite_name(r.value)
+        item: dict[str, Any] = {
+            "id": reading_id(self._unit, r),
+            "sensor": r.sensor,
+            "driver": self._drivers.get(r.sensor),
+            "quantity": r.quantity,
+            "value": None if nonfinite else r.value,
+            "unit": r.unit,
+            "time_ns": r.time_ns,
+            "quality": quality_of(r),
+            "synced": r.synced,
+            "boot_id": r.boot_id,
+            "boot_ns": r.boot_ns,
+            "calibration": r.calibration,
+        }
+        if nonfinite:
+            item["nonfinite"] = nonfinite
+        return item
+
+    def encode(self, readings: Sequence[Reading]) -> bytes:
+        text = json.dumps(self.document(readings), ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":"))
+        return text.encode("utf-8")
+
+
+def make_encoder(format: str, *, unit: str, site: str, drivers: Mapping[str, str],
+                 measurement: str) -> Encoder:
+    if format == "json":
+        return JsonEncoder(unit=unit, site=site, drivers=drivers)
+    return LineProtocolEncoder(unit=unit, site=site, drivers=drivers, measurement=measurement)
+
+
+def influx_url(url: str) -> str:
+    """``url`` with ``precision=ns`` added unless it has it (config refuses any other precision)."""
+    parts = urlsplit(url)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "precision" for key, _ in params):
+        return url
+    query = urlencode([*params, ("precision", "ns")])
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+
+
+class Failure(enum.Enum):
+    """Why a POST got no HTTP answer."""
+
+    CONNECT_TIMEOUT = "connect timeout"
+    READ_TIMEOUT = "read timeout"
+    DEADLINE = "total deadline exceeded"
+    CONNECTION = "connection failed"  # refused, reset, DNS, broken mid-answer
+    TLS = "TLS error"  # handshake failures other than verification
+    TLS_VERIFY = "TLS certificate verification failed"
+    STOPPED = "stopped"  # abort() from another thread, e.g. at shutdown
+    INVALID = "invalid request"  # a URL or header requests refused to send
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One attempt: the HTTP status, or the failure that prevented one."""
+
+    status: int | None
+    failure: Failure | None = None
+    text: str = ""  # the server's answer or the error, one line, shortened, token removed
+    retry_after: str | None = None
+    location: str | None = None  # of a redirect, for the error message
+
+    def describe(self) -> str:
+        if self.status is None:
+            what = self.failure.value if self.failure else "no answer"
+            return f"{what}: {self.text}" if self.text else what
+        where = f" to {self.location}" if self.location else ""
+        return f"HTTP {self.status}{where}" + (f": {self.text}" if self.text else "")
+
+
+def make_session(*, ca_file: Path | None = None, client_cert: Path | None = None,
+                 client_key: Path | None = None) -> requests.Session:
+    """The one Session of the uplink: keep-alive, no environment, TLS verified."""
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(ca_file) if ca_file is not None else True
+    if client_cert is not None:
+        session.cert = (str(client_cert), str(client_key)) if client_key else str(client_cert)
+    session.headers["User-Agent"] = f"envagent/{__version__}"
+    return session
+
+
+class HttpSink:
+    """POSTs encoded batches to one URL, each within a total deadline (see the module doc)."""
+
+    def __init__(self, url: str, encoder: Encoder, session: requests.Session, *,
+                 auth: str = "token", connect_timeout: float = 10.0, read_timeout: float = 30.0,
+                 deadline: float = 60.0) -> None:
+        self.url = influx_url(url) if isinstance(encoder, LineProtocolEncoder) else url
+        parts = urlsplit(self.url)
+        self.where = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))  # for logs
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.encoder = encoder
+        self.session = session
+        self.auth = auth
+        self.timeouts = (connect_timeout, read_timeout)
+        self.deadline = deadline
+        self._lock = threading.Lock()
+        self._attempts = 0
+        self._in_flight: int | None = None  # the number of the attempt on the wire
+        self._ended: Failure | None = None  # why the timer or abort() ended it early
+        self._closed = False
+
+    def encode(self, readings: Sequence[Reading]) -> bytes:
+        return self.encoder.encode(readings)
+
+    def post(self, body: bytes, token: Secret | None) -> Reply:
+        """Send one encoded batch; never raises for anything the network or server does."""
+        headers = {"Content-Type": self.encoder.content_type, "Content-Encoding": "gzip"}
+        if token is not None:
+            headers["Authorization"] = authorization(self.auth, token)
+        data = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+        with self._lock:
+            if self._closed:
+                return Reply(None, Failure.STOPPED)
+            self._attempts += 1
+            attempt = self._in_flight = self._attempts
+            self._ended = None
+        timer = threading.Timer(self.deadline, self._end, (attempt, Failure.DEADLINE))
+        timer.daemon = True
+        timer.start()
+        try:
+            response = self.session.post(self.url, data=data, headers=headers,
+                                         timeout=self.timeouts, allow_redirects=False)
+        except requests.RequestException as exc:
+            failure = self._finish(timer) or _failure_of(exc)
+            return Reply(None, failure, _one_line(redact(str(exc), token)))
+        except (ValueError, OSError) as exc:  # e.g. an unreadable ca_file or client_cert
+            self._finish(timer)
+            return Reply(None, Failure.INVALID, _one_line(redact(str(exc), token)))
+        ended = self._finish(timer)
+        if ended is not None:  # the answer may be cut short (a 204's headers, say): not trusted
+            return Reply(None, ended, f"HTTP {response.status_code} answer cut off")
+        return Reply(response.status_code, None,
+                     _one_line(redact(_text(response.content), token)),
+                     response.headers.get("Retry-After"), response.headers.get("Location"))
+
+    def abort(self) -> None:
+        """End the POST in flight now (from another thread), e.g. to stop the agent."""
+        with self._lock:
+            attempt = self._in_flight
+        if attempt is not None:
+            self._end(attempt, Failure.STOPPED)
+
+    def close(self) -> None:
+        """Abort the POST in flight and refuse further ones."""
+        with self._lock:
+            self._closed = True
+        self.abort()
+        self.session.close()
+
+    def _finish(self, timer: threading.Timer) -> Failure | None:
+        """Disarm the attempt; return why it was ended early, if it was."""
+        timer.cancel()
+        with self._lock:
+            ended, self._ended, self._in_flight = self._ended, None, None
+        return ended
+
+    def _end(self, attempt: int, why: Failure) -> None:
+        with self._lock:
+            if attempt != self._in_flight:
+                return  # finished meanwhile
+            self._ended = self._ended or why
+            if shutdown_connections(self.port) == 0:  # still resolving or connecting: look again
+                again = threading.Timer(RECHECK_S, self._end, (attempt, why))
+                again.daemon = True
+                again.start()
+
+
+def _failure_of(exc: requests.RequestException) -> Failure:
+    if isinstance(exc, requests.exceptions.SSLError):
+        text = str(exc)
+        verify = "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
+        return Failure.TLS_VERIFY if verify else Failure.TLS
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return Failure.CONNECT_TIMEOUT
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return Failure.READ_TIMEOUT
+    if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.InvalidHeader
+                  | requests.exceptions.InvalidSchema | requests.exceptions.MissingSchema):
+        return Failure.INVALID
+    return Failure.CONNECTION
+
+
+def shutdown_connections(port: int) -> int:
+    """Shut down this process's TCP connections whose peer port is ``port``; return how many.
+
+    Each file descriptor is checked through a duplicate, so nothing of the owner's is closed; a
+    shut-down connection makes its owner's blocked send or receive return at once.
+    """
+    fd_dir = next((d for d in FD_DIRS if os.path.isdir(d)), None)
+    if fd_dir is None:
+        return 0
+    count = 0
+    for name in os.listdir(fd_dir):
+        try:
+            fd = int(name)
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            copy = os.dup(fd)
+        except (ValueError, OSError):
+            continue  # not a number, or closed meanwhile
+        try:
+            sock = socket.socket(fileno=copy)
+        except OSError:
+            os.close(copy)
+            continue
+        with sock, contextlib.suppress(OSError):  # not connected, or gone meanwhile
+            if (sock.family in (socket.AF_INET, socket.AF_INET6)
+                    and sock.type == socket.SOCK_STREAM and sock.getpeername()[1] == port):
+                sock.shutdown(socket.SHUT_RDWR)
+                count += 1
+    return count
+
+
+def _text(content: bytes) -> str:
+    """The start of a server's answer as text, whatever its encoding."""
+    return content[:REPLY_TEXT_CHARS * 4].decode("utf-8", "replace")
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= REPLY_TEXT_CHARS else text[:REPLY_TEXT_CHARS - 1] + "…"

@@ -1,0 +1,105 @@
+"""Feeds the systemd watchdog only while the agent makes progress, and keeps STATUS= current.
+
+Progress means: the writer loop (which commits readings) has turned recently, and no sensor
+thread has been stuck inside one setup or read for longer than ``hung_after``. A hung read or a
+deadlocked writer therefore stops the pings and systemd restarts the service; a slow or dead
+upstream does not, because delivery is not part of the check -- restarting would not fix it.
+
+The pinger runs on its own thread so it keeps its pace whatever the writer is doing; it is the
+heartbeat it *checks* that tells a live writer from a stuck one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from agent.notify import Notifier
+from drivers.clock import Clock
+
+log = logging.getLogger("envagent.watchdog")
+
+# A sensor stuck in one bus exchange this long is hung: every driver bounds its own waits far
+# below this (a BME280 sample takes < 0.2 s; an SCD4x data-ready wait < 10 s).
+HUNG_READ_S = 30.0
+
+
+class Busy(Protocol):
+    """What the supervisor needs of a sensor worker."""
+
+    label: str
+
+    @property
+    def busy_since(self) -> float | None: ...
+
+
+class Supervisor:
+    def __init__(
+        self,
+        notifier: Notifier,
+        clock: Clock,
+        workers: Sequence[Busy],
+        *,
+        writer_timeout: float,
+        status: Callable[[], str],
+        hung_after: float = HUNG_READ_S,
+    ) -> None:
+        self.notifier = notifier
+        self.clock = clock
+        self.workers = workers
+        self.writer_timeout = writer_timeout
+        self.hung_after = hung_after
+        self._status = status
+        self._writer_beat = clock.monotonic()
+        self._stop = threading.Event()
+        self._last_status = ""
+        self._last_problem: str | None = None
+        self.thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+
+    def writer_beat(self) -> None:
+        """Called by the writer loop each time it has handled what was sampled."""
+        self._writer_beat = self.clock.monotonic()
+
+    def problem(self) -> str | None:
+        """Why the agent is not making progress, or None when it is."""
+        now = self.clock.monotonic()
+        if now - self._writer_beat > self.writer_timeout:
+            return f"the writer has not committed for {now - self._writer_beat:.0f} s"
+        for worker in self.workers:
+            since = worker.busy_since
+            if since is not None and now - since > self.hung_after:
+                return f"{worker.label} has been stuck in one read for {now - since:.0f} s"
+        return None
+
+    def tick(self) -> None:
+        """One supervision step: ping if healthy, and publish the status line when it changed."""
+        problem = self.problem()
+        if problem != self._last_problem:
+            if problem is not None:
+                log.error("not feeding the watchdog: %s", problem)
+            elif self._last_problem is not None:
+                log.info("progress again; feeding the watchdog")
+            self._last_problem = problem
+        if problem is None:
+            self.notifier.watchdog()
+        text = self._status() if problem is None else f"STUCK: {problem}"
+        if text != self._last_status:
+            self.notifier.status(text)
+            self._last_status = text
+
+    def start(self) -> None:
+        self.tick()
+        self.notifier.ready()
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.notifier.stopping()
+        self.thread.join(5)
+
+    def _run(self) -> None:
+        interval = self.notifier.watchdog_interval() or 10.0
+        while not self.clock.wait(self._stop, interval):
+            self.tick()

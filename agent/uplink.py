@@ -1,0 +1,409 @@
+"""Delivery: a worker thread drains the outbox, oldest first, through one sink.
+
+One step takes a batch (``batch_size`` readings while there is a backlog; whatever is there
+every ``flush_interval`` otherwise), POSTs it and acts on the answer:
+
+==========================================  ================================================
+2xx                                         ack: the outbox deletes the batch
+408, 429, 5xx, timeouts, connection/DNS     retry the same bytes after a full-jitter
+errors, the total deadline                  exponential backoff (``backoff_min`` doubling up
+                                            to ``backoff_max``), or after ``Retry-After``
+                                            (seconds or HTTP-date) when longer, up to
+                                            ``retry_after_max``
+400, 422                                    bisect: send each half on its own until the
+                                            refused readings stand alone, then quarantine
+                                            them; the others are delivered
+413                                         halve the batch, and remember the smaller size
+401, 403, an unreadable token file          pause delivery (sampling goes on); re-read the
+                                            token and try again every ``auth_retry``
+3xx, other 4xx, TLS verification failure    misconfiguration: reported loudly, retried every
+                                            ``backoff_max``; redirects are never followed and
+                                            TLS verification is never turned off
+==========================================  ================================================
+
+A batch is kept until it is acknowledged or quarantined, so a retry sends the very same bytes
+(within one process; after a restart the batch boundaries may differ, the readings do not).
+Logs name transitions (delivering -> retrying -> delivering), not every retry. The state is
+also written to ``uplink-state.json`` in the data directory, for ``envagent status`` in another
+process: atomically, on transitions only, plus at most every ``STATE_REFRESH_S`` while
+delivering, to keep the last-success time roughly current without wearing the SD card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import enum
+import json
+import logging
+import os
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import UTC
+from pathlib import Path
+
+from agent.config import Config, UplinkConfig
+from agent.credentials import CredentialError, Secret, load_token
+from agent.outbox import Outbox
+from agent.reading import StoredReading
+from agent.sinks import Failure, HttpSink, Reply, make_encoder, make_session
+from drivers.clock import Clock
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "uplink-state.json"
+STATE_REFRESH_S = 600.0  # while delivering, the last-success time is persisted this often
+JOIN_SLACK_S = 2.0  # a stop waits this long beyond the deadline for the worker to finish
+MAX_BACKOFF_DOUBLINGS = 40  # 2**40 x backoff_min exceeds any cap; keeps the float finite
+
+
+class Outcome(enum.Enum):
+    IDLE = "idle"  # nothing to send
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    REJECTED = "rejected"  # 400/422: poison data somewhere in the batch
+    TOO_LARGE = "too large"  # 413
+    AUTH = "auth"  # 401/403 or no usable token
+    FAILED = "failed"  # misconfiguration
+
+
+def classify(reply: Reply) -> Outcome:
+    """What an attempt's answer means for the batch."""
+    status = reply.status
+    if status is None:
+        failed = reply.failure in (Failure.TLS_VERIFY, Failure.INVALID)
+        return Outcome.FAILED if failed else Outcome.RETRY
+    if 200 <= status < 300:
+        return Outcome.DELIVERED
+    if status in (400, 422):
+        return Outcome.REJECTED
+    if status == 413:
+        return Outcome.TOO_LARGE
+    if status in (401, 403):
+        return Outcome.AUTH
+    if status in (408, 429) or status >= 500:
+        return Outcome.RETRY
+    return Outcome.FAILED  # 1xx, 3xx, other 4xx
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """A ``Retry-After`` header as seconds from ``now`` (wall clock): delay-seconds or HTTP-date."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(min(int(value), 10**9))  # capped by the caller; keep it a finite float
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is always GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def backoff_delay(failures: int, low: float, high: float, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(high, low x 2^(failures-1))]."""
+    ceiling = min(high, low * 2.0 ** min(max(failures - 1, 0), MAX_BACKOFF_DOUBLINGS))
+    return rng.uniform(0.0, ceiling)
+
+
+_HINTS = {
+    Failure.TLS_VERIFY: "the server's certificate is not trusted: set uplink.ca_file to the CA "
+                        "that signed it (verification is never turned off)",
+    Failure.INVALID: "check uplink.url, ca_file, client_cert and client_key",
+}
+
+
+def _hint(reply: Reply) -> str:
+    if reply.failure is not None and reply.failure in _HINTS:
+        return _HINTS[reply.failure]
+    if reply.status is not None and 300 <= reply.status < 400:
+        return "the server redirects writes, which are never followed: set uplink.url to the " \
+               "final address"
+    return "check uplink.url and the server"
+
+
+# --- the state other processes see ------------------------------------------------------------
+
+
+@dataclass
+class UplinkState:
+    """``state`` is starting, ok, retrying, auth_blocked or failing; times are wall-clock ns."""
+
+    state: str = "starting"
+    since_ns: int | None = None
+    last_success_ns: int | None = None
+    last_error: str | None = None
+    last_error_ns: int | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> UplinkState | None:
+        """The state last written to ``path``; None when there is none or it is unreadable."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a temporary file, fsync, rename, fsync of the directory."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as file:
+            json.dump(asdict(self), file, ensure_ascii=False, indent=1)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+# --- the worker -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of the worker: what happened and how long until the next is due."""
+
+    outcome: Outcome
+    wait: float
+    delivered: int = 0
+    quarantined: int = 0
+    caught_up: bool = False  # nothing more was waiting in the outbox
+    reply: Reply | None = None  # the server's answer, when something was sent
+
+
+@dataclass(frozen=True, slots=True)
+class FlushReport:
+    delivered: int
+    quarantined: int
+    ok: bool
+    error: str | None
+
+
+class Uplink:
+    """Drains ``outbox`` through ``sink``; ``token`` reads the upload token (see credentials)."""
+
+    def __init__(self, outbox: Outbox, sink: HttpSink, settings: UplinkConfig, *, clock: Clock,
+                 token: Callable[[], Secret | None], state_path: Path | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.outbox, self.sink, self.settings, self.clock = outbox, sink, settings, clock
+        self.batch_limit = settings.batch_size
+        self._read_token = token
+        self._token: Secret | None = None
+        self._token_fresh = False  # _token holds what the file held after the last 401/403
+        self._pending: deque[list[StoredReading]] = deque()  # the taken batch, maybe bisected
+        self._body: tuple[list[StoredReading], bytes] | None = None  # the head, encoded
+        self._more = False  # the last take was full: more backlog waits behind it
+        self._failures = 0
+        self._rng = rng or random.Random()
+        self._state_path = state_path
+        previous = UplinkState.load(state_path) if state_path is not None else None
+        self.state = UplinkState(last_success_ns=previous.last_success_ns) if previous \
+            else UplinkState()
+        self._saved_success_ns = self.state.last_success_ns
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- one step -----------------------------------------------------------------------------
+
+    def step(self) -> Step:
+        """Take (or keep) a batch, send it once, act on the answer."""
+        if not self._token_fresh:
+            try:
+                self._token = self._read_token()
+            except CredentialError as exc:
+                self._enter("auth_blocked", str(exc))
+                return Step(Outcome.AUTH, self.settings.auth_retry)
+            self._token_fresh = True
+        if not self._pending:
+            batch = self.outbox.take(self.batch_limit)
+            if not batch:
+                return Step(Outcome.IDLE, self.settings.flush_interval, caught_up=True)
+            self._more = len(batch) >= self.batch_limit
+            self._pending.append(batch)
+        head = self._pending[0]
+        if self._body is None or self._body[0] is not head:
+            self._body = (head, self.sink.encode([s.reading for s in head]))
+        reply = self.sink.post(self._body[1], self._token)
+        return replace(self._act(head, reply), reply=reply)
+
+    def _act(self, head: list[StoredReading], reply: Reply) -> Step:
+        if reply.failure is Failure.STOPPED:  # stop() cut it short: not the server's doing
+            return Step(Outcome.RETRY, 0.0)
+        outcome = classify(reply)
+        log.debug("%d reading(s): %s -> %s", len(head), reply.describe(), outcome.value)
+        if outcome is Outcome.DELIVERED:
+            return self._delivered(head)
+        if outcome in (Outcome.REJECTED, Outcome.TOO_LARGE):
+            return self._refused(head, reply, outcome)
+        if outcome is Outcome.AUTH:
+            self._token_fresh = False  # re-read the file before the next attempt
+            self._enter("auth_blocked", reply.describe())
+            return Step(outcome, self.settings.auth_retry)
+        self._failures += 1
+        if outcome is Outcome.FAILED:
+            self._enter("failing", f"{reply.describe()}; {_hint(reply)}")
+            return Step(outcome, self.settings.backoff_max)
+        delay = backoff_delay(self._failures, self.settings.backoff_min,
+                              self.settings.backoff_max, self._rng)
+        after = retry_after_seconds(reply.retry_after, self.clock.time())
+        if after is not None:
+            delay = max(delay, min(after, self.settings.retry_after_max))
+        self._enter("retrying", reply.describe())
+        return Step(outcome, delay)
+
+    def _delivered(self, head: list[StoredReading]) -> Step:
+        acked = self.outbox.ack(s.id for s in head)
+        self._pending.popleft()
+        self.state.last_success_ns = self._now_ns()
+        self._enter("ok")
+        return self._next(Outcome.DELIVERED, delivered=acked)
+
+    def _refused(self, head: list[StoredReading], reply: Reply, outcome: Outcome) -> Step:
+        """400/422/413: split the batch; quarantine a reading refused on its own."""
+        self._enter("ok")  # the server answers and reads what it gets
+        self._pending.popleft()
+        if len(head) > 1:
+            half = (len(head) + 1) // 2
+            self._pending.extendleft([head[half:], head[:half]])
+            if outcome is Outcome.TOO_LARGE and half < self.batch_limit:
+                self.batch_limit = half
+                log.warning("%s: %s for %d readings; sending at most %d per request "
+                            "from now on", self.sink.where, reply.describe(), len(head), half)
+                self._pending = deque(part[i:i + half] for part in self._pending
+                                      for i in range(0, len(part), half))
+            return Step(outcome, 0.0)
+        (one,) = head
+        r = one.reading
+        moved = self.outbox.quarantine([one.id], reply.describe())
+        log.warning("%s refused %s %s at time_ns %d (%s); moved it to quarantine",
+                    self.sink.where, r.sensor, r.quantity, r.time_ns, reply.describe())
+        return self._next(outcome, quarantined=moved)
+
+    def _next(self, outcome: Outcome, *, delivered: int = 0, quarantined: int = 0) -> Step:
+        """After a batch (or part of it) is done: go on at once while there is more."""
+        self._failures = 0
+        more = bool(self._pending) or self._more
+        wait = 0.0 if more else self.settings.flush_interval
+        return Step(outcome, wait, delivered, quarantined, caught_up=not more)
+
+    # --- state --------------------------------------------------------------------------------
+
+    def _enter(self, state: str, error: str | None = None) -> None:
+        """Record a state (and error); log and persist only when the state changes."""
+        previous, now = self.state.state, self._now_ns()
+        if error is not None:
+            self.state.last_error, self.state.last_error_ns = error, now
+        if state == previous:
+            refresh = self.state.last_success_ns or 0
+            if state == "ok" and refresh - (self._saved_success_ns or 0) >= STATE_REFRESH_S * 1e9:
+                self._save()
+            return
+        self.state.state, self.state.since_ns = state, now
+        where, s = self.sink.where, self.settings
+        if state == "ok":
+            log.info("delivering to %s%s", where, " again" if previous != "starting"
+                     else "")
+        elif state == "retrying":
+            log.warning("cannot deliver to %s: %s; retrying with backoff, readings wait "
+                        "in the outbox", where, error)
+        elif state == "auth_blocked":
+            log.error("delivery to %s paused, sampling goes on: %s; fix the upload "
+                      "token (trying again every %gs, no restart needed)", where, error,
+                      s.auth_retry)
+        else:
+            log.error("delivery to %s failed: %s; trying again every %gs", where,
+                      error, s.backoff_max)
+        self._save()
+
+    def _save(self) -> None:
+        if self._state_path is None:
+            return
+        try:
+            self.state.save(self._state_path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self._state_path, exc.strerror or exc)
+            return
+        self._saved_success_ns = self.state.last_success_ns
+
+    def _now_ns(self) -> int:
+        return int(self.clock.time() * 1e9)
+
+    # --- running --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The worker thread's body: step, wait, until :meth:`stop`."""
+        s = self.settings
+        log.info("sending %s to %s, up to %d readings per request", s.format,
+                 self.sink.where, self.batch_limit)
+        while not self._stop.is_set():
+            try:
+                wait = self.step().wait
+            except Exception as exc:  # noqa: BLE001 - the outbox or a bug: never stop delivering
+                self._enter("failing", f"{type(exc).__name__}: {exc}")
+                log.debug("step failed", exc_info=True)
+                wait = s.backoff_max
+            if wait > 0:
+                self.clock.wait(self._stop, wait)
+        if self.state.last_success_ns != self._saved_success_ns:
+            self._save()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="uplink", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker: an upload in flight is cut short and its batch stays in the outbox."""
+        self._stop.set()
+        self.sink.close()
+        if self._thread is not None:
+            self._thread.join(self.settings.deadline + JOIN_SLACK_S)
+            if self._thread.is_alive():
+                log.warning("still busy at shutdown (name resolution?); left behind")
+
+    def flush(self) -> FlushReport:
+        """Deliver until the outbox is empty, or stop at the first failure (``envagent sync``)."""
+        delivered = quarantined = 0
+        while True:
+            step = self.step()
+            delivered += step.delivered
+            quarantined += step.quarantined
+            if step.outcome not in (Outcome.IDLE, Outcome.DELIVERED, Outcome.REJECTED,
+                                    Outcome.TOO_LARGE):
+                return FlushReport(delivered, quarantined, False, self.state.last_error)
+            if step.caught_up:
+                if self.state.last_success_ns != self._saved_success_ns:
+                    self._save()
+                return FlushReport(delivered, quarantined, True, None)
+
+
+def build_uplink(config: Config, outbox: Outbox, clock: Clock, data_dir: Path,
+                 environ: Mapping[str, str] | None = None) -> Uplink:
+    """The real uplink of the ``run`` and ``sync`` commands, from a config with ``[uplink]``."""
+    settings = config.uplink
+    if settings is None:
+        raise ValueError("the configuration has no [uplink] section")
+    env = dict(os.environ if environ is None else environ)
+    encoder = make_encoder(settings.format, unit=config.unit.id, site=config.unit.site,
+                           drivers={s.id: s.driver for s in config.sensors},
+                           measurement=settings.measurement)
+    session = make_session(ca_file=settings.ca_file, client_cert=settings.client_cert,
+                           client_key=settings.client_key)
+    sink = HttpSink(settings.url, encoder, session, auth=settings.auth,
+                    connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+                    deadline=settings.deadline)
+    with contextlib.suppress(OSError):
+        data_dir.mkdir(parents=True, exist_ok=True)
+    return Uplink(outbox, sink, settings, clock=clock,
+                  token=lambda: load_token(settings.token_file, env),
+                  state_path=data_dir / STATE_FILE)

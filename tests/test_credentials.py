@@ -1,0 +1,225 @@
+"""The upload token: from a file only, and never in a log line, a message or a traceback.
+
+The end-to-end tests run the real ``envagent sync`` against a server that answers 401 and echoes
+the Authorization header back, against a closed port, and with unusable URLs, then search
+everything the process printed for the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from httpfaults import FaultServer, Handler, Received
+
+from agent.credentials import (
+    CREDENTIAL_NAME,
+    CredentialError,
+    Secret,
+    authorization,
+    check_environment,
+    load_token,
+    read_token,
+    redact,
+    token_path,
+)
+from agent.errors import ConfigError
+from agent.outbox import Outbox
+from agent.reading import Reading
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "tok-SECRET-4b7e0a91c2"
+
+
+def write(path: Path, content: bytes | str, mode: int = 0o600) -> Path:
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    path.chmod(mode)
+    return path
+
+
+# --- reading the file --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [TOKEN, TOKEN + "\n", TOKEN + "\r\n"])
+def test_the_token_is_the_files_one_line(tmp_path: Path, content: str) -> None:
+    assert read_token(write(tmp_path / "t", content)).reveal() == TOKEN
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("", "is empty"),
+    ("\n", "is empty"),
+    (f"{TOKEN} trailing words", "has a space"),
+    (f"{TOKEN}\nsecond line", "line break"),
+    (f"{TOKEN}\x00", "control"),
+    ("tök-" + TOKEN, "non-ASCII"),
+    ("x" * 5000, "larger than 4096 bytes"),
+])
+def test_a_bad_token_file_is_described_without_its_content(tmp_path: Path, content: str,
+                                                           problem: str) -> None:
+    path = write(tmp_path / "upload-token", content)
+    with pytest.raises(CredentialError) as caught:
+        read_token(path)
+    message = str(caught.value)
+    assert problem in message and str(path) in message
+    assert TOKEN not in message and "second" not in message and "xxxxxxxx" not in message
+
+
+def test_a_missing_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(CredentialError, match="cannot read the upload token file .*No such file"):
+        read_token(tmp_path / "nope")
+    assert issubclass(CredentialError, PermissionError)
+
+
+def test_a_token_file_others_can_read_is_warned_about(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    read_token(write(tmp_path / "t", TOKEN, mode=0o644))
+    assert "can be read by other users (mode 0644); chmod 600 it" in caplog.text
+    assert TOKEN not in caplog.text
+
+
+def test_where_the_token_comes_from(tmp_path: Path) -> None:
+    explicit = tmp_path / "mine"
+    systemd = {"CREDENTIALS_DIRECTORY": "/run/credentials/envagent.service"}
+    assert token_path(explicit, systemd) == explicit
+    assert token_path(None, systemd) == Path(f"/run/credentials/envagent.service/{CREDENTIAL_NAME}")
+    assert token_path(None, {}) is None
+    assert load_token(None, {}) is None  # no token configured: send without one
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    write(credentials / "upload-token", TOKEN)
+    token = load_token(None, {"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert token is not None and token.reveal() == TOKEN
+
+
+# --- keeping it secret -------------------------------------------------------------------------
+
+
+def test_a_secret_never_shows_itself(caplog: pytest.LogCaptureFixture) -> None:
+    secret = Secret(TOKEN)
+    logging.getLogger("test").warning("token %s %r %s", secret, secret, f"{secret}")
+    assert TOKEN not in caplog.text and "<redacted>" in caplog.text
+    assert TOKEN not in str([secret]) and TOKEN not in repr({"t": secret})
+
+
+def test_authorization_header_forms() -> None:
+    assert authorization("token", Secret("abc")) == "Token abc"
+    assert authorization("bearer", Secret("abc")) == "Bearer abc"
+    assert authorization("basic", Secret("me:pw")) == "Basic " + base64.b64encode(b"me:pw").decode()
+
+
+def test_redact_removes_the_token_and_its_basic_form() -> None:
+    secret = Secret("me:pw-123")
+    echoed = f"bad header Basic {base64.b64encode(b'me:pw-123').decode()} or me:pw-123"
+    assert redact(echoed, secret) == "bad header Basic <redacted> or <redacted>"
+    assert redact("nothing here", None) == "nothing here"
+
+
+@pytest.mark.parametrize("name", ["ENVAGENT_TOKEN", "INFLUX_TOKEN", "INFLUXDB_TOKEN"])
+def test_a_token_in_the_environment_is_refused_by_name(name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_environment({name: TOKEN, "PATH": "/usr/bin"})
+    (line,) = caught.value.problems
+    assert line.startswith(f"{name} is set in the environment") and "unset it" in line
+    assert TOKEN not in line
+    check_environment({"PATH": "/usr/bin", name: ""})  # empty is not a token
+
+
+# --- end to end: what `envagent sync` prints in failure scenarios --------------------------------
+
+
+def echo_401(handler: Handler, request: Received) -> None:
+    """A careless server that repeats the credentials it refused."""
+    sent = request.headers.get("authorization", "")
+    handler.answer(401, f"refused {sent}".encode())
+
+
+def envagent(*args: str, cwd: Path, env: dict[str, str] | None = None,
+             ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+def station(tmp_path: Path, url: str, token: str = TOKEN, extra: str = "") -> Path:
+    """A config, a token file and an outbox with a few readings in the data directory."""
+    token_file = write(tmp_path / "upload-token", token + "\n")
+    data = tmp_path / "data"
+    with Outbox(data / "outbox.sqlite", max_bytes=1 << 20) as outbox:
+        outbox.append([Reading("air", "temperature", 21.5, "°C", 1_767_225_600_000_000_000 + i,
+                               i, "boot", True) for i in range(5)])
+    config = tmp_path / "envagent.toml"
+    config.write_text(f'[unit]\nid = "u1"\nsite = "Roof"\n[storage]\npath = "{data}"\n'
+                      f'[uplink]\nurl = "{url}"\nallow_insecure_http = true\n'
+                      f'token_file = "{token_file}"\nconnect_timeout = "1s"\n'
+                      f'read_timeout = "2s"\ndeadline = "3s"\n{extra}', encoding="utf-8")
+    return config
+
+
+def test_sync_with_a_refused_token_never_prints_it(tmp_path: Path) -> None:
+    with FaultServer() as server:
+        server.default = echo_401
+        config = station(tmp_path, server.url())
+        result = envagent("sync", "--config", str(config), cwd=tmp_path)
+        as_json = envagent("sync", "--config", str(config), "--json", cwd=tmp_path)
+    assert result.returncode == 1 == as_json.returncode
+    assert "HTTP 401" in result.stderr and "<redacted>" in result.stderr
+    assert json.loads(as_json.stdout)["ok"] is False
+    state = (tmp_path / "data" / "uplink-state.json").read_text()
+    for output in (result.stdout, result.stderr, as_json.stdout, as_json.stderr, state):
+        assert TOKEN not in output
+
+
+def test_sync_against_a_closed_port_never_prints_the_token(tmp_path: Path) -> None:
+    with FaultServer() as closed:
+        url = closed.url()
+    result = envagent("sync", "--config", str(station(tmp_path, url)), cwd=tmp_path)
+    assert result.returncode == 1 and "connection failed" in result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("url", [
+    f"https://user:{TOKEN}@example.org/write",
+    f"https://example.org/write?db=x&p={TOKEN}",
+    f"https://example.org/api/v2/write?token={TOKEN}",
+])
+def test_a_token_in_the_url_is_refused_and_not_repeated(tmp_path: Path, url: str) -> None:
+    result = envagent("config", "check", "--config", str(station(tmp_path, url)), cwd=tmp_path)
+    assert result.returncode == 2 and "uplink.url" in result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_a_token_in_the_config_file_is_refused_and_not_repeated(tmp_path: Path) -> None:
+    config = station(tmp_path, "https://example.org/write", extra=f'token = "{TOKEN}"\n')
+    result = envagent("sync", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "uplink.token: a secret never goes in the config file" in result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("argv", [["--token", TOKEN], [f"--token={TOKEN}"],
+                                  ["--upload-token", TOKEN]])
+def test_a_token_on_the_command_line_is_refused_and_not_repeated(tmp_path: Path,
+                                                                 argv: list[str]) -> None:
+    config = station(tmp_path, "https://example.org/write")
+    for command in ("sync", "run"):
+        result = envagent(command, "--config", str(config), *argv, cwd=tmp_path)
+        assert result.returncode == 2
+        assert "never taken from the command line" in result.stderr
+        assert TOKEN not in result.stdout + result.stderr
+
+
+def test_a_token_in_the_environment_stops_sync_and_run(tmp_path: Path) -> None:
+    config = station(tmp_path, "https://example.org/write")
+    for command in ("sync", "run"):
+        result = envagent(command, "--config", str(config), cwd=tmp_path,
+                          env={"ENVAGENT_TOKEN": TOKEN})
+        assert result.returncode == 2, result.stderr
+        assert "ENVAGENT_TOKEN is set in the environment" in result.stderr
+        assert TOKEN not in result.stdout + result.stderr
