@@ -31,6 +31,8 @@ JOIN_TIMEOUT_S = 2.0
 # Readings held in memory while the disk is full; beyond it the oldest are given up. A held
 # reading costs ~220 bytes (measured), so this is ~4 MiB of the 35 MiB budget: hours of data.
 MAX_HELD_READINGS = 20_000
+# The writer wakes at least this often, so its heartbeat (``last_cycle``) shows it is alive.
+WRITER_TICK_S = 1.0
 
 
 def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
@@ -84,6 +86,13 @@ class Agent:
             for sensor, driver in zip(config.sensors, drivers, strict=True)
         ]
         self.committed = 0
+        self.last_cycle = clock.monotonic()  # the writer's heartbeat, for the watchdog
+
+    def wait_for_setup(self, timeout: float) -> None:
+        """Block until every sensor has tried its first setup (or ``timeout`` passes)."""
+        deadline = self.clock.monotonic() + timeout
+        for worker in self.workers:
+            worker.first_setup.wait(max(0.0, deadline - self.clock.monotonic()))
 
     def request_stop(self) -> None:
         """Ask ``run`` to finish: safe from a signal handler or another thread."""
@@ -105,10 +114,12 @@ class Agent:
         )
         try:
             while not self.stop.is_set():
-                now = clock.monotonic()
+                now = self.last_cycle = clock.monotonic()
                 if end is not None and now >= end:
                     break
-                wake = next_commit if end is None else min(next_commit, end)
+                wake = min(next_commit, now + WRITER_TICK_S)
+                if end is not None:
+                    wake = min(wake, end)
                 self._collect(max(0.0, wake - now))
                 if clock.monotonic() >= next_commit:
                     self.commit()

@@ -14,7 +14,7 @@ import errno
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from agent.config import SensorConfig
@@ -32,6 +32,8 @@ FAILURES_BEFORE_FAILED = 3
 REPROBE_FIRST_S = 5.0
 REPROBE_CAP_S = 300.0
 NS = 1_000_000_000
+# A change of (wall - monotonic) larger than this is a step of the wall clock, not drift.
+WALL_STEP_S = 1.0
 
 
 class State(enum.StrEnum):
@@ -71,6 +73,8 @@ class SensorWorker:
         self.processor = Processor.for_sensor(sensor)  # averaging, calibration, plausibility
         self._set_up = False
         self._reprobe_delay = REPROBE_FIRST_S
+        self.busy_since: float | None = None  # monotonic start of the setup/read in progress
+        self.first_setup = threading.Event()  # set once setup was tried (success or not)
         self.thread = threading.Thread(target=self.run, name=f"sensor-{sensor.id}", daemon=True)
 
     @property
@@ -79,21 +83,42 @@ class SensorWorker:
 
     def run(self) -> None:
         schedule = Schedule(self.sensor.interval, self.clock)
+        offset = self._wall_offset()
         while not self.stop.is_set():
             if not self._set_up:
-                if not self._try_setup():
+                set_up = self._try_setup()
+                self.first_setup.set()
+                if not set_up:
                     self.clock.wait(self.stop, self._reprobe_delay)
                     self._reprobe_delay = min(self._reprobe_delay * 2, REPROBE_CAP_S)
                     continue
                 schedule.realign()
             if self.clock.wait(self.stop, schedule.delay()):
                 break
+            if abs(self._wall_offset() - offset) > WALL_STEP_S:
+                # The wall clock stepped (NTP sync, a manual date): keep slots on its multiples.
+                offset = self._wall_offset()
+                schedule.realign()
+                continue
             self.sample()
             schedule.advance()
 
+    def _wall_offset(self) -> float:
+        return self.clock.time() - self.clock.monotonic()
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        """Marks a setup or read in progress, so the supervisor can tell a hung one."""
+        self.busy_since = self.clock.monotonic()
+        try:
+            yield
+        finally:
+            self.busy_since = None
+
     def _try_setup(self) -> bool:
         try:
-            self.driver.setup()
+            with self._busy():
+                self.driver.setup()
         except Exception as exc:  # noqa: BLE001 - any chip or bus failure must not end the thread
             self._transition(State.FAILED, f"setup failed: {_describe(exc)}")
             return False
@@ -109,7 +134,8 @@ class SensorWorker:
         time_ns = int(self.clock.time() * NS)
         boot_ns = int(self.clock.boottime() * NS)
         try:
-            measurements = self.processor.sample(self.driver.read)
+            with self._busy():
+                measurements = self.processor.sample(self.driver.read)
         except Exception as exc:  # noqa: BLE001 - one flaky sensor never takes the unit down
             self._read_failed(exc)
             return

@@ -24,12 +24,15 @@ log = logging.getLogger("envagent.watchdog")
 # A sensor stuck in one bus exchange this long is hung: every driver bounds its own waits far
 # below this (a BME280 sample takes < 0.2 s; an SCD4x data-ready wait < 10 s).
 HUNG_READ_S = 30.0
+# Without a systemd watchdog the supervisor still refreshes the status and the LED this often.
+IDLE_TICK_S = 5.0
 
 
 class Busy(Protocol):
     """What the supervisor needs of a sensor worker."""
 
-    label: str
+    @property
+    def label(self) -> str: ...
 
     @property
     def busy_since(self) -> float | None: ...
@@ -42,8 +45,10 @@ class Supervisor:
         clock: Clock,
         workers: Sequence[Busy],
         *,
+        writer_beat: Callable[[], float],
         writer_timeout: float,
         status: Callable[[], str],
+        on_tick: Callable[[], None] | None = None,
         hung_after: float = HUNG_READ_S,
     ) -> None:
         self.notifier = notifier
@@ -52,21 +57,19 @@ class Supervisor:
         self.writer_timeout = writer_timeout
         self.hung_after = hung_after
         self._status = status
-        self._writer_beat = clock.monotonic()
+        self._on_tick = on_tick
+        self._writer_beat = writer_beat
         self._stop = threading.Event()
         self._last_status = ""
         self._last_problem: str | None = None
         self.thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
 
-    def writer_beat(self) -> None:
-        """Called by the writer loop each time it has handled what was sampled."""
-        self._writer_beat = self.clock.monotonic()
-
     def problem(self) -> str | None:
         """Why the agent is not making progress, or None when it is."""
         now = self.clock.monotonic()
-        if now - self._writer_beat > self.writer_timeout:
-            return f"the writer has not committed for {now - self._writer_beat:.0f} s"
+        silent = now - self._writer_beat()
+        if silent > self.writer_timeout:
+            return f"the writer loop has not turned for {silent:.0f} s"
         for worker in self.workers:
             since = worker.busy_since
             if since is not None and now - since > self.hung_after:
@@ -88,6 +91,8 @@ class Supervisor:
         if text != self._last_status:
             self.notifier.status(text)
             self._last_status = text
+        if self._on_tick is not None:
+            self._on_tick()
 
     def start(self) -> None:
         self.tick()
@@ -100,6 +105,8 @@ class Supervisor:
         self.thread.join(5)
 
     def _run(self) -> None:
-        interval = self.notifier.watchdog_interval() or 10.0
+        # Twice per notifier interval, i.e. four pings per WatchdogSec: one late tick never
+        # lets the watchdog fire.
+        interval = (self.notifier.watchdog_interval() or 2 * IDLE_TICK_S) / 2
         while not self.clock.wait(self._stop, interval):
             self.tick()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -101,7 +102,8 @@ def make_uplink(url: str, outbox: Outbox, tmp_path: Path, *, fmt: str = "json",
     settings = UplinkConfig(url=url, format=fmt, allow_insecure_http=True,
                             **{"batch_size": 500, **FAST, **overrides})
     encoder = make_encoder(fmt, unit="demo-001", site=SITE,
-                           drivers={"air": "bme280", "probe": "sim"}, measurement="envagent")
+                           drivers={"air": "bme280", "probe": "sim"},
+                           measurement=settings.measurement)
     sink = HttpSink(settings.url, encoder, make_session(ca_file=settings.ca_file),
                     auth=settings.auth, connect_timeout=settings.connect_timeout,
                     read_timeout=settings.read_timeout, deadline=settings.deadline)
@@ -429,18 +431,21 @@ def test_a_redirect_is_reported_loudly_and_never_followed(
     assert outbox.stats().backlog == 15
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key_file = directory / "cert.pem", directory / "key.pem"
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key_file = directory / f"{name}.pem", directory / f"{name}.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
          "-nodes", "-keyout", str(key_file), "-out", str(cert), "-days", "2",
          "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True)
     return cert, key_file
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    return self_signed(tmp_path_factory.mktemp("tls"), "server")
 
 
 def test_tls_verification_failure_is_never_answered_by_turning_it_off(
@@ -493,6 +498,55 @@ def test_a_missing_ca_file_is_a_loud_misconfiguration(outbox: Outbox, tmp_path: 
     assert step.reply is not None and step.reply.failure is Failure.INVALID, step.reply
     assert step.outcome is Outcome.FAILED and uplink.state.state == "failing"
     assert "check uplink.url, ca_file" in (uplink.state.last_error or "")
+
+
+def test_delivered_to_a_real_victoriametrics_exactly_once(victoriametrics: Any, outbox: Outbox,
+                                                          tmp_path: Path) -> None:
+    victoriametrics.delete_series('{__name__=~"uplinkit_.*"}')
+    readings = [
+        Reading("air", "temperature", 21.5, "°C", T0 + 123_456_789, 1, "b", True),
+        Reading("air", "humidity", math.nan, "%RH", T0 + 123_456_789, 1, "b", True),
+        Reading("air", "temperature", -0.1, "°C", T0 + 10**9, 2, "b", False, 2),
+    ]
+    outbox.append(readings)
+    uplink = make_uplink(victoriametrics.write_url, outbox, tmp_path, fmt="influx",
+                         measurement="uplinkit")
+    body = uplink.sink.encode(readings)
+    assert uplink.step().outcome is Outcome.DELIVERED
+    assert uplink.sink.post(body, None).status == 204  # a replay of the same bytes
+    victoriametrics.flush()
+    tags = {"driver": "bme280", "sensor": "air", "site": SITE, "unit": "demo-001"}
+    series = {s["metric"]["__name__"]: s for s in
+              victoriametrics.query_export('{__name__=~"uplinkit_.*"}')}
+    assert series["uplinkit_temperature"] == {
+        "metric": {"__name__": "uplinkit_temperature", **tags},
+        "values": [21.5, -0.1], "timestamps": [(T0 + 123_456_789) // 10**6, (T0 + 10**9) // 10**6]}
+    assert series["uplinkit_temperature_q"]["values"] == [2 | 16]  # out of range, unsynced
+    assert series["uplinkit_humidity_q"]["values"] == [0]  # NaN: no value, but the sample shows
+    assert set(series) == {"uplinkit_temperature", "uplinkit_temperature_q", "uplinkit_humidity_q"}
+
+
+def test_mutual_tls_with_a_client_certificate(certificate: tuple[Path, Path], outbox: Outbox,
+                                              tmp_path: Path) -> None:
+    cert, key_file = certificate
+    client_cert, client_key = self_signed(tmp_path, "client")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key_file)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(client_cert)
+    outbox.append(samples(5))
+    with FaultServer(tls=context) as server:
+        anonymous = make_uplink(server.url(), outbox, tmp_path, ca_file=cert).step()
+        assert anonymous.outcome is not Outcome.DELIVERED and not server.requests
+        settings = UplinkConfig(url=server.url(), allow_insecure_http=True, ca_file=cert,
+                                client_cert=client_cert, client_key=client_key, **FAST)
+        encoder = make_encoder("json", unit="demo-001", site=SITE, drivers={},
+                               measurement="envagent")
+        session = make_session(ca_file=cert, client_cert=client_cert, client_key=client_key)
+        uplink = Uplink(outbox, HttpSink(settings.url, encoder, session), settings,
+                        clock=FakeClock(), token=lambda: None)
+        assert uplink.step().outcome is Outcome.DELIVERED
+        assert len(server.committed) == 1
 
 
 # --- the worker thread -------------------------------------------------------------------------
