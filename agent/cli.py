@@ -12,23 +12,19 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 from agent import __version__
 from agent.config import Config, load_config
 from agent.errors import ConfigError, StorageError
 from drivers.bus import Bus
 from drivers.clock import Clock, SystemClock
-
-if TYPE_CHECKING:
-    from agent.outbox import Outbox
-    from agent.uplink import Uplink
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = Path("/etc/envagent/envagent.toml")
@@ -66,9 +62,53 @@ def _context(args: argparse.Namespace) -> Context:
     return Context(config, Path(data_dir), simulate)
 
 
+@dataclass(frozen=True)
+class SimFault:
+    """``--sim-fault SENSOR=KIND[@SECONDS]``: break a simulated sensor, now or later."""
+
+    sensor: str
+    kind: str
+    after: float
+
+    KINDS: ClassVar[tuple[str, ...]] = ("hang", "nack", "eio")
+
+    @classmethod
+    def parse(cls, text: str) -> SimFault:
+        sensor, _, rest = text.partition("=")
+        kind, _, after = rest.partition("@")
+        try:
+            delay = float(after) if after else 0.0
+        except ValueError:
+            delay = -1.0
+        if not sensor or kind not in cls.KINDS or delay < 0:
+            raise argparse.ArgumentTypeError(
+                f"expected SENSOR=KIND[@SECONDS] with KIND one of {', '.join(cls.KINDS)}, "
+                f"got {text!r}"
+            )
+        return cls(sensor, kind, delay)
+
+
+def _inject(buses: Mapping[int, Any], config: Config, fault: SimFault) -> None:
+    from drivers.sim.simbus import BusIOError, Nack, Timeout
+
+    sensor = next((s for s in config.sensors if s.id == fault.sensor), None)
+    if sensor is None:
+        raise ConfigError([f"--sim-fault: no sensor {fault.sensor!r} in {config.source}"])
+    kinds = {"hang": Timeout(count=None, duration=3600.0), "nack": Nack(count=None),
+             "eio": BusIOError(count=None)}
+    timer = threading.Timer(fault.after, buses[sensor.bus].inject,
+                            (sensor.address, kinds[fault.kind]))
+    timer.daemon = True
+    timer.start()
+
+
 @contextmanager
-def open_buses(config: Config, clock: Clock, *, simulate: bool) -> Iterator[dict[int, Bus]]:
+def open_buses(
+    config: Config, clock: Clock, *, simulate: bool, faults: Sequence[SimFault] = ()
+) -> Iterator[dict[int, Bus]]:
     """One Bus per bus number the config uses: the simulated world, or /dev/i2c-N."""
+    if faults and not simulate:
+        raise ConfigError(["--sim-fault needs --simulate"])
     if simulate:
         from drivers.sim.environment import Environment
         from drivers.sim.world import Placement, build_world
@@ -80,7 +120,11 @@ def open_buses(config: Config, clock: Clock, *, simulate: bool) -> Iterator[dict
         placements = [
             Placement(s.bus, s.address, s.driver, s.id, s.mux, s.channel) for s in config.sensors
         ]
-        yield dict(build_world(placements, clock=clock, environment=environment))
+        world = build_world(placements, clock=clock, environment=environment,
+                            options={s.id: s.options for s in config.sensors})
+        for fault in faults:
+            _inject(world, config, fault)
+        yield dict(world)
         return
     from drivers.bus import SMBus2Bus
 
@@ -192,27 +236,40 @@ def _real_bus(number: int) -> Iterator[dict[int, Bus]]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import Agent, make_drivers, read_boot_id
+    from agent.notify import Notifier
     from agent.outbox import Outbox
+    from agent.service import Service
     from drivers.registry import DRIVERS
 
     ctx = _context(args)
     _refuse_token_environment(ctx.config)
     clock = SystemClock()
+    notifier = Notifier()
     with (
-        open_buses(ctx.config, clock, simulate=ctx.simulate) as buses,
+        open_buses(ctx.config, clock, simulate=ctx.simulate, faults=args.sim_fault) as buses,
         Outbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes) as outbox,
     ):
         drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
         agent = Agent(ctx.config, drivers, outbox=outbox, clock=clock, boot_id=read_boot_id())
-        uplink = _start_uplink(ctx, outbox, clock)
-        try:
-            with _stop_on_signals(agent.request_stop):
-                agent.run(duration=args.duration)
-        finally:
-            if uplink is not None:
-                uplink.stop()
+        uplink = None
+        if ctx.config.uplink is not None:
+            from agent.uplink import build_uplink
+
+            uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir)
+        pin_factory = _mock_pin_factory() if ctx.simulate else None
+        service = Service(ctx.config, agent, outbox, uplink, clock=clock, notifier=notifier,
+                          pin_factory=pin_factory)
+        with _stop_on_signals(agent.request_stop):
+            service.run(duration=args.duration)
         log.info("stopped; %d reading(s) committed this run", agent.committed)
     return EXIT_OK
+
+
+def _mock_pin_factory() -> Any:
+    """gpiozero's mock pins: the status LED and button of a simulated unit."""
+    from gpiozero.pins.mock import MockFactory
+
+    return MockFactory()
 
 
 @contextmanager
@@ -237,17 +294,6 @@ def _refuse_token_environment(config: Config) -> None:
         from agent.credentials import check_environment
 
         check_environment(os.environ)
-
-
-def _start_uplink(ctx: Context, outbox: Outbox, clock: Clock) -> Uplink | None:
-    """The delivery thread, when ``[uplink]`` is configured; it stops with ``stop()``."""
-    if ctx.config.uplink is None:
-        return None
-    from agent.uplink import build_uplink
-
-    uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir)
-    uplink.start()
-    return uplink
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -380,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p, "config", "simulate", "data_dir")
     p.add_argument("--duration", type=_positive_seconds, metavar="SECONDS",
                    help="stop cleanly after this many seconds")
+    p.add_argument("--sim-fault", type=SimFault.parse, action="append", default=[],
+                   metavar="SENSOR=KIND[@S]",
+                   help="with --simulate: make a sensor hang, nack or eio (after S seconds)")
     _refuse_token_option(p)
     p.set_defaults(func=cmd_run)
 

@@ -99,6 +99,17 @@ class Agent:
         self.stop.set()
         self._queue.put([])  # wakes the writer if it is waiting for readings
 
+    @property
+    def disk_full(self) -> bool:
+        """True while commits fail for lack of space (readings are held in memory meanwhile)."""
+        return self._disk_full
+
+    def start(self) -> None:
+        """Start the sensor threads (``run`` does it too, if nobody did)."""
+        for worker in self.workers:
+            if not worker.thread.is_alive() and worker.thread.ident is None:
+                worker.thread.start()
+
     def run(self, duration: float | None = None) -> None:
         """Sample until ``stop`` is set (or ``duration`` seconds pass), then commit and return."""
         clock = self.clock
@@ -106,8 +117,7 @@ class Agent:
         end = None if duration is None else started + duration
         commit_interval = self.config.storage.commit_interval
         next_commit = started + commit_interval
-        for worker in self.workers:
-            worker.thread.start()
+        self.start()
         log.info(
             "sampling %d sensor(s); committing every %gs to %s",
             len(self.workers), commit_interval, self.outbox.path,

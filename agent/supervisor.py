@@ -95,8 +95,8 @@ class Supervisor:
             self._on_tick()
 
     def start(self) -> None:
-        self.tick()
         self.notifier.ready()
+        self.tick()
         self.thread.start()
 
     def stop(self) -> None:

@@ -212,6 +212,7 @@ class Uplink:
             else UplinkState()
         self._saved_success_ns = self.state.last_success_ns
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by stop() and sync_now()
         self._thread: threading.Thread | None = None
 
     # --- one step -----------------------------------------------------------------------------
@@ -354,9 +355,15 @@ class Uplink:
                 log.debug("step failed", exc_info=True)
                 wait = s.backoff_max
             if wait > 0:
-                self.clock.wait(self._stop, wait)
+                self.clock.wait(self._wake, wait)
+                self._wake.clear()
         if self.state.last_success_ns != self._saved_success_ns:
             self._save()
+
+    def sync_now(self) -> None:
+        """Try delivering at once, even in the middle of a backoff (the service button)."""
+        log.info("sync requested")
+        self._wake.set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="uplink", daemon=True)
@@ -365,6 +372,7 @@ class Uplink:
     def stop(self) -> None:
         """Stop the worker: an upload in flight is cut short and its batch stays in the outbox."""
         self._stop.set()
+        self._wake.set()
         self.sink.close()
         if self._thread is not None:
             self._thread.join(self.settings.deadline + JOIN_SLACK_S)

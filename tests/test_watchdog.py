@@ -1,0 +1,131 @@
+"""The real `envagent run` under a real notify socket: READY, watchdog pace, STOPPING, and the
+pings stopping for a hung sensor but not for a dead upstream."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = (
+    '[unit]\nid = "wd-1"\nsite = "roof"\n'
+    '[storage]\ncommit_interval = "1s"\n'
+    '[[sensor]]\nid = "air"\ndriver = "bme280"\naddress = 0x76\ninterval = "1s"\n'
+)
+
+
+class NotifySocket:
+    """systemd's side: an AF_UNIX datagram socket collecting (time, message) pairs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+
+    def collect(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            for line in data.decode().splitlines():
+                self.messages.append((time.monotonic(), line))
+
+    def times(self, message: str) -> list[float]:
+        return [t for t, m in self.messages if m == message]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def start(tmp_path: Path, config_text: str, *extra: str) -> tuple[subprocess.Popen[str],
+                                                                  NotifySocket]:
+    config = tmp_path / "agent.toml"
+    config.write_text(config_text)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(notify.path),
+           "WATCHDOG_USEC": "2000000"}
+    env.pop("WATCHDOG_PID", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--simulate", "--config", str(config),
+         "--data-dir", str(tmp_path / "data"), *extra],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    return proc, notify
+
+
+def stop(proc: subprocess.Popen[str], notify: NotifySocket) -> str:
+    proc.send_signal(signal.SIGTERM)
+    notify.collect(1.5)
+    _, stderr = proc.communicate(timeout=20)
+    notify.close()
+    return stderr
+
+
+def largest_gap(times: list[float]) -> float:
+    return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+def test_ready_pings_status_and_stopping(tmp_path: Path) -> None:
+    proc, notify = start(tmp_path, FAST)
+    notify.collect(5.0)
+    stderr = stop(proc, notify)
+    assert proc.returncode == 0, stderr
+    messages = [m for _, m in notify.messages]
+    assert messages.count("READY=1") == 1
+    pings = notify.times("WATCHDOG=1")
+    assert messages.index("READY=1") < messages.index("WATCHDOG=1")
+    assert len(pings) >= 4 and largest_gap(pings) <= 1.0
+    assert any(m.startswith("STATUS=1/1 sensors ok; backlog") for m in messages)
+    assert messages[-1] == "STOPPING=1"
+
+
+def test_a_hung_sensor_read_stops_the_pings(tmp_path: Path) -> None:
+    proc, notify = start(tmp_path, FAST, "--sim-fault", "air=hang@1")
+    notify.collect(16.0)  # the hang starts at 1 s; a read stuck 10 s is hung
+    stop(proc, notify)
+    pings = notify.times("WATCHDOG=1")
+    hung_since = pings[0] + 1.0
+    assert pings and pings[-1] < hung_since + 11.0
+    assert notify.messages[-1][0] - pings[-1] > 3.0  # silent for the last seconds
+    assert any(m.startswith("STATUS=STUCK: bme280 'air'") for _, m in notify.messages)
+
+
+def test_a_dead_upstream_does_not_stop_the_pings(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = tmp_path / "token"
+    token.write_text("secret-token\n")
+    token.chmod(0o600)
+    config = FAST + (
+        f'[uplink]\nurl = "http://127.0.0.1:{port}/write"\nallow_insecure_http = true\n'
+        f'token_file = "{token}"\nflush_interval = "1s"\n'
+    )
+    proc, notify = start(tmp_path, config)
+    notify.collect(6.0)
+    stderr = stop(proc, notify)
+    assert proc.returncode == 0, stderr
+    pings = notify.times("WATCHDOG=1")
+    assert len(pings) >= 6 and largest_gap(pings) <= 1.0
+    assert any("uplink retrying" in m for _, m in notify.messages)
+
+
+@pytest.mark.parametrize("spec", ["air", "air=melt", "air=hang@-1", "=hang"])
+def test_bad_sim_fault_is_a_usage_error(tmp_path: Path, spec: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--simulate", "--sim-fault", spec],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "SENSOR=KIND" in result.stderr
