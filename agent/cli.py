@@ -255,7 +255,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if ctx.config.uplink is not None:
             from agent.uplink import build_uplink
 
-            uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir)
+            uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir,
+                                  held_boot=agent.timekeeper.held_boot)
         pin_factory = _mock_pin_factory() if ctx.simulate else None
         service = Service(ctx.config, agent, outbox, uplink, clock=clock, notifier=notifier,
                           pin_factory=pin_factory)
@@ -298,7 +299,9 @@ def _refuse_token_environment(config: Config) -> None:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """Deliver the backlog now; exit 1 unless all of it was delivered (or quarantined)."""
+    from agent.daemon import read_boot_id
     from agent.outbox import Outbox
+    from agent.timekeeping import TimeKeeper
     from agent.uplink import build_uplink
 
     ctx = _context(args)
@@ -310,8 +313,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print(f"no outbox at {ctx.outbox_path}: has the agent run with this data directory?",
               file=sys.stderr)
         return EXIT_FAILURE
+    clock = SystemClock()
     with Outbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes) as outbox:
-        uplink = build_uplink(ctx.config, outbox, SystemClock(), ctx.data_dir)
+        timekeeper = TimeKeeper(clock, read_boot_id())
+        timekeeper.maintain(outbox)  # re-stamp what the clock's sync allows before sending
+        uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir,
+                              held_boot=timekeeper.held_boot)
         try:
             flushed = uplink.flush()
         finally:

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from agent.config import Config, SensorConfig
-from agent.errors import StorageFullError
+from agent.errors import StorageError, StorageFullError
 from agent.outbox import Outbox
 from agent.reading import Reading
 from agent.sampler import SensorWorker
+from agent.timekeeping import TimeKeeper
 from drivers.base import Driver
 from drivers.bus import Bus
 from drivers.clock import Clock
@@ -86,6 +87,7 @@ class Agent:
             for sensor, driver in zip(config.sensors, drivers, strict=True)
         ]
         self.committed = 0
+        self.timekeeper = TimeKeeper(clock, boot_id)
         self.last_cycle = clock.monotonic()  # the writer's heartbeat, for the watchdog
 
     def wait_for_setup(self, timeout: float) -> None:
@@ -133,6 +135,7 @@ class Agent:
                 self._collect(max(0.0, wake - now))
                 if clock.monotonic() >= next_commit:
                     self.commit()
+                    self._keep_time()
                     next_commit += commit_interval
         finally:
             self.stop.set()
@@ -142,6 +145,7 @@ class Agent:
                     log.warning("%s: still busy in a read at shutdown; left behind", worker.label)
             self._drain()
             self.commit()
+            self._keep_time()
 
     def _collect(self, timeout: float) -> None:
         """Wait up to ``timeout`` for readings from the sensor threads, then take all queued."""
@@ -176,7 +180,14 @@ class Agent:
             log.warning("outbox %s: storing again; %d reading(s) were given up while the disk "
                         "was full", self.outbox.path, self._given_up)
         self.committed += len(self._pending)
+        self.timekeeper.appended(any(r.synced is False for r in self._pending))
         self._pending, self._given_up = [], 0
+
+    def _keep_time(self) -> None:
+        try:
+            self.timekeeper.maintain(self.outbox)
+        except StorageError as exc:  # the next cycle tries again; sampling goes on regardless
+            log.warning("re-stamping readings failed: %s", exc)
 
     def _hold_while_full(self, exc: StorageFullError) -> None:
         if not self._disk_full:

@@ -57,6 +57,7 @@ from typing import Any
 from agent import salvage
 from agent.errors import StorageError, StorageFullError
 from agent.reading import Reading, StoredReading
+from drivers.base import Quality
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,11 @@ _SELECT = """SELECT r.id, s.sensor, s.quantity, r.value, s.unit, r.time_ns, r.bo
     LEFT JOIN calibrations c ON c.id = r.calibration
     ORDER BY r.id LIMIT ?"""
 _TAKE = _SELECT.format(table="readings", extra="")
+_TAKE_HOLDING = _SELECT.replace(
+    "ORDER BY", "WHERE NOT (b.boot_id = ? AND r.synced = 0) ORDER BY").format(
+    table="readings", extra="")
+_RESTAMP = """UPDATE readings SET time_ns = boot_ns + ?, synced = 1, quality = quality | ?
+    WHERE synced = 0 AND boot = (SELECT id FROM boots WHERE boot_id = ?)"""
 _QUARANTINED = _SELECT.format(table="quarantine", extra=", r.reason, r.quarantined_ns")
 _READING_COLUMNS = "id, series, time_ns, boot_ns, boot, value, quality, synced, calibration"
 _QUARANTINE = f"""INSERT INTO quarantine SELECT {_READING_COLUMNS}, ?, ?
@@ -372,11 +378,29 @@ class Outbox:
 
     # --- reading (any thread, and `envagent status` from another process) ---------------------
 
-    def take(self, limit: int) -> list[StoredReading]:
-        """The oldest ``limit`` undelivered readings, exactly as appended; they stay until acked."""
+    def take(self, limit: int, *, hold_boot: str | None = None) -> list[StoredReading]:
+        """The oldest ``limit`` undelivered readings, exactly as appended; they stay until acked.
+
+        Readings of boot ``hold_boot`` taken with an unsynchronised clock are skipped: they wait
+        to be re-stamped (agent.timekeeping).
+        """
         with self._lock, self._storage_errors():
-            rows = self._conn.execute(_TAKE, (max(0, limit),)).fetchall()
+            if hold_boot is None:
+                rows = self._conn.execute(_TAKE, (max(0, limit),)).fetchall()
+            else:
+                rows = self._conn.execute(_TAKE_HOLDING, (hold_boot, max(0, limit))).fetchall()
         return [StoredReading(row[0], _reading(row[1:])) for row in rows]
+
+    def restamp(self, boot_id: str, anchor_wall_ns: int, anchor_boot_ns: int) -> int:
+        """Give this boot's unsynchronised readings their true time from a synchronised anchor.
+
+        ``time = anchor_wall + (boot_ns - anchor_boot)``; they become synced and are flagged
+        CLOCK_RESTAMPED. Returns how many readings were re-stamped.
+        """
+        with self._lock, self._transaction() as conn:
+            cursor = conn.execute(_RESTAMP, (anchor_wall_ns - anchor_boot_ns,
+                                             int(Quality.CLOCK_RESTAMPED), boot_id))
+            return cursor.rowcount
 
     def quarantined(self, limit: int) -> list[QuarantinedReading]:
         """The oldest ``limit`` quarantined readings, for inspection."""

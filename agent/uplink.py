@@ -195,8 +195,10 @@ class Uplink:
 
     def __init__(self, outbox: Outbox, sink: HttpSink, settings: UplinkConfig, *, clock: Clock,
                  token: Callable[[], Secret | None], state_path: Path | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 held_boot: Callable[[], str | None] = lambda: None) -> None:
         self.outbox, self.sink, self.settings, self.clock = outbox, sink, settings, clock
+        self._held_boot = held_boot  # readings waiting to be re-stamped (agent.timekeeping)
         self.batch_limit = settings.batch_size
         self._read_token = token
         self._token: Secret | None = None
@@ -227,7 +229,7 @@ class Uplink:
                 return Step(Outcome.AUTH, self.settings.auth_retry)
             self._token_fresh = True
         if not self._pending:
-            batch = self.outbox.take(self.batch_limit)
+            batch = self.outbox.take(self.batch_limit, hold_boot=self._held_boot())
             if not batch:
                 return Step(Outcome.IDLE, self.settings.flush_interval, caught_up=True)
             self._more = len(batch) >= self.batch_limit
@@ -396,7 +398,8 @@ class Uplink:
 
 
 def build_uplink(config: Config, outbox: Outbox, clock: Clock, data_dir: Path,
-                 environ: Mapping[str, str] | None = None) -> Uplink:
+                 environ: Mapping[str, str] | None = None,
+                 held_boot: Callable[[], str | None] = lambda: None) -> Uplink:
     """The real uplink of the ``run`` and ``sync`` commands, from a config with ``[uplink]``."""
     settings = config.uplink
     if settings is None:
@@ -414,4 +417,4 @@ def build_uplink(config: Config, outbox: Outbox, clock: Clock, data_dir: Path,
         data_dir.mkdir(parents=True, exist_ok=True)
     return Uplink(outbox, sink, settings, clock=clock,
                   token=lambda: load_token(settings.token_file, env),
-                  state_path=data_dir / STATE_FILE)
+                  state_path=data_dir / STATE_FILE, held_boot=held_boot)

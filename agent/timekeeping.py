@@ -1,0 +1,87 @@
+"""True time on a machine without a clock battery.
+
+Until NTP (or timesyncd) has synchronised it, a Pi's wall clock is wrong but plausible -- often
+the time of the last shutdown. Every reading therefore records, besides the wall time, the
+CLOCK_BOOTTIME at the same instant, the kernel's boot id and whether the clock was synchronised
+(drivers.clock: adjtimex(2)). From that:
+
+- Readings taken before the clock synchronised are **re-stamped** once it has, within the same
+  boot: with an anchor (wall, boottime) read while synchronised, a reading's true time is
+  ``anchor_wall + (reading.boot_ns - anchor_boot)``. They are marked synced and flagged
+  ``CLOCK_RESTAMPED`` so upstream knows how the time was derived.
+- While this boot's clock is unsynchronised, its readings are **held back** from delivery (up to
+  ``HOLD_UNSYNCED_S`` after boot), so they go upstream with their true time rather than flagged.
+- Readings of a boot that never synchronised (the unit rebooted first), or still unsynchronised
+  after the hold, are sent with ``CLOCK_UNSYNCED`` -- never as if their time were true.
+- A step of the wall clock (forward or backward) is detected as a change of
+  ``wall - boottime``; it is logged, sensor schedules re-align on their own, and the readings'
+  boot-time anchors are unaffected, so re-stamping stays exact across any number of steps.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agent.outbox import Outbox
+from drivers.clock import Clock
+
+log = logging.getLogger("envagent.time")
+
+NS = 1_000_000_000
+# How long after boot readings wait for the clock to synchronise before they are sent flagged.
+# NTP normally syncs within a minute of the network coming up; a unit that cannot reach a time
+# server for half an hour still delivers, honestly flagged.
+HOLD_UNSYNCED_S = 1800.0
+# A change of (wall - boottime) larger than this is a step, not NTP slewing.
+STEP_S = 1.0
+
+
+class TimeKeeper:
+    def __init__(self, clock: Clock, boot_id: str, *, hold: float = HOLD_UNSYNCED_S) -> None:
+        self.clock = clock
+        self.boot_id = boot_id
+        self.hold = hold
+        self.synced = clock.synchronized()
+        self._offset = self._current_offset()
+        self._restamp_due = True  # an earlier run of this boot may have left unsynced readings
+
+    def _current_offset(self) -> float:
+        return self.clock.time() - self.clock.boottime()
+
+    def held_boot(self) -> str | None:
+        """The boot whose readings delivery must skip for now (this one, while unsynced)."""
+        waiting = self.synced is False or (self.synced and self._restamp_due)
+        if waiting and self.clock.boottime() < self.hold:
+            return self.boot_id
+        return None
+
+    def maintain(self, outbox: Outbox) -> None:
+        """Notice sync changes and steps; re-stamp this boot's unsynced readings once synced.
+
+        Called after each commit, so readings committed just after the sync are re-stamped on
+        the next call.
+        """
+        synced = self.clock.synchronized()
+        offset = self._current_offset()
+        step = offset - self._offset
+        if abs(step) > STEP_S:
+            log.warning("the wall clock stepped by %+.1f s (%s)", step,
+                        "synchronised" if synced else "not synchronised")
+        self._offset = offset
+        if synced and not self.synced:
+            log.info("the clock is synchronised now")
+        if synced is False and self.synced:
+            log.warning("the clock lost synchronisation; new readings are held back")
+        self.synced = synced
+        if synced and self._restamp_due:
+            anchor_boot = self.clock.boottime()
+            anchor_wall = self.clock.time()
+            count = outbox.restamp(self.boot_id, int(anchor_wall * NS), int(anchor_boot * NS))
+            if count:
+                log.info("re-stamped %d reading(s) taken before the clock synchronised", count)
+            self._restamp_due = False
+
+    def appended(self, any_unsynced: bool) -> None:
+        """The writer committed readings; ``any_unsynced``: some had an unsynchronised clock."""
+        if any_unsynced:
+            self._restamp_due = True
