@@ -360,6 +360,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with Outbox.open_readonly(ctx.outbox_path) as outbox:
         stats = outbox.stats()
         latest = outbox.latest()
+        recovery = outbox.recovery()
     report: dict[str, Any] = {
         "unit": ctx.config.unit.id,
         "outbox": str(ctx.outbox_path),
@@ -372,6 +373,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         "dropped": stats.dropped,
         "quarantined": stats.rejected,
         "uplink": _uplink_status(ctx),
+        "clock_synchronized": SystemClock().synchronized(),
+        "recovered": None if recovery is None else {
+            "at": _iso(recovery.at_ns), "reason": recovery.reason, "moved_to": recovery.moved_to,
+            "salvaged": recovery.salvaged, "lost": recovery.lost},
         "latest": [
             {"sensor": x.sensor, "quantity": x.quantity, "value": x.value, "unit": x.unit,
              "time": _iso(x.time_ns), "quality": x.quality}
@@ -389,6 +394,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if (up := report["uplink"]) is not None:
         print(f"uplink   {up['state']} since {up['since'] or '-'}, last success "
               f"{up['last_success'] or '-'}, last error {up['last_error'] or '-'}")
+    synced = {True: "synchronised", False: "NOT synchronised", None: "unknown"}
+    print(f"clock    {synced[report['clock_synchronized']]}")
+    if recovery is not None:
+        print(f"damage   recovered {_iso(recovery.at_ns)}: {recovery.reason}; {recovery.salvaged} "
+              f"salvaged, {recovery.lost} lost; damaged file kept as {recovery.moved_to}")
     for x in latest:
         print(f"  {x.sensor:<12} {x.quantity:<14} {x.value:>10.2f} {x.unit:<5} "
               f"at {_iso(x.time_ns)}")

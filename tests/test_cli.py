@@ -136,3 +136,18 @@ def test_status_without_an_outbox_says_so(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [["frobnicate"], ["run", "--duration", "-1"], []])
 def test_bad_usage_exits_2(tmp_path: Path, args: list[str]) -> None:
     assert envagent(*args, cwd=tmp_path).returncode == 2
+
+
+def test_damaged_outbox_is_moved_aside_and_status_says_so(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "outbox.sqlite").write_bytes(b"this is not a database" * 300)
+    result = envagent("run", "--simulate", "--data-dir", str(data), "--duration", "1",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "moved aside" in result.stderr or "damaged" in result.stderr
+    report = json.loads(envagent("status", "--simulate", "--data-dir", str(data), "--json",
+                                 cwd=tmp_path).stdout)
+    assert report["recovered"]["moved_to"].startswith(str(data / "outbox.sqlite.damaged-"))
+    assert Path(report["recovered"]["moved_to"]).read_bytes().startswith(b"this is not")
+    assert "clock_synchronized" in report
