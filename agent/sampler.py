@@ -125,7 +125,10 @@ class SensorWorker:
         self._set_up = True
         self._reprobe_delay = REPROBE_FIRST_S
         self.health.consecutive = 0
-        self._transition(State.OK, "set up")
+        if self.health.state is State.STARTING:
+            self._transition(State.OK, "set up")
+        else:  # a failed sensor is ok again only once it has given a good reading
+            log.info("%s: set up again", self.label)
         return True
 
     def sample(self) -> None:
@@ -165,7 +168,7 @@ class SensorWorker:
                 State.FAILED, f"{self.health.consecutive} reads failed in a row, re-initialising: "
                 f"{_describe(exc)}"
             )
-        else:
+        elif self.health.state is not State.FAILED:
             self._transition(State.WARNING, f"read failed, retrying: {_describe(exc)}")
 
     def _transition(self, state: State, why: str) -> None:

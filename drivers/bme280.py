@@ -133,22 +133,23 @@ class BoschForcedDriver(Driver):
         """Trigger a forced measurement and return status..burst_end once it has finished."""
         clock = self.clock
         length = self.burst_end - _BURST_START + 1
-        with self.bus.lock:
-            self._write(REG_CTRL_MEAS, self._ctrl_meas)
-            started = clock.monotonic()
-            deadline = started + self._measure_time + DEADLINE_MARGIN_S
-            clock.sleep(self._measure_time)
-            while True:
-                burst = self.bus.write_read(self.address, bytes([_BURST_START]), length)
-                if not burst[0] & STATUS_MEASURING and not burst[1] & MODE_FORCED:
-                    return burst
-                if clock.monotonic() >= deadline:
-                    raise SensorTimeoutError(
-                        f"{self.name} at {self.where}: measurement not finished after "
-                        f"{clock.monotonic() - started:.3f} s (status 0x{burst[0]:02x}); "
-                        "check the sensor's power and wiring"
-                    )
-                clock.sleep(POLL_INTERVAL_S)
+        # The bus stays free for other sensors during the conversion: only this thread talks to
+        # this chip, and each transaction (re)selects a multiplexer channel on its own.
+        self._write(REG_CTRL_MEAS, self._ctrl_meas)
+        started = clock.monotonic()
+        deadline = started + self._measure_time + DEADLINE_MARGIN_S
+        clock.sleep(self._measure_time)
+        while True:
+            burst = self.bus.write_read(self.address, bytes([_BURST_START]), length)
+            if not burst[0] & STATUS_MEASURING and not burst[1] & MODE_FORCED:
+                return burst
+            if clock.monotonic() >= deadline:
+                raise SensorTimeoutError(
+                    f"{self.name} at {self.where}: measurement not finished after "
+                    f"{clock.monotonic() - started:.3f} s (status 0x{burst[0]:02x}); "
+                    "check the sensor's power and wiring"
+                )
+            clock.sleep(POLL_INTERVAL_S)
 
 
 class _SnapshotBME280(Adafruit_BME280_I2C):

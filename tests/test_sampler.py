@@ -121,4 +121,23 @@ def test_consecutive_read_failures_reinitialise_the_chip() -> None:
     assert "3 reads failed in a row" in (worker.health.last_error or "")
     bus.clear_faults(ADDRESS)
     assert worker._try_setup()
+    assert worker.health.state is State.FAILED  # set up again, but no good reading yet
+    worker.sample()
     assert worker.health.state is State.OK
+
+
+def test_a_chip_that_sets_up_but_cannot_read_stays_failed_without_flapping(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker, bus, _ = make_worker(lambda readings: None)
+    assert worker._try_setup()
+    bus.devices[ADDRESS].stuck_measuring = True  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO, logger="envagent.sensor"):
+        for _ in range(4):
+            for _ in range(FAILURES_BEFORE_FAILED):
+                worker.sample()
+            assert worker._try_setup()  # the id register still answers
+            assert worker.health.state is State.FAILED
+    states = [r.getMessage().split(": ")[1].split(" ")[0] for r in caplog.records
+              if r.getMessage().count(": ") >= 1 and "set up again" not in r.getMessage()]
+    assert states == ["warning", "failed"], states
