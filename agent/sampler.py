@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from agent.config import SensorConfig
+from agent.power import PowerSwitch
 from agent.processing import Processor
 from agent.reading import Reading
 from agent.scheduler import Schedule
@@ -62,8 +63,10 @@ class SensorWorker:
         deliver: Callable[[list[Reading]], None],
         boot_id: str,
         stop: threading.Event,
+        power: PowerSwitch | None = None,
     ) -> None:
         self.sensor = sensor
+        self.power = power  # a load switch that can power-cycle the sensor (agent.power)
         self.driver = driver
         self.clock = clock
         self.deliver = deliver
@@ -86,6 +89,8 @@ class SensorWorker:
         offset = self._wall_offset()
         while not self.stop.is_set():
             if not self._set_up:
+                if self.power is not None and self.health.state is State.FAILED:
+                    self._power_cycle()
                 set_up = self._try_setup()
                 self.first_setup.set()
                 if not set_up:
@@ -102,6 +107,14 @@ class SensorWorker:
                 continue
             self.sample()
             schedule.advance()
+
+    def _power_cycle(self) -> None:
+        assert self.power is not None
+        if self.power.cycles == 0:
+            log.warning("%s: power-cycling it through GPIO%d before each re-probe", self.label,
+                        self.power.pin)
+        with self._busy():
+            self.power.cycle()
 
     def _wall_offset(self) -> float:
         return self.clock.time() - self.clock.monotonic()
