@@ -49,6 +49,7 @@ from drivers.bus import FIRST_ADDRESS, LAST_ADDRESS
 __all__ = [
     "Config",
     "ConfigError",
+    "HealthConfig",
     "IndicatorConfig",
     "SensorConfig",
     "StorageConfig",
@@ -82,6 +83,9 @@ SENSOR_KEYS = (  # the rest of a sensor: options
 MUX_RANGE = (0x70, 0x77)  # TCA9548A: 0x70 + A2A1A0
 CHANNEL_RANGE = (0, 7)
 STUCK_AFTER_MAX = 1_000_000
+RESERVED_SENSOR_ID = "envagent"  # the agent's own health readings (agent.health)
+DEFAULT_HEALTH_INTERVAL = 5 * 60.0
+HEALTH_INTERVAL_RANGE = (30.0, 3600.0)
 
 
 # --- the result ------------------------------------------------------------------------------
@@ -173,6 +177,13 @@ class IndicatorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """``[health]``: how often the agent reports its own health upstream; see agent.health."""
+
+    interval: float = DEFAULT_HEALTH_INTERVAL
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration; ``source`` names the file it came from."""
 
@@ -181,6 +192,7 @@ class Config:
     sensors: tuple[SensorConfig, ...] = ()
     uplink: UplinkConfig | None = None
     indicator: IndicatorConfig | None = None
+    health: HealthConfig = HealthConfig()
     source: str = "config"
 
     def with_storage_path(self, path: Path | str) -> Config:
@@ -487,9 +499,16 @@ _STORAGE_FIELDS = {
 }
 
 
+def _sensor_id(value: object) -> str:
+    sensor_id = _identifier(value)
+    if sensor_id == RESERVED_SENSOR_ID:
+        raise _Bad("reserved for the agent's own health readings; choose another id")
+    return sensor_id
+
+
 def _sensor_fields(drivers: Registry) -> dict[str, _Field]:
     return {
-        "id": _Field(_identifier, REQUIRED, 'id = "air"'),
+        "id": _Field(_sensor_id, REQUIRED, 'id = "air"'),
         "driver": _Field(_driver_name(drivers), REQUIRED, 'driver = "bme280"'),
         "bus": _Field(_bus, DEFAULT_BUS, ""),
         "address": _Field(_address, REQUIRED, "address = 0x76", toml_hex),
@@ -519,6 +538,7 @@ def _parse_sensors(problems: _Problems, value: object) -> tuple[SensorConfig, ..
         return None
     sensors: list[SensorConfig] = []
     seen = _Seen()
+    read: list[tuple[int, dict[str, Any]]] = []
     for index, item in enumerate(value):
         path = f"sensor[{index}]"
         if not isinstance(item, Mapping):
@@ -526,12 +546,48 @@ def _parse_sensors(problems: _Problems, value: object) -> tuple[SensorConfig, ..
             continue
         values, ok = _read_sensor(problems, path, item)
         seen.check(problems, index, values)
+        read.append((index, values))
         if ok:
             schema = {k: v for k, v in values.items() if k in SENSOR_KEYS}
             options = {k: v for k, v in values.items() if k not in SENSOR_KEYS}
             sensors.append(SensorConfig(**schema, options=MappingProxyType(options)))
     seen.finish(problems)
+    _check_references(problems, read)
     return tuple(sensors)
+
+
+# Driver options that name another sensor of the station, and what that sensor must report:
+# the scd4x's pressure_from passes the named sensor's pressure on to the chip (agent.daemon).
+SENSOR_REFERENCES = {"pressure_from": ("pressure", "hPa")}
+
+
+def _check_references(problems: _Problems, read: list[tuple[int, dict[str, Any]]]) -> None:
+    """Each reference names a sensor of this station that reports the quantity in its unit."""
+    reports: dict[str, tuple[str, Mapping[str, str]]] = {}  # id -> driver, quantities
+    for _, values in read:
+        driver = problems.drivers.get(values.get("driver", ""))
+        if driver is not None and "id" in values:
+            given = {k: values[k] for k in driver.options if k in values}
+            reports.setdefault(values["id"], (driver.name, driver.configured_quantities(given)))
+    for index, values in read:
+        for key, (quantity, unit) in SENSOR_REFERENCES.items():
+            target = values.get(key)
+            if not target or not isinstance(target, str):
+                continue
+            found = [i for i, (_, q) in reports.items() if q.get(quantity) == unit]
+            expected = f"expected the id of a sensor that reports {quantity} in {unit}"
+            if found:
+                expected += ": " + ", ".join(toml_quote(i) for i in found)
+            else:
+                expected += f", and this station has none; add one or leave {key} out"
+            if target not in reports:
+                problem = f"no sensor has this id; {expected}"
+            elif reports[target][1].get(quantity) != unit:
+                problem = (f"sensor {target!r} ({reports[target][0]}) reports no {quantity} "
+                           f"in {unit}; {expected}")
+            else:
+                continue
+            problems.add(toml_key(f"sensor[{index}]", key), problem, target)
 
 
 def _read_sensor(
@@ -551,15 +607,19 @@ def _read_sensor(
     options = {k: _Field(_option(o), o.default, "") for k, o in driver.options.items()}
     options = {k: f for k, f in options.items() if k not in SENSOR_KEYS}  # the schema's keys win
     listed = ", ".join(driver.options) if driver.options else "(none)"
-    valid = f"{_valid_keys(fields)}, and the {driver.name} options {listed}"
+    valid = f"valid keys are {', '.join(SENSOR_KEYS)}, and the {driver.name} options {listed}"
     values, ok = _read_table(problems, path, table, known | options, valid)
-    check = getattr(driver, "check_options", None)  # rules spanning options (ads1115 channels)
-    if ok and check is not None:
-        for key, message in check({k: values[k] for k in driver.options if k in values}):
+    given = {k: values[k] for k in driver.options if k in values}
+    options_ok = all(k in values for k in driver.options if k in table)
+    if options_ok:  # rules spanning several options (the ads1115's channels)
+        for key, message in driver.check_options(given):
             problems.add(toml_key(path, key), message, table.get(key, _NO_VALUE))
-            ok = False
+            ok = options_ok = False
+    # With bad options the quantities are unknown, so any quantity name is let through.
+    quantities = driver.configured_quantities(given) if options_ok else None
     for key, parse in _PER_QUANTITY.items():
-        values[key], good = parse(problems, toml_key(path, key), nested.get(key, {}), driver)
+        at = toml_key(path, key)
+        values[key], good = parse(problems, at, nested.get(key, {}), driver.name, quantities)
         ok = ok and good
     return values, _mux_pair(problems, path, table) and ok
 
@@ -683,6 +743,11 @@ def _positive(value: object) -> float:
 def _polynomial(value: object) -> tuple[float, ...]:
     low, high = POLYNOMIAL_TERMS
     expected = f"expected {low} to {high} numbers [c0, c1, ...] for value = c0 + c1·x + c2·x² ..."
+    if isinstance(value, list) and len(value) == 1 and _is_kind(value[0], float) and (
+        math.isfinite(value[0])
+    ):
+        raise _Bad(f"a single number would replace every value by that constant; to add it, "
+                   f"write offset = {toml_value(value[0])} instead, or give {expected[9:]}")
     if not isinstance(value, list) or not low <= len(value) <= high:
         raise _Bad(expected)
     try:
@@ -730,7 +795,9 @@ _PLACEMENT_FIELDS = {
     "average": _Field(_whole(*AVERAGE_RANGE, " (driver reads per reading)"), 1, ""),
 }
 
-PerQuantity = Callable[[_Problems, str, object, type[Driver]], tuple[Mapping[str, Any], bool]]
+PerQuantity = Callable[
+    [_Problems, str, object, str, Mapping[str, str] | None], tuple[Mapping[str, Any], bool]
+]
 
 
 def _per_quantity(
@@ -739,7 +806,11 @@ def _per_quantity(
     """The parser of ``[sensor.<kind>.<quantity>]`` tables, one per quantity of the driver."""
 
     def parse(
-        problems: _Problems, path: str, value: object, driver: type[Driver]
+        problems: _Problems,
+        path: str,
+        value: object,
+        driver: str,
+        quantities: Mapping[str, str] | None,
     ) -> tuple[Mapping[str, Any], bool]:
         before = len(problems.lines)
         found: dict[str, Any] = {}
@@ -748,11 +819,12 @@ def _per_quantity(
         else:
             for quantity, table in value.items():
                 at = toml_key(path, quantity)
-                if quantity not in driver.quantities:
-                    names = ", ".join(driver.quantities)
-                    problems.add(at, f"unknown quantity for driver {driver.name}; expected {names}")
+                if quantities is not None and quantity not in quantities:
+                    names = ", ".join(quantities) or "(none)"
+                    problems.add(at, f"unknown quantity for driver {driver}; expected {names}")
                 elif not isinstance(table, Mapping):
-                    problems.add(at, f"expected a table [sensor.{kind}.{quantity}]", table)
+                    heading = toml_key(f"sensor.{kind}", quantity)
+                    problems.add(at, f"expected a table [{heading}]", table)
                 else:
                     values, ok = _read_table(problems, at, table, fields)
                     try:
@@ -1015,6 +1087,11 @@ def _parse_indicator(problems: _Problems, value: object) -> IndicatorConfig | No
     return IndicatorConfig(**values) if ok else None
 
 
+_HEALTH_FIELDS = {
+    "interval": _Field(_duration(*HEALTH_INTERVAL_RANGE), DEFAULT_HEALTH_INTERVAL, ""),
+}
+
+
 class _Section(NamedTuple):
     """A top-level key: the Config field it fills, its parser, and its value when absent."""
 
@@ -1035,6 +1112,7 @@ _SECTIONS: dict[str, _Section] = {
     "sensor": _Section("sensors", _parse_sensors, []),
     "uplink": _Section("uplink", _parse_uplink, None),
     "indicator": _Section("indicator", _parse_indicator, None),
+    "health": _Section("health", _table_section("health", _HEALTH_FIELDS, HealthConfig), {}),
 }
 
 

@@ -8,9 +8,10 @@ a power cut can take. A clean stop (SIGTERM, SIGINT, ``--duration``) commits eve
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from agent.config import Config, SensorConfig
@@ -19,7 +20,7 @@ from agent.outbox import Outbox
 from agent.reading import Reading
 from agent.sampler import SensorWorker
 from agent.timekeeping import TimeKeeper
-from drivers.base import Driver
+from drivers.base import Driver, Quality
 from drivers.bus import Bus
 from drivers.clock import Clock
 from drivers.tca9548a import MuxChannel
@@ -74,6 +75,7 @@ class Agent:
         self.config = config
         self.outbox = outbox
         self.clock = clock
+        self.boot_id = boot_id
         self.stop = threading.Event()
         self._queue: queue.SimpleQueue[list[Reading]] = queue.SimpleQueue()
         self._pending: list[Reading] = []
@@ -86,6 +88,7 @@ class Agent:
             )
             for sensor, driver in zip(config.sensors, drivers, strict=True)
         ]
+        self._feed_pressure()
         self.committed = 0
         self.timekeeper = TimeKeeper(clock, boot_id)
         self.last_cycle = clock.monotonic()  # the writer's heartbeat, for the watchdog
@@ -95,6 +98,10 @@ class Agent:
         deadline = self.clock.monotonic() + timeout
         for worker in self.workers:
             worker.first_setup.wait(max(0.0, deadline - self.clock.monotonic()))
+
+    def submit(self, readings: Sequence[Reading]) -> None:
+        """Hand readings sampled elsewhere (the health reporter) to the writer, as a sensor does."""
+        self._queue.put(list(readings))
 
     def request_stop(self) -> None:
         """Ask ``run`` to finish: safe from a signal handler or another thread."""
@@ -201,3 +208,62 @@ class Agent:
         if self.stop.is_set():
             log.error("outbox %s: stopping with the disk full; %d held reading(s) are lost",
                       self.outbox.path, len(self._pending) + self._given_up)
+
+    def _feed_pressure(self) -> None:
+        """``pressure_from``: every pressure reading of the named sensor goes to the driver."""
+        by_id = {worker.sensor.id: worker for worker in self.workers}
+        for worker in self.workers:
+            source_id = worker.sensor.options.get("pressure_from")
+            if not source_id:
+                continue
+            source = by_id.get(source_id)
+            set_pressure = getattr(worker.driver, "set_ambient_pressure", None)
+            if source is None or set_pressure is None:  # config validation rules this out
+                log.warning("%s: cannot take pressure from %r", worker.label, source_id)
+                continue
+            label = f"pressure of {source.label} for {worker.label}"
+            source.deliver = PressureFeed(source.deliver, set_pressure, label)
+
+
+# A pressure reading flagged with any of these is not passed on to compensate another sensor.
+UNFIT_PRESSURE = Quality.OUT_OF_RANGE | Quality.SPIKE | Quality.STUCK | Quality.CLIPPED
+
+
+class PressureFeed:
+    """A sensor's ``deliver`` that also passes each of its pressure readings (hPa) on to a
+    driver that compensates for pressure (the scd4x's ``set_ambient_pressure``).
+
+    It runs on the source sensor's thread, which is safe because drivers hold the bus lock for
+    each exchange. The readings are handed on first, and a failure to pass the pressure is only
+    logged, on transitions: the compensated sensor never costs the source a reading.
+    """
+
+    def __init__(
+        self,
+        deliver: Callable[[list[Reading]], None],
+        set_pressure: Callable[[float], None],
+        label: str,
+    ) -> None:
+        self.deliver = deliver
+        self.set_pressure = set_pressure
+        self.label = label
+        self.failing = False
+
+    def __call__(self, readings: list[Reading]) -> None:
+        self.deliver(readings)
+        for r in readings:
+            fit = math.isfinite(r.value) and not r.quality & UNFIT_PRESSURE
+            if r.quantity == "pressure" and r.unit == "hPa" and fit:
+                self._pass(r.value)
+
+    def _pass(self, hpa: float) -> None:
+        try:
+            self.set_pressure(hpa)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the source sensor goes on
+            if not self.failing:
+                log.warning("%s: passing %.1f hPa failed: %s", self.label, hpa, exc)
+            self.failing = True
+            return
+        if self.failing:
+            log.info("%s: passed on again", self.label)
+        self.failing = False

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from agent.config import SensorConfig
 
 AVERAGE_RANGE = (1, 100)
-POLYNOMIAL_TERMS = (1, 6)  # c0 .. c5
+POLYNOMIAL_TERMS = (2, 6)  # c0 .. c5; c0 alone would replace every value by a constant
 STUCK_AFTER_MIN = 2  # one value alone is never "the same value in a row"
 
 PHYSICAL_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({

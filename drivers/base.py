@@ -85,7 +85,11 @@ class Driver(ABC):
 
     @property
     def where(self) -> str:
-        """``bus:0xAA`` as used in every log line and error about this sensor."""
+        """``bus:0xAA`` as used in every log line and error about this sensor; a bus that has a
+        path of its own to the chip (a multiplexer channel: ``1:0x70/2:0x44``) describes it."""
+        describe = getattr(self.bus, "describe", None)
+        if callable(describe):
+            return str(describe(self.address))
         return f"{self.bus.number}:0x{self.address:02x}"
 
     @abstractmethod
@@ -96,3 +100,8 @@ class Driver(ABC):
 
     def close(self) -> None:  # noqa: B027 - most chips need nothing
         """Leave the chip in its lowest-power state."""
+
+    def serial(self) -> str | None:
+        """The serial number the chip reports (after ``setup``), for the commissioning record;
+        None for chips that have none."""
+        return None

@@ -42,6 +42,7 @@ CHIP_ID_BME680 = 0x61
 
 STATUS_MEASURING = 0x08
 MODE_FORCED = 0x01
+MODE_MASK = 0x03  # ctrl_meas bits 1:0
 
 # Oversampling factor -> register code (datasheet tables 20, 23, 24); IIR -> code (table 28).
 OVERSAMPLING_CODES = {1: 1, 2: 2, 4: 3, 8: 4, 16: 5}
@@ -116,6 +117,7 @@ class BoschForcedDriver(Driver):
             s["oversampling_pressure"],
             s.get("oversampling_humidity", 0),
         )
+        self._config = IIR_CODES[s["iir_filter"]] << 2  # t_sb is unused in forced mode
 
     @abstractmethod
     def _wrong_chip(self, chip_id: int) -> str:
@@ -128,6 +130,20 @@ class BoschForcedDriver(Driver):
 
     def _write(self, register: int, value: int) -> None:
         self.bus.write(self.address, bytes([register, value]))
+
+    def _check_settings(self, burst: bytes) -> None:
+        """The chip has no CRC: its settings, read back in the same burst, vouch for the data.
+
+        Noise on the bus (or a chip that reset itself) shows as ctrl_meas or config bytes other
+        than those written; the sample is refused rather than stored as good.
+        """
+        ctrl_meas, config = burst[REG_CTRL_MEAS - _BURST_START], burst[REG_CONFIG - _BURST_START]
+        if ctrl_meas & ~MODE_MASK != self._ctrl_meas & ~MODE_MASK or config != self._config:
+            raise SensorError(
+                f"{self.name} at {self.where}: read back ctrl_meas 0x{ctrl_meas:02x} and config "
+                f"0x{config:02x}, not the 0x{self._ctrl_meas & ~MODE_MASK:02x} and "
+                f"0x{self._config:02x} written: noise on the bus, or the chip reset itself"
+            )
 
     def _measure(self) -> bytes:
         """Trigger a forced measurement and return status..burst_end once it has finished."""
@@ -142,6 +158,7 @@ class BoschForcedDriver(Driver):
         while True:
             burst = self.bus.write_read(self.address, bytes([_BURST_START]), length)
             if not burst[0] & STATUS_MEASURING and not burst[1] & MODE_FORCED:
+                self._check_settings(burst)
                 return burst
             if clock.monotonic() >= deadline:
                 raise SensorTimeoutError(
@@ -222,7 +239,7 @@ class BME280(BoschForcedDriver):
             self._chip = _SnapshotBME280(BusioI2C(self.bus), self.address)
             s = self.settings
             self._write(REG_CTRL_HUM, OVERSAMPLING_CODES[s["oversampling_humidity"]])
-            self._write(REG_CONFIG, IIR_CODES[s["iir_filter"]] << 2)
+            self._write(REG_CONFIG, self._config)
 
     def read(self) -> list[Measurement]:
         if self._chip is None:

@@ -21,7 +21,6 @@ from drivers.bme280 import (
     BME280,
     CHIP_ID_BME280,
     CHIP_IDS_BMP280,
-    IIR_CODES,
     REG_CONFIG,
     REG_PRESS_MSB,
     REG_RESET,
@@ -102,7 +101,6 @@ class BMP280(BoschForcedDriver):
 
     def __init__(self, bus: Bus, address: int, **kwargs: Any) -> None:
         super().__init__(bus, address, **kwargs)
-        self._config = IIR_CODES[self.settings["iir_filter"]] << 2  # t_sb unused in forced mode
         self._trimming: TrimmingParameters | None = None
 
     def _wrong_chip(self, chip_id: int) -> str:
@@ -140,8 +138,8 @@ class BMP280(BoschForcedDriver):
         burst = self._measure()
         raw_p, raw_t = decode_pressure_temperature(burst[REG_PRESS_MSB - REG_STATUS :])
         # Without ctrl_hum there is no skipped word to betray a brown-out once ctrl_meas has been
-        # written again, but the config register (in the burst anyway) is back at 0x00.
-        if SKIPPED_20BIT in (raw_p, raw_t) or burst[REG_CONFIG - REG_STATUS] != self._config:
+        # written again; the config register read back by _measure() catches it (iir_filter > 0).
+        if SKIPPED_20BIT in (raw_p, raw_t):
             raise SensorError(
                 f"bmp280 at {self.where}: the chip returned its reset values; it probably lost "
                 "power and needs to be set up again"

@@ -151,6 +151,11 @@ class SCD4x(Driver):
             Measurement("humidity", sensirion.ticks_to_rh(rh_ticks), "%RH", base),
         ]
 
+    def serial(self) -> str | None:
+        """The 48-bit serial number ``setup`` read (get_serial_number 0x3682, 3.9.2), as ``0x``
+        and 12 hex digits."""
+        return None if self.serial_number is None else f"0x{self.serial_number:012x}"
+
     def close(self) -> None:
         """Stop the periodic measurement (the chip idles at a fraction of the current)."""
         if self._started is None:

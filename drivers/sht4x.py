@@ -124,6 +124,10 @@ class SHT4x(Driver):
             self.clock.sleep(SOFT_RESET_S)
         self.serial_number = serial
 
+    def serial(self) -> str | None:
+        """The 32-bit serial number ``setup`` read (command 0x89), as ``0x`` and 8 hex digits."""
+        return None if self.serial_number is None else f"0x{self.serial_number:08x}"
+
     def _explain_identity(self, exc: Exception) -> None:
         """Raise a WrongChipError when an SHT3x answers instead."""
         from drivers import sht3x

@@ -131,6 +131,10 @@ class MuxChannel:
     def __repr__(self) -> str:
         return f"MuxChannel(bus {self.number}, mux 0x{self.mux.address:02x}, {self.channel})"
 
+    def describe(self, address: int) -> str:
+        """Where ``address`` is on this channel, as log lines name it: ``1:0x70/2:0x44``."""
+        return f"{self.number}:0x{self.mux.address:02x}/{self.channel}:0x{address:02x}"
+
     def _transfer(self, address: int, run: Callable[[], T]) -> T:
         if address == self.mux.address:
             raise OSError(

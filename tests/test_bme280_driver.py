@@ -11,7 +11,7 @@ from drivers.bme280 import BME280, identify, max_measurement_time
 from drivers.errors import SensorError, SensorTimeoutError, WrongChipError
 from drivers.sim.bme280 import BME280Model, BMP280Model
 from drivers.sim.clock import FakeClock
-from drivers.sim.simbus import BusIOError, Nack, SimBus, Timeout
+from drivers.sim.simbus import BusIOError, Garbage, Nack, SimBus, Timeout
 
 ADDRESS = 0x76
 
@@ -156,3 +156,20 @@ def test_saturated_humidity_is_flagged_clipped() -> None:
     humidity = next(m for m in driver.read() if m.quantity == "humidity")
     assert humidity.value == 100.0
     assert humidity.quality & Quality.CLIPPED
+
+
+def test_bus_noise_is_refused_not_stored_as_values() -> None:
+    bus, _, driver = rig(iir_filter=4)
+    driver.setup()
+    refused = 0
+    for seed in range(50):
+        bus.inject(ADDRESS, Garbage(count=1, seed=seed))
+        try:
+            got = values(driver)
+        except (SensorError, OSError):
+            refused += 1
+            continue
+        # Noise that looked like "still measuring" was simply polled again: true values.
+        assert got["temperature"] == pytest.approx(20.0, abs=0.01)
+        assert got["pressure"] == pytest.approx(1013.25, abs=0.01)
+    assert refused >= 5  # noise that looked finished was refused

@@ -50,9 +50,8 @@ def test_run_then_status_reports_what_was_stored(tmp_path: Path) -> None:
     status = envagent("status", "--simulate", "--data-dir", str(data), "--json", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    # The example samples 'air' every 10 s aligned to the wall clock, so a 3 s run may fall
-    # between slots; what was sampled must all be there, as three quantities per sample.
-    assert report["backlog"] % 3 == 0
+    # The example samples every 10 s aligned to the wall clock, so a 3 s run may fall between
+    # slots; what was sampled must all be there (tests/test_station.py checks the values).
     assert report["backlog"] == report["added"]
 
 
@@ -123,7 +122,8 @@ def test_missing_config_is_a_usage_error(tmp_path: Path) -> None:
 def test_scan_simulate_names_the_chip(tmp_path: Path) -> None:
     result = envagent("scan", "--simulate", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [{"bus": 1, "address": 0x76, "chip": "bme280"}]
+    # The whole station is tests/test_station.py's; here the first sensor of the example.
+    assert {"bus": 1, "address": 0x76, "chip": "bme280"} in json.loads(result.stdout)
 
 
 def test_status_without_an_outbox_says_so(tmp_path: Path) -> None:

@@ -149,8 +149,8 @@ SIZE = 'expected a size such as "256MiB", "500MB" or a whole number of bytes'
 ID_RULE = "expected 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 SITE_RULE = "expected a description of the place, 1 to 200 characters on one line"
 SENSOR_KEYS = (
-    "valid keys are id, driver, bus, address, interval, and the probe options "
-    "gain, offset, heater, label"
+    "valid keys are id, driver, bus, address, interval, mux, channel, average, calibration, "
+    "plausible, and the probe options gain, offset, heater, label"
 )
 
 CASES: list[tuple[str, str, str]] = [
@@ -158,7 +158,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "top-level unknown key",
         "colour = 1\n" + UNIT,
-        "colour: unknown key; valid keys are unit, storage, sensor, uplink, indicator",
+        "colour: unknown key; valid keys are unit, storage, sensor, uplink, indicator, health",
     ),
     ("unit missing", "", "unit: missing; add a [unit] table with at least id and site"),
     ("unit not a table", "unit = 5\n", "unit = 5: expected a table [unit]"),
@@ -321,8 +321,8 @@ CASES: list[tuple[str, str, str]] = [
     (
         "unknown key, driver without options",
         UNIT + SENSOR.replace("probe", "bare") + "gain = 1\n",
-        "sensor[0].gain: unknown key; valid keys are id, driver, bus, address, interval, and the "
-        "bare options (none)",
+        "sensor[0].gain: unknown key; valid keys are id, driver, bus, address, interval, mux, "
+        "channel, average, calibration, plausible, and the bare options (none)",
     ),
     (
         "bus too big",
@@ -793,7 +793,7 @@ def test_example_config_validates_against_the_real_drivers() -> None:
     config = load_config(EXAMPLE)
     assert config.unit.id == "demo-001"
     assert config.storage == StorageConfig()  # it documents the defaults
-    (sensor,) = config.sensors
+    sensor = config.sensors[0]  # the rest of the station: tests/test_station.py
     assert (sensor.id, sensor.driver, sensor.where, sensor.interval) == (
         "air",
         "bme280",

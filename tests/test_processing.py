@@ -198,7 +198,7 @@ def test_processing_config_is_read_into_the_sensor() -> None:
 CAL = "[sensor.calibration.temperature]\n"
 PLAUS = "[sensor.plausible.temperature]\n"
 QUANTITIES = "expected temperature, humidity, pressure"
-POLY = "expected 1 to 6 numbers [c0, c1, ...] for value = c0 + c1·x + c2·x² ..."
+POLY = "expected 2 to 6 numbers [c0, c1, ...] for value = c0 + c1·x + c2·x² ..."
 
 
 @pytest.mark.parametrize(
@@ -224,6 +224,12 @@ POLY = "expected 1 to 6 numbers [c0, c1, ...] for value = c0 + c1·x + c2·x² .
          "polynomial (offset = 0.0 records no correction)"),
         (CAL + 'id = "c"\npolynomial = []\n',
          f"sensor[0].calibration.temperature.polynomial = []: {POLY}"),
+        (CAL + 'id = "c"\npolynomial = [0.5]\n',  # a constant: every reading would be 0.5
+         "sensor[0].calibration.temperature.polynomial = [0.5]: a single number would replace "
+         "every value by that constant; to add it, write offset = 0.5 instead, or give "
+         f"{POLY[9:]}"),
+        (CAL + 'id = "c"\npolynomial = ["x"]\n',
+         f'sensor[0].calibration.temperature.polynomial = ["x"]: {POLY}'),
         (CAL + 'id = "c"\npolynomial = [1, 2, 3, 4, 5, 6, 7]\n',
          f"sensor[0].calibration.temperature.polynomial = [1, 2, 3, 4, 5]: {POLY}"),  # shown cut
         (CAL + 'id = "c"\npolynomial = [1, "2"]\n',
