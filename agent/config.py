@@ -78,7 +78,7 @@ INTERVAL_RANGE = (1.0, 24 * 3600.0)
 SEVEN_BIT_MAX = 0x7F
 SENSOR_KEYS = (  # the rest of a sensor: options
     "id", "driver", "bus", "address", "interval",
-    "mux", "channel", "average", "calibration", "plausible",
+    "mux", "channel", "average", "power_pin", "calibration", "plausible",
 )
 MUX_RANGE = (0x70, 0x77)  # TCA9548A: 0x70 + A2A1A0
 CHANNEL_RANGE = (0, 7)
@@ -128,6 +128,7 @@ class SensorConfig:
     mux: int | None = None  # the TCA9548A in front of the sensor, with ``channel``
     channel: int | None = None
     average: int = 1  # driver reads per reading (agent.processing)
+    power_pin: int | None = None  # GPIO of a load switch that can power-cycle it (agent.power)
     calibration: Mapping[str, Calibration] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
@@ -793,6 +794,7 @@ _PLACEMENT_FIELDS = {
     "mux": _Field(_mux, None, "", toml_hex),
     "channel": _Field(_whole(*CHANNEL_RANGE, " (the multiplexer channel)"), None, ""),
     "average": _Field(_whole(*AVERAGE_RANGE, " (driver reads per reading)"), 1, ""),
+    "power_pin": _Field(lambda value: _gpio(value), None, ""),  # _gpio is defined below
 }
 
 PerQuantity = Callable[

@@ -17,6 +17,7 @@ from pathlib import Path
 from agent.config import Config, SensorConfig
 from agent.errors import StorageError, StorageFullError
 from agent.outbox import Outbox
+from agent.power import PowerSwitch
 from agent.reading import Reading
 from agent.sampler import SensorWorker
 from agent.timekeeping import TimeKeeper
@@ -71,7 +72,9 @@ class Agent:
         outbox: Outbox,
         clock: Clock,
         boot_id: str,
+        power: Mapping[int, PowerSwitch] | None = None,
     ) -> None:
+        """``power`` maps a GPIO to the load switch of the sensors with that ``power_pin``."""
         self.config = config
         self.outbox = outbox
         self.clock = clock
@@ -84,7 +87,7 @@ class Agent:
         self.workers = [
             SensorWorker(
                 sensor, driver, clock=clock, deliver=self._queue.put, boot_id=boot_id,
-                stop=self.stop,
+                stop=self.stop, power=(power or {}).get(sensor.power_pin or -1),
             )
             for sensor, driver in zip(config.sensors, drivers, strict=True)
         ]

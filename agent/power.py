@@ -8,9 +8,13 @@ off for ``OFF_S`` before each re-probe, then given ``SETTLE_S`` to start up.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from typing import Any
 
 from drivers.clock import Clock
+
+log = logging.getLogger("envagent")
 
 # Long enough for a breakout board's decoupling capacitors to discharge below the chips'
 # power-on-reset threshold (BME280 datasheet 5.1: V_DD ramp from < 0.2 V).
@@ -39,3 +43,16 @@ class PowerSwitch:
     def close(self) -> None:
         """Release the GPIO; the switch's own pull-up/-down decides the sensor's supply."""
         self._device.close()
+
+
+def power_switches(pins: Iterable[int | None], *, clock: Clock,
+                   pin_factory: Any = None) -> dict[int, PowerSwitch]:
+    """One switch per configured pin; a GPIO that cannot be claimed is logged, not fatal."""
+    switches: dict[int, PowerSwitch] = {}
+    for pin in sorted({p for p in pins if p is not None}):
+        try:
+            switches[pin] = PowerSwitch(pin, clock=clock, pin_factory=pin_factory)
+        except Exception as exc:  # noqa: BLE001 - gpiozero raises many kinds; sampling goes on
+            log.error("GPIO%d (power_pin) unavailable: %s; those sensors cannot be "
+                      "power-cycled", pin, exc)
+    return switches

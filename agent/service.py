@@ -13,6 +13,7 @@ from typing import Any
 
 from agent.config import Config, IndicatorConfig
 from agent.daemon import Agent
+from agent.health import HealthReporter
 from agent.indicator import Condition, ServiceButton, StatusLED, condition
 from agent.notify import Notifier
 from agent.outbox import Outbox
@@ -60,6 +61,7 @@ class Service:
             on_tick=self._show_condition,
         )
         self.led, self.button = _indicator(config.indicator, clock, pin_factory, self)
+        self.health = HealthReporter(agent, outbox, uplink, clock=clock, boot_id=agent.boot_id)
 
     def run(self, duration: float | None) -> None:
         if self.uplink is not None:
@@ -67,9 +69,11 @@ class Service:
         self.agent.start()
         self.agent.wait_for_setup(SETUP_WAIT_S)
         self.supervisor.start()
+        self.health.start(self.config.health.interval)
         try:
             self.agent.run(duration=duration)
         finally:
+            self.health.stop()
             self.supervisor.stop()
             if self.uplink is not None:
                 self.uplink.stop()

@@ -149,11 +149,17 @@ SIZE = 'expected a size such as "256MiB", "500MB" or a whole number of bytes'
 ID_RULE = "expected 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 SITE_RULE = "expected a description of the place, 1 to 200 characters on one line"
 SENSOR_KEYS = (
-    "valid keys are id, driver, bus, address, interval, mux, channel, average, calibration, "
-    "plausible, and the probe options gain, offset, heater, label"
+    "valid keys are id, driver, bus, address, interval, mux, channel, average, power_pin, "
+    "calibration, plausible, and the probe options gain, offset, heater, label"
 )
 
 CASES: list[tuple[str, str, str]] = [
+    (
+        "power pin on the I2C bus",
+        UNIT + SENSOR + "power_pin = 3\n",
+        "sensor[0].power_pin = 3: GPIO3 is SCL of I2C bus 1, the sensors' bus; choose a free GPIO "
+        "such as 17",
+    ),
     # (what is added to a valid config, the one expected line)
     (
         "top-level unknown key",
@@ -322,7 +328,7 @@ CASES: list[tuple[str, str, str]] = [
         "unknown key, driver without options",
         UNIT + SENSOR.replace("probe", "bare") + "gain = 1\n",
         "sensor[0].gain: unknown key; valid keys are id, driver, bus, address, interval, mux, "
-        "channel, average, calibration, plausible, and the bare options (none)",
+        "channel, average, power_pin, calibration, plausible, and the bare options (none)",
     ),
     (
         "bus too big",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from gpiozero.pins.mock import MockFactory, MockPin
 
@@ -71,3 +75,20 @@ def test_a_failed_sensor_is_power_cycled_and_recovers() -> None:
     temperature = next(r for r in batches[0] if r.quantity == "temperature")
     assert abs(temperature.value - 7.5) < 0.01
     switch.close()
+
+
+def test_run_with_a_power_pin_starts_and_stops_cleanly(tmp_path: Path) -> None:
+    config = tmp_path / "power.toml"
+    config.write_text(
+        '[unit]\nid = "p-1"\nsite = "roof"\n[storage]\ncommit_interval = "1s"\n'
+        '[[sensor]]\nid = "air"\ndriver = "bme280"\naddress = 0x76\ninterval = "1s"\n'
+        "power_pin = 17\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--simulate", "--config", str(config),
+         "--data-dir", str(tmp_path / "d"), "--duration", "2.5"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(power_pin) unavailable" not in result.stderr  # the GPIO was claimed
