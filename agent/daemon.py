@@ -16,10 +16,10 @@ from pathlib import Path
 
 from agent.config import Config, SensorConfig
 from agent.errors import StorageError, StorageFullError
-from agent.outbox import Outbox
 from agent.power import PowerSwitch
 from agent.reading import Reading
 from agent.sampler import SensorWorker
+from agent.storage import Store
 from agent.timekeeping import TimeKeeper
 from drivers.base import Driver, Quality
 from drivers.bus import Bus
@@ -69,7 +69,7 @@ class Agent:
         config: Config,
         drivers: list[Driver],
         *,
-        outbox: Outbox,
+        outbox: Store,
         clock: Clock,
         boot_id: str,
         power: Mapping[int, PowerSwitch] | None = None,
@@ -83,7 +83,7 @@ class Agent:
         self._queue: queue.SimpleQueue[list[Reading]] = queue.SimpleQueue()
         self._pending: list[Reading] = []
         self._given_up = 0  # readings dropped from _pending while the disk was full
-        self._disk_full = False
+        self._storage_error: StorageError | None = None  # while commits fail
         self.workers = [
             SensorWorker(
                 sensor, driver, clock=clock, deliver=self._queue.put, boot_id=boot_id,
@@ -112,9 +112,9 @@ class Agent:
         self._queue.put([])  # wakes the writer if it is waiting for readings
 
     @property
-    def disk_full(self) -> bool:
-        """True while commits fail for lack of space (readings are held in memory meanwhile)."""
-        return self._disk_full
+    def storage_failing(self) -> bool:
+        """True while commits fail (a full disk, an unwritable directory); readings are held."""
+        return self._storage_error is not None
 
     def start(self) -> None:
         """Start the sensor threads (``run`` does it too, if nobody did)."""
@@ -173,7 +173,7 @@ class Agent:
                 return
 
     def commit(self) -> None:
-        """Store what was sampled; on a full disk keep it (bounded) and try again next time.
+        """Store what was sampled; when storing fails keep it (bounded) and try again next time.
 
         Readings given up meanwhile are counted into the outbox's ``dropped`` by the first
         commit that succeeds, in that same transaction.
@@ -182,13 +182,13 @@ class Agent:
             return
         try:
             self.outbox.append(self._pending, dropped_before=self._given_up)
-        except StorageFullError as exc:
-            self._hold_while_full(exc)
+        except StorageError as exc:  # a full disk, an unwritable directory, an I/O error
+            self._hold(exc)
             return
-        if self._disk_full:
-            self._disk_full = False
-            log.warning("outbox %s: storing again; %d reading(s) were given up while the disk "
-                        "was full", self.outbox.path, self._given_up)
+        if self._storage_error is not None:
+            self._storage_error = None
+            log.warning("outbox %s: storing again; %d reading(s) were given up meanwhile",
+                        self.outbox.path, self._given_up)
         self.committed += len(self._pending)
         self.timekeeper.appended(any(r.synced is False for r in self._pending))
         self._pending, self._given_up = [], 0
@@ -199,17 +199,18 @@ class Agent:
         except StorageError as exc:  # the next cycle tries again; sampling goes on regardless
             log.warning("re-stamping readings failed: %s", exc)
 
-    def _hold_while_full(self, exc: StorageFullError) -> None:
-        if not self._disk_full:
-            self._disk_full = True
+    def _hold(self, exc: StorageError) -> None:
+        if self._storage_error is None:
             log.warning("%s; holding up to %d reading(s) in memory and retrying every commit",
-                        exc.strerror or exc, MAX_HELD_READINGS)
+                        exc.strerror if isinstance(exc, StorageFullError) else exc,
+                        MAX_HELD_READINGS)
+        self._storage_error = exc
         excess = len(self._pending) - MAX_HELD_READINGS
         if excess > 0:  # the outbox's own policy: the oldest go first
             del self._pending[:excess]
             self._given_up += excess
         if self.stop.is_set():
-            log.error("outbox %s: stopping with the disk full; %d held reading(s) are lost",
+            log.error("outbox %s: stopping unable to store; %d held reading(s) are lost",
                       self.outbox.path, len(self._pending) + self._given_up)
 
     def _feed_pressure(self) -> None:

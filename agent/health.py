@@ -11,7 +11,7 @@ Two kinds:
 
 - the unit's, under the reserved sensor id ``envagent`` (config refuses it for a real sensor):
   ``uptime``, ``backlog``, ``backlog_bytes``, ``backlog_age``, ``dropped``, ``quarantined``,
-  ``clock_synced``, ``storage_full``, and where known ``uplink_state``, ``disk_written`` and
+  ``clock_synced``, ``storage_failing``, and where known ``uplink_state``, ``disk_written`` and
   ``cpu_temperature``;
 - each sensor's, under that sensor's own id, so upstream they carry its ``sensor`` and
   ``driver`` tags and one query returns every sensor: ``sensor_state`` and ``sensor_errors``.
@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING
 from agent.config import RESERVED_SENSOR_ID
 from agent.reading import Reading
 from agent.sampler import State
+from agent.storage import Store
 from drivers.clock import Clock
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
-    from agent.outbox import Outbox
     from agent.uplink import Uplink
 
 log = logging.getLogger("envagent.health")
@@ -90,7 +90,7 @@ class HealthReporter:
     def __init__(
         self,
         agent: Agent,
-        outbox: Outbox,
+        outbox: Store,
         uplink: Uplink | None,
         *,
         clock: Clock,
@@ -128,7 +128,7 @@ class HealthReporter:
             ("backlog_age", round(age / NS, 3), "s"),
             ("dropped", stats.dropped, "readings"),
             ("quarantined", stats.rejected, "readings"),
-            ("storage_full", self.agent.disk_full, "bool"),
+            ("storage_failing", self.agent.storage_failing, "bool"),
         ]
         if synced is not None:
             unit.append(("clock_synced", synced, "bool"))

@@ -13,10 +13,11 @@ from typing import Any
 
 from agent.config import Config, IndicatorConfig
 from agent.daemon import Agent
+from agent.errors import StorageError
 from agent.health import HealthReporter
 from agent.indicator import Condition, ServiceButton, StatusLED, condition
 from agent.notify import Notifier
-from agent.outbox import Outbox
+from agent.storage import Store
 from agent.supervisor import HUNG_READ_S, Supervisor
 from agent.uplink import Uplink
 from drivers.clock import Clock
@@ -36,7 +37,7 @@ class Service:
         self,
         config: Config,
         agent: Agent,
-        outbox: Outbox,
+        outbox: Store,
         uplink: Uplink | None,
         *,
         clock: Clock,
@@ -86,7 +87,10 @@ class Service:
         states = [w.health.state.value for w in self.agent.workers]
         ok = states.count("ok")
         parts = [f"{ok}/{len(states)} sensors ok"]
-        parts.append(f"backlog {self.outbox.stats().backlog}")
+        try:
+            parts.append(f"backlog {self.outbox.stats().backlog}")
+        except StorageError as exc:
+            parts.append(f"STORAGE FAILING: {exc}")
         if self.uplink is not None:
             state = self.uplink.state
             text = f"uplink {state.state}"
@@ -99,7 +103,7 @@ class Service:
     def condition(self) -> Condition:
         uplink = "disabled" if self.uplink is None else _LED_UPLINK[self.uplink.state.state]
         states = [w.health.state.value for w in self.agent.workers]
-        return condition(states, uplink, storage_ok=not self.agent.disk_full)
+        return condition(states, uplink, storage_ok=not self.agent.storage_failing)
 
     def _show_condition(self) -> None:
         if self.led is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 
-from agent.outbox import Outbox
+from agent.storage import Store
 from drivers.clock import Clock
 
 log = logging.getLogger("envagent.time")
@@ -55,7 +55,7 @@ class TimeKeeper:
             return self.boot_id
         return None
 
-    def maintain(self, outbox: Outbox) -> None:
+    def maintain(self, outbox: Store) -> None:
         """Notice sync changes and steps; re-stamp this boot's unsynced readings once synced.
 
         Called after each commit, so readings committed just after the sync are re-stamped on

@@ -47,9 +47,9 @@ from pathlib import Path
 
 from agent.config import Config, UplinkConfig
 from agent.credentials import CredentialError, Secret, load_token
-from agent.outbox import Outbox
 from agent.reading import StoredReading
 from agent.sinks import Failure, HttpSink, Reply, make_encoder, make_session
+from agent.storage import Store
 from drivers.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class FlushReport:
 class Uplink:
     """Drains ``outbox`` through ``sink``; ``token`` reads the upload token (see credentials)."""
 
-    def __init__(self, outbox: Outbox, sink: HttpSink, settings: UplinkConfig, *, clock: Clock,
+    def __init__(self, outbox: Store, sink: HttpSink, settings: UplinkConfig, *, clock: Clock,
                  token: Callable[[], Secret | None], state_path: Path | None = None,
                  rng: random.Random | None = None,
                  held_boot: Callable[[], str | None] = lambda: None) -> None:
@@ -397,7 +397,7 @@ class Uplink:
                 return FlushReport(delivered, quarantined, True, None)
 
 
-def build_uplink(config: Config, outbox: Outbox, clock: Clock, data_dir: Path,
+def build_uplink(config: Config, outbox: Store, clock: Clock, data_dir: Path,
                  environ: Mapping[str, str] | None = None,
                  held_boot: Callable[[], str | None] = lambda: None) -> Uplink:
     """The real uplink of the ``run`` and ``sync`` commands, from a config with ``[uplink]``."""

@@ -105,7 +105,7 @@ def test_a_sample_reports_the_unit_and_every_sensor_with_one_time(station: Stati
         (HEALTH_SENSOR, "backlog_age"): 0.0,
         (HEALTH_SENSOR, "dropped"): 0.0,
         (HEALTH_SENSOR, "quarantined"): 0.0,
-        (HEALTH_SENSOR, "storage_full"): 0.0,
+        (HEALTH_SENSOR, "storage_failing"): 0.0,
         (HEALTH_SENSOR, "clock_synced"): 1.0,
         (HEALTH_SENSOR, "disk_written"): 1310720.0,
         (HEALTH_SENSOR, "cpu_temperature"): 48.312,
