@@ -237,8 +237,9 @@ def _real_bus(number: int) -> Iterator[dict[int, Bus]]:
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import Agent, make_drivers, read_boot_id
     from agent.notify import Notifier
-    from agent.outbox import Outbox
+    from agent.power import power_switches
     from agent.service import Service
+    from agent.storage import ReopeningOutbox
     from drivers.registry import DRIVERS
 
     ctx = _context(args)
@@ -247,21 +248,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     notifier = Notifier()
     with (
         open_buses(ctx.config, clock, simulate=ctx.simulate, faults=args.sim_fault) as buses,
-        Outbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes) as outbox,
+        ReopeningOutbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes,
+                        clock=clock) as outbox,
     ):
         drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
-        agent = Agent(ctx.config, drivers, outbox=outbox, clock=clock, boot_id=read_boot_id())
+        pin_factory = _mock_pin_factory() if ctx.simulate else None
+        power = power_switches((s.power_pin for s in ctx.config.sensors), clock=clock,
+                               pin_factory=pin_factory)
+        agent = Agent(ctx.config, drivers, outbox=outbox, clock=clock, boot_id=read_boot_id(),
+                      power=power)
         uplink = None
         if ctx.config.uplink is not None:
             from agent.uplink import build_uplink
 
             uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir,
                                   held_boot=agent.timekeeper.held_boot)
-        pin_factory = _mock_pin_factory() if ctx.simulate else None
         service = Service(ctx.config, agent, outbox, uplink, clock=clock, notifier=notifier,
                           pin_factory=pin_factory)
         with _stop_on_signals(agent.request_stop):
             service.run(duration=args.duration)
+        for switch in power.values():
+            switch.close()
         log.info("stopped; %d reading(s) committed this run", agent.committed)
     return EXIT_OK
 
@@ -383,25 +390,104 @@ def cmd_status(args: argparse.Namespace) -> int:
             for x in latest
         ],
     }
+    import shutil
+
+    from agent import statusview
+    from agent.daemon import read_boot_id
+
+    report["sensors"] = statusview.sensors_json(ctx.data_dir, read_boot_id())
     if args.json:
         _print_json(report)
         return EXIT_OK
-    print(f"unit {report['unit']}  outbox {report['outbox']}")
-    print(f"backlog  {stats.backlog} reading(s), oldest {report['oldest'] or '-'}, "
-          f"newest {report['newest'] or '-'}")
-    print(f"counters added {stats.added}, delivered {stats.delivered}, dropped {stats.dropped}, "
-          f"quarantined {stats.rejected}")
-    if (up := report["uplink"]) is not None:
-        print(f"uplink   {up['state']} since {up['since'] or '-'}, last success "
-              f"{up['last_success'] or '-'}, last error {up['last_error'] or '-'}")
-    synced = {True: "synchronised", False: "NOT synchronised", None: "unknown"}
-    print(f"clock    {synced[report['clock_synchronized']]}")
-    if recovery is not None:
-        print(f"damage   recovered {_iso(recovery.at_ns)}: {recovery.reason}; {recovery.salvaged} "
-              f"salvaged, {recovery.lost} lost; damaged file kept as {recovery.moved_to}")
-    for x in latest:
-        print(f"  {x.sensor:<12} {x.quantity:<14} {x.value:>10.2f} {x.unit:<5} "
-              f"at {_iso(x.time_ns)}")
+    bars = statusview.BARS if _can_print(statusview.BARS) else statusview.ASCII_BARS
+    for line in statusview.render(
+            ctx.config, ctx.data_dir, stats, latest, recovery=recovery,
+            synced=report["clock_synchronized"], boot_id=read_boot_id(),
+            now=SystemClock().time(), width=shutil.get_terminal_size().columns, bars=bars):
+        print(line)
+    return EXIT_OK
+
+
+def _can_print(text: str) -> bool:
+    try:
+        text.encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Undelivered readings to a file (or stdout); the outbox is left as it is."""
+    from agent import export
+
+    ctx = _context(args)
+    if args.since is not None and args.until is not None and args.since >= args.until:
+        raise ConfigError(["--since must be before --until (exported: since <= time < until)"])
+    if not ctx.outbox_path.exists():
+        print(f"no outbox at {ctx.outbox_path}: has the agent run with this data directory?",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    summary = export.write_export(
+        ctx.outbox_path, args.output, args.format, export.Station.from_config(ctx.config),
+        args.since, args.until, current_boot=export.current_boot(),
+        clock_synced=SystemClock().synchronized())
+    for line in summary.describe(str(args.output or "stdout"), args.format):
+        print(line, file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_commission(args: argparse.Namespace) -> int:
+    """Record the as-installed facts and the sensors' serial numbers; exit 1 if one failed."""
+    from agent import commission
+    from agent.daemon import make_drivers
+    from drivers.registry import DRIVERS
+
+    ctx = _context(args)
+    commission.check_writable(ctx.data_dir)  # before anything talks to the sensors
+    clock = SystemClock()
+    with open_buses(ctx.config, clock, simulate=ctx.simulate) as buses:
+        drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
+        sensors = commission.probe_sensors(ctx.config, drivers)
+    facts = commission.Facts(args.technician, args.mounting_height, args.radiation_shield,
+                             args.note)
+    record = commission.record_now(ctx.config, facts, sensors, clock)
+    document = commission.append(ctx.data_dir, record)
+    if args.json:
+        _print_json(record)
+    else:
+        path = ctx.data_dir / commission.FILE
+        print("\n".join(commission.describe(record, len(document["history"]), path)))
+    failed = [s for s in sensors if "error" in s]
+    for s in failed:
+        print(f"{s['id']}: {s['error']}", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Every check of agent.doctor; exit 1 when one FAILs (WARNs do not)."""
+    import shutil
+    from contextlib import ExitStack
+
+    from agent import doctor
+
+    ctx = _context(args)
+    clock = SystemClock()
+    with ExitStack() as stack:
+        world = (stack.enter_context(open_buses(ctx.config, clock, simulate=True))
+                 if ctx.simulate else None)
+        checks = doctor.Doctor(ctx.config, ctx.data_dir, clock, os.environ,
+                               simulate=ctx.simulate, samples=args.samples, buses=world).run()
+    if args.json:
+        doctor.print_json(checks, sys.stdout)
+    else:
+        doctor.print_human(checks, sys.stdout, shutil.get_terminal_size().columns)
+    return doctor.exit_code(checks)
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from agent.completion import bash_script
+
+    sys.stdout.write(bash_script(build_parser()))
     return EXIT_OK
 
 
@@ -467,11 +553,52 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p, "config", "simulate", "data_dir", "json")
     p.set_defaults(func=cmd_status)
 
+    from agent.commission import height_argument, text_argument
+    from agent.export import FORMATS, parse_time
+
+    p = sub.add_parser("export", help="undelivered readings to a file, for offline sites")
+    add_common(p, "config", "simulate", "data_dir")
+    p.add_argument("--since", type=parse_time, metavar="T",
+                   help="from T, inclusive (2026-11-21T06:00:00Z or 2026-11-21; UTC)")
+    p.add_argument("--until", type=parse_time, metavar="T", help="to T, exclusive")
+    p.add_argument("--format", choices=FORMATS, default="csv", help="default csv")
+    p.add_argument("--output", type=Path, metavar="FILE",
+                   help="written atomically (default: stdout)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("commission", help="record the as-installed facts of this unit")
+    add_common(p, "config", "simulate", "data_dir", "json")
+    p.add_argument("--technician", type=text_argument, metavar="NAME")
+    p.add_argument("--mounting-height", type=height_argument, metavar="M",
+                   help="sensor height above ground, metres")
+    p.add_argument("--radiation-shield", type=text_argument, metavar="TEXT",
+                   help="e.g. \"Stevenson screen\"")
+    p.add_argument("--note", type=text_argument, metavar="TEXT")
+    p.set_defaults(func=cmd_commission)
+
     p = sub.add_parser("config", help="configuration tools")
     config_sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     c = config_sub.add_parser("check", help="validate the config file and exit")
     add_common(c, "config", "simulate")
     c.set_defaults(func=cmd_config_check)
+
+    from agent.completion import SHELLS, apply_help_layout
+    from agent.doctor import sample_count
+
+    p = sub.add_parser("doctor", help="check this unit: PASS, WARN or FAIL, and what to do",
+                       description="Checks the I2C buses, each sensor (the right chip? a few "
+                       "samples), the clock, free space, the outbox and its backlog, and the "
+                       "uplink (DNS, TCP, TLS, token). Each check: PASS, WARN or FAIL, and "
+                       "what to do next. Writes nothing.")
+    add_common(p, "config", "simulate", "data_dir", "json")
+    p.add_argument("--samples", type=sample_count, default=3, metavar="N",
+                   help="test samples per sensor (default 3)")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("completion", help="print a shell completion script")
+    p.add_argument("shell", choices=SHELLS, help="the shell")
+    p.set_defaults(func=cmd_completion)
+    apply_help_layout(parser)
     return parser
 
 

@@ -31,7 +31,6 @@ byte-identical and stores that collapse identical points keep one copy.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -98,25 +97,44 @@ def nonfinite_name(value: float) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1024)
+# quantity -> its escaped field keys: "value=", quality, non-finite name (bounded, rebuilt when
+# full). A plain dict: the encoder looks one up per reading, and a draining backlog encodes
+# ~100,000 readings a second (bench/bench_drain.py).
+_FIELD_KEYS: dict[str, tuple[str, str, str]] = {}
+_FIELD_KEYS_MAX = 1024
+_isfinite = math.isfinite
+
+
 def _field_keys(quantity: str) -> tuple[str, str, str]:
-    """The escaped field keys of a quantity: its value, its quality, its non-finite name."""
-    return (escape_key(quantity), escape_key(quantity + QUALITY_SUFFIX),
-            escape_key(quantity + NONFINITE_SUFFIX))
+    """The escaped field keys of a quantity: its value (with "="), its quality, its non-finite
+    name."""
+    keys = _FIELD_KEYS.get(quantity)
+    if keys is None:
+        if len(_FIELD_KEYS) >= _FIELD_KEYS_MAX:
+            _FIELD_KEYS.clear()
+        keys = _FIELD_KEYS[quantity] = (escape_key(quantity) + "=",
+                                        escape_key(quantity + QUALITY_SUFFIX),
+                                        escape_key(quantity + NONFINITE_SUFFIX))
+    return keys
 
 
 def _fields(readings: Iterable[Reading]) -> str:
+    """The field set of one line; the hot path of a drain, so :func:`quality_of` is inlined."""
     parts: list[str] = []
     for r in readings:
-        value_key, quality_key, nonfinite_key = _field_keys(r.quantity)
-        quality = quality_of(r)
-        if math.isfinite(r.value):
-            parts.append(f"{value_key}={r.value!r}")
+        value = r.value
+        value_prefix, quality_key, nonfinite_key = (_FIELD_KEYS.get(r.quantity)
+                                                    or _field_keys(r.quantity))
+        quality = r.quality
+        if r.synced is False:
+            quality = int(quality) | _UNSYNCED
+        if _isfinite(value):
+            parts.append(value_prefix + repr(value))
             if quality:
-                parts.append(f"{quality_key}={quality}i")
+                parts.append(f"{quality_key}={int(quality)}i")
         else:
-            name = escape_string_field(nonfinite_name(r.value) or "NaN")
-            parts.append(f"{nonfinite_key}={name},{quality_key}={quality}i")
+            name = escape_string_field(nonfinite_name(value) or "NaN")
+            parts.append(f"{nonfinite_key}={name},{quality_key}={int(quality)}i")
     return ",".join(parts)
 
 
@@ -126,6 +144,24 @@ def samples(readings: Iterable[Reading]) -> list[list[Reading]]:
     A quantity seen twice in one sample (which no driver does) opens a further line rather
     than overwrite the first value upstream.
     """
+    readings = list(readings)
+    groups: dict[tuple[str, int], list[Reading]] = {}
+    for r in readings:  # the usual case, fast: no quantity twice in a sample
+        key = (r.sensor, r.time_ns)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [r]
+            continue
+        quantity = r.quantity
+        for other in group:
+            if other.quantity == quantity:
+                return _samples_with_repeats(readings)
+        group.append(r)
+    return list(groups.values())
+
+
+def _samples_with_repeats(readings: Iterable[Reading]) -> list[list[Reading]]:
+    """:func:`samples` when a quantity repeats: its n-th occurrence goes to the n-th line."""
     lines: dict[tuple[str, int, int], list[Reading]] = {}
     seen: dict[tuple[str, int, str], int] = {}
     for r in readings:
@@ -167,4 +203,7 @@ class LineProtocolEncoder:
 
     def encode(self, readings: Sequence[Reading]) -> bytes:
         """The request body: the lines, each ending in a line feed, as UTF-8."""
-        return "".join(line + "\n" for line in self.lines(readings)).encode("utf-8")
+        prefix = self._prefixes.get
+        return "".join([
+            f"{prefix(group[0].sensor) or self._prefix(group[0].sensor)}{_fields(group)} "
+            f"{group[0].time_ns}\n" for group in samples(readings)]).encode("utf-8")

@@ -17,6 +17,7 @@ from agent.errors import StorageError
 from agent.health import HealthReporter
 from agent.indicator import Condition, ServiceButton, StatusLED, condition
 from agent.notify import Notifier
+from agent.statusfile import StatusFiles
 from agent.storage import Store
 from agent.supervisor import HUNG_READ_S, Supervisor
 from agent.uplink import Uplink
@@ -59,10 +60,13 @@ class Service:
             # longest any driver waits) is hung.
             hung_after=HUNG_READ_S if timeout is None else max(10.0, 2 * timeout),
             status=self.status_line,
-            on_tick=self._show_condition,
+            on_tick=self._on_tick,
         )
         self.led, self.button = _indicator(config.indicator, clock, pin_factory, self)
         self.health = HealthReporter(agent, outbox, uplink, clock=clock, boot_id=agent.boot_id)
+        # sensors-state.json and history.json, for `envagent status` in another process
+        self.status_files = StatusFiles(config.storage.path, clock, latest=outbox.latest,
+                                        boot_id=agent.boot_id)
 
     def run(self, duration: float | None) -> None:
         if self.uplink is not None:
@@ -76,6 +80,7 @@ class Service:
         finally:
             self.health.stop()
             self.supervisor.stop()
+            self.status_files.close(self.agent.workers)
             if self.uplink is not None:
                 self.uplink.stop()
             for device in (self.button, self.led):
@@ -105,7 +110,8 @@ class Service:
         states = [w.health.state.value for w in self.agent.workers]
         return condition(states, uplink, storage_ok=not self.agent.storage_failing)
 
-    def _show_condition(self) -> None:
+    def _on_tick(self) -> None:
+        self.status_files.tick(self.agent.workers)
         if self.led is not None:
             self.led.show(self.condition())
 

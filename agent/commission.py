@@ -1,0 +1,298 @@
+"""Commissioning: the as-installed facts of a unit, recorded at each visit in the state directory.
+
+``envagent commission`` writes one record per run to ``commission.json`` in the data directory:
+the unit, site and coordinates from ``[unit]``, what the technician says (mounting height,
+radiation shield, name, a note), each sensor's serial number where the chip reports one, and the
+time -- with whether the clock was synchronised, and the boot id and CLOCK_BOOTTIME, so a time
+taken before NTP can be re-derived like a reading's. Records are appended, never rewritten,
+except their ``sent`` flag.
+
+The file (written atomically, under a lock, so the agent can mark records sent meanwhile)::
+
+    {"format": "envagent-commission/1", "unit": "demo-001", "history": [RECORD, ...]}
+
+Upstream, once, as metadata: :func:`pending_metadata` gives the records not yet sent,
+:func:`metadata_document` wraps them for a POST, :func:`mark_sent` flags them after a 2xx. Each
+record's ``id`` is stable (SHA-256 of unit and time, as a reading's), so a resend is recognisable.
+As tags: :func:`commission_tags` gives the latest record's facts that suit a tag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config import Config
+from agent.errors import AgentError
+from drivers.base import Driver
+from drivers.clock import Clock
+
+log = logging.getLogger(__name__)
+
+FILE = "commission.json"
+LOCK_FILE = ".commission.lock"
+FORMAT = "envagent-commission/1"
+ID_HEX_DIGITS = 32  # as agent.sinks.reading_id
+NS = 1_000_000_000
+
+
+class CommissionError(AgentError, OSError):
+    """The commissioning record cannot be read or written."""
+
+
+def _error(message: str, cause: OSError | None = None) -> CommissionError:
+    error = CommissionError(message)
+    error.errno = None if cause is None else cause.errno
+    return error
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the technician says about the installation; None: not given, left out."""
+
+    technician: str | None = None
+    mounting_height_m: float | None = None
+    radiation_shield: str | None = None
+    note: str | None = None
+
+
+def record_id(unit: str, time_ns: int) -> str:
+    return hashlib.sha256(f"{unit}\n{time_ns}".encode()).hexdigest()[:ID_HEX_DIGITS]
+
+
+def probe_sensors(config: Config, drivers: Sequence[Driver]) -> list[dict[str, Any]]:
+    """Each configured sensor, set up and asked for its serial number, then closed; a sensor
+    that fails carries ``error`` instead (the others are still probed)."""
+    found: list[dict[str, Any]] = []
+    for sensor, driver in zip(config.sensors, drivers, strict=True):
+        entry: dict[str, Any] = {"id": sensor.id, "driver": sensor.driver, "bus": sensor.bus,
+                                 "address": sensor.address}
+        if sensor.mux is not None:
+            entry |= {"mux": sensor.mux, "channel": sensor.channel}
+        try:
+            driver.setup()
+            serial = driver.serial()
+            if serial is not None:
+                entry["serial"] = serial
+        except Exception as exc:  # noqa: BLE001 - a record of every sensor, then exit 1
+            entry["error"] = " ".join(str(exc).split()) or type(exc).__name__
+        finally:
+            with suppress(Exception):
+                driver.close()
+        found.append(entry)
+    return found
+
+
+def make_record(config: Config, facts: Facts, sensors: list[dict[str, Any]], *, time_ns: int,
+                clock_synced: bool | None, boot_id: str | None, boot_ns: int) -> dict[str, Any]:
+    """One commissioning record; facts not known are left out, not null."""
+    from agent.export import iso_ns
+
+    unit = config.unit
+    record: dict[str, Any] = {
+        "id": record_id(unit.id, time_ns), "time": iso_ns(time_ns), "time_ns": time_ns,
+        "clock_synced": clock_synced, "boot_id": boot_id, "boot_ns": boot_ns,
+        "unit": unit.id, "site": unit.site, "latitude": unit.latitude,
+        "longitude": unit.longitude, "elevation_m": unit.elevation_m,
+        "mounting_height_m": facts.mounting_height_m,
+        "radiation_shield": facts.radiation_shield, "technician": facts.technician,
+        "note": facts.note, "sensors": sensors, "config": config.source,
+        "agent_version": __version__, "sent": False,
+    }
+    return {k: v for k, v in record.items() if v is not None or k == "clock_synced"}
+
+
+# --- the file --------------------------------------------------------------------------------
+
+
+@contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    """The data directory's commissioning lock (creating the directory): one writer at a time."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _error(f"cannot write the commissioning record in {data_dir}: "
+                     f"{exc.strerror or exc}; check --data-dir (or storage.path) and that this "
+                     "user may write there", exc) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_writable(data_dir: Path) -> None:
+    """Raise CommissionError now, before the sensors are probed, if the record cannot be kept."""
+    with _locked(data_dir):
+        if not os.access(data_dir, os.W_OK):
+            raise _error(f"cannot write the commissioning record in {data_dir}: permission "
+                         "denied; run as the agent's user or with sudo")
+
+
+def load(data_dir: Path) -> dict[str, Any] | None:
+    """The whole document, or None when the unit was never commissioned."""
+    path = data_dir / FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _error(f"cannot read {path}: {exc.strerror or exc}", exc) from exc
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise _error(f"{path} is not valid JSON ({exc}); it is never overwritten: move it "
+                     "aside to start a new history") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("history"), list):
+        raise _error(f"{path} is not an {FORMAT} document; move it aside to start a new history")
+    return document
+
+
+def _save(data_dir: Path, document: dict[str, Any]) -> None:
+    """Atomically (agent.export.atomic_file): a temporary file, fsync, rename, fsync."""
+    from agent.export import atomic_file
+
+    with atomic_file(data_dir / FILE) as file:
+        json.dump(document, file, ensure_ascii=False, indent=1)
+        file.write("\n")
+
+
+def append(data_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Add ``record`` to the unit's history; return the document as written."""
+    with _locked(data_dir):
+        document = load(data_dir) or {"format": FORMAT, "unit": record["unit"], "history": []}
+        document["unit"] = record["unit"]
+        document["history"].append(record)
+        _save(data_dir, document)
+    return document
+
+
+def history(data_dir: Path) -> list[dict[str, Any]]:
+    """Every record, oldest first."""
+    document = load(data_dir)
+    return [] if document is None else list(document["history"])
+
+
+# --- upstream ---------------------------------------------------------------------------------
+
+
+def pending_metadata(data_dir: Path) -> list[dict[str, Any]]:
+    """The records not yet sent upstream, oldest first; [] (logged) when the file is damaged,
+    so the agent never stops over it."""
+    try:
+        return [r for r in history(data_dir) if isinstance(r, dict) and not r.get("sent")]
+    except CommissionError as exc:
+        log.warning("commissioning record: %s", exc)
+        return []
+
+
+def metadata_document(unit: str, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The body to POST (as JSON) for ``records``: the record format, with ``sent`` removed."""
+    return {"format": FORMAT, "unit": unit, "count": len(records),
+            "records": [{k: v for k, v in r.items() if k != "sent"} for r in records]}
+
+
+def mark_sent(data_dir: Path, ids: Iterable[str]) -> int:
+    """Flag the records with these ids as sent; return how many changed."""
+    wanted = set(ids)
+    with _locked(data_dir):
+        document = load(data_dir)
+        if document is None:
+            return 0
+        changed = 0
+        for r in document["history"]:
+            if isinstance(r, dict) and r.get("id") in wanted and not r.get("sent"):
+                r["sent"] = True
+                changed += 1
+        if changed:
+            _save(data_dir, document)
+    return changed
+
+
+def commission_tags(data_dir: Path) -> dict[str, str]:
+    """Tags from the latest record: ``mounting_height`` (metres) and ``shield``, where given."""
+    try:
+        records = history(data_dir)
+    except CommissionError as exc:
+        log.warning("commissioning record: %s", exc)
+        return {}
+    latest = records[-1] if records and isinstance(records[-1], dict) else {}
+    tags: dict[str, str] = {}
+    height = latest.get("mounting_height_m")
+    if isinstance(height, int | float) and not isinstance(height, bool):
+        tags["mounting_height"] = f"{height:g}"
+    shield = latest.get("radiation_shield")
+    if isinstance(shield, str) and shield:
+        tags["shield"] = shield
+    return tags
+
+
+# --- the command ------------------------------------------------------------------------------
+
+MAX_HEIGHT_M = 100.0  # a mast taller than this is a typo
+MAX_TEXT = 200  # characters of a free-text fact
+
+
+def height_argument(text: str) -> float:
+    """``--mounting-height`` for argparse: metres above ground."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_HEIGHT_M:
+        raise argparse.ArgumentTypeError(
+            f"expected metres above ground, 0 to {MAX_HEIGHT_M:g}, got {text!r}")
+    return value
+
+
+def text_argument(text: str) -> str:
+    """A free-text fact for argparse: one line, not empty."""
+    text = " ".join(text.split())
+    if not text or len(text) > MAX_TEXT:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_TEXT} characters")
+    return text
+
+
+def record_now(config: Config, facts: Facts, sensors: list[dict[str, Any]],
+               clock: Clock) -> dict[str, Any]:
+    """A record stamped with ``clock`` now, and this boot's id and boot time."""
+    from agent.export import current_boot
+
+    return make_record(config, facts, sensors, time_ns=round(clock.time() * 1e6) * 1000,
+                       clock_synced=clock.synchronized(), boot_id=current_boot(),
+                       boot_ns=int(clock.boottime() * NS))
+
+
+def describe(record: dict[str, Any], count: int, path: Path) -> list[str]:
+    """The record for a person, a few short lines."""
+    where = ", ".join(f"{record[k]:g}{unit}" for k, unit in
+                      (("latitude", "°"), ("longitude", "°"), ("elevation_m", " m"))
+                      if k in record)
+    who = f" by {record['technician']}" if "technician" in record else ""
+    lines = [f"commissioned {record['unit']} at {record['site']}"
+             f"{f' ({where})' if where else ''} on {record['time'][:19]}Z{who}"]
+    if record["clock_synced"] is not True:
+        lines.append("  the clock is not synchronised: that date may be wrong (the boot time "
+                     "is kept to correct it)")
+    for key, label in (("mounting_height_m", "mounted at"), ("radiation_shield", "shield")):
+        if key in record:
+            lines.append(f"  {label} {record[key]}{' m' if key == 'mounting_height_m' else ''}")
+    for s in record["sensors"]:
+        what = (f"FAILED: {s['error']}" if "error" in s
+                else f"serial {s['serial']}" if "serial" in s else "no serial number")
+        at = f"{s['bus']}:" + (f"0x{s['mux']:02x}/{s['channel']}:" if "mux" in s else "")
+        lines.append(f"  {s['id']:<10} {s['driver']:<8} {at}0x{s['address']:02x}  {what}")
+    lines.append(f"record {count} in {path} (not sent upstream yet)")
+    return lines

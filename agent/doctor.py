@@ -1,0 +1,244 @@
+"""``envagent doctor``: every check a technician needs on site, each PASS, WARN or FAIL with the
+one thing to do next.
+
+The checks, in order: the I2C device files, each sensor (answers, is the configured chip) and N
+test samples of it, the clock, free space against ``storage.max_bytes``, the outbox's integrity,
+the backlog's age, and -- with ``[uplink]`` -- DNS, TCP, TLS and an authenticated empty write.
+A check that cannot run because an earlier one failed is SKIP (never counted as a problem).
+
+Nothing here writes: the database is opened read-only, the write probe carries no reading, and
+the sensor checks are skipped on real hardware while ``envagent run`` holds the bus (they would
+switch multiplexer channels and restart measurements under its feet).
+
+Exit code: 0 when nothing FAILs (WARNs allowed), 1 when a check FAILs (cli.py documents it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import shutil
+import textwrap
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, TextIO
+
+from agent.config import Config
+from drivers.bus import Bus
+from drivers.clock import Clock
+
+DEV = Path("/dev")
+# The file the systemd unit hands the service as its credential (systemd/envagent.service,
+# LoadCredential=upload-token:...). A technician's shell has no $CREDENTIALS_DIRECTORY, so the
+# auth check reads the unit's source file when no uplink.token_file is set.
+SYSTEMD_TOKEN_SOURCE = Path("/etc/envagent/upload-token")
+SERVICE_USER = "envagent"
+DEFAULT_SAMPLES = 3
+MAX_SAMPLES = 100
+HINT_ARROW = "->"
+
+
+class Status(enum.StrEnum):
+    PASS = "PASS"
+    SKIP = "SKIP"  # not run: an earlier check failed, or it does not apply
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    hint: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status.value, "detail": self.detail,
+                "hint": self.hint}
+
+
+def worst(checks: Sequence[Check]) -> Status:
+    statuses = {c.status for c in checks}
+    for status in (Status.FAIL, Status.WARN):
+        if status in statuses:
+            return status
+    return Status.PASS
+
+
+class DiskUsage(NamedTuple):
+    total: int
+    used: int
+    free: int
+
+
+@dataclass
+class Doctor:
+    """What the checks look at; tests replace the hardware, the clock and the filesystem."""
+
+    config: Config
+    data_dir: Path
+    clock: Clock
+    environ: Mapping[str, str]
+    simulate: bool = False
+    samples: int = DEFAULT_SAMPLES
+    buses: Mapping[int, Bus] | None = None  # the simulated world; None opens /dev/i2c-N
+    dev: Path = DEV
+    token_source: Path = SYSTEMD_TOKEN_SOURCE
+    disk_usage: Callable[[Path], DiskUsage] = field(
+        default=lambda p: DiskUsage(*shutil.disk_usage(p)))
+    daemon_pid: Callable[[], int | None] = field(default=lambda: running_agent())
+
+    def run(self) -> list[Check]:
+        # imported here: those modules import Check and Status from this one
+        from agent import doctor_storage, doctor_uplink
+        from agent.doctor_sensors import check_sensors
+
+        checks: list[Check] = []
+        with self._buses(checks) as buses:
+            checks += _guarded("sensors", lambda: check_sensors(
+                self.config, buses, self.clock, self.samples,
+                busy=None if self.simulate else self.daemon_pid()))
+        checks += _guarded("clock", lambda: [check_clock(self.clock)])
+        checks += _guarded("free space", lambda: [doctor_storage.check_free_space(
+            self.config, self.data_dir, self.disk_usage)])
+        checks += _guarded("database", lambda: [doctor_storage.check_database(self.data_dir)])
+        checks += _guarded("backlog", lambda: [doctor_storage.check_backlog(
+            self.config, self.data_dir, self.clock)])
+        if self.config.uplink is not None:
+            checks += _guarded("uplink", lambda: doctor_uplink.check_uplink(
+                self.config, self.environ, self.token_source))
+        return checks
+
+    @contextlib.contextmanager
+    def _buses(self, checks: list[Check]) -> Iterator[dict[int, Bus]]:
+        """A Check per configured bus, and the buses that could be opened."""
+        numbers = sorted({s.bus for s in self.config.sensors})
+        if not numbers:
+            checks.append(Check("i2c", Status.PASS, "no sensors configured: no bus needed"))
+        if self.buses is not None:
+            checks += [Check(f"i2c bus {n}", Status.PASS, "simulated bus") for n in numbers]
+            yield {n: self.buses[n] for n in numbers if n in self.buses}
+            return
+        opened: dict[int, Bus] = {}
+        try:
+            for n in numbers:
+                check = check_device(self.dev / f"i2c-{n}", n)
+                if check.status is Status.PASS:
+                    from drivers.bus import SMBus2Bus
+
+                    try:
+                        opened[n] = SMBus2Bus(n)
+                    except OSError as exc:
+                        check = Check(check.name, Status.FAIL, f"cannot open it: {exc}",
+                                      "check `dmesg | grep i2c` for the adapter's errors")
+                checks.append(check)
+            yield opened
+        finally:
+            for bus in opened.values():
+                bus.close()
+
+
+def _guarded(name: str, run: Callable[[], list[Check]]) -> list[Check]:
+    """A check that crashed is a FAIL of its own, never the end of the doctor."""
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - report it and go on with the other checks
+        return [Check(name, Status.FAIL, f"the check itself failed: {type(exc).__name__}: "
+                      f"{exc}", "please report this with the output of envagent doctor")]
+
+
+def check_device(path: Path, number: int) -> Check:
+    """The bus's device file exists and this user may read and write it."""
+    name = f"i2c bus {number}"
+    if not path.exists():
+        hint = ("sudo raspi-config nonint do_i2c 0, then reboot" if number == 1 else
+                f"enable the I2C adapter of bus {number} (a dtoverlay= line in "
+                "/boot/firmware/config.txt), then reboot")
+        return Check(name, Status.FAIL, f"{path} does not exist: I2C is not enabled", hint)
+    if not os.access(path, os.R_OK | os.W_OK):
+        return Check(name, Status.FAIL, f"{path} exists, but user {_user()} cannot read and "
+                     "write it",
+                     f"sudo usermod -aG i2c {SERVICE_USER} (and your own user, to run doctor; "
+                     "log in again after)")
+    return Check(name, Status.PASS, f"{path} is readable and writable by {_user()}")
+
+
+def check_clock(clock: Clock) -> Check:
+    synced = clock.synchronized()
+    if synced:
+        return Check("clock", Status.PASS, "synchronised")
+    what = "not synchronised" if synced is False else "cannot tell whether it is synchronised"
+    return Check("clock", Status.WARN, f"{what}: new readings are held until it is, then "
+                 "re-stamped", "timedatectl status (is NTP active and a server reachable?)")
+
+
+def running_agent(proc: Path = Path("/proc")) -> int | None:
+    """The pid of an ``envagent run`` on the real bus (a simulated one touches no hardware)."""
+    me = os.getpid()
+    for entry in proc.glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [w.decode("utf-8", "replace") for w in argv if w]
+        if int(entry.name) == me or "run" not in words or "--simulate" in words:
+            continue
+        if any(Path(w).name == "envagent" for w in words[:2]) or words[1:3] == ["-m", "agent"]:
+            return int(entry.name)
+    return None
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid())
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def exit_code(checks: Sequence[Check]) -> int:
+    return 1 if worst(checks) is Status.FAIL else 0
+
+
+def print_json(checks: Sequence[Check], out: TextIO) -> None:
+    json.dump({"checks": [c.as_json() for c in checks], "worst": worst(checks).value}, out,
+              indent=2, ensure_ascii=False)
+    out.write("\n")
+
+
+def print_human(checks: Sequence[Check], out: TextIO, width: int) -> None:
+    """``STATUS name: detail`` and an indented hint, wrapped for a phone-sized terminal."""
+    width = max(40, width)
+    for c in checks:
+        body = textwrap.wrap(f"{c.status.value} {c.name}: {c.detail}", width,
+                             subsequent_indent="     ", break_on_hyphens=False)
+        out.write("\n".join(body) + "\n")
+        if c.hint and c.status in (Status.WARN, Status.FAIL):
+            hint = textwrap.wrap(f"{HINT_ARROW} {c.hint}", width, initial_indent="     ",
+                                 subsequent_indent="        ", break_on_hyphens=False)
+            out.write("\n".join(hint) + "\n")
+    counts = {s: sum(c.status is s for c in checks) for s in Status}
+    summary = ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
+    out.write("\n".join(textwrap.wrap(f"worst: {worst(checks).value} ({summary})", width,
+                                      subsequent_indent="     ")) + "\n")
+
+
+def sample_count(text: str) -> int:
+    """``--samples``: 1 to 100."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_SAMPLES}, "
+                                         f"got {text!r}")
+    return value

@@ -1,0 +1,298 @@
+"""Offline export: the undelivered readings of a time window, to a file a USB stick carries away.
+
+The export reads the outbox and changes nothing: the readings stay until upstream acknowledges
+them, so the unit also delivers them once online. That is safe because each keeps its identity:
+CSV and JSONL carry the JSON batch format's stable id (:func:`agent.sinks.reading_id`), line
+protocol the very line the uplink sends, which InfluxDB and VictoriaMetrics
+(``-dedup.minScrapeInterval``) collapse into one point.
+
+Window: ``since <= time < until`` on the stored wall time, so consecutive windows never overlap.
+
+This boot's unsynchronised readings get a new time (and id) when the clock synchronises
+(agent.timekeeping). When it is synchronised now, they are left out: the agent re-stamps them at
+its next commit. When it is not, they are exported flagged CLOCK_UNSYNCED; should it synchronise
+before they are delivered, upstream also gets them at their true time, flagged CLOCK_RESTAMPED.
+
+Streamed in outbox order, in chunks: a million-reading backlog needs the memory of a few thousand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import re
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from agent.config import Config
+from agent.errors import AgentError, StorageError
+from agent.lineprotocol import LineProtocolEncoder, nonfinite_name, quality_of
+from agent.outbox import BUSY_TIMEOUT_S, SCHEMA_VERSION
+from agent.reading import Reading
+from agent.sinks import reading_id
+
+FORMATS = ("csv", "jsonl", "lp")
+COLUMNS = ("id", "unit", "site", "sensor", "driver", "quantity", "value", "nonfinite", "uom",
+           "time", "time_ns", "quality", "synced", "boot_id", "boot_ns", "calibration")
+CHUNK = 5000  # readings per fetch and per write
+NS = 1_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FRACTION = re.compile(r"(?<=\d\d:\d\d:\d\d)[.,](\d+)")
+_ROWS = """SELECT s.sensor, s.quantity, r.value, s.unit, r.time_ns, r.boot_ns, b.boot_id,
+        r.synced, r.quality, c.name
+    FROM readings r JOIN series s ON s.id = r.series JOIN boots b ON b.id = r.boot
+    LEFT JOIN calibrations c ON c.id = r.calibration
+    WHERE r.time_ns >= ? AND r.time_ns < ? ORDER BY r.id"""
+_MIN_NS, _MAX_NS = -(2**63), 2**63 - 1
+
+
+class ExportError(AgentError, OSError):
+    """The export file cannot be written; nothing was left under its name."""
+
+
+def parse_time(text: str) -> int:
+    """ns since the epoch from ISO 8601 (``2026-11-21T06:00:00Z``; ``2026-11-21``: midnight UTC;
+    no offset means UTC; up to 9 fractional digits). Errors are argparse's, for ``--since``."""
+    text, fraction = text.strip(), 0
+    match = _FRACTION.search(text)
+    if match is not None:
+        digits = match.group(1)
+        if len(digits) > 9:
+            raise argparse.ArgumentTypeError(f"at most 9 fractional digits (ns), got {text!r}")
+        fraction = int(digits.ljust(9, "0"))
+        text = text[:match.start()] + text[match.end():]
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a time such as 2026-11-21T06:00:00Z or a "
+                                         f"date such as 2026-11-21, got {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - _EPOCH) // timedelta(microseconds=1) * 1000 + fraction
+
+
+def iso_ns(time_ns: int) -> str:
+    """``2026-11-21T06:00:00.123456789Z``: UTC, always nine fractional digits."""
+    seconds, ns = divmod(time_ns, NS)
+    return f"{(_EPOCH + timedelta(seconds=seconds)):%Y-%m-%dT%H:%M:%S}.{ns:09d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class Station:
+    """What a reading's export adds to it: the names the uplink would send with it."""
+
+    unit: str
+    site: str
+    drivers: dict[str, str]
+    measurement: str = "envagent"
+
+    @classmethod
+    def from_config(cls, config: Config) -> Station:
+        measurement = "envagent" if config.uplink is None else config.uplink.measurement
+        return cls(config.unit.id, config.unit.site, {s.id: s.driver for s in config.sensors},
+                   measurement)
+
+    def record(self, r: Reading) -> dict[str, Any]:
+        """One reading's fields, as JSONL writes them (``nonfinite`` only when not finite)."""
+        nonfinite = nonfinite_name(r.value)
+        item: dict[str, Any] = {
+            "id": reading_id(self.unit, r), "unit": self.unit, "site": self.site,
+            "sensor": r.sensor, "driver": self.drivers.get(r.sensor), "quantity": r.quantity,
+            "value": None if nonfinite else r.value, "uom": r.unit, "time": iso_ns(r.time_ns),
+            "time_ns": r.time_ns, "quality": quality_of(r), "synced": r.synced,
+            "boot_id": r.boot_id, "boot_ns": r.boot_ns, "calibration": r.calibration,
+        }
+        if nonfinite:
+            item["nonfinite"] = nonfinite
+        return item
+
+
+@dataclass
+class Summary:
+    """What an export wrote; ``held`` readings were left out, ``unsynced`` may be re-stamped."""
+
+    count: int = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
+    held: int = 0
+    unsynced: int = 0
+
+    def describe(self, where: str, fmt: str) -> list[str]:
+        """The lines for stderr: what was written, and what the technician must know."""
+        span = "" if self.first_ns is None or self.last_ns is None else (
+            f", {iso_ns(self.first_ns)} to {iso_ns(self.last_ns)}")
+        lines = [f"exported {self.count} reading(s){span} as {fmt} to {where}; they stay in the "
+                 "outbox and are delivered too once online (same ids and times: one copy "
+                 "upstream)"]
+        if self.held:
+            lines.append(f"left out {self.held} reading(s) taken before the clock synchronised: "
+                         "the agent re-stamps them at its next commit; export again in a minute")
+        if self.unsynced:
+            lines.append(f"{self.unsynced} reading(s) of this boot have an unsynchronised clock "
+                         "(flagged 16): should it sync before they are delivered, they are also "
+                         "sent re-stamped, as new points")
+        return lines
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """A read-only connection, as :meth:`agent.outbox.Outbox.open_readonly` opens one: beside a
+    running daemon it shares its ``-wal``; without one it creates nothing."""
+    live = all(Path(f"{path}{end}").exists() for end in ("-wal", "-shm"))
+    uri = path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot read the outbox {path}: {exc}") from exc
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise StorageError(f"{path} has outbox schema {version}, this agent reads "
+                           f"{SCHEMA_VERSION}: is it an outbox, from this agent version?")
+    return conn
+
+
+def undelivered(path: Path, since_ns: int | None, until_ns: int | None) -> Iterator[list[Reading]]:
+    """The undelivered readings with ``since_ns <= time_ns < until_ns``, in chunks, oldest
+    appended first; one statement, so one consistent snapshot however long the export takes."""
+    conn = _connect(path)
+    try:
+        cursor = conn.execute(_ROWS, (_MIN_NS if since_ns is None else since_ns,
+                                      _MAX_NS if until_ns is None else until_ns))
+        while rows := cursor.fetchmany(CHUNK):
+            yield [Reading(sensor, quantity, math.nan if value is None else value, unit, time_ns,
+                           boot_ns, boot_id, None if synced is None else bool(synced), quality,
+                           calibration)
+                   for (sensor, quantity, value, unit, time_ns, boot_ns, boot_id, synced, quality,
+                        calibration) in rows]
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot read the outbox {path}: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def _writer(fmt: str, out: IO[str], station: Station) -> Callable[[Sequence[Reading]], None]:
+    """A function writing one chunk of readings to ``out`` in ``fmt`` (its header written now)."""
+    if fmt == "csv":
+        table = csv.writer(out, lineterminator="\n")
+        table.writerow(COLUMNS)
+
+        def cell(value: Any) -> Any:
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            return "" if value is None else repr(value) if isinstance(value, float) else value
+
+        return lambda rs: table.writerows(
+            [cell(item.get(c)) for c in COLUMNS] for item in map(station.record, rs))
+    if fmt == "jsonl":
+        return lambda rs: out.writelines(json.dumps(item, ensure_ascii=False, allow_nan=False,
+                                                    separators=(",", ":")) + "\n"
+                                         for item in map(station.record, rs))
+    encoder = LineProtocolEncoder(unit=station.unit, site=station.site, drivers=station.drivers,
+                                  measurement=station.measurement)
+    return lambda rs: out.writelines(line + "\n" for line in encoder.lines(rs))
+
+
+def export(chunks: Iterator[list[Reading]], out: IO[str], fmt: str, station: Station, *,
+           current_boot: str | None, clock_synced: bool | None) -> Summary:
+    """Write every reading of ``chunks`` to ``out``; see the module docstring for this boot's
+    unsynchronised readings. A sample is never split across two chunks (one line in ``lp``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    write, summary = _writer(fmt, out, station), Summary()
+    pending: list[Reading] = []
+    for chunk in chunks:
+        for r in chunk:
+            if r.synced is False and r.boot_id == current_boot:
+                if clock_synced:
+                    summary.held += 1
+                    continue
+                summary.unsynced += 1
+            summary.count, t = summary.count + 1, r.time_ns
+            summary.first_ns = t if summary.first_ns is None else min(summary.first_ns, t)
+            summary.last_ns = t if summary.last_ns is None else max(summary.last_ns, t)
+            pending.append(r)
+        cut = len(pending)  # the last sample may go on in the next chunk: keep it back
+        while cut and (pending[cut - 1].sensor, pending[cut - 1].time_ns) == (
+                pending[-1].sensor, pending[-1].time_ns):
+            cut -= 1
+        write(pending[:cut])
+        del pending[:cut]
+    write(pending)
+    return summary
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[IO[str]]:
+    """A temporary file beside ``path`` that becomes ``path`` only once complete and on disk.
+
+    fsync, rename, fsync of the directory: a yanked stick or a failure leaves either the old
+    ``path`` or the new, whole one -- at worst a hidden ``.NAME.PID.tmp``, never a half file
+    under the real name. On any error the temporary file is removed and ExportError raised.
+    """
+    directory = path.parent
+    if not directory.is_dir():
+        raise ExportError(f"cannot write {path}: the directory {directory} does not exist "
+                          "(is the USB stick mounted?); nothing was written")
+    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+        with suppress(OSError):  # vfat may refuse a directory fsync; the file is on disk
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except BaseException as exc:
+        with suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, AgentError):
+            error = ExportError(f"cannot write {path}: {exc.strerror or exc}; nothing was "
+                                "written under that name")
+            error.errno = exc.errno
+            raise error from exc
+        raise
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def current_boot() -> str | None:
+    """This boot's id, or None where the kernel does not say (not Linux)."""
+    from agent.daemon import read_boot_id
+
+    try:
+        return read_boot_id()
+    except OSError:
+        return None
+
+
+def write_export(outbox: Path, output: Path | None, fmt: str, station: Station,
+                 since_ns: int | None, until_ns: int | None, *, current_boot: str | None,
+                 clock_synced: bool | None) -> Summary:
+    """Export to ``output`` atomically, or to stdout (UTF-8) when it is None."""
+    chunks = undelivered(outbox, since_ns, until_ns)
+    if output is not None:
+        with atomic_file(output) as file:
+            return export(chunks, file, fmt, station, current_boot=current_boot,
+                          clock_synced=clock_synced)
+    out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+    try:
+        return export(chunks, out, fmt, station, current_boot=current_boot,
+                      clock_synced=clock_synced)
+    finally:
+        out.flush()
+        out.detach()

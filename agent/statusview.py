@@ -1,0 +1,233 @@
+"""``envagent status`` for people: delivery in words, each sensor's state, last values and a
+24-hour sparkline, in the terminal's width (down to 40 columns, a phone over SSH).
+
+Sources: the outbox (backlog, counters, last values), ``uplink-state.json``, and what the daemon
+leaves in the data directory (agent.statusfile). Where the daemon left no sensor states (an
+older agent, or one that never ran) the per-sensor health readings in the outbox stand in.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+from agent.history import HISTORY_FILE, POINTS, bucket_of
+from agent.outbox import LatestValue, OutboxStats
+from agent.salvage import Recovery
+from agent.statusfile import HEALTH_QUANTITIES, SENSORS_FILE, SensorsFile, load_history
+from agent.uplink import STATE_FILE, UplinkState
+
+BARS = "▁▂▃▄▅▆▇█"
+ASCII_BARS = "_.-=+*#@"
+LABEL = 9  # "outbox   "
+MIN_WIDTH = 40
+MIN_INLINE_SPARK = 6  # narrower than this, a sparkline goes on a line of its own
+NBSP = "\u00a0"  # keeps "1 234" together when a line wraps
+STATE_CODES = {0: "ok", 1: "warning", 2: "failed", 3: "starting"}  # agent.health.SENSOR_STATE
+
+
+def cols(text: str) -> int:
+    """Terminal columns: East Asian wide characters take two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def clip(text: str, width: int) -> str:
+    if cols(text) <= width:
+        return text
+    out, used = "", 0
+    for c in text:
+        if used + cols(c) > width - 1:
+            break
+        out, used = out + c, used + cols(c)
+    return out + "…"
+
+
+def wrap(text: str, width: int, indent: int = LABEL) -> list[str]:
+    """Greedy word wrap by columns; continuation lines indented; an overlong word clipped."""
+    lines: list[str] = []
+    body = text.lstrip(" ")
+    line = text[:len(text) - len(body)]  # a leading indent stays
+    for word in body.split(" "):
+        candidate = f"{line} {word}" if line.strip() else line + word
+        if cols(candidate) <= width or not line.strip():
+            line = candidate
+        else:
+            lines.append(line)
+            line = " " * indent + word
+    lines.append(line)
+    return [clip(x, width) for x in lines]
+
+
+def count(n: int) -> str:
+    return f"{n:,}".replace(",", NBSP)
+
+
+def ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+def clock_time(time_ns: int, now: float) -> str:
+    """10:32 today, else 3 May 10:32 (local time)."""
+    when, today = datetime.fromtimestamp(time_ns / 1e9), datetime.fromtimestamp(now)
+    return when.strftime("%H:%M" if when.date() == today.date() else "%d %b %H:%M")
+
+
+def sync_words(config: Config, state: UplinkState | None, backlog: int, now: float) -> str:
+    """"delivered 2 min ago, 0 waiting", "not delivering: ...", "no uplink configured, ..."."""
+    waiting = count(backlog)
+    if config.uplink is None:
+        return f"no uplink configured, {waiting} kept"
+    if state is None:
+        return f"not started: the agent has not run with this uplink yet, {waiting} waiting"
+    if state.state in ("ok", "starting"):
+        if state.last_success_ns:
+            return f"delivered {ago(now - state.last_success_ns / 1e9)} ago, {waiting} waiting"
+        return f"nothing delivered yet, {waiting} waiting"
+    error = state.last_error or ""
+    reason = {"auth_blocked": "server refused the token", "failing": "server refuses the writes",
+              "retrying": "server unreachable"}.get(state.state, state.state)
+    if state.state == "auth_blocked" and "token file" in error:
+        reason = "the token file is unusable"
+    elif state.state == "retrying" and error.startswith(("HTTP 5", "HTTP 429", "HTTP 408")):
+        reason = f"server answers {error.split(':')[0]}"
+    since = f" (since {clock_time(state.since_ns, now)})" if state.since_ns else ""
+    return f"not delivering: {reason}{since}, {waiting} waiting"
+
+
+def sparkline(points: Sequence[float | None], width: int, bars: str = BARS) -> str:
+    """``points`` squeezed into ``width`` columns (a column's mean), scaled min to max."""
+    width = max(1, min(width, len(points)))
+    columns: list[float | None] = []
+    for i in range(width):
+        part = [p for p in points[i * len(points) // width:(i + 1) * len(points) // width]
+                if p is not None]
+        columns.append(sum(part) / len(part) if part else None)
+    known = [c for c in columns if c is not None]
+    if not known:
+        return " " * width
+    low, high = min(known), max(known)
+    top = len(bars) - 1
+    return "".join(
+        " " if c is None else bars[top // 2 if high == low else round((c - low) / (high - low)
+                                                                      * top)]
+        for c in columns)
+
+
+def render(config: Config, data_dir: Path, stats: OutboxStats, latest: Sequence[LatestValue],
+           *, recovery: Recovery | None, synced: bool | None, boot_id: str, now: float,
+           width: int, bars: str = BARS) -> list[str]:
+    """The human status, every line at most ``width`` columns."""
+    width = max(MIN_WIDTH, width)
+    unit = config.unit
+    lines = [clip(f"{unit.id} · {unit.site}", width)]
+
+    def row(label: str, text: str) -> None:
+        lines.extend(wrap(f"{label:<{LABEL - 1}} {text}", width))
+
+    uplink = UplinkState.load(data_dir / STATE_FILE)
+    row("sync", sync_words(config, uplink, stats.backlog, now))
+    if uplink is not None and config.uplink is not None:
+        since = f" since {clock_time(uplink.since_ns, now)}" if uplink.since_ns else ""
+        row("uplink", f"{uplink.state}{since}")
+        if uplink.state not in ("ok", "starting") and uplink.last_error:
+            row("", uplink.last_error)
+    row("clock", {True: "synchronised", False: "NOT synchronised: readings wait for it",
+                  None: "unknown"}[synced])
+    oldest = "" if stats.oldest_ns is None else \
+        f", oldest {ago(now - stats.oldest_ns / 1e9)} old"
+    row("outbox", f"{count(stats.backlog)} readings{oldest}; dropped {count(stats.dropped)}, "
+        f"quarantined {count(stats.rejected)}")
+    if recovery is not None:
+        row("damage", f"recovered {clock_time(recovery.at_ns, now)}: {recovery.reason}; "
+            f"{count(recovery.salvaged)} salvaged, {count(recovery.lost)} lost; the damaged "
+            f"file is kept as {recovery.moved_to}")
+    daemon = SensorsFile.load(data_dir / SENSORS_FILE)
+    if daemon is None:
+        row("agent", "no sensor states recorded (not running, or an older version)")
+    elif daemon.running(boot_id):
+        row("agent", f"running (pid {daemon.pid})")
+    else:
+        row("agent", f"not running; states as it left them at "
+            f"{clock_time(daemon.written_ns, now)}")
+    lines += _sensors(config, data_dir, daemon, latest, now, width, bars)
+    return lines
+
+
+def sensors_json(data_dir: Path, boot_id: str) -> dict[str, Any] | None:
+    """For ``status --json``: the states the daemon recorded, and whether it still runs."""
+    daemon = SensorsFile.load(data_dir / SENSORS_FILE)
+    if daemon is None:
+        return None
+    return {"running": daemon.running(boot_id), "pid": daemon.pid,
+            "written": _iso(daemon.written_ns),
+            "states": [{"id": s.id, "driver": s.driver, "state": s.state,
+                        "since": _iso(s.since_ns), "errors": s.errors,
+                        "last_error": s.last_error} for s in daemon.sensors]}
+
+
+def _iso(time_ns: int) -> str:
+    return datetime.fromtimestamp(time_ns / 1e9, UTC).isoformat(timespec="seconds")
+
+
+def _sensors(config: Config, data_dir: Path, daemon: SensorsFile | None,
+             latest: Sequence[LatestValue], now: float, width: int, bars: str) -> list[str]:
+    states = {s.id: s for s in daemon.sensors} if daemon is not None else {}
+    history = load_history(data_dir / HISTORY_FILE)
+    last_bucket = bucket_of(now)
+    values = [x for x in latest if x.quantity not in HEALTH_QUANTITIES]
+    q_width = min(12 if width < 60 else 16, max((cols(x.quantity) for x in values), default=8))
+    u_width = min(5, max((cols(x.unit) for x in values), default=2))
+    fixed = 2 + q_width + 1 + 8 + 1 + u_width + 1
+    lines = wrap("sparklines: the last 24 hours, newest on the right", width, 4) \
+        if values else []
+    for sensor in config.sensors:
+        state = states.get(sensor.id)
+        if state is not None:
+            text = state.state if state.state == "ok" else \
+                f"{state.state} since {clock_time(state.since_ns, now)}"
+            error = None if state.state == "ok" else state.last_error
+        else:
+            code = next((x for x in latest if x.sensor == sensor.id
+                         and x.quantity == "sensor_state"), None)
+            text = "state unknown" if code is None else \
+                f"{STATE_CODES.get(int(code.value), '?')} at {clock_time(code.time_ns, now)}"
+            error = None
+        lines.extend(wrap(f"{sensor.id} ({sensor.driver}): {text}", width, 4))
+        if error:
+            lines.extend(wrap(f"    {error}", width, 4))
+        for x in (x for x in values if x.sensor == sensor.id):
+            series = history.series.get((x.sensor, x.quantity, x.unit))
+            points: list[float | None] = (series.window(last_bucket) if series is not None
+                                          else [None] * POINTS)
+            if points[-1] is None and bucket_of(x.time_ns / 1e9) == last_bucket:
+                points[-1] = x.value
+            head = (f"  {clip(x.quantity, q_width):<{q_width}} {_value(x.value):>8} "
+                    f"{clip(x.unit, u_width):<{u_width}}")
+            room = width - fixed
+            if room >= MIN_INLINE_SPARK:
+                lines.append(clip(f"{head} {sparkline(points, room, bars)}".rstrip(), width))
+            else:
+                lines.append(clip(head.rstrip(), width))
+                lines.append(clip(f"    {sparkline(points, width - 4, bars)}".rstrip(), width))
+    return lines
+
+
+def _value(value: float) -> str:
+    if not math.isfinite(value):
+        return "—"
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.2f}"

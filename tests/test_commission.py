@@ -1,0 +1,244 @@
+"""``envagent commission``: the real command on simulated chips, and the record it keeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import commission
+from agent.commission import (
+    FILE,
+    FORMAT,
+    Facts,
+    commission_tags,
+    history,
+    make_record,
+    mark_sent,
+    metadata_document,
+    pending_metadata,
+    probe_sensors,
+)
+from agent.config import parse_config
+from agent.daemon import make_drivers
+from drivers.bme280 import BME280
+from drivers.clock import SystemClock
+from drivers.registry import DRIVERS
+from drivers.scd4x import SCD4x
+from drivers.sht4x import SHT4x
+from drivers.sim.scd4x import SCD4xModel
+from drivers.sim.sht import SHT4xModel
+from drivers.sim.simbus import SimBus
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = "汉中 wetland, east"
+CONFIG = f"""[unit]
+id = "com-001"
+site = "{SITE}"
+latitude = 33.0675
+longitude = 107.0238
+elevation_m = 510
+[[sensor]]
+id = "soil"
+driver = "sht4x"
+address = 0x44
+interval = "10s"
+[[sensor]]
+id = "co2"
+driver = "scd4x"
+address = 0x62
+interval = "10s"
+[[sensor]]
+id = "air"
+driver = "bme280"
+address = 0x76
+interval = "10s"
+"""
+FLAGS = ("--technician", "Ana Ruiz", "--mounting-height", "2.5", "--radiation-shield",
+         "Stevenson screen, white", "--note", "pole B,\n north side")
+
+
+def envagent(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "station.toml"
+    path.write_text(CONFIG, encoding="utf-8")
+    return path
+
+
+def commissioned(tmp_path: Path, config: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    result = envagent("commission", "--simulate", "--config", config, "--data-dir",
+                      tmp_path / "data", *flags, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def document(tmp_path: Path) -> dict[str, Any]:
+    data = json.loads((tmp_path / "data" / FILE).read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def test_the_record_holds_the_chips_serials_the_config_and_the_flags(tmp_path: Path,
+                                                                      config: Path) -> None:
+    before = time.time_ns()
+    result = commissioned(tmp_path, config, *FLAGS)
+    doc = document(tmp_path)
+    assert (doc["format"], doc["unit"], len(doc["history"])) == (FORMAT, "com-001", 1)
+    record = doc["history"][0]
+    sensors = {s["id"]: s for s in record["sensors"]}
+    assert sensors["soil"]["serial"] == f"0x{SHT4xModel().serial:08x}"
+    assert sensors["co2"]["serial"] == f"0x{SCD4xModel().serial:012x}"
+    assert "serial" not in sensors["air"] and "error" not in sensors["air"]  # a BME280 has none
+    assert sensors["co2"] | {"serial": None} == {"id": "co2", "driver": "scd4x", "bus": 1,
+                                                 "address": 0x62, "serial": None}
+    assert (record["unit"], record["site"]) == ("com-001", SITE)
+    assert (record["latitude"], record["longitude"], record["elevation_m"]) == (
+        33.0675, 107.0238, 510)
+    assert record["technician"] == "Ana Ruiz"
+    assert record["mounting_height_m"] == 2.5
+    assert record["radiation_shield"] == "Stevenson screen, white"
+    assert record["note"] == "pole B, north side"  # one line
+    assert record["sent"] is False
+    assert before <= record["time_ns"] <= time.time_ns()
+    assert record["time"].startswith(time.strftime("%Y-%m-%d", time.gmtime(before / 1e9)))
+    assert record["time"].endswith("Z") and record["boot_id"] and record["boot_ns"] > 0
+    assert record["clock_synced"] in (True, False, None)
+    assert record["config"] == str(config)
+    # The person's view names the serials and where the record went.
+    assert sensors["soil"]["serial"] in result.stdout
+    assert sensors["co2"]["serial"] in result.stdout
+    assert str(tmp_path / "data" / FILE) in result.stdout
+
+
+def test_missing_facts_are_absent_not_null(tmp_path: Path, config: Path) -> None:
+    commissioned(tmp_path, config)
+    record = document(tmp_path)["history"][0]
+    for key in ("technician", "mounting_height_m", "radiation_shield", "note"):
+        assert key not in record
+    assert commission_tags(tmp_path / "data") == {}
+
+
+def test_a_second_commissioning_is_appended_never_overwriting(tmp_path: Path,
+                                                              config: Path) -> None:
+    commissioned(tmp_path, config, *FLAGS)
+    first = document(tmp_path)["history"][0]
+    commissioned(tmp_path, config, "--technician", "Li Wei", "--mounting-height", "3")
+    records = document(tmp_path)["history"]
+    assert len(records) == 2
+    assert records[0] == first
+    assert records[1]["technician"] == "Li Wei" and records[1]["id"] != first["id"]
+    assert commission_tags(tmp_path / "data") == {"mounting_height": "3"}  # the latest visit
+
+
+def test_json_output_is_the_record_written(tmp_path: Path, config: Path) -> None:
+    result = commissioned(tmp_path, config, "--json", *FLAGS)
+    assert json.loads(result.stdout) == document(tmp_path)["history"][-1]
+
+
+def test_an_unwritable_data_directory_fails_clearly(tmp_path: Path, config: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = envagent("commission", "--simulate", "--config", config, "--data-dir",
+                      blocker / "data", *FLAGS, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"cannot write the commissioning record in {blocker / 'data'}" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_a_damaged_record_is_never_overwritten(tmp_path: Path, config: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / FILE).write_text("{ half a record")
+    result = envagent("commission", "--simulate", "--config", config, "--data-dir",
+                      tmp_path / "data", cwd=tmp_path)
+    assert result.returncode == 1 and "move it aside" in result.stderr
+    assert (tmp_path / "data" / FILE).read_text() == "{ half a record"
+    assert pending_metadata(tmp_path / "data") == []  # the agent is not stopped by it
+    assert commission_tags(tmp_path / "data") == {}
+
+
+@pytest.mark.parametrize("flags", [("--mounting-height", "-1"), ("--mounting-height", "tall"),
+                                   ("--mounting-height", "nan"), ("--technician", "  ")])
+def test_bad_facts_are_usage_errors(tmp_path: Path, config: Path, flags: tuple[str, str]) -> None:
+    result = envagent("commission", "--simulate", "--config", config, "--data-dir",
+                      tmp_path / "data", *flags, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+# --- upstream: metadata once, tags ------------------------------------------------------------
+
+
+def test_pending_metadata_until_marked_sent(tmp_path: Path, config: Path) -> None:
+    data = tmp_path / "data"
+    commissioned(tmp_path, config, *FLAGS)
+    commissioned(tmp_path, config, "--note", "second visit")
+    pending = pending_metadata(data)
+    assert [r["sent"] for r in pending] == [False, False]
+    body = metadata_document("com-001", pending)
+    assert (body["format"], body["unit"], body["count"]) == (FORMAT, "com-001", 2)
+    assert all("sent" not in r for r in body["records"])
+    assert [r["id"] for r in body["records"]] == [r["id"] for r in history(data)]
+    json.dumps(body, allow_nan=False)  # plain JSON
+
+    assert mark_sent(data, [pending[0]["id"]]) == 1
+    assert [r["id"] for r in pending_metadata(data)] == [pending[1]["id"]]
+    assert mark_sent(data, [pending[0]["id"]]) == 0  # already sent: nothing changes
+    assert mark_sent(data, [r["id"] for r in pending]) == 1
+    assert pending_metadata(data) == []
+    assert [r["sent"] for r in history(data)] == [True, True]
+    assert mark_sent(tmp_path / "never-commissioned", ["x"]) == 0
+
+
+def test_tags_come_from_the_latest_record(tmp_path: Path, config: Path) -> None:
+    commissioned(tmp_path, config, *FLAGS)
+    assert commission_tags(tmp_path / "data") == {"mounting_height": "2.5",
+                                                  "shield": "Stevenson screen, white"}
+    assert commission_tags(tmp_path / "nothing-here") == {}
+
+
+# --- the pieces ---------------------------------------------------------------------------------
+
+
+def test_serial_numbers_need_setup_and_only_some_chips_have_one() -> None:
+    clock = SystemClock()
+    bus = SimBus(1, clock=clock)
+    bus.attach(0x44, SHT4xModel(clock=clock, serial=0x01020304))
+    bus.attach(0x62, SCD4xModel(clock=clock, serial=0x0000_8000_0001))
+    sht, scd = SHT4x(bus, 0x44, clock=clock), SCD4x(bus, 0x62, clock=clock)
+    assert sht.serial() is None and scd.serial() is None  # not set up yet
+    sht.setup()
+    scd.setup()
+    assert (sht.serial(), scd.serial()) == ("0x01020304", "0x000080000001")  # fixed width
+    scd.close()
+    assert BME280(bus, 0x76, clock=clock).serial() is None  # the Driver default
+
+
+def test_a_sensor_that_does_not_answer_is_recorded_with_its_error(tmp_path: Path) -> None:
+    config = parse_config(tomllib.loads(CONFIG), source="station.toml")
+    clock = SystemClock()
+    bus = SimBus(1, clock=clock)
+    bus.attach(0x44, SHT4xModel(clock=clock))  # the SCD4x and the BME280 are missing
+    sensors = probe_sensors(config, make_drivers(config, {1: bus}, clock, DRIVERS))
+    by_id = {s["id"]: s for s in sensors}
+    assert "serial" in by_id["soil"] and "error" not in by_id["soil"]
+    assert "serial" not in by_id["co2"] and by_id["co2"]["error"]
+    assert by_id["air"]["error"]
+    record = make_record(config, Facts(), sensors, time_ns=1_795_240_800_000_000_000,
+                         clock_synced=None, boot_id=None, boot_ns=5)
+    assert record["clock_synced"] is None and "boot_id" not in record  # unknown, said so
+    lines = commission.describe(record, 1, tmp_path / FILE)
+    assert any("co2" in line and "FAILED" in line for line in lines)
+    assert any("not synchronised" in line for line in lines)
