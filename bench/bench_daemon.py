@@ -1,0 +1,345 @@
+"""The whole daemon on the simulated station beside a naive pipeline, at the same pace.
+
+envagent: ``envagent run --simulate`` with the shipped example configuration plus an
+``[uplink]`` to a local VictoriaMetrics (started here on 127.0.0.1), its outbox under /var/tmp.
+Naive: the Adafruit BME280 driver's defaults (forced mode: one measurement per property read)
+over our busio adapter on a SimBus, one sqlite-utils ``insert()`` and one ``requests.post()`` per
+reading, to the same VictoriaMetrics. Both sample every 10 s, in their own process, at the same
+time.
+
+Each process is measured over the same window, after a warm-up (start-up, sensor set-up, first
+commits). CPU is the process's CPU time (``time.process_time``, every thread), and each live
+thread's, read by the process itself when this script sends it SIGUSR1: /proc/<pid>/stat counts
+in 10 ms ticks, too coarse for the ~100 ms a few minutes of a mostly idle daemon cost. The
+whole-run figure (start-up and shutdown included) is utime + stime from wait4(). Disk bytes are
+``write_bytes - cancelled_write_bytes`` from /proc/<pid>/io (files under /var/tmp, the real disk;
+logs go to /dev/shm). Peak memory is VmHWM from /proc/<pid>/status (the whole run, start-up
+included). The window is a whole number of 10 s periods starting between two commits,
+so it holds the same number of sampling, commit and delivery cycles whatever the phase.
+Readings are those stored in the window: the outbox's ``added`` counter (health readings
+included: one sample every [health] interval), the naive database's rows.
+
+The simulated sensors (register models behind the SimBus) run inside each process and their CPU
+counts against it. Each process times its SimBus transfers with ``time.thread_time`` (a hook
+installed by this script before the agent's own code runs, costing ~1 µs per transfer) and the
+figures show that share apart. The agent runs through ``agent.cli.main``, exactly as
+``python -m agent run``.
+
+Run:  .venv/bin/python bench/bench_daemon.py [--seconds 180] [--warmup 20] [--config PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+CPU_BUDGET_US = 50.0  # per reading, end to end (DESIGN.md)
+RSS_BUDGET_MIB = 35.0
+DISK_BUDGET = 300  # bytes written per reading
+PERIOD_S = 10.0  # the example's sensor interval and commit_interval
+SCRATCH = Path("/var/tmp")  # the real disk: /proc/<pid>/io write_bytes is 0 on tmpfs
+QUIET = Path("/dev/shm")  # tmpfs: the children's logs and model figures cost no disk bytes
+MODEL_FILE_ENV = "ENVAGENT_BENCH_MODEL_FILE"
+NAIVE_ADDRESS = 0x76
+
+
+# --- inside the child processes ---------------------------------------------------------------
+
+
+def time_models() -> None:
+    """Count the CPU spent in SimBus transfers (the models); SIGUSR1 writes it to a file."""
+    from drivers.sim.simbus import SimBus
+
+    path = Path(os.environ[MODEL_FILE_ENV])
+    totals = {"seconds": 0.0, "transfers": 0, "seq": 0}
+    transfer = SimBus._transfer
+
+    def timed(self: SimBus, *args: Any) -> bytes:
+        started = time.thread_time()
+        try:
+            return transfer(self, *args)
+        finally:
+            totals["seconds"] += time.thread_time() - started
+            totals["transfers"] += 1
+
+    def report(signum: int, frame: FrameType | None) -> None:
+        totals["seq"] += 1
+        cpu = time.process_time()  # every thread, to the ns: /proc's ticks are 10 ms
+        threads = {}
+        for thread in threading.enumerate():
+            with contextlib.suppress(OSError, TypeError):  # ended meanwhile
+                clock = time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
+                threads[thread.name] = time.clock_gettime(clock)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**totals, "cpu": cpu, "threads": threads}))
+        tmp.replace(path)
+
+    SimBus._transfer = timed  # type: ignore[method-assign, assignment]
+    signal.signal(signal.SIGUSR1, report)
+
+
+def child_agent(argv: list[str]) -> int:
+    time_models()
+    from agent.cli import main
+
+    return main(argv)
+
+
+def child_naive(url: str, db_path: Path, config_path: Path) -> int:
+    """The naive pipeline: sample every 10 s, one insert() and one POST per reading."""
+    time_models()
+    import requests
+    from adafruit_bme280.basic import Adafruit_BME280_I2C
+    from sqlite_utils import Database
+
+    from agent.config import load_config
+    from drivers.busio_adapter import BusioI2C
+    from drivers.clock import SystemClock
+    from drivers.sim.environment import Environment
+    from drivers.sim.world import Placement, build_world
+
+    unit = load_config(config_path).unit
+    environment = Environment(latitude=unit.latitude, longitude=unit.longitude,
+                              elevation_m=unit.elevation_m or 0.0)
+    clock = SystemClock()
+    world = build_world([Placement(1, NAIVE_ADDRESS, "bme280", "air")], clock=clock,
+                        environment=environment)
+    bme = Adafruit_BME280_I2C(BusioI2C(world[1]), NAIVE_ADDRESS)
+    table = Database(db_path).table("readings")
+    while True:
+        time.sleep(PERIOD_S - time.time() % PERIOD_S)
+        time_ns = time.time_ns()
+        sample = (("temperature", bme.temperature, "°C"), ("humidity", bme.humidity, "%RH"),
+                  ("pressure", bme.pressure, "hPa"))
+        for quantity, value, unit_name in sample:
+            table.insert({"sensor": "air", "quantity": quantity, "value": value,
+                          "unit": unit_name, "time_ns": time_ns})
+            requests.post(f"{url}?precision=ns", timeout=10,
+                          data=f"naive,sensor=air,unit={unit.id} {quantity}={value!r} {time_ns}")
+
+
+# --- in the bench -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    cpu_s: float
+    disk_bytes: int
+    models_s: float
+    transfers: int
+    readings: int
+    threads: dict[str, float]  # thread name -> CPU seconds, for the threads alive now
+
+
+class Child:
+    """A measured child process: this script in ``--child`` mode."""
+
+    def __init__(self, name: str, args: list[str], quiet: Path, count: Any) -> None:
+        self.name = name
+        self.model_file = quiet / f"{name}-models.json"
+        self.log = quiet / f"{name}.log"
+        self.count = count  # () -> readings stored so far
+        env = {**os.environ, MODEL_FILE_ENV: str(self.model_file)}
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--child", name, *args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+    def snapshot(self) -> Snapshot:
+        seq = json.loads(self.model_file.read_text())["seq"] if self.model_file.exists() else 0
+        self.process.send_signal(signal.SIGUSR1)
+        pid = self.process.pid
+        io = dict(line.split(":") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        disk = int(io["write_bytes"]) - int(io["cancelled_write_bytes"])
+        deadline = time.monotonic() + 5
+        models: dict[str, Any] = {"seq": seq}
+        while models["seq"] == seq and time.monotonic() < deadline:
+            time.sleep(0.01)
+            if self.model_file.exists():
+                models = json.loads(self.model_file.read_text())
+        if models["seq"] == seq:
+            self.fail("did not report its model time")
+        return Snapshot(models["cpu"], disk, models["seconds"], models["transfers"],
+                        self.count(), models["threads"])
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM")
+
+    def alive(self) -> None:
+        if self.process.poll() is not None:
+            self.fail(f"exited early with {self.process.returncode}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[float, int]:
+        """Stop it; return (whole-run CPU seconds, exit status) from wait4."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        _, status, usage = os.wait4(self.process.pid, 0)
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        return usage.ru_utime + usage.ru_stime, self.process.returncode
+
+    def fail(self, why: str) -> None:
+        tail = self.log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"{self.name} {why}; its log ends:\n{tail}")
+
+
+def by_thread(a: Snapshot, b: Snapshot, readings: int) -> str:
+    """CPU per reading of each kind of thread over the window, biggest first."""
+    groups: dict[str, float] = {}
+    for name, cpu in b.threads.items():
+        if name in a.threads:
+            kind = "sensor threads" if name.startswith("sensor-") else name
+            groups[kind] = groups.get(kind, 0.0) + cpu - a.threads[name]
+    groups["threads that ended (HTTP deadline timers...)"] = (
+        b.cpu_s - a.cpu_s - sum(groups.values()))
+    return ", ".join(f"{kind} {cpu / readings * 1e6:.0f}"
+                     for kind, cpu in sorted(groups.items(), key=lambda kv: -kv[1]))
+
+
+def count_rows(path: Path, query: str) -> int:
+    """One value from a database another process is writing, opened read-only."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(conn.execute(query).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def station_config(example: Path, url: str, directory: Path) -> Path:
+    """The example configuration, plus an [uplink] to the local VictoriaMetrics."""
+    path = directory / "station.toml"
+    path.write_text(example.read_text(encoding="utf-8")
+                    + f'\n[uplink]\nurl = "{url}"\nallow_insecure_http = true\n',
+                    encoding="utf-8")
+    return path
+
+
+def start_between_commits(outbox: Path, timeout: float) -> None:
+    """Return mid-way between two commits of the agent: its ``added`` counter just moved."""
+    deadline = time.monotonic() + timeout
+    query = "SELECT added FROM counters"
+    before = count_rows(outbox, query) if outbox.exists() else -1
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = count_rows(outbox, query) if outbox.exists() else -1
+        if now != before and before != -1:
+            time.sleep(PERIOD_S / 2)
+            return
+        before = now
+    raise SystemExit(f"the agent did not commit within {timeout:g} s")
+
+
+def main() -> None:
+    if sys.argv[1:3] == ["--child", "agent"]:  # the rest is the agent's command line
+        sys.exit(child_agent(sys.argv[3:]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=180.0,
+                        help="measured window, rounded up to whole 10 s periods (default 180)")
+    parser.add_argument("--warmup", type=float, default=20.0,
+                        help="seconds before the window: start-up, set-up, first commits")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="station configuration (default: the shipped example)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "naive":
+        sys.exit(child_naive(args.url, args.db, args.config))
+
+    from _vm import count_points, running
+
+    from agent.cli import example_config_path
+
+    example = args.config or example_config_path()
+    periods = max(1, math.ceil(args.seconds / PERIOD_S))
+    with tempfile.TemporaryDirectory(prefix="envagent-bench-daemon-", dir=SCRATCH) as tmp, \
+            tempfile.TemporaryDirectory(prefix="envagent-bench-daemon-",
+                                        dir=QUIET if QUIET.is_dir() else None) as quiet, \
+            running() as server:
+        config = station_config(example, server.write_url, Path(tmp))
+        data, naive_db = Path(tmp) / "data", Path(tmp) / "naive.db"
+        outbox = data / "outbox.sqlite"
+        ours = Child("agent", ["run", "--simulate", "--config", str(config),
+                               "--data-dir", str(data)], Path(quiet),
+                     lambda: count_rows(outbox, "SELECT added FROM counters"))
+        naive = Child("naive", ["--url", server.write_url, "--db", str(naive_db),
+                                "--config", str(config)], Path(quiet),
+                      lambda: count_rows(naive_db, "SELECT count(*) FROM readings")
+                      if naive_db.exists() else 0)
+        try:
+            started = time.time()
+            time.sleep(args.warmup)
+            start_between_commits(outbox, timeout=3 * PERIOD_S)
+            for child in (ours, naive):
+                child.alive()
+            first = {c.name: c.snapshot() for c in (ours, naive)}
+            window_start = time.time()
+            time.sleep(periods * PERIOD_S)
+            last = {c.name: c.snapshot() for c in (ours, naive)}
+            window = time.time() - window_start
+            peaks = {c.name: c.peak_rss_mib() for c in (ours, naive)}
+            whole = {ours.name: ours.stop(), naive.name: naive.stop(signal.SIGKILL)}
+            total_added = count_rows(outbox, "SELECT added FROM counters")
+            left = count_rows(outbox, "SELECT added - delivered - dropped - rejected "
+                                      "FROM counters")
+            total_naive = count_rows(naive_db, "SELECT count(*) FROM readings")
+            end = time.time()
+            held = count_points(server, "envagent_.*", started - 60, end)
+            held_naive = count_points(server, "naive_.*", started - 60, end)
+        finally:
+            for child in (ours, naive):
+                if child.process.poll() is None:
+                    child.process.kill()
+                    child.process.wait()
+        if whole[ours.name][1] != 0:
+            ours.fail(f"exited with {whole[ours.name][1]} after SIGTERM")
+
+    print(f"station: {example.name} + [uplink] to VictoriaMetrics on 127.0.0.1; window "
+          f"{window:.0f} s ({periods} x {PERIOD_S:g} s) after {args.warmup:g} s warm-up; "
+          f"naive: one BME280 (3 readings / {PERIOD_S:g} s)")
+    print(f"{'pipeline':<34} {'readings':>8} {'CPU µs/rdg':>11} {'models µs/rdg':>14} "
+          f"{'rest µs/rdg':>12} {'disk B/rdg':>11} {'peak RSS MiB':>13} {'whole-run µs/rdg':>17}")
+    rows = {}
+    for name, label, total in ((ours.name, "envagent run --simulate", total_added),
+                               (naive.name, "naive Adafruit+insert()+post()", total_naive)):
+        a, b = first[name], last[name]
+        n = b.readings - a.readings
+        cpu, models = (b.cpu_s - a.cpu_s) / n * 1e6, (b.models_s - a.models_s) / n * 1e6
+        disk = (b.disk_bytes - a.disk_bytes) / n
+        rows[name] = (cpu, models, disk, peaks[name])
+        print(f"{label:<34} {n:>8,} {cpu:>11.1f} {models:>14.1f} {cpu - models:>12.1f} "
+              f"{disk:>11,.0f} {peaks[name]:>13.1f} {whole[name][0] / total * 1e6:>17.1f}")
+    a, b = first[ours.name], last[ours.name]
+    print(f"envagent CPU µs/reading by thread: {by_thread(a, b, b.readings - a.readings)}")
+    (cpu, models, disk, rss), (ncpu, nmodels, ndisk, nrss) = rows[ours.name], rows[naive.name]
+    print(f"ratio envagent/naive: CPU per reading {cpu / ncpu:.3f} (without the models "
+          f"{(cpu - models) / (ncpu - nmodels):.3f}), disk bytes per reading {disk / ndisk:.4f}, "
+          f"peak RSS {rss / nrss:.2f}")
+    print(f"VictoriaMetrics holds {held:,} envagent readings (expected {total_added - left:,}: "
+          f"{total_added:,} stored, {left} left in the outbox at the stop), {held_naive:,} "
+          f"naive readings (expected {total_naive:,})")
+    verdicts = [(f"CPU <= {CPU_BUDGET_US:g} µs/reading", cpu <= CPU_BUDGET_US),
+                (f"peak RSS <= {RSS_BUDGET_MIB:g} MiB", rss <= RSS_BUDGET_MIB),
+                (f"disk <= {DISK_BUDGET} B/reading", disk <= DISK_BUDGET)]
+    print("budgets (envagent, window): "
+          + "; ".join(f"{what}: {'met' if ok else 'MISSED'}" for what, ok in verdicts))
+
+
+if __name__ == "__main__":
+    main()
