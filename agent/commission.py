@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.atomic import write_json
 from agent.config import Config
 from agent.errors import AgentError
 from drivers.base import Driver
@@ -161,12 +162,8 @@ def load(data_dir: Path) -> dict[str, Any] | None:
 
 
 def _save(data_dir: Path, document: dict[str, Any]) -> None:
-    """Atomically (agent.export.atomic_file): a temporary file, fsync, rename, fsync."""
-    from agent.export import atomic_file
-
-    with atomic_file(data_dir / FILE) as file:
-        json.dump(document, file, ensure_ascii=False, indent=1)
-        file.write("\n")
+    """Atomically (agent.atomic): a temporary file, fsync, rename, fsync."""
+    write_json(data_dir / FILE, document, indent=1)
 
 
 def append(data_dir: Path, record: dict[str, Any]) -> dict[str, Any]:

@@ -23,17 +23,17 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from agent.atomic import atomic_file
 from agent.config import Config
 from agent.errors import AgentError, StorageError
 from agent.lineprotocol import LineProtocolEncoder, nonfinite_name, quality_of
@@ -232,39 +232,22 @@ def export(chunks: Iterator[list[Reading]], out: IO[str], fmt: str, station: Sta
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[IO[str]]:
-    """A temporary file beside ``path`` that becomes ``path`` only once complete and on disk.
-
-    fsync, rename, fsync of the directory: a yanked stick or a failure leaves either the old
-    ``path`` or the new, whole one -- at worst a hidden ``.NAME.PID.tmp``, never a half file
-    under the real name. On any error the temporary file is removed and ExportError raised.
-    """
+def export_file(path: Path) -> Iterator[IO[str]]:
+    """``path`` written atomically (agent.atomic), with errors a technician can act on."""
     directory = path.parent
     if not directory.is_dir():
         raise ExportError(f"cannot write {path}: the directory {directory} does not exist "
                           "(is the USB stick mounted?); nothing was written")
-    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as file:
+        with atomic_file(path) as file:
             yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-        with suppress(OSError):  # vfat may refuse a directory fsync; the file is on disk
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except BaseException as exc:
-        with suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError) and not isinstance(exc, AgentError):
-            error = ExportError(f"cannot write {path}: {exc.strerror or exc}; nothing was "
-                                "written under that name")
-            error.errno = exc.errno
-            raise error from exc
-        raise
+    except OSError as exc:
+        if isinstance(exc, AgentError):
+            raise
+        error = ExportError(f"cannot write {path}: {exc.strerror or exc}; nothing was "
+                            "written under that name")
+        error.errno = exc.errno
+        raise error from exc
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -286,7 +269,7 @@ def write_export(outbox: Path, output: Path | None, fmt: str, station: Station,
     """Export to ``output`` atomically, or to stdout (UTF-8) when it is None."""
     chunks = undelivered(outbox, since_ns, until_ns)
     if output is not None:
-        with atomic_file(output) as file:
+        with export_file(output) as file:
             return export(chunks, file, fmt, station, current_boot=current_boot,
                           clock_synced=clock_synced)
     out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")

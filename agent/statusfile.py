@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.atomic import write_json
 from agent.config import RESERVED_SENSOR_ID, SensorConfig
 from agent.errors import StorageError
 from agent.history import HISTORY_FILE, Accumulator, History, bucket_of
@@ -89,21 +90,6 @@ class SensorsFile:
         return True
 
 
-def save_json(path: Path, data: Any) -> None:
-    """Atomically: a temporary file, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as file:
-        json.dump(data, file, ensure_ascii=False, separators=(",", ":"))
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def load_history(path: Path) -> History:
     try:
         return History.from_json(json.loads(path.read_text(encoding="utf-8")))
@@ -141,7 +127,7 @@ class StatusFiles:
                 self._next_sample = now + SAMPLE_S
                 self._observe()
                 if self._open.close(self._history, bucket_of(self.clock.time())):
-                    save_json(self.history_path, self._history.to_json())
+                    write_json(self.history_path, self._history.to_json())
             self._failed = False
         except Exception as exc:  # noqa: BLE001 - a status file must never stop the watchdog
             if not self._failed:
@@ -155,7 +141,7 @@ class StatusFiles:
             self._sensors(workers, force=True)
             self._observe()
             if self._open.close(self._history):
-                save_json(self.history_path, self._history.to_json())
+                write_json(self.history_path, self._history.to_json())
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot write the status files in %s: %s", self.sensors_path.parent, exc)
 
@@ -177,7 +163,7 @@ class StatusFiles:
         if not (force or changed or counted or self._written is None):
             return
         document = SensorsFile(os.getpid(), self._boot_id, now_ns, tuple(states))
-        save_json(self.sensors_path, asdict(document))
+        write_json(self.sensors_path, asdict(document))
         self._written, self._written_counts = key, counts
         self._written_at = self.clock.monotonic()
 

@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC
 from pathlib import Path
 
+from agent.atomic import write_json
 from agent.config import Config, UplinkConfig
 from agent.credentials import CredentialError, Secret, load_token
 from agent.reading import StoredReading
@@ -153,18 +154,8 @@ class UplinkState:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def save(self, path: Path) -> None:
-        """Write atomically: a temporary file, fsync, rename, fsync of the directory."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as file:
-            json.dump(asdict(self), file, ensure_ascii=False, indent=1)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        """Write atomically (agent.atomic): a power cut leaves the old state or the new."""
+        write_json(path, asdict(self), indent=1)
 
 
 # --- the worker -------------------------------------------------------------------------------
