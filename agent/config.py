@@ -47,6 +47,7 @@ from drivers.base import Driver, Option
 from drivers.bus import FIRST_ADDRESS, LAST_ADDRESS
 
 __all__ = [
+    "AlertConfig",
     "Config",
     "ConfigError",
     "HealthConfig",
@@ -86,6 +87,11 @@ STUCK_AFTER_MAX = 1_000_000
 RESERVED_SENSOR_ID = "envagent"  # the agent's own health readings (agent.health)
 DEFAULT_HEALTH_INTERVAL = 5 * 60.0
 HEALTH_INTERVAL_RANGE = (30.0, 3600.0)
+# Alert ids become part of a metric name (``envagent_alert_<id>``): health names' rule applies,
+# lowercase letters, digits and ``_`` only (agent.health explains why; "-" and "." break them).
+ALERT_ID_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,47}")  # used with fullmatch
+ALERT_FOR_RANGE = (0.0, 24 * 3600.0)
+QUALITY_SUFFIX = "_q"  # agent.lineprotocol: <quantity>_q carries a reading's quality flags
 
 
 # --- the result ------------------------------------------------------------------------------
@@ -185,6 +191,27 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertConfig:
+    """One ``[[alert]]``: a threshold on one quantity of one sensor; see agent.alerts.
+
+    Exactly one of ``above`` and ``below`` is set; ``clear`` is where a firing alert clears
+    (the hysteresis), ``hold`` how long (s) the condition must hold before it fires (``for``).
+    """
+
+    id: str
+    sensor: str
+    quantity: str
+    above: float | None
+    below: float | None
+    clear: float
+    hold: float = 0.0
+
+    @property
+    def threshold(self) -> float:
+        return self.above if self.above is not None else self.below  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration; ``source`` names the file it came from."""
 
@@ -194,6 +221,7 @@ class Config:
     uplink: UplinkConfig | None = None
     indicator: IndicatorConfig | None = None
     health: HealthConfig = HealthConfig()
+    alerts: tuple[AlertConfig, ...] = ()
     source: str = "config"
 
     def with_storage_path(self, path: Path | str) -> Config:
@@ -265,6 +293,8 @@ class _Problems:
         self.source = source
         self.drivers = drivers
         self.lines: list[str] = []
+        # sensor id -> its driver and quantities (name -> unit), for [[alert]]; None: unknown
+        self.sensors: dict[str, tuple[str, Mapping[str, str] | None]] = {}
 
     def add(
         self,
@@ -554,6 +584,13 @@ def _parse_sensors(problems: _Problems, value: object) -> tuple[SensorConfig, ..
             sensors.append(SensorConfig(**schema, options=MappingProxyType(options)))
     seen.finish(problems)
     _check_references(problems, read)
+    for _, values in read:  # for [[alert]]: the quantities of each sensor, where known
+        driver = problems.drivers.get(values.get("driver", ""))
+        if driver is not None and isinstance(values.get("id"), str):
+            given = {k: values[k] for k in driver.options if k in values}
+            complete = all(k in values for k in driver.options)
+            quantities = driver.configured_quantities(given) if complete else None
+            problems.sensors.setdefault(values["id"], (driver.name, quantities))
     return tuple(sensors)
 
 
@@ -1094,6 +1131,101 @@ _HEALTH_FIELDS = {
 }
 
 
+def _alert_id(value: object) -> str:
+    if not isinstance(value, str) or not ALERT_ID_PATTERN.fullmatch(value):
+        raise _Bad("expected 1 to 48 lowercase letters, digits or '_', starting with a letter "
+                   "(it becomes the metric envagent_alert_<id>)")
+    if value.endswith(QUALITY_SUFFIX):  # envagent_alert_x_q is the quality of alert x
+        raise _Bad(f"must not end in {QUALITY_SUFFIX}: upstream that names the quality flags "
+                   f"of alert {value[:-len(QUALITY_SUFFIX)]!r}; choose another id")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Bad("expected a quoted name")
+    return value
+
+
+_ALERT_FIELDS = {
+    "id": _Field(_alert_id, REQUIRED, 'id = "pm25_high"'),
+    "sensor": _Field(_text, REQUIRED, 'sensor = "dust"'),
+    "quantity": _Field(_text, REQUIRED, 'quantity = "pm2_5"'),
+    "above": _Field(_real, None, ""),
+    "below": _Field(_real, None, ""),
+    "for": _Field(_duration(*ALERT_FOR_RANGE), 0.0, ""),
+    "clear": _Field(_real, None, ""),
+}
+
+
+def _parse_alerts(problems: _Problems, value: object) -> tuple[AlertConfig, ...] | None:
+    """``[[alert]]`` tables; runs after ``[[sensor]]`` so it can check the names against them."""
+    if not isinstance(value, list):
+        problems.add("alert", "expected [[alert]] tables, with double brackets, one per rule",
+                     value)
+        return None
+    alerts: list[AlertConfig] = []
+    ids: dict[str, int] = {}
+    for index, item in enumerate(value):
+        path = f"alert[{index}]"
+        if not isinstance(item, Mapping):
+            problems.add(path, "expected an [[alert]] table", item)
+            continue
+        values, ok = _read_table(problems, path, item, _ALERT_FIELDS)
+        alert_id = values.get("id")
+        if alert_id is not None:
+            if alert_id in ids:
+                problems.add(toml_key(path, "id"), f"already used by alert[{ids[alert_id]}]; "
+                             "give each alert its own id", alert_id)
+                ok = False
+            ids.setdefault(alert_id, index)
+        ok = _check_alert(problems, path, item, values) and ok
+        if ok:
+            threshold = values["above"] if values["above"] is not None else values["below"]
+            alerts.append(AlertConfig(
+                id=values["id"], sensor=values["sensor"], quantity=values["quantity"],
+                above=values["above"], below=values["below"],
+                clear=threshold if values["clear"] is None else values["clear"],
+                hold=values["for"]))
+    return tuple(alerts)
+
+
+def _check_alert(problems: _Problems, path: str, table: Mapping[str, Any],
+                 values: Mapping[str, Any]) -> bool:
+    """The rules spanning keys: a known sensor and quantity, one threshold, a sane ``clear``."""
+    ok = True
+    sensor, quantity = values.get("sensor"), values.get("quantity")
+    if isinstance(sensor, str):
+        known = ", ".join(toml_quote(i) for i in problems.sensors) or "(none)"
+        if sensor not in problems.sensors:
+            problems.add(toml_key(path, "sensor"), "no [[sensor]] has this id; expected one "
+                         f"of {known}", sensor)
+            ok = False
+        elif isinstance(quantity, str):
+            driver, quantities = problems.sensors[sensor]
+            if quantities is not None and quantity not in quantities:
+                problems.add(toml_key(path, "quantity"), f"sensor {sensor!r} ({driver}) does not "
+                             f"report it; expected one of {', '.join(quantities)}", quantity)
+                ok = False
+    above, below, clear = values.get("above"), values.get("below"), values.get("clear")
+    if "above" in table and "below" in table:
+        problems.add(path, "has both above and below; keep one (write a second [[alert]] for "
+                     "the other side)")
+        return False
+    if "above" not in table and "below" not in table:
+        problems.add(path, "missing a threshold; add above = <number> or below = <number>")
+        return False
+    if clear is not None and above is not None and clear > above:
+        problems.add(toml_key(path, "clear"), f"must not be more than above = {above:g}: "
+                     "the alert clears when the value falls back to clear or under", table["clear"])
+        ok = False
+    if clear is not None and below is not None and clear < below:
+        problems.add(toml_key(path, "clear"), f"must not be less than below = {below:g}: "
+                     "the alert clears when the value rises back to clear or over", table["clear"])
+        ok = False
+    return ok
+
+
 class _Section(NamedTuple):
     """A top-level key: the Config field it fills, its parser, and its value when absent."""
 
@@ -1115,6 +1247,7 @@ _SECTIONS: dict[str, _Section] = {
     "uplink": _Section("uplink", _parse_uplink, None),
     "indicator": _Section("indicator", _parse_indicator, None),
     "health": _Section("health", _table_section("health", _HEALTH_FIELDS, HealthConfig), {}),
+    "alert": _Section("alerts", _parse_alerts, []),  # after "sensor": it checks against them
 }
 
 

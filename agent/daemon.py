@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from agent.alerts import Alerts
 from agent.config import Config, SensorConfig
 from agent.errors import StorageError, StorageFullError
 from agent.power import PowerSwitch
@@ -92,6 +93,10 @@ class Agent:
             for sensor, driver in zip(config.sensors, drivers, strict=True)
         ]
         self._feed_pressure()
+        self.alerts = Alerts(config.alerts, self.submit)  # [[alert]]: see agent.alerts
+        for worker in self.workers:
+            if self.alerts.watches(worker.sensor.id):
+                worker.deliver = self.alerts.feed(worker.deliver)
         self.committed = 0
         self.timekeeper = TimeKeeper(clock, boot_id)
         self.last_cycle = clock.monotonic()  # the writer's heartbeat, for the watchdog

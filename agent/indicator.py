@@ -11,6 +11,8 @@ ok            one short flash (0.2 s) every 5 s                   a heartbeat: a
 degraded      even slow blink, 0.5 s on / 0.5 s off (1 Hz)        working, but a sensor is failing
 offline       two short flashes, then a pause (every 2 s)         sampling and storing, upstream
                                                                   unreachable, backlog growing
+alert         three short flashes, then a pause (every 2.5 s)     a threshold alert ([[alert]]) is
+                                                                  firing: look at the readings
 fatal         SOS in Morse (... --- ...), every 5.1 s             needs a technician: storage
                                                                   unusable or credentials refused
 identify      fast even blink, 0.1 s on / 0.1 s off (5 Hz),       "this unit" - after a long
@@ -20,9 +22,9 @@ identify      fast even blink, 0.1 s on / 0.1 s off (5 Hz),       "this unit" - 
 A steady LED, on or off, never means a condition: every pattern keeps changing, so a lit or
 dark LED that does not change for 10 s means the agent is not running (no power, stopped, or
 hung with the pin left where it was). That is why fatal is not "steady on": a crashed process
-leaves exactly that behind. Only the most urgent condition shows (identify > fatal > offline >
-degraded > ok); ``envagent status`` tells the rest. The ok heartbeat lights the LED 4 % of the
-time, so it costs almost nothing on a solar budget.
+leaves exactly that behind. Only the most urgent condition shows (identify > fatal > alert >
+offline > degraded > ok); ``envagent status`` tells the rest. The ok heartbeat lights the LED
+4 % of the time, so it costs almost nothing on a solar budget.
 
 Timing goes through the injected clock (``wait(event, seconds)``) so tests can step through a
 pattern; gpiozero's devices come from the injected pin factory (the ``run`` command passes the
@@ -60,6 +62,7 @@ class Condition(enum.StrEnum):
     DEGRADED = "degraded"  # a sensor is in warning or failed state
     OFFLINE = "offline"  # upstream unreachable and the backlog growing
     FATAL = "fatal"  # storage unusable or upstream refusing our credentials
+    ALERT = "alert"  # a threshold alert is firing (agent.alerts)
     IDENTIFY = "identify"
 
 
@@ -67,13 +70,16 @@ SENSOR_STATES = frozenset({"starting", "ok", "warning", "failed"})  # agent.samp
 UPLINK_STATES = frozenset({"ok", "offline", "auth", "disabled"})
 
 
-def condition(sensor_states: Iterable[str], uplink_state: str, storage_ok: bool) -> Condition:
+def condition(sensor_states: Iterable[str], uplink_state: str, storage_ok: bool,
+              *, alert: bool = False) -> Condition:
     """The condition to show, the most urgent first.
 
     ``sensor_states`` are the sensors' health states (``agent.sampler.State`` values work as
     they are). ``uplink_state``: "ok", "offline" (upstream unreachable and the backlog
     growing), "auth" (upstream refuses our credentials) or "disabled" (no ``[uplink]``: keeping
     readings is then the plan, not a problem). ``storage_ok``: the outbox can store readings.
+    ``alert``: a threshold alert is firing; it outranks offline, because what the technician
+    came about may be the air or the water, not the unit.
     An unknown state is a wiring mistake and raises ValueError.
     """
     if uplink_state not in UPLINK_STATES:
@@ -86,6 +92,8 @@ def condition(sensor_states: Iterable[str], uplink_state: str, storage_ok: bool)
                          + ", ".join(sorted(SENSOR_STATES)))
     if not storage_ok or uplink_state == "auth":
         return Condition.FATAL
+    if alert:
+        return Condition.ALERT
     if uplink_state == "offline":
         return Condition.OFFLINE
     if any(state in ("warning", "failed") for state in states):
@@ -113,6 +121,7 @@ PATTERNS: Mapping[Condition, Pattern] = MappingProxyType({
     Condition.OK: (0.2, 4.8),
     Condition.DEGRADED: (0.5, 0.5),
     Condition.OFFLINE: (0.2, 0.3, 0.2, 1.3),
+    Condition.ALERT: (0.2, 0.3, 0.2, 0.3, 0.2, 1.3),
     Condition.FATAL: _sos(MORSE_UNIT_S),
     Condition.IDENTIFY: (0.1, 0.1),
 })

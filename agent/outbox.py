@@ -55,6 +55,7 @@ from types import TracebackType
 from typing import Any
 
 from agent import salvage
+from agent.alerts import ALERT_PREFIX, ALERT_SENSOR
 from agent.errors import StorageError, StorageFullError
 from agent.reading import Reading, StoredReading
 from drivers.base import Quality
@@ -116,6 +117,11 @@ _TAKE = _SELECT.format(table="readings", extra="")
 _TAKE_HOLDING = _SELECT.replace(
     "ORDER BY", "WHERE NOT (b.boot_id = ? AND r.synced = 0) ORDER BY").format(
     table="readings", extra="")
+# Alert readings (agent.alerts) in the outbox: the one scan that finds them after a start.
+_ALERT_IDS = """SELECT r.id FROM readings r JOIN series s ON s.id = r.series
+    WHERE s.sensor = ? AND substr(s.quantity, 1, ?) = ?"""
+_TAKE_BY_ID = _SELECT.replace("ORDER BY r.id LIMIT ?", "WHERE r.id IN ({marks}) ORDER BY r.id")
+MAX_ALERT_IDS = 500  # alert readings looked up per take_alerts (far fewer are ever waiting)
 _RESTAMP = """UPDATE readings SET time_ns = boot_ns + ?, synced = 1, quality = quality | ?
     WHERE synced = 0 AND boot = (SELECT id FROM boots WHERE boot_id = ?)"""
 _TAKE_ROWS = """SELECT id, series, value, time_ns, boot_ns, boot, synced, quality, calibration
@@ -233,6 +239,7 @@ class Outbox:
         self._boot_names: dict[int, str] = {}
         self._calibration_names: dict[int | None, str] = {}
         self._warned_full = False
+        self._alert_ids: set[int] | None = None  # rows of alert readings; None: not looked yet
         conn = None
         try:
             conn = connect()
@@ -310,6 +317,10 @@ class Outbox:
                 conn.execute("UPDATE counters SET added = added + ?", (len(rows),))
                 self._enforce_bound(conn)
             self._ids.update(new_ids)
+            if self._alert_ids is not None:
+                self._alert_ids.update(
+                    row_id for row_id, r in enumerate(readings, start=first + 1)
+                    if r.sensor == ALERT_SENSOR and r.quantity.startswith(ALERT_PREFIX))
 
     def ack(self, ids: Iterable[int]) -> int:
         """Delete readings upstream has accepted; return how many were still here.
@@ -414,6 +425,28 @@ class Outbox:
                 else:
                     rows = conn.execute(_TAKE_HOLDING, (hold_boot, limit)).fetchall()
         return [StoredReading(row[0], _reading(row[1:])) for row in rows]
+
+    def take_alerts(self, limit: int) -> list[StoredReading]:
+        """The oldest ``limit`` undelivered alert readings (agent.alerts), to send ahead of the
+        backlog -- not held for an unsynchronised clock: an alert late is worse than flagged.
+
+        Alerts are rare and a backlog can be a million rows, so the outbox keeps the row ids of
+        alert readings in memory (one scan finds those already stored, the first time) and this
+        costs primary-key lookups, never a scan. Ids gone meanwhile (acked, dropped,
+        quarantined) are forgotten here.
+        """
+        with self._lock, self._storage_errors():
+            conn = self._conn
+            if self._alert_ids is None:
+                args = (ALERT_SENSOR, len(ALERT_PREFIX), ALERT_PREFIX)
+                self._alert_ids = {i for (i,) in conn.execute(_ALERT_IDS, args)}
+            if not self._alert_ids or limit <= 0:
+                return []
+            ids = sorted(self._alert_ids)[:MAX_ALERT_IDS]
+            query = _TAKE_BY_ID.format(table="readings", extra="", marks=", ".join("?" * len(ids)))
+            rows = conn.execute(query, ids).fetchall()
+            self._alert_ids.difference_update(set(ids) - {row[0] for row in rows})
+        return [StoredReading(row[0], _reading(row[1:])) for row in rows][:limit]
 
     def _stored(self, rows: Iterable[tuple[Any, ...]]) -> list[StoredReading]:
         """``_TAKE_ROWS`` rows as readings; KeyError when a name is not in the lookup caches."""

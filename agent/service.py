@@ -108,7 +108,8 @@ class Service:
     def condition(self) -> Condition:
         uplink = "disabled" if self.uplink is None else _LED_UPLINK[self.uplink.state.state]
         states = [w.health.state.value for w in self.agent.workers]
-        return condition(states, uplink, storage_ok=not self.agent.storage_failing)
+        return condition(states, uplink, storage_ok=not self.agent.storage_failing,
+                         alert=self.agent.alerts.firing)
 
     def _on_tick(self) -> None:
         self.status_files.tick(self.agent.workers)

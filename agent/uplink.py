@@ -21,8 +21,11 @@ errors, the total deadline                  exponential backoff (``backoff_min``
                                             TLS verification is never turned off
 ==========================================  ================================================
 
-A batch is kept until it is acknowledged or quarantined, so a retry sends the very same bytes
-(within one process; after a restart the batch boundaries may differ, the readings do not).
+Alert readings (agent.alerts) waiting in the outbox are taken first, as a batch of their own,
+so an alert raised behind a large backlog goes in the next request. A batch already taken is
+not cut short for them: it is kept until it is acknowledged or quarantined, so a retry sends
+the very same bytes (within one process; after a restart the batch boundaries may differ, the
+readings do not).
 Logs name transitions (delivering -> retrying -> delivering), not every retry. The state is
 also written to ``uplink-state.json`` in the data directory, for ``envagent status`` in another
 process: atomically, on transitions only, plus at most every ``STATE_REFRESH_S`` while
@@ -220,10 +223,16 @@ class Uplink:
                 return Step(Outcome.AUTH, self.settings.auth_retry)
             self._token_fresh = True
         if not self._pending:
-            batch = self.outbox.take(self.batch_limit, hold_boot=self._held_boot())
-            if not batch:
-                return Step(Outcome.IDLE, self.settings.flush_interval, caught_up=True)
-            self._more = len(batch) >= self.batch_limit
+            # Alerts (agent.alerts) go ahead of any backlog, in a batch of their own -- even
+            # before the clock has synchronised (then flagged CLOCK_UNSYNCED): late is worse.
+            batch = self.outbox.take_alerts(self.batch_limit)
+            if batch:
+                self._more = True  # the backlog, if any, comes next
+            else:
+                batch = self.outbox.take(self.batch_limit, hold_boot=self._held_boot())
+                if not batch:
+                    return Step(Outcome.IDLE, self.settings.flush_interval, caught_up=True)
+                self._more = len(batch) >= self.batch_limit
             self._pending.append(batch)
         head = self._pending[0]
         if self._body is None or self._body[0] is not head:

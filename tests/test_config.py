@@ -164,7 +164,8 @@ CASES: list[tuple[str, str, str]] = [
     (
         "top-level unknown key",
         "colour = 1\n" + UNIT,
-        "colour: unknown key; valid keys are unit, storage, sensor, uplink, indicator, health",
+        "colour: unknown key; valid keys are unit, storage, sensor, uplink, indicator, health, "
+        "alert",
     ),
     ("unit missing", "", "unit: missing; add a [unit] table with at least id and site"),
     ("unit not a table", "unit = 5\n", "unit = 5: expected a table [unit]"),

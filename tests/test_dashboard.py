@@ -14,10 +14,11 @@ dashboard's "All") or one real value escaped as Grafana's Prometheus data source
 for a regex matcher, ``$lookback`` one of its options, ``$__interval`` and ``$__rate_interval`` a
 fixed window -- as an instant query on ``/api/v1/query`` (and on ``/api/v1/query_range`` for the
 graphs). Each must succeed; each whose data the agent produced here must return series carrying the
-labels its legend or table uses, for both stations or for the selected one only. Three kinds of
+labels its legend or table uses, for both stations or for the selected one only. Two kinds of
 query cannot have data here and must only succeed: the CPU temperature (no thermal zone in a
-container), the SD card write rate (a rate needs two health reports) and the pending threshold
-alerts (``envagent_alert`` is not produced yet).
+container) and the SD card write rate (a rate needs two health reports). Each station has one
+``[[alert]]`` that fires on its first temperature reading, so the threshold alerts panel has
+data.
 """
 
 from __future__ import annotations
@@ -83,11 +84,13 @@ QUANTITY_SENSORS = {
     "envagent_pm10": {"dust"}, "envagent_illuminance": {"light"},
     "envagent_soil_moisture": {"probes"}, "envagent_water_level": {"probes"},
 }
-# Named in the dashboard, never produced here: no thermal zone in a container; pending.
-NOT_PRODUCED_HERE = {"envagent_cpu_temperature", "envagent_alert"}
+# Named in the dashboard, never produced here: no thermal zone in a container.
+NOT_PRODUCED_HERE = {"envagent_cpu_temperature"}
+# Fires on the first reading (the simulated air is far above -40 °C): envagent_alert_air_warm.
+ALERT = ('[[alert]]\nid = "air_warm"\nsensor = "air"\nquantity = "temperature"\n'
+         'above = -40\nclear = -45\n')
 # (panel title, refId) of the queries that cannot return data here (see the docstring).
-MAY_BE_EMPTY = {("Fleet health", "J"), ("CPU temperature", "A"), ("SD card writes", "A"),
-                ("Threshold alerts (pending)", "A")}
+MAY_BE_EMPTY = {("Fleet health", "J"), ("CPU temperature", "A"), ("SD card writes", "A")}
 
 Series = list[dict[str, Any]]  # /api/v1/query's "result": [{"metric": {...}, "value": [t, "v"]}]
 
@@ -205,11 +208,11 @@ def test_the_quality_flags_panel_has_every_flag() -> None:
     assert divisors == {int(flag) for flag in Quality if flag}
 
 
-def test_the_threshold_alert_panel_is_marked_pending_and_shows_no_data_gracefully() -> None:
-    alerts = panel("Threshold alerts (pending)")
-    assert "PENDING" in alerts["description"]
+def test_the_threshold_alert_panel_shows_what_the_agent_sends() -> None:
+    """agent.alerts: the metric envagent_alert_<id>; no alert at all is said, not left blank."""
+    alerts = panel("Threshold alerts")
     assert alerts["fieldConfig"]["defaults"]["noValue"]
-    assert all("envagent_alert" in t["expr"] for t in alerts["targets"])
+    assert all('"envagent_alert_.+"' in t["expr"] for t in alerts["targets"])
 
 
 # --- the agent fills VictoriaMetrics ------------------------------------------------------------
@@ -238,6 +241,7 @@ def _station(directory: Path, *, unit: str, site: str, url: str) -> Path:
             '[health]\ninterval = "30s"\n')
     for sensor, table in SENSORS.items():
         text += f'[[sensor]]\nid = "{sensor}"\ninterval = "1s"\n{table}'
+    text += ALERT
     config = directory / "station.toml"
     config.write_text(text, encoding="utf-8")
     return config
@@ -350,6 +354,15 @@ def test_the_query_is_answered_with_the_labels_it_shows(fleet: Fleet, p: dict[st
                 assert units >= OURS or {SITE_A, SITE_B} <= sites, (expr, units, sites)
             if table:  # a table's rows are units (and sensors)
                 assert all({"unit", "site"} <= set(s["metric"]) for s in series), expr
+
+
+def test_the_threshold_alert_panel_names_each_firing_alert(fleet: Fleet) -> None:
+    """The alert column is the [[alert]] id, taken from envagent_alert_<id>; 1 is firing."""
+    (target,) = panel("Threshold alerts")["targets"]
+    series = query(fleet.vm, substitute(target["expr"], **ALL))
+    ours = [s for s in series if s["metric"].get("unit") in OURS]
+    assert {(s["metric"]["unit"], s["metric"]["alert"], s["value"][1]) for s in ours} == {
+        (UNIT_A, "air_warm", "1"), (UNIT_B, "air_warm", "1")}
 
 
 def test_every_metric_named_is_one_the_agent_delivered(fleet: Fleet) -> None:
