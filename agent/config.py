@@ -723,9 +723,10 @@ class _Seen:
 # --- sensor placement behind a multiplexer, and per-quantity processing -----------------------
 
 
-def _whole(low: int, high: int, what: str = "") -> Callable[[object], int]:
+def _whole(low: int, high: int, what: str = "", *, noun: str = "an integer"
+           ) -> Callable[[object], int]:
     def check(value: object) -> int:
-        expected = f"expected an integer from {low} to {high}{what}"
+        expected = f"expected {noun} from {low} to {high}{what}"
         if isinstance(value, bool) or not isinstance(value, int):
             raise _Bad(expected + _unquote_hint(value))
         if not low <= value <= high:
@@ -960,15 +961,7 @@ def _boolean(value: object) -> bool:
 
 
 def _integer(low: int, high: int) -> Callable[[object], int]:
-    def check(value: object) -> int:
-        expected = f"expected a whole number from {low} to {high}"
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Bad(expected + _unquote_hint(value))
-        if not low <= value <= high:
-            raise _Bad(expected)
-        return value
-
-    return check
+    return _whole(low, high, noun="a whole number")
 
 
 def _file_path(value: object) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import functools
+from collections.abc import Callable
 
 from drivers.base import Quality
 from drivers.bus import Bus
@@ -173,6 +174,26 @@ def measure(
                     ) from exc
             clock.sleep(POLL_INTERVAL_S)
     return parse_words(data, where)
+
+
+def identify_by(probe: Callable[[Bus, int, Clock, str], object], name: str,
+                addresses: tuple[int, ...], bus: Bus, address: int,
+                clock: Clock | None) -> str | None:
+    """``name`` when ``probe`` (a read-only command) gets a CRC-checked answer at ``address``.
+
+    A chip that refuses the command (NACK) or answers with a bad CRC is another chip.
+    """
+    if address not in addresses:
+        return None
+    try:
+        probe(bus, address, scan_clock(bus, clock), f"{name}? at 0x{address:02x}")
+    except SensorError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EREMOTEIO:
+            return None  # the command or its answer was refused: another chip
+        raise
+    return name
 
 
 def scan_clock(bus: Bus, clock: Clock | None) -> Clock:

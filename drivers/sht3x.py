@@ -58,17 +58,7 @@ def identify(bus: Bus, address: int, clock: Clock | None = None) -> str | None:
     Safe on any chip: it only reads. An SHT4x does not know the command and NACKs it; an answer
     with a bad CRC is not an SHT3x.
     """
-    if address not in SHT3x.addresses:
-        return None
-    try:
-        read_status(bus, address, sensirion.scan_clock(bus, clock), f"sht3x? at 0x{address:02x}")
-    except SensorError:
-        return None
-    except OSError as exc:
-        if exc.errno == errno.EREMOTEIO:
-            return None  # the command or its answer was refused: another chip
-        raise
-    return "sht3x"
+    return sensirion.identify_by(read_status, "sht3x", SHT3x.addresses, bus, address, clock)
 
 
 class SHT3x(Driver):

@@ -71,17 +71,7 @@ def identify(bus: Bus, address: int, clock: Clock | None = None) -> str | None:
     Safe on any chip: an SHT3x takes the lone byte as an incomplete command, flags it in its status
     register and has nothing to read (it NACKs, which ``envagent scan`` takes as "not this chip").
     """
-    if address not in SHT4x.addresses:
-        return None
-    try:
-        read_serial(bus, address, sensirion.scan_clock(bus, clock), f"sht4x? at 0x{address:02x}")
-    except SensorError:
-        return None
-    except OSError as exc:
-        if exc.errno == errno.EREMOTEIO:
-            return None  # the command or its answer was refused: another chip
-        raise
-    return "sht4x"
+    return sensirion.identify_by(read_serial, "sht4x", SHT4x.addresses, bus, address, clock)
 
 
 class SHT4x(Driver):
