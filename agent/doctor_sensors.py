@@ -26,7 +26,7 @@ from drivers.bus import Bus
 from drivers.clock import Clock
 from drivers.errors import WrongChipError
 from drivers.registry import DRIVERS, IDENTIFIERS
-from drivers.scan import probe
+from drivers.scan import identify, probe
 
 # Largest believable spread (max - min) of samples taken back to back, per quantity, when the
 # sensor's config gives no [sensor.plausible.<quantity>] spike: well above each chip's noise
@@ -93,7 +93,7 @@ def _identity(sensor: SensorConfig, driver: Driver) -> tuple[Check, bool]:
     name, where, wanted = f"sensor {sensor.id}", driver.where, sensor.driver
     if not probe(driver.bus, sensor.address):
         return Check(name, Status.FAIL, f"nothing answers at {where}", WIRING), False
-    chip = _identify(driver.bus, sensor.address)
+    chip = identify(driver.bus, sensor.address, IDENTIFIERS)
     if chip == wanted:
         return Check(name, Status.PASS, f"{wanted} identified at {where}"), False
     if chip is not None:
@@ -110,17 +110,6 @@ def _identity(sensor: SensorConfig, driver: Driver) -> tuple[Check, bool]:
     return Check(name, Status.WARN, f"answers at {where} and sets up as a {wanted}, but the "
                  "chip cannot be identified for sure",
                  "if its values look wrong, read the part number printed on the chip"), True
-
-
-def _identify(bus: Bus, address: int) -> str | None:
-    for identify in IDENTIFIERS:
-        try:
-            chip = identify(bus, address)
-        except OSError:
-            chip = None
-        if chip:
-            return chip
-    return None
 
 
 def _wrong_chip_hint(sensor: SensorConfig, chip: str) -> str:

@@ -41,7 +41,8 @@ from agent.credentials import (
 )
 from agent.doctor import Check, Status
 from agent.errors import ConfigError
-from agent.sinks import Failure, HttpSink, Reply, make_encoder, make_session
+from agent.sinks import Failure, Reply
+from agent.uplink import build_sink
 
 Address = tuple[int, Any]  # (family, sockaddr) from getaddrinfo
 CERT_WARN_DAYS = 14  # a certificate expiring sooner is a WARN: someone must renew it
@@ -184,14 +185,7 @@ def _auth(config: Config, settings: UplinkConfig, environ: Mapping[str, str],
 
 
 def _probe(config: Config, settings: UplinkConfig, token: Secret | None) -> Reply:
-    encoder = make_encoder(settings.format, unit=config.unit.id, site=config.unit.site,
-                           drivers={s.id: s.driver for s in config.sensors},
-                           measurement=settings.measurement)
-    session = make_session(ca_file=settings.ca_file, client_cert=settings.client_cert,
-                           client_key=settings.client_key)
-    sink = HttpSink(settings.url, encoder, session, auth=settings.auth,
-                    connect_timeout=settings.connect_timeout,
-                    read_timeout=settings.read_timeout, deadline=settings.deadline)
+    sink = build_sink(config, settings)
     try:
         return sink.post(sink.encode([]), token)
     finally:

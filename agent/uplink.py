@@ -397,6 +397,19 @@ class Uplink:
                 return FlushReport(delivered, quarantined, True, None)
 
 
+def build_sink(config: Config, settings: UplinkConfig) -> HttpSink:
+    """The HTTP sink ``[uplink]`` describes: its format, session (CA, client certificate) and
+    time limits -- for delivery, and for ``envagent doctor``'s probe."""
+    encoder = make_encoder(settings.format, unit=config.unit.id, site=config.unit.site,
+                           drivers={s.id: s.driver for s in config.sensors},
+                           measurement=settings.measurement)
+    session = make_session(ca_file=settings.ca_file, client_cert=settings.client_cert,
+                           client_key=settings.client_key)
+    return HttpSink(settings.url, encoder, session, auth=settings.auth,
+                    connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+                    deadline=settings.deadline)
+
+
 def build_uplink(config: Config, outbox: Store, clock: Clock, data_dir: Path,
                  environ: Mapping[str, str] | None = None,
                  held_boot: Callable[[], str | None] = lambda: None) -> Uplink:
@@ -405,14 +418,7 @@ def build_uplink(config: Config, outbox: Store, clock: Clock, data_dir: Path,
     if settings is None:
         raise ValueError("the configuration has no [uplink] section")
     env = dict(os.environ if environ is None else environ)
-    encoder = make_encoder(settings.format, unit=config.unit.id, site=config.unit.site,
-                           drivers={s.id: s.driver for s in config.sensors},
-                           measurement=settings.measurement)
-    session = make_session(ca_file=settings.ca_file, client_cert=settings.client_cert,
-                           client_key=settings.client_key)
-    sink = HttpSink(settings.url, encoder, session, auth=settings.auth,
-                    connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
-                    deadline=settings.deadline)
+    sink = build_sink(config, settings)
     with contextlib.suppress(OSError):
         data_dir.mkdir(parents=True, exist_ok=True)
     return Uplink(outbox, sink, settings, clock=clock,

@@ -51,7 +51,7 @@ def scan(bus: Bus, identifiers: list[Identifier]) -> list[Found]:
     with bus.lock:
         muxes = [a for a in tca9548a.ADDRESSES if probe(bus, a) and _is_mux(bus, a)]
         found = [
-            Found(a, "tca9548a" if a in muxes else _identify(bus, a, identifiers))
+            Found(a, "tca9548a" if a in muxes else identify(bus, a, identifiers))
             for a in range(FIRST_ADDRESS, LAST_ADDRESS + 1)
             if probe(bus, a)
         ]
@@ -61,7 +61,7 @@ def scan(bus: Bus, identifiers: list[Identifier]) -> list[Found]:
                 for channel in range(tca9548a.CHANNELS):
                     downstream = tca9548a.MuxChannel(bus, mux, channel)
                     found += [
-                        Found(a, _identify(downstream, a, identifiers), mux, channel)
+                        Found(a, identify(downstream, a, identifiers), mux, channel)
                         for a in range(FIRST_ADDRESS, LAST_ADDRESS + 1)
                         if a not in on_bus and probe(downstream, a)
                     ]
@@ -78,7 +78,8 @@ def _is_mux(bus: Bus, address: int) -> bool:
         return False
 
 
-def _identify(bus: Bus, address: int, identifiers: list[Identifier]) -> str | None:
+def identify(bus: Bus, address: int, identifiers: list[Identifier]) -> str | None:
+    """The first chip name an identifier gives for ``address``; None when none can tell."""
     for identify in identifiers:
         try:
             chip = identify(bus, address)
