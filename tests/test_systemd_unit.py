@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,10 +244,20 @@ def test_install_script_requires_root(tmp_path: Path) -> None:
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root (and setpriv) to run the script as an unprivileged user")
 
-    result = run(
-        setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
-        "bash", INSTALL, "--root", tmp_path,
-    )
+    # The unprivileged user must be able to read the script wherever the checkout lives (a
+    # clone inside a 0700 directory would make bash fail with 126 before the script runs).
+    readable = Path(tempfile.mkdtemp(prefix="envagent-install-"))
+    try:
+        readable.chmod(0o755)
+        script = readable / "install.sh"
+        shutil.copy(INSTALL, script)
+        script.chmod(0o755)
+        result = run(
+            setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+            "bash", script, "--root", tmp_path,
+        )
+    finally:
+        shutil.rmtree(readable)
 
     assert result.returncode == 1
     assert "run as root" in result.stderr
