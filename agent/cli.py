@@ -428,7 +428,8 @@ def cmd_export(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_FAILURE
     summary = export.write_export(
-        ctx.outbox_path, args.output, args.format, export.Station.from_config(ctx.config),
+        ctx.outbox_path, args.output, args.format,
+        export.Station.from_config(ctx.config, ctx.data_dir),
         args.since, args.until, current_boot=export.current_boot(),
         clock_synced=SystemClock().synchronized())
     for line in summary.describe(str(args.output or "stdout"), args.format):

@@ -11,10 +11,11 @@ The file (written atomically, under a lock, so the agent can mark records sent m
 
     {"format": "envagent-commission/1", "unit": "demo-001", "history": [RECORD, ...]}
 
-Upstream, once, as metadata: :func:`pending_metadata` gives the records not yet sent,
-:func:`metadata_document` wraps them for a POST, :func:`mark_sent` flags them after a 2xx. Each
-record's ``id`` is stable (SHA-256 of unit and time, as a reading's), so a resend is recognisable.
-As tags: :func:`commission_tags` gives the latest record's facts that suit a tag.
+Upstream (agent.metadata sends them from the delivery worker), once, as metadata: :func:`unsent`
+picks the records not yet sent, :func:`metadata_document` wraps them for a JSON POST,
+:func:`mark_sent` flags them after a 2xx. Each record's ``id`` is stable (SHA-256 of unit and
+time, as a reading's), so a resend is recognisable. As tags: :func:`reading_tags` gives a
+record's facts that suit a tag on every reading sampled while it is in force.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import argparse
 import fcntl
 import hashlib
 import json
-import logging
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,8 +38,6 @@ from agent.config import Config
 from agent.errors import AgentError
 from drivers.base import Driver
 from drivers.clock import Clock
-
-log = logging.getLogger(__name__)
 
 FILE = "commission.json"
 LOCK_FILE = ".commission.lock"
@@ -185,14 +183,9 @@ def history(data_dir: Path) -> list[dict[str, Any]]:
 # --- upstream ---------------------------------------------------------------------------------
 
 
-def pending_metadata(data_dir: Path) -> list[dict[str, Any]]:
-    """The records not yet sent upstream, oldest first; [] (logged) when the file is damaged,
-    so the agent never stops over it."""
-    try:
-        return [r for r in history(data_dir) if isinstance(r, dict) and not r.get("sent")]
-    except CommissionError as exc:
-        log.warning("commissioning record: %s", exc)
-        return []
+def unsent(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records not yet sent upstream, in file order."""
+    return [r for r in records if not r.get("sent")]
 
 
 def metadata_document(unit: str, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -218,19 +211,14 @@ def mark_sent(data_dir: Path, ids: Iterable[str]) -> int:
     return changed
 
 
-def commission_tags(data_dir: Path) -> dict[str, str]:
-    """Tags from the latest record: ``mounting_height`` (metres) and ``shield``, where given."""
-    try:
-        records = history(data_dir)
-    except CommissionError as exc:
-        log.warning("commissioning record: %s", exc)
-        return {}
-    latest = records[-1] if records and isinstance(records[-1], dict) else {}
+def reading_tags(record: dict[str, Any]) -> dict[str, str]:
+    """A record's facts that suit a tag on every reading: ``mounting_height`` (metres) and
+    ``shield``, where given -- few values per unit, so they split no series but at a visit."""
     tags: dict[str, str] = {}
-    height = latest.get("mounting_height_m")
+    height = record.get("mounting_height_m")
     if isinstance(height, int | float) and not isinstance(height, bool):
         tags["mounting_height"] = f"{height:g}"
-    shield = latest.get("radiation_shield")
+    shield = record.get("radiation_shield")
     if isinstance(shield, str) and shield:
         tags["shield"] = shield
     return tags

@@ -33,10 +33,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from agent import metadata
 from agent.atomic import atomic_file
 from agent.config import Config
 from agent.errors import AgentError, StorageError
-from agent.lineprotocol import LineProtocolEncoder, nonfinite_name, quality_of
+from agent.lineprotocol import Epochs, LineProtocolEncoder, nonfinite_name, quality_of
 from agent.outbox import BUSY_TIMEOUT_S, SCHEMA_VERSION
 from agent.reading import Reading
 from agent.sinks import reading_id
@@ -89,18 +90,22 @@ def iso_ns(time_ns: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Station:
-    """What a reading's export adds to it: the names the uplink would send with it."""
+    """What a reading's export adds to it: the names the uplink would send with it (``epochs``:
+    the commissioning tags by sample time, agent.metadata -- ``lp`` lines carry them)."""
 
     unit: str
     site: str
     drivers: dict[str, str]
     measurement: str = "envagent"
+    epochs: Epochs = ()
 
     @classmethod
-    def from_config(cls, config: Config) -> Station:
+    def from_config(cls, config: Config, data_dir: Path | None = None) -> Station:
+        """The station of ``config``, with the commissioning records in ``data_dir``."""
         measurement = "envagent" if config.uplink is None else config.uplink.measurement
+        records = None if data_dir is None else metadata.load(data_dir)
         return cls(config.unit.id, config.unit.site, {s.id: s.driver for s in config.sensors},
-                   measurement)
+                   measurement, tuple(metadata.epochs(records or [])))
 
     def record(self, r: Reading) -> dict[str, Any]:
         """One reading's fields, as JSONL writes them (``nonfinite`` only when not finite)."""
@@ -199,6 +204,7 @@ def _writer(fmt: str, out: IO[str], station: Station) -> Callable[[Sequence[Read
                                          for item in map(station.record, rs))
     encoder = LineProtocolEncoder(unit=station.unit, site=station.site, drivers=station.drivers,
                                   measurement=station.measurement)
+    encoder.set_epochs(station.epochs)
     return lambda rs: out.writelines(line + "\n" for line in encoder.lines(rs))
 
 

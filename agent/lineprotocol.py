@@ -25,7 +25,12 @@ next separator (or the one after the token) is doubled; tab, line feed, form fee
 return become ``\\t``, ``\\n``, ``\\f``, ``\\r`` (as Telegraf writes them); other control
 characters become U+FFFD. Everything else, non-ASCII text included, goes through as UTF-8.
 
-The output depends only on the readings and the tags given, so a replayed batch is
+Epochs (:meth:`LineProtocolEncoder.set_epochs`): extra tags in force from a time on -- the
+commissioning facts ``mounting_height`` and ``shield`` (agent.metadata). A line gets the tags of
+the epoch its *sample time* falls in, not the latest ones, so a re-commissioning never changes
+how an earlier reading is encoded.
+
+The output depends only on the readings, the tags and the epochs given, so a replayed batch is
 byte-identical and stores that collapse identical points keep one copy.
 """
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 
 from agent.reading import Reading
@@ -171,6 +177,9 @@ def _samples_with_repeats(readings: Iterable[Reading]) -> list[list[Reading]]:
     return list(lines.values())
 
 
+Epochs = Sequence[tuple[int, Mapping[str, str]]]  # (start time_ns, extra tags) pairs
+
+
 class LineProtocolEncoder:
     """Encodes a batch of readings from one unit; ``drivers`` maps sensor id to driver name.
 
@@ -185,25 +194,50 @@ class LineProtocolEncoder:
         self._measurement = escape_measurement(measurement)
         self._unit, self._site = unit, site
         self._drivers = dict(drivers)
-        self._prefixes: dict[str, str] = {}  # sensor id -> "measurement,tags "
+        self._starts: list[int] = []  # epoch start times, ascending
+        self._extra: list[Mapping[str, str]] = [{}]  # per epoch + 1: index 0 is before any
+        self._prefixes: list[dict[str, str]] = [{}]  # per epoch + 1: sensor id -> "m,tags "
 
-    def _prefix(self, sensor: str) -> str:
-        prefix = self._prefixes.get(sensor)
+    def set_epochs(self, epochs: Epochs) -> None:
+        """Tags added to the readings sampled from each start time on (until the next start);
+        readings before the first start get none."""
+        ordered = sorted(epochs, key=lambda epoch: epoch[0])  # stable: a later equal one wins
+        self._starts = [start for start, _ in ordered]
+        self._extra = [{}, *(dict(tags) for _, tags in ordered)]
+        self._prefixes = [{} for _ in self._extra]
+
+    def _prefix(self, sensor: str, epoch: int) -> str:
+        """The measurement and tags of a line of ``sensor`` in ``epoch`` (-1: before any)."""
+        prefixes = self._prefixes[epoch + 1]
+        prefix = prefixes.get(sensor)
         if prefix is None:
-            tags = {"driver": self._drivers.get(sensor, ""), "sensor": sensor,
-                    "site": self._site, "unit": self._unit}
+            tags = {**self._extra[epoch + 1], "driver": self._drivers.get(sensor, ""),
+                    "sensor": sensor, "site": self._site, "unit": self._unit}
             tag_text = "".join(f",{escape_key(k)}={escape_key(v)}"
                                for k, v in sorted(tags.items()) if v)
-            prefix = self._prefixes[sensor] = f"{self._measurement}{tag_text} "
+            prefix = prefixes[sensor] = f"{self._measurement}{tag_text} "
         return prefix
 
+    def _lines(self, readings: Sequence[Reading], end: str) -> list[str]:
+        """Each sample's line followed by ``end``; the hot path of a drain. Epochs are decided
+        per batch: when all of it falls in one (always, without epochs) its prefixes come from
+        one table; only a batch across an epoch start looks each line's epoch up."""
+        groups = samples(readings)
+        starts, epoch = self._starts, -1
+        if starts and groups:
+            times = [group[0].time_ns for group in groups]
+            epoch = bisect_right(starts, min(times)) - 1
+            if epoch != bisect_right(starts, max(times)) - 1:
+                return [f"{self._prefix(group[0].sensor, bisect_right(starts, t) - 1)}"
+                        f"{_fields(group)} {t}{end}"
+                        for group, t in zip(groups, times, strict=True)]
+        cached = self._prefixes[epoch + 1].get
+        return [f"{cached(group[0].sensor) or self._prefix(group[0].sensor, epoch)}"
+                f"{_fields(group)} {group[0].time_ns}{end}" for group in groups]
+
     def lines(self, readings: Sequence[Reading]) -> list[str]:
-        return [f"{self._prefix(group[0].sensor)}{_fields(group)} {group[0].time_ns}"
-                for group in samples(readings)]
+        return self._lines(readings, "")
 
     def encode(self, readings: Sequence[Reading]) -> bytes:
         """The request body: the lines, each ending in a line feed, as UTF-8."""
-        prefix = self._prefixes.get
-        return "".join([
-            f"{prefix(group[0].sensor) or self._prefix(group[0].sensor)}{_fields(group)} "
-            f"{group[0].time_ns}\n" for group in samples(readings)]).encode("utf-8")
+        return "".join(self._lines(readings, "\n")).encode("utf-8")

@@ -35,6 +35,7 @@ import os
 import socket
 import stat
 import threading
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ import requests
 
 from agent import __version__
 from agent.credentials import Secret, authorization, redact
-from agent.lineprotocol import LineProtocolEncoder, nonfinite_name, quality_of
+from agent.lineprotocol import Epochs, LineProtocolEncoder, nonfinite_name, quality_of
 from agent.reading import Reading
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
@@ -61,6 +62,8 @@ class Encoder(Protocol):
     content_type: str
 
     def encode(self, readings: Sequence[Reading]) -> bytes: ...
+
+    def set_epochs(self, epochs: Epochs) -> None: ...
 
 
 # --- the JSON batch format ---------------------------------------------------------------------
@@ -88,6 +91,15 @@ class JsonEncoder:
 
     def __init__(self, *, unit: str, site: str, drivers: Mapping[str, str]) -> None:
         self._unit, self._site, self._drivers = unit, site, dict(drivers)
+        self._starts: list[int] = []
+        self._extra: list[Mapping[str, str]] = []
+
+    def set_epochs(self, epochs: Epochs) -> None:
+        """Keys added to the readings sampled from each start time on, as the line protocol's
+        tags (agent.lineprotocol): by sample time, so a replay is byte-identical."""
+        ordered = sorted(epochs, key=lambda epoch: epoch[0])
+        self._starts = [start for start, _ in ordered]
+        self._extra = [dict(tags) for _, tags in ordered]
 
     def document(self, readings: Sequence[Reading]) -> dict[str, Any]:
         items = [self._item(r) for r in readings]
@@ -118,6 +130,10 @@ class JsonEncoder:
         }
         if nonfinite:
             item["nonfinite"] = nonfinite
+        if self._starts:
+            epoch = bisect_right(self._starts, r.time_ns) - 1
+            if epoch >= 0:
+                item.update(self._extra[epoch])
         return item
 
     def encode(self, readings: Sequence[Reading]) -> bytes:

@@ -22,7 +22,9 @@ errors, the total deadline                  exponential backoff (``backoff_min``
 ==========================================  ================================================
 
 Alert readings (agent.alerts) waiting in the outbox are taken first, as a batch of their own,
-so an alert raised behind a large backlog goes in the next request. A batch already taken is
+so an alert raised behind a large backlog goes in the next request. Before each new batch the
+commissioning records (agent.metadata) bring the readings' tags up to date and, behind any alert,
+go upstream once. A batch already taken is
 not cut short for them: it is kept until it is acknowledged or quarantined, so a retry sends
 the very same bytes (within one process; after a restart the batch boundaries may differ, the
 readings do not).
@@ -47,6 +49,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.atomic import write_json
 from agent.config import Config, UplinkConfig
@@ -55,6 +58,9 @@ from agent.reading import StoredReading
 from agent.sinks import Failure, HttpSink, Reply, make_encoder, make_session
 from agent.storage import Store
 from drivers.clock import Clock
+
+if TYPE_CHECKING:
+    from agent.metadata import Commissioning
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +196,10 @@ class Uplink:
     def __init__(self, outbox: Store, sink: HttpSink, settings: UplinkConfig, *, clock: Clock,
                  token: Callable[[], Secret | None], state_path: Path | None = None,
                  rng: random.Random | None = None,
-                 held_boot: Callable[[], str | None] = lambda: None) -> None:
+                 held_boot: Callable[[], str | None] = lambda: None,
+                 commissioning: Commissioning | None = None) -> None:
         self.outbox, self.sink, self.settings, self.clock = outbox, sink, settings, clock
+        self.commissioning = commissioning
         self._held_boot = held_boot  # readings waiting to be re-stamped (agent.timekeeping)
         self.batch_limit = settings.batch_size
         self._read_token = token
@@ -226,6 +234,8 @@ class Uplink:
             # Alerts (agent.alerts) go ahead of any backlog, in a batch of their own -- even
             # before the clock has synchronised (then flagged CLOCK_UNSYNCED): late is worse.
             batch = self.outbox.take_alerts(self.batch_limit)
+            if self.commissioning is not None:  # the tags in force; records once, not first
+                self.commissioning.step(self.sink, self._token, send=not batch)
             if batch:
                 self._more = True  # the backlog, if any, comes next
             else:
@@ -417,10 +427,13 @@ def build_uplink(config: Config, outbox: Store, clock: Clock, data_dir: Path,
     settings = config.uplink
     if settings is None:
         raise ValueError("the configuration has no [uplink] section")
+    from agent.metadata import build_commissioning  # it builds on this module
+
     env = dict(os.environ if environ is None else environ)
     sink = build_sink(config, settings)
     with contextlib.suppress(OSError):
         data_dir.mkdir(parents=True, exist_ok=True)
     return Uplink(outbox, sink, settings, clock=clock,
                   token=lambda: load_token(settings.token_file, env),
-                  state_path=data_dir / STATE_FILE, held_boot=held_boot)
+                  state_path=data_dir / STATE_FILE, held_boot=held_boot,
+                  commissioning=build_commissioning(config, settings, data_dir, clock))

@@ -13,18 +13,18 @@ from typing import Any
 
 import pytest
 
-from agent import commission
+from agent import commission, metadata
 from agent.commission import (
     FILE,
     FORMAT,
     Facts,
-    commission_tags,
     history,
     make_record,
     mark_sent,
     metadata_document,
-    pending_metadata,
     probe_sensors,
+    reading_tags,
+    unsent,
 )
 from agent.config import parse_config
 from agent.daemon import make_drivers
@@ -128,7 +128,7 @@ def test_missing_facts_are_absent_not_null(tmp_path: Path, config: Path) -> None
     record = document(tmp_path)["history"][0]
     for key in ("technician", "mounting_height_m", "radiation_shield", "note"):
         assert key not in record
-    assert commission_tags(tmp_path / "data") == {}
+    assert reading_tags(record) == {}
 
 
 def test_a_second_commissioning_is_appended_never_overwriting(tmp_path: Path,
@@ -140,7 +140,7 @@ def test_a_second_commissioning_is_appended_never_overwriting(tmp_path: Path,
     assert len(records) == 2
     assert records[0] == first
     assert records[1]["technician"] == "Li Wei" and records[1]["id"] != first["id"]
-    assert commission_tags(tmp_path / "data") == {"mounting_height": "3"}  # the latest visit
+    assert reading_tags(records[1]) == {"mounting_height": "3"}  # that visit's facts only
 
 
 def test_json_output_is_the_record_written(tmp_path: Path, config: Path) -> None:
@@ -165,8 +165,7 @@ def test_a_damaged_record_is_never_overwritten(tmp_path: Path, config: Path) -> 
                       tmp_path / "data", cwd=tmp_path)
     assert result.returncode == 1 and "move it aside" in result.stderr
     assert (tmp_path / "data" / FILE).read_text() == "{ half a record"
-    assert pending_metadata(tmp_path / "data") == []  # the agent is not stopped by it
-    assert commission_tags(tmp_path / "data") == {}
+    assert metadata.load(tmp_path / "data") is None  # the agent is not stopped by it
 
 
 @pytest.mark.parametrize("flags", [("--mounting-height", "-1"), ("--mounting-height", "tall"),
@@ -181,11 +180,11 @@ def test_bad_facts_are_usage_errors(tmp_path: Path, config: Path, flags: tuple[s
 # --- upstream: metadata once, tags ------------------------------------------------------------
 
 
-def test_pending_metadata_until_marked_sent(tmp_path: Path, config: Path) -> None:
+def test_unsent_until_marked_sent(tmp_path: Path, config: Path) -> None:
     data = tmp_path / "data"
     commissioned(tmp_path, config, *FLAGS)
     commissioned(tmp_path, config, "--note", "second visit")
-    pending = pending_metadata(data)
+    pending = unsent(history(data))
     assert [r["sent"] for r in pending] == [False, False]
     body = metadata_document("com-001", pending)
     assert (body["format"], body["unit"], body["count"]) == (FORMAT, "com-001", 2)
@@ -194,19 +193,21 @@ def test_pending_metadata_until_marked_sent(tmp_path: Path, config: Path) -> Non
     json.dumps(body, allow_nan=False)  # plain JSON
 
     assert mark_sent(data, [pending[0]["id"]]) == 1
-    assert [r["id"] for r in pending_metadata(data)] == [pending[1]["id"]]
+    assert [r["id"] for r in unsent(history(data))] == [pending[1]["id"]]
     assert mark_sent(data, [pending[0]["id"]]) == 0  # already sent: nothing changes
     assert mark_sent(data, [r["id"] for r in pending]) == 1
-    assert pending_metadata(data) == []
+    assert unsent(history(data)) == []
     assert [r["sent"] for r in history(data)] == [True, True]
     assert mark_sent(tmp_path / "never-commissioned", ["x"]) == 0
 
 
-def test_tags_come_from_the_latest_record(tmp_path: Path, config: Path) -> None:
+def test_tags_are_the_mounting_height_and_the_shield(tmp_path: Path, config: Path) -> None:
     commissioned(tmp_path, config, *FLAGS)
-    assert commission_tags(tmp_path / "data") == {"mounting_height": "2.5",
-                                                  "shield": "Stevenson screen, white"}
-    assert commission_tags(tmp_path / "nothing-here") == {}
+    (record,) = history(tmp_path / "data")
+    assert reading_tags(record) == {"mounting_height": "2.5",
+                                    "shield": "Stevenson screen, white"}
+    assert metadata.epochs([record]) == [(record["time_ns"], reading_tags(record))]
+    assert metadata.load(tmp_path / "nothing-here") == []
 
 
 # --- the pieces ---------------------------------------------------------------------------------

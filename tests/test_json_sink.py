@@ -127,3 +127,14 @@ def test_text_is_utf8_not_escaped() -> None:
 def test_an_unknown_sensor_has_a_null_driver() -> None:
     (item,) = decode(encoder().encode([reading(sensor="gone")]))["readings"]
     assert item["driver"] is None
+
+
+def test_commissioning_keys_are_those_in_force_at_the_sample_time() -> None:
+    enc = encoder()
+    enc.set_epochs([(T0 + 10, {"mounting_height": "2.5", "shield": "screen"}),
+                    (T0 + 20, {"mounting_height": "3"})])
+    items = enc.document([reading(time_ns=T0 + t) for t in (0, 10, 25)])["readings"]
+    assert [(i.get("mounting_height"), i.get("shield")) for i in items] == [
+        (None, None), ("2.5", "screen"), ("3", None)]
+    assert "mounting_height" not in items[0] and "shield" not in items[0]  # absent, not null
+    assert items[0] == encoder().document([reading(time_ns=T0)])["readings"][0]

@@ -187,3 +187,43 @@ def test_a_replay_is_byte_identical_even_from_a_fresh_encoder() -> None:
 def test_the_measurement_is_configurable_and_escaped() -> None:
     (line,) = encoder("air quality,v2").lines([reading()])
     assert line.startswith("air\\ quality\\,v2,driver=bme280,")
+
+
+# --- commissioning tags by sample time ----------------------------------------------------------
+
+VISITS = [(T0 + 10, {"mounting_height": "2", "shield": "Stevenson screen"}),
+          (T0 + 20, {"mounting_height": "3"})]  # the second visit gave no shield
+
+
+def test_commissioning_tags_are_those_in_force_at_the_sample_time() -> None:
+    enc = encoder()
+    enc.set_epochs(list(reversed(VISITS)))  # any order: sorted by time
+    batch = [reading(time_ns=T0 + t) for t in (0, 9, 10, 15, 20, 30)]
+    lines = enc.lines(batch)
+    assert [(tags.get("mounting_height"), tags.get("shield"))
+            for _, tags, _, _ in map(parse_line, lines)] == [
+        (None, None), (None, None), ("2", "Stevenson screen"), ("2", "Stevenson screen"),
+        ("3", None), ("3", None)]
+    assert lines[2].startswith("envagent,driver=bme280,mounting_height=2,sensor=air,"
+                               "shield=Stevenson\\ screen,site=")  # sorted among the others
+    assert lines[0] == encoder().lines([batch[0]])[0]  # before any visit: as without epochs
+
+
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=30),
+       st.lists(st.integers(0, 40), max_size=4))
+def test_a_line_is_the_same_whichever_batch_it_is_encoded_in(times: list[int],
+                                                            starts: list[int]) -> None:
+    """The per-batch shortcut (one epoch table for a batch within one epoch) never changes a
+    line; of two visits at the same time, the one given last is in force."""
+    epochs = [(T0 + s, {"shield": f"v{k}"}) for k, s in enumerate(starts)]
+    enc, fresh = encoder(), encoder()
+    enc.set_epochs(epochs)
+    fresh.set_epochs(epochs)
+    batch = [reading(sensor=f"s{i}", time_ns=T0 + t) for i, t in enumerate(times)]  # a line each
+    alone = [enc.encode([r]) for r in batch]
+    assert fresh.encode(batch) == b"".join(alone)
+    for t, line in zip(times, alone, strict=True):
+        in_force = [k for k, s in enumerate(starts) if s <= t]
+        want = max(in_force, key=lambda k: (starts[k], k)) if in_force else None
+        shield = parse_line(line.decode().rstrip("\n"))[1].get("shield")
+        assert shield == (None if want is None else f"v{want}")

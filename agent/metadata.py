@@ -1,0 +1,202 @@
+"""Commissioning facts upstream (agent.commission keeps them): each record once as metadata, and
+the facts that suit a tag on every reading sampled while the record is in force.
+
+The delivery worker (agent.uplink) calls :meth:`Commissioning.step` before each new batch. It
+looks at ``commission.json``'s inode, mtime and size (one ``stat``) and reads the file only when
+they changed; then it gives the encoder the tag epochs (one per record, from its time on) and
+notes the records not yet sent. Those go in one POST to the uplink's URL -- not ahead of a waiting
+alert -- and are marked sent only after a 2xx. A failure is tried again after the uplink's
+backoff (and ``Retry-After``), on a schedule of its own: readings never wait for metadata. A
+damaged file is logged once per change and changes nothing: the tags stay as they were.
+
+On the wire, with the line protocol: one point per record at the record's time, measurement
+``<uplink.measurement>_commission``; tags ``unit`` and ``site`` (the readings'), ``technician``,
+``shield`` and ``serial_<sensor id>``; float fields ``latitude``, ``longitude``, ``elevation_m``,
+``mounting_height_m`` where known, ``clock_synced`` (0/1) where known and ``record=1i``, so a
+point exists whatever was given. With the JSON format: :func:`agent.commission.metadata_document`,
+whose ``format`` (``envagent-commission/1``) tells a backend it is not a batch of readings.
+
+Why tags by sample time, not the latest record's: a re-commissioning must not change how a
+reading already taken is encoded, or its replay would not be byte-identical (and would land
+upstream as another series).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.commission import (
+    FILE,
+    CommissionError,
+    history,
+    mark_sent,
+    metadata_document,
+    reading_tags,
+    unsent,
+)
+from agent.config import Config, UplinkConfig
+from agent.credentials import Secret
+from agent.lineprotocol import escape_key, escape_measurement
+from agent.sinks import HttpSink
+from agent.uplink import backoff_delay, retry_after_seconds
+from drivers.clock import Clock
+
+log = logging.getLogger(__name__)
+
+MEASUREMENT_SUFFIX = "_commission"
+FIELDS = ("latitude", "longitude", "elevation_m", "mounting_height_m")
+TAGS = (("technician", "technician"), ("radiation_shield", "shield"))  # record key, tag key
+SERIAL_TAG = "serial_"  # + sensor id
+CONSTANT_FIELD = ("record", "1i")
+
+Record = dict[str, Any]
+Body = Callable[[list[Record]], bytes]
+
+
+def usable(record: object) -> bool:
+    """Whether a record can go upstream and start an epoch: an ``id`` and an integer time."""
+    if not isinstance(record, dict):
+        return False
+    time_ns = record.get("time_ns")
+    return (isinstance(record.get("id"), str) and isinstance(time_ns, int)
+            and not isinstance(time_ns, bool))
+
+
+def load(data_dir: Path) -> list[Record] | None:
+    """The usable records in ``data_dir`` (none when never commissioned); None, logged, when the
+    file is damaged -- never an exception, so the agent never stops over it."""
+    try:
+        found = history(data_dir)
+    except CommissionError as exc:
+        log.warning("commissioning record: %s", exc)
+        return None
+    records = [r for r in found if usable(r)]
+    if len(records) < len(found):
+        log.warning("%s: %d record(s) without an id or time_ns ignored", data_dir / FILE,
+                    len(found) - len(records))
+    return records
+
+
+def epochs(records: Sequence[Record]) -> list[tuple[int, dict[str, str]]]:
+    """The readings' extra tags from each record's time on (for ``set_epochs``)."""
+    return [(r["time_ns"], reading_tags(r)) for r in records]
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def line_protocol(records: Sequence[Record], *, measurement: str, unit: str,
+                  site: str) -> bytes:
+    """One point per record (see the module docstring), escaped as the readings' lines."""
+    name = escape_measurement(measurement + MEASUREMENT_SUFFIX)
+    lines = []
+    for r in records:
+        tags = {"unit": unit, "site": site}
+        for key, tag in TAGS:
+            if isinstance(r.get(key), str):
+                tags[tag] = r[key]
+        for sensor in r.get("sensors") or ():
+            if isinstance(sensor, dict) and isinstance(sensor.get("id"), str) \
+                    and isinstance(sensor.get("serial"), str):
+                tags[SERIAL_TAG + sensor["id"]] = sensor["serial"]
+        fields = dict([CONSTANT_FIELD])
+        fields.update((key, repr(float(r[key]))) for key in FIELDS if _number(r.get(key)))
+        if isinstance(r.get("clock_synced"), bool):
+            fields["clock_synced"] = f"{int(r['clock_synced'])}i"
+        tag_text = "".join(f",{escape_key(k)}={escape_key(v)}"
+                           for k, v in sorted(tags.items()) if v)
+        field_text = ",".join(f"{escape_key(k)}={v}" for k, v in sorted(fields.items()))
+        lines.append(f"{name}{tag_text} {field_text} {r['time_ns']}\n")
+    return "".join(lines).encode("utf-8")
+
+
+def json_document(records: Sequence[Record], *, unit: str) -> bytes:
+    """:func:`agent.commission.metadata_document` as UTF-8 JSON, as the batches are written."""
+    return json.dumps(metadata_document(unit, records), ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode("utf-8")
+
+
+class Commissioning:
+    """``commission.json`` as the delivery worker sees it; see the module docstring."""
+
+    def __init__(self, data_dir: Path, body: Body, settings: UplinkConfig, *, clock: Clock,
+                 rng: random.Random | None = None) -> None:
+        self.data_dir, self.path = data_dir, data_dir / FILE
+        self._body, self._settings, self._clock = body, settings, clock
+        self._rng = rng or random.Random()
+        self._seen: tuple[int, int, int] | None = (-1, -1, -1)  # inode, mtime, size last read
+        self.pending: list[Record] = []  # read from the file, not sent yet
+        self._failures = 0
+        self._due = -math.inf  # monotonic time of the next attempt
+
+    def step(self, sink: HttpSink, token: Secret | None, *, send: bool = True) -> None:
+        """Bring the encoder's tags up to date; then, with ``send``, send the unsent records
+        if their backoff is over."""
+        self.refresh(sink)
+        if send and self.pending and self._clock.monotonic() >= self._due:
+            self._send(sink, token)
+
+    def refresh(self, sink: HttpSink) -> None:
+        """Re-read the file if it changed since the last look."""
+        try:
+            stat = os.stat(self.path)
+            seen: tuple[int, int, int] | None = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            seen = None  # not commissioned (or unreadable: history() says which)
+        if seen == self._seen:
+            return
+        self._seen = seen
+        records = load(self.data_dir)
+        if records is None:  # damaged: the readings keep the tags they had
+            return
+        self.pending = unsent(records)
+        sink.encoder.set_epochs(epochs(records))
+
+    def _send(self, sink: HttpSink, token: Secret | None) -> None:
+        records = self.pending
+        try:
+            body = self._body(records)
+        except ValueError as exc:  # NaN in a hand-edited file: JSON cannot carry it
+            log.warning("%s cannot be sent upstream: %s", self.path, exc)
+            self.pending = []
+            return
+        reply = sink.post(body, token)
+        if reply.status is not None and 200 <= reply.status < 300:
+            self.pending, self._failures, self._due = [], 0, -math.inf
+            log.info("sent %d commissioning record(s) to %s", len(records), sink.where)
+            try:
+                mark_sent(self.data_dir, [r["id"] for r in records])
+            except OSError as exc:
+                log.warning("%s; the commissioning record(s) are sent again after a restart",
+                            exc)
+            return
+        self._failures += 1
+        s = self._settings
+        delay = backoff_delay(self._failures, s.backoff_min, s.backoff_max, self._rng)
+        after = retry_after_seconds(reply.retry_after, self._clock.time())
+        if after is not None:
+            delay = max(delay, min(after, s.retry_after_max))
+        self._due = self._clock.monotonic() + delay
+        if self._failures == 1:
+            log.warning("cannot send %d commissioning record(s) to %s: %s; trying again with "
+                        "backoff, readings go on", len(records), sink.where, reply.describe())
+
+
+def build_commissioning(config: Config, settings: UplinkConfig, data_dir: Path,
+                        clock: Clock) -> Commissioning:
+    """The commissioning sender of the real uplink, in its format."""
+    unit = config.unit
+    body: Body = (functools.partial(json_document, unit=unit.id) if settings.format == "json"
+                  else functools.partial(line_protocol, measurement=settings.measurement,
+                                         unit=unit.id, site=unit.site))
+    return Commissioning(data_dir, body, settings, clock=clock)

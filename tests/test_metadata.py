@@ -1,0 +1,295 @@
+"""Commissioning upstream: each record once as metadata (after a 2xx only, retried with backoff,
+never ahead of an alert, never holding up readings), and the readings' tags by sample time, so a
+replay stays byte-identical across a re-commissioning. Against the loopback recording server and
+a real VictoriaMetrics."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from httpfaults import parse_line
+from recording_server import Exchange, RecordingServer
+from victoriametrics import VictoriaMetrics
+
+from agent import commission, metadata
+from agent.commission import FILE, FORMAT, Facts, history, make_record
+from agent.config import Config, parse_config
+from agent.export import Station, export
+from agent.outbox import Outbox
+from agent.reading import Reading
+from agent.uplink import Outcome, Uplink, build_uplink
+from drivers.sim.clock import FakeClock
+
+T0 = 1_767_225_600_000_000_000
+NS = 1_000_000_000
+SITE = "汉中 wetland, east"
+SERIALS = [{"id": "soil", "driver": "sht4x", "bus": 1, "address": 0x44, "serial": "0x01020304"},
+           {"id": "air", "driver": "bme280", "bus": 1, "address": 0x76}]  # a BME280 has none
+
+
+def config(url: str, *, fmt: str = "influx", measurement: str = "envagent") -> Config:
+    return parse_config(tomllib.loads(
+        f'[unit]\nid = "meta-001"\nsite = "{SITE}"\nlatitude = 33.0675\nlongitude = 107.0238\n'
+        'elevation_m = 510\n'
+        '[[sensor]]\nid = "air"\ndriver = "bme280"\naddress = 0x76\n'
+        '[[sensor]]\nid = "soil"\ndriver = "sht4x"\naddress = 0x44\n'
+        f'[uplink]\nurl = "{url}"\nallow_insecure_http = true\nformat = "{fmt}"\n'
+        f'measurement = "{measurement}"\nbackoff_min = "1s"\nbackoff_max = "10s"\n'))
+
+
+def commissioned(data: Path, cfg: Config, time_ns: int, **facts: Any) -> dict[str, Any]:
+    """A record as ``envagent commission`` appends it, at ``time_ns``."""
+    record = make_record(cfg, Facts(**facts), SERIALS, time_ns=time_ns, clock_synced=True,
+                         boot_id="boot-1", boot_ns=5 * NS)
+    commission.append(data, record)
+    return record
+
+
+def samples(start_s: int, count: int) -> list[Reading]:
+    return [Reading(sensor, "temperature", 20.0 + i / 4, "°C", T0 + (start_s + i) * NS,
+                    (start_s + i) * NS, "boot-1", True)
+            for i in range(count) for sensor in ("air", "soil")]
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=64 * 1024**2) as box:
+        yield box
+
+
+def uplink_for(cfg: Config, outbox: Outbox, data: Path, clock: FakeClock) -> Uplink:
+    return build_uplink(cfg, outbox, clock, data, environ={})  # no token: the server wants none
+
+
+def is_metadata(exchange: Exchange) -> bool:
+    return b"_commission," in exchange.body or FORMAT.encode() in exchange.body
+
+
+def readings_sent(server: RecordingServer) -> list[Exchange]:
+    return [e for e in server.snapshot() if not is_metadata(e)]
+
+
+# --- metadata, once ---------------------------------------------------------------------------
+
+
+def test_each_record_goes_upstream_once_as_one_point(tmp_path: Path, outbox: Outbox) -> None:
+    data = tmp_path / "data"
+    with RecordingServer() as server:
+        cfg = config(server.url())
+        record = commissioned(data, cfg, T0 - 3600 * NS, technician="Ana Ruiz",
+                              mounting_height_m=2.5, radiation_shield="Stevenson screen, white")
+        outbox.append(samples(0, 3))
+        uplink = uplink_for(cfg, outbox, data, FakeClock())
+        assert uplink.flush().ok
+        first = server.snapshot()
+        assert [is_metadata(e) for e in first] == [True, False]  # the metadata, then readings
+        (line,) = first[0].body.decode().splitlines()
+        assert parse_line(line) == ("envagent_commission", {
+            "unit": "meta-001", "site": SITE, "technician": "Ana Ruiz",
+            "shield": "Stevenson screen, white", "serial_soil": "0x01020304"}, {
+            "latitude": 33.0675, "longitude": 107.0238, "elevation_m": 510.0,
+            "mounting_height_m": 2.5, "clock_synced": 1, "record": 1}, record["time_ns"])
+        assert first[0].path == "/write?precision=ns"
+        assert [r["sent"] for r in history(data)] == [True]
+
+        outbox.append(samples(10, 2))
+        assert uplink.flush().ok  # the same process: nothing more to send
+        again = build_uplink(cfg, outbox, FakeClock(), data, environ={})
+        outbox.append(samples(20, 2))
+        assert again.flush().ok  # a restart: the file says sent
+        assert not any(is_metadata(e) for e in server.snapshot()[len(first):])
+        assert len(server.snapshot()) == len(first) + 2
+
+
+def test_a_5xx_leaves_the_record_unsent_readings_go_on_and_it_is_sent_after_the_backoff(
+        tmp_path: Path, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    data, clock = tmp_path / "data", FakeClock()
+    refusals = iter([503, 503])
+
+    def respond(exchange: Exchange) -> int:
+        return next(refusals, 204) if is_metadata(exchange) else 204
+
+    with RecordingServer(respond) as server:
+        cfg = config(server.url())
+        commissioned(data, cfg, T0 - 3600 * NS, mounting_height_m=2.0)
+        outbox.append(samples(0, 3))
+        uplink = uplink_for(cfg, outbox, data, clock)
+        with caplog.at_level(logging.WARNING, "agent.metadata"):
+            report = uplink.flush()
+        assert report.ok and report.delivered == 6  # the readings did not wait
+        assert uplink.state.state == "ok"
+        assert [r["sent"] for r in history(data)] == [False]
+        assert "cannot send 1 commissioning record(s)" in caplog.text
+
+        outbox.append(samples(10, 1))
+        assert uplink.flush().ok  # still within the backoff (1 s at first): not tried
+        assert sum(map(is_metadata, server.snapshot())) == 1
+        for _ in range(2):  # the second attempt fails too, the third gets through
+            clock.advance(10.0)  # backoff_max: whatever the jitter drew
+            uplink.step()
+        assert [e.status for e in server.snapshot() if is_metadata(e)] == [503, 503, 204]
+        assert [r["sent"] for r in history(data)] == [True]
+        assert caplog.text.count("cannot send") == 1  # logged on the transition only
+
+
+def test_the_metadata_never_goes_ahead_of_an_alert(tmp_path: Path, outbox: Outbox) -> None:
+    data = tmp_path / "data"
+    with RecordingServer() as server:
+        cfg = config(server.url())
+        commissioned(data, cfg, T0 - 3600 * NS)
+        outbox.append(samples(0, 5))
+        outbox.append([Reading("envagent", "alert_pm25", 1.0, "state", T0 + 6 * NS, 6 * NS,
+                               "boot-1", True)])
+        assert uplink_for(cfg, outbox, data, FakeClock()).flush().ok
+        sent = server.snapshot()
+        assert [is_metadata(e) for e in sent] == [False, True, False]
+        assert b"alert_pm25" in sent[0].body
+
+
+def test_the_json_format_posts_the_metadata_document(tmp_path: Path, outbox: Outbox) -> None:
+    data = tmp_path / "data"
+    with RecordingServer() as server:
+        cfg = config(server.url("/ingest"), fmt="json")
+        first = commissioned(data, cfg, T0 - 3600 * NS, mounting_height_m=2.5)
+        second = commissioned(data, cfg, T0 - 1800 * NS, note="second visit")
+        outbox.append(samples(0, 1))
+        assert uplink_for(cfg, outbox, data, FakeClock()).flush().ok
+        meta, batch = server.snapshot()
+    assert meta.path == "/ingest" and meta.headers["content-type"].startswith("application/json")
+    document = json.loads(meta.body)
+    assert document == commission.metadata_document("meta-001", [first, second])
+    assert document["format"] == FORMAT and document["count"] == 2
+    assert all("sent" not in r for r in document["records"])
+    items = json.loads(batch.body)["readings"]
+    assert "mounting_height" not in items[0]  # the second visit gave no height: no key
+
+
+# --- tags by sample time, and replays -----------------------------------------------------------
+
+
+def test_a_replay_is_byte_identical_across_a_re_commissioning(tmp_path: Path,
+                                                              outbox: Outbox) -> None:
+    """A batch refused before a new visit is sent again after it -- by the same process, and
+    re-encoded after a restart -- with the same bytes: the tags in force when it was sampled."""
+    data, answers = tmp_path / "data", iter([503, 503])
+
+    def respond(exchange: Exchange) -> int:
+        return 204 if is_metadata(exchange) else next(answers, 204)
+
+    with RecordingServer(respond) as server:
+        cfg = config(server.url())
+        commissioned(data, cfg, T0 - 3600 * NS, mounting_height_m=2.0, radiation_shield="screen")
+        outbox.append(samples(0, 4))
+        uplink = uplink_for(cfg, outbox, data, FakeClock())
+        assert uplink.step().outcome is Outcome.RETRY
+        commissioned(data, cfg, T0 + 3600 * NS, mounting_height_m=3.0)  # the next visit
+        assert uplink.step().outcome is Outcome.RETRY  # the retry
+        outbox.append(samples(3600, 2))  # sampled since
+        assert uplink_for(cfg, outbox, data, FakeClock()).flush().ok  # after a restart
+        refused, retried, replayed = readings_sent(server)
+    assert retried.body == refused.body
+    old = refused.body.decode().splitlines()
+    assert {(parse_line(x)[1]["mounting_height"], parse_line(x)[1]["shield"]) for x in old} == {
+        ("2", "screen")}
+    new = replayed.body.decode().splitlines()
+    assert new[:len(old)] == old  # the batch boundaries may differ after a restart, no line does
+    assert {parse_line(x)[1]["mounting_height"] for x in new[len(old):]} == {"3"}
+    assert not any("shield" in parse_line(x)[1] for x in new[len(old):])
+
+
+def test_readings_before_any_commissioning_have_no_such_tags(tmp_path: Path,
+                                                             outbox: Outbox) -> None:
+    data = tmp_path / "data"
+    with RecordingServer() as server:
+        cfg = config(server.url())
+        commissioned(data, cfg, T0 + 2 * NS, mounting_height_m=2.0)
+        outbox.append(samples(0, 4))  # at T0 .. T0 + 3 s: two before the visit, two after
+        assert uplink_for(cfg, outbox, data, FakeClock()).flush().ok
+        (batch,) = readings_sent(server)
+    heights = [parse_line(line)[1].get("mounting_height")
+               for line in batch.body.decode().splitlines()]
+    assert heights == [None] * 4 + ["2"] * 4
+
+
+def test_the_file_is_read_only_when_it_changed(tmp_path: Path, outbox: Outbox,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    data, reads = tmp_path / "data", []
+    real = metadata.history
+    monkeypatch.setattr(metadata, "history", lambda d: reads.append(d) or real(d))
+    with RecordingServer() as server:
+        cfg = config(server.url())
+        commissioned(data, cfg, T0 - 3600 * NS, mounting_height_m=2.0)
+        uplink = uplink_for(cfg, outbox, data, FakeClock())
+        for _ in range(5):
+            uplink.step()  # sends the record (which rewrites the file once: sent) ...
+        assert len(reads) == 2  # ... so: the first look, and once after marking it sent
+        commissioned(data, cfg, T0, mounting_height_m=3.0)
+        uplink.step()
+        assert len(reads) == 3 and sum(map(is_metadata, server.snapshot())) == 2
+
+
+def test_a_damaged_file_stops_nothing(tmp_path: Path, outbox: Outbox,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / FILE).write_text("{ half a record")
+    with RecordingServer() as server:
+        outbox.append(samples(0, 2))
+        uplink = uplink_for(config(server.url()), outbox, data, FakeClock())
+        with caplog.at_level(logging.WARNING, "agent.metadata"):
+            report = uplink.flush()
+            outbox.append(samples(5, 2))
+            assert uplink.flush().ok
+        assert report.ok and report.delivered == 4 and uplink.state.state == "ok"
+        assert not any(map(is_metadata, server.snapshot()))
+    assert caplog.text.count("commissioning record") == 1  # once per change of the file
+
+
+def test_the_export_carries_the_tags_the_uplink_sends(tmp_path: Path, outbox: Outbox) -> None:
+    """An exported line and the delivered one must be the same point, or the store keeps two."""
+    data = tmp_path / "data"
+    with RecordingServer() as server:
+        cfg = config(server.url())
+        commissioned(data, cfg, T0 + 2 * NS, mounting_height_m=2.0, radiation_shield="screen")
+        batch = samples(0, 4)
+        outbox.append(batch)
+        assert uplink_for(cfg, outbox, data, FakeClock()).flush().ok
+        (sent,) = readings_sent(server)
+    out = io.StringIO()
+    export(iter([batch]), out, "lp", Station.from_config(cfg, data), current_boot=None,
+           clock_synced=True)
+    assert out.getvalue().encode() == sent.body
+
+
+# --- a real VictoriaMetrics ---------------------------------------------------------------------
+
+
+def test_the_commissioning_point_and_the_tags_in_victoriametrics(
+        victoriametrics: VictoriaMetrics, tmp_path: Path, outbox: Outbox) -> None:
+    vm, data = victoriametrics, tmp_path / "data"
+    vm.delete_series('{__name__=~"metait_.*"}')
+    cfg = config(vm.write_url, measurement="metait")
+    record = commissioned(data, cfg, T0 - 3600 * NS, technician="Ana Ruiz",
+                          mounting_height_m=2.5, radiation_shield="Stevenson screen, white")
+    outbox.append(samples(0, 2))
+    assert uplink_for(cfg, outbox, data, FakeClock()).flush().ok
+    point = {"unit": "meta-001", "site": SITE, "technician": "Ana Ruiz",
+             "shield": "Stevenson screen, white", "serial_soil": "0x01020304"}
+    at = [record["time_ns"] // 1_000_000]
+    assert vm.query_export('{__name__=~"metait_commission_.*"}') == [
+        {"metric": {"__name__": f"metait_commission_{field}", **point}, "values": [value],
+         "timestamps": at}
+        for field, value in (("clock_synced", 1), ("elevation_m", 510), ("latitude", 33.0675),
+                             ("longitude", 107.0238), ("mounting_height_m", 2.5),
+                             ("record", 1))]
+    readings = vm.query_export('metait_temperature{mounting_height="2.5"}')
+    assert [s["metric"]["sensor"] for s in readings] == ["air", "soil"]
+    assert {s["metric"]["shield"] for s in readings} == {"Stevenson screen, white"}
+    assert [len(s["values"]) for s in readings] == [2, 2]
