@@ -5,9 +5,11 @@ How the store is filled: two simulated stations run as real ``envagent run --sim
 processes at once, delivering to the session's VictoriaMetrics over ``/write``. Their sites need
 regex escaping (parentheses, a dot) and one is not ASCII. Station A's light sensor starts
 answering NACK after 2 s (``--sim-fault``), so the store holds a failed sensor and a data gap;
-station B stays healthy. Each runs 9 s: the first health report comes 5 s after the start
-(``agent.health.FIRST_SAMPLE_S``) and ``[health] interval`` cannot be under 30 s, so each unit
-sends one report. ``envagent sync`` then delivers what was left in the outboxes.
+station B stays healthy. Station A is commissioned first, so its readings carry the
+``mounting_height`` and ``shield`` tags and the store holds its ``envagent_commission_*`` point,
+which no panel may show as a sensor. Each runs 9 s: the first health report comes 5 s after the
+start (``agent.health.FIRST_SAMPLE_S``) and ``[health] interval`` cannot be under 30 s, so each
+unit sends one report. ``envagent sync`` then delivers what was left in the outboxes.
 
 How a query is evaluated: as Grafana would send it -- ``$site`` and ``$unit`` become ``.*`` (the
 dashboard's "All") or one real value escaped as Grafana's Prometheus data source escapes a value
@@ -269,7 +271,7 @@ def fleet(victoriametrics: VictoriaMetrics,
     vm = victoriametrics
     vm.delete_series(f'{{__name__=~"envagent_.+", unit=~"{METRIC_PREFIX}.+"}}')
     root = tmp_path_factory.mktemp("dashboard")
-    runs, syncs = [], []
+    runs, syncs, visits = [], [], []
     for unit, site, faults in ((UNIT_A, SITE_A, ["--sim-fault", f"light=nack@{FAULT_AFTER_S}"]),
                                (UNIT_B, SITE_B, [])):
         directory = root / unit
@@ -279,6 +281,10 @@ def fleet(victoriametrics: VictoriaMetrics,
         runs.append(["run", "--simulate", "--config", config, "--data-dir", data,
                      "--duration", str(RUN_S), *faults])
         syncs.append(["sync", "--config", config, "--data-dir", data])
+        if unit == UNIT_A:  # its readings carry commissioning tags, the store its metadata
+            visits.append(["commission", "--simulate", "--config", config, "--data-dir", data,
+                           "--mounting-height", "2", "--radiation-shield", "Stevenson screen"])
+    _agents(visits, root)
     _agents(runs, root)
     _agents(syncs, root)
     vm.flush()
