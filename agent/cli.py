@@ -396,6 +396,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from agent.daemon import read_boot_id
 
     report["sensors"] = statusview.sensors_json(ctx.data_dir, read_boot_id())
+    report["alerts"] = [a.to_json() for a in statusview.firing_alerts(ctx.config, latest)]
     if args.json:
         _print_json(report)
         return EXIT_OK

@@ -4,6 +4,10 @@
 Sources: the outbox (backlog, counters, last values), ``uplink-state.json``, and what the daemon
 leaves in the data directory (agent.statusfile). Where the daemon left no sensor states (an
 older agent, or one that never ran) the per-sensor health readings in the outbox stand in.
+
+Firing alerts come from the outbox too: the last ``alert_<id>`` reading of each configured rule
+(agent.alerts), 1 while it fires -- the daemon's rules live in another process, and that reading
+is what went upstream. Each is shown with its rule and the watched quantity's last value.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config import Config
+from agent.alerts import ALERT_SENSOR, FIRING, alert_quantity
+from agent.config import AlertConfig, Config
 from agent.history import HISTORY_FILE, POINTS, bucket_of
 from agent.outbox import LatestValue, OutboxStats
 from agent.salvage import Recovery
@@ -107,6 +113,42 @@ def sync_words(config: Config, state: UplinkState | None, backlog: int, now: flo
     return f"not delivering: {reason}{since}, {waiting} waiting"
 
 
+@dataclass(frozen=True, slots=True)
+class FiringAlert:
+    rule: AlertConfig
+    since_ns: int  # the time of the reading that fired it
+    now: LatestValue | None  # the watched quantity's last value
+
+    def describe(self, now: float) -> str:
+        """"pm25 since 10:32: dust pm2_5 above 75 µg/m³ for 10 min; now 80.1 µg/m³"."""
+        rule, last = self.rule, self.now
+        uom = f"{NBSP}{last.unit}" if last is not None else ""  # a value and its unit: one word
+        side = "above" if rule.above is not None else "below"
+        held = f" for {ago(rule.hold).replace(' ', NBSP)}" if rule.hold else ""
+        value = "" if last is None else f"; now {_value(last.value)}{uom}"
+        return (f"{rule.id} since {clock_time(self.since_ns, now)}: {rule.sensor} "
+                f"{rule.quantity} {side} {rule.threshold:g}{uom}{held}{value}")
+
+    def to_json(self) -> dict[str, Any]:
+        rule, last = self.rule, self.now
+        return {"id": rule.id, "sensor": rule.sensor, "quantity": rule.quantity,
+                "above": rule.above, "below": rule.below, "clear": rule.clear, "for_s": rule.hold,
+                "since": _iso(self.since_ns),
+                "value": None if last is None or not math.isfinite(last.value) else last.value,
+                "unit": None if last is None else last.unit}
+
+
+def firing_alerts(config: Config, latest: Sequence[LatestValue]) -> list[FiringAlert]:
+    """The configured alerts whose last alert reading in the outbox says firing."""
+    last = {(x.sensor, x.quantity): x for x in latest}
+    found = []
+    for rule in config.alerts:
+        alert = last.get((ALERT_SENSOR, alert_quantity(rule.id)))
+        if alert is not None and alert.value == FIRING:
+            found.append(FiringAlert(rule, alert.time_ns, last.get((rule.sensor, rule.quantity))))
+    return found
+
+
 def sparkline(points: Sequence[float | None], width: int, bars: str = BARS) -> str:
     """``points`` squeezed into ``width`` columns (a column's mean), scaled min to max."""
     width = max(1, min(width, len(points)))
@@ -137,6 +179,8 @@ def render(config: Config, data_dir: Path, stats: OutboxStats, latest: Sequence[
     def row(label: str, text: str) -> None:
         lines.extend(wrap(f"{label:<{LABEL - 1}} {text}", width))
 
+    for alert in firing_alerts(config, latest):  # first: what a technician must see
+        row("ALERT", alert.describe(now))
     uplink = UplinkState.load(data_dir / STATE_FILE)
     row("sync", sync_words(config, uplink, stats.backlog, now))
     if uplink is not None and config.uplink is not None:

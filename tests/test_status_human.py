@@ -10,13 +10,14 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent.config import SensorConfig, parse_config
+from agent.config import Config, SensorConfig, parse_config
 from agent.daemon import read_boot_id
 from agent.history import POINTS, RESOLUTION_S, Accumulator, History, Series, bucket_of
-from agent.outbox import LatestValue
+from agent.outbox import LatestValue, OutboxStats
 from agent.sampler import Health, State
 from agent.statusfile import (
     MIN_WRITE_S,
@@ -26,7 +27,16 @@ from agent.statusfile import (
     StatusFiles,
     load_history,
 )
-from agent.statusview import clip, cols, sparkline, sync_words, wrap
+from agent.statusview import (
+    clip,
+    clock_time,
+    cols,
+    firing_alerts,
+    render,
+    sparkline,
+    sync_words,
+    wrap,
+)
 from agent.uplink import STATE_FILE, UplinkState
 from drivers.sim.clock import FakeClock
 
@@ -39,6 +49,9 @@ STATION = (UNIT + '[storage]\ncommit_interval = "1s"\n'
            'channel0_scale = [[2.8, 0.0], [1.2, 100.0]]\n')
 LONG_ERROR = ("3 reads failed in a row, re-initialising: EREMOTEIO (Remote I/O error) at "
               "1:0x76 after the cable was pulled")
+# Fires on the first reading (the simulated air is far above -40 °C) and never clears.
+WARM = ('[[alert]]\nid = "air_warm"\nsensor = "air"\nquantity = "temperature"\nabove = -40\n'
+        'clear = -45\n')
 
 
 def envagent(*args: str, cwd: Path, columns: int = 80) -> subprocess.CompletedProcess[str]:
@@ -190,10 +203,10 @@ def test_clip_and_wrap_count_columns() -> None:
 @pytest.mark.parametrize("columns", [40, 80])
 def test_status_fits_the_terminal(tmp_path: Path, columns: int) -> None:
     config, data = tmp_path / "station.toml", tmp_path / "d"
-    config.write_text(STATION + '[uplink]\nurl = "https://tsdb.example.org/write"\n')
+    config.write_text(STATION + WARM + '[uplink]\nurl = "https://tsdb.example.org/write"\n')
     # sample with no uplink, so nothing is delivered; status then sees the configured one
     plain = tmp_path / "plain.toml"
-    plain.write_text(STATION)
+    plain.write_text(STATION + WARM)
     ran = envagent("run", "--simulate", "--config", str(plain), "--data-dir", str(data),
                    "--duration", "2.5", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
@@ -222,6 +235,8 @@ def test_status_fits_the_terminal(tmp_path: Path, columns: int) -> None:
     assert "probes (ads1115): ok" in text
     temperature = next(line for line in lines if line.startswith("  temperature"))
     assert any(bar in text for bar in "▁█") and "°C" in temperature
+    assert lines[1].startswith("ALERT    air_warm since ")  # right under the unit
+    assert ": air temperature above -40 °C; now " in text
 
     report = json.loads(envagent("status", "--config", str(config), "--data-dir", str(data),
                                  "--json", cwd=tmp_path).stdout)
@@ -229,6 +244,12 @@ def test_status_fits_the_terminal(tmp_path: Path, columns: int) -> None:
         assert key in report
     assert report["sensors"]["running"] is True
     assert [s["state"] for s in report["sensors"]["states"]] == ["failed", "ok"]
+    (alert,) = report["alerts"]
+    assert {k: alert[k] for k in ("id", "sensor", "quantity", "above", "below", "clear",
+                                  "for_s", "unit")} == {
+        "id": "air_warm", "sensor": "air", "quantity": "temperature", "above": -40.0,
+        "below": None, "clear": -45.0, "for_s": 0.0, "unit": "°C"}
+    assert alert["since"] and alert["value"] > -40
 
 
 def test_the_daemons_own_workers_fit_the_writer(tmp_path: Path) -> None:
@@ -254,3 +275,49 @@ def test_the_daemons_own_workers_fit_the_writer(tmp_path: Path) -> None:
     assert written is not None
     assert [(s.id, s.driver, s.state) for s in written.sensors] == [
         ("air", "bme280", "starting"), ("probes", "ads1115", "starting")]
+
+
+STATS = OutboxStats(backlog=0, backlog_bytes=10_240, oldest_ns=None, newest_ns=None, added=5,
+                    delivered=5, dropped=0, rejected=0, quarantined=0)
+
+
+def alert_station(extra: str = "") -> Config:
+    return parse_config(tomllib.loads(
+        STATION + '[[alert]]\nid = "pm25"\nsensor = "air"\nquantity = "temperature"\n'
+        'above = 75\nclear = 60\nfor = "10m"\n' + extra))
+
+
+@pytest.mark.parametrize("columns", [40, 80])
+def test_each_firing_alert_is_listed_with_its_rule_since_and_value(tmp_path: Path,
+                                                                  columns: int) -> None:
+    now = 1_800_000_000.0
+    config = alert_station('[[alert]]\nid = "dry"\nsensor = "probes"\n'
+                           'quantity = "soil_moisture"\nbelow = 10\n')
+    latest = [value("air", "temperature", 80.14, now - 60),
+              value("envagent", "alert_pm25", 1.0, now - 3600, "state"),
+              value("envagent", "alert_dry", 0.0, now - 7200, "state"),  # fired, then cleared
+              value("envagent", "alert_gone", 1.0, now - 60, "state")]  # no longer configured
+    lines = render(config, tmp_path, STATS, latest, recovery=None, synced=True,
+                   boot_id="b", now=now, width=columns)
+    assert all(cols(line) <= columns for line in lines), "\n".join(lines)
+    alerts = [x for x in lines if x.startswith("ALERT")]
+    assert len(alerts) == 1  # pm25 only
+    at = lines.index(alerts[0])
+    text = " ".join(" ".join(lines[at:at + 3]).split())
+    since = clock_time(int((now - 3600) * 1e9), now)
+    assert text.startswith(f"ALERT pm25 since {since}: air temperature above 75 °C for 10 min; "
+                           "now 80.14 °C")
+    raw = "\n".join(lines[at:at + 3])
+    assert "75\u00a0°C" in raw and "10\u00a0min" in raw  # a value and its unit, never split
+
+
+def test_no_firing_alert_adds_nothing(tmp_path: Path) -> None:
+    now = 1_800_000_000.0
+    latest = [value("air", "temperature", 20.0, now - 60),
+              value("envagent", "alert_pm25", 0.0, now - 60, "state")]
+    args: dict[str, Any] = {"recovery": None, "synced": True, "boot_id": "b", "now": now,
+                            "width": 40}
+    plain = parse_config(tomllib.loads(STATION))
+    assert render(alert_station(), tmp_path, STATS, latest, **args) == render(
+        plain, tmp_path, STATS, latest[:1], **args)
+    assert firing_alerts(alert_station(), latest) == []
