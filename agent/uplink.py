@@ -22,12 +22,11 @@ errors, the total deadline                  exponential backoff (``backoff_min``
 ==========================================  ================================================
 
 Alert readings (agent.alerts) waiting in the outbox are taken first, as a batch of their own,
-so an alert raised behind a large backlog goes in the next request. Before each new batch the
-commissioning records (agent.metadata) bring the readings' tags up to date and, behind any alert,
-go upstream once. A batch already taken is
+so an alert raised behind a large backlog goes in the next request. A batch already taken is
 not cut short for them: it is kept until it is acknowledged or quarantined, so a retry sends
 the very same bytes (within one process; after a restart the batch boundaries may differ, the
-readings do not).
+readings do not). Before each new batch, the commissioning records (agent.metadata) bring the
+readings' tags up to date and, never ahead of an alert, go upstream once.
 Logs name transitions (delivering -> retrying -> delivering), not every retry. The state is
 also written to ``uplink-state.json`` in the data directory, for ``envagent status`` in another
 process: atomically, on transitions only, plus at most every ``STATE_REFRESH_S`` while
