@@ -3,10 +3,16 @@
 Readings wait in memory for at most ``storage.commit_interval`` and are then committed in one
 transaction -- the trade-off between SD-card wear (every commit rewrites at least a page) and what
 a power cut can take. A clean stop (SIGTERM, SIGINT, ``--duration``) commits everything sampled.
+
+The writer sleeps from one commit to the next: the sensor threads queue their readings without
+waking it (a wake-up costs more CPU than the readings it would move), and only an alert
+(``submit(..., urgent=True)``) or a stop brings the commit forward. After each commit
+``on_commit`` tells delivery there is something new.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import queue
@@ -35,8 +41,6 @@ JOIN_TIMEOUT_S = 2.0
 # Readings held in memory while the disk is full; beyond it the oldest are given up. A held
 # reading costs ~220 bytes (measured), so this is ~4 MiB of the 35 MiB budget: hours of data.
 MAX_HELD_READINGS = 20_000
-# The writer wakes at least this often, so its heartbeat (``last_cycle``) shows it is alive.
-WRITER_TICK_S = 1.0
 
 
 def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
@@ -81,6 +85,8 @@ class Agent:
         self.clock = clock
         self.boot_id = boot_id
         self.stop = threading.Event()
+        self._wake = threading.Event()  # set by a stop or an urgent submission
+        self.on_commit: Callable[[], None] | None = None  # after each commit that stored readings
         self._queue: queue.SimpleQueue[list[Reading]] = queue.SimpleQueue()
         self._pending: list[Reading] = []
         self._given_up = 0  # readings dropped from _pending while the disk was full
@@ -93,7 +99,8 @@ class Agent:
             for sensor, driver in zip(config.sensors, drivers, strict=True)
         ]
         self._feed_pressure()
-        self.alerts = Alerts(config.alerts, self.submit)  # [[alert]]: see agent.alerts
+        # [[alert]] (agent.alerts): committed at once, so delivery can send them ahead of all
+        self.alerts = Alerts(config.alerts, functools.partial(self.submit, urgent=True))
         for worker in self.workers:
             if self.alerts.watches(worker.sensor.id):
                 worker.deliver = self.alerts.feed(worker.deliver)
@@ -107,14 +114,17 @@ class Agent:
         for worker in self.workers:
             worker.first_setup.wait(max(0.0, deadline - self.clock.monotonic()))
 
-    def submit(self, readings: Sequence[Reading]) -> None:
-        """Hand readings sampled elsewhere (the health reporter) to the writer, as a sensor does."""
+    def submit(self, readings: Sequence[Reading], *, urgent: bool = False) -> None:
+        """Hand readings sampled elsewhere (health, alerts) to the writer, as a sensor does;
+        ``urgent`` ones are committed at once instead of at the next commit interval."""
         self._queue.put(list(readings))
+        if urgent:
+            self._wake.set()
 
     def request_stop(self) -> None:
         """Ask ``run`` to finish: safe from a signal handler or another thread."""
         self.stop.set()
-        self._queue.put([])  # wakes the writer if it is waiting for readings
+        self._wake.set()
 
     @property
     def storage_failing(self) -> bool:
@@ -144,31 +154,32 @@ class Agent:
                 now = self.last_cycle = clock.monotonic()
                 if end is not None and now >= end:
                     break
-                wake = min(next_commit, now + WRITER_TICK_S)
-                if end is not None:
-                    wake = min(wake, end)
-                self._collect(max(0.0, wake - now))
-                if clock.monotonic() >= next_commit:
-                    self.commit()
-                    self._keep_time()
-                    next_commit += commit_interval
+                wake = next_commit if end is None else min(next_commit, end)
+                if clock.wait(self._wake, max(0.0, wake - now)):
+                    self._wake.clear()
+                    if not self.stop.is_set():
+                        self._commit_cycle()  # an urgent submission: the schedule stays
+                    continue
+                if clock.monotonic() < next_commit:
+                    continue  # the end of --duration
+                self._commit_cycle()
+                next_commit += commit_interval
+                if next_commit <= clock.monotonic():  # a commit overran: no burst to catch up
+                    next_commit = clock.monotonic() + commit_interval
         finally:
             self.stop.set()
             for worker in self.workers:
                 worker.thread.join(JOIN_TIMEOUT_S)
                 if worker.thread.is_alive():
                     log.warning("%s: still busy in a read at shutdown; left behind", worker.label)
-            self._drain()
-            self.commit()
-            self._keep_time()
+            self._commit_cycle()
 
-    def _collect(self, timeout: float) -> None:
-        """Wait up to ``timeout`` for readings from the sensor threads, then take all queued."""
-        try:
-            self._pending.extend(self._queue.get(timeout=timeout) if timeout > 0 else [])
-        except queue.Empty:
-            return
+    def _commit_cycle(self) -> None:
         self._drain()
+        stored = self.commit()
+        self._keep_time()
+        if stored and self.on_commit is not None:
+            self.on_commit()
 
     def _drain(self) -> None:
         while True:
@@ -177,26 +188,29 @@ class Agent:
             except queue.Empty:
                 return
 
-    def commit(self) -> None:
+    def commit(self) -> bool:
         """Store what was sampled; when storing fails keep it (bounded) and try again next time.
+        Returns whether readings were stored.
 
         Readings given up meanwhile are counted into the outbox's ``dropped`` by the first
         commit that succeeds, in that same transaction.
         """
         if not self._pending and not self._given_up:
-            return
+            return False
         try:
             self.outbox.append(self._pending, dropped_before=self._given_up)
         except StorageError as exc:  # a full disk, an unwritable directory, an I/O error
             self._hold(exc)
-            return
+            return False
         if self._storage_error is not None:
             self._storage_error = None
             log.warning("outbox %s: storing again; %d reading(s) were given up meanwhile",
                         self.outbox.path, self._given_up)
         self.committed += len(self._pending)
         self.timekeeper.appended(any(r.synced is False for r in self._pending))
+        stored = bool(self._pending)
         self._pending, self._given_up = [], 0
+        return stored
 
     def _keep_time(self) -> None:
         try:

@@ -70,6 +70,7 @@ class Service:
 
     def run(self, duration: float | None) -> None:
         if self.uplink is not None:
+            self.agent.on_commit = self.uplink.nudge
             self.uplink.start()
         self.agent.start()
         self.agent.wait_for_setup(SETUP_WAIT_S)

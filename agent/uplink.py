@@ -215,7 +215,8 @@ class Uplink:
             else UplinkState()
         self._saved_success_ns = self.state.last_success_ns
         self._stop = threading.Event()
-        self._wake = threading.Event()  # set by stop() and sync_now()
+        self._wake = threading.Event()  # set by stop(), sync_now() and nudge()
+        self._caught_up = False  # the worker waits for news: a nudge may wake it
         self._thread: threading.Thread | None = None
 
     # --- one step -----------------------------------------------------------------------------
@@ -360,7 +361,8 @@ class Uplink:
                  self.sink.where, self.batch_limit)
         while not self._stop.is_set():
             try:
-                wait = self.step().wait
+                step = self.step()
+                wait, self._caught_up = step.wait, step.caught_up
             except Exception as exc:  # noqa: BLE001 - the outbox or a bug: never stop delivering
                 self._enter("failing", f"{type(exc).__name__}: {exc}")
                 log.debug("step failed", exc_info=True)
@@ -368,8 +370,15 @@ class Uplink:
             if wait > 0:
                 self.clock.wait(self._wake, wait)
                 self._wake.clear()
+            self._caught_up = False
         if self.state.last_success_ns != self._saved_success_ns:
             self._save()
+
+    def nudge(self) -> None:
+        """New readings were committed (``Agent.on_commit``): when the worker is caught up, it
+        sends them now instead of at its next look; a backoff in progress runs its course."""
+        if self._caught_up:
+            self._wake.set()
 
     def sync_now(self) -> None:
         """Try delivering at once, even in the middle of a backoff (the service button)."""
