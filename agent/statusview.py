@@ -115,6 +115,8 @@ def sync_words(config: Config, state: UplinkState | None, backlog: int, now: flo
 
 @dataclass(frozen=True, slots=True)
 class FiringAlert:
+    """A configured alert whose last alert reading says firing (see the module docstring)."""
+
     rule: AlertConfig
     since_ns: int  # the time of the reading that fired it
     now: LatestValue | None  # the watched quantity's last value
