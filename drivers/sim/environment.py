@@ -115,6 +115,7 @@ Source = Callable[[float], Conditions]
 """What a sensor model samples: wall time (seconds since the epoch) -> conditions."""
 
 
+_RECENT_SECONDS = 16  # whole seconds of conditions kept; sensors sample within one or two
 _PERIOD_JITTER = 0.2  # ±20 %: two seeds do not share their weather rhythm
 
 
@@ -168,6 +169,7 @@ class Environment:
     _weather_t: _Wander = field(init=False, repr=False, compare=False)
     _weather_dew: _Wander = field(init=False, repr=False, compare=False)
     _weather_p: _Wander = field(init=False, repr=False, compare=False)
+    _recent: dict[int, Conditions] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.latitude is not None and not -90.0 <= self.latitude <= 90.0:
@@ -179,11 +181,23 @@ class Environment:
             "_weather_t": _Wander.seeded(self.seed, "temperature", _WEATHER_TEMPERATURE),
             "_weather_dew": _Wander.seeded(self.seed, "dew_point", _WEATHER_DEW_DEPRESSION),
             "_weather_p": _Wander.seeded(self.seed, "pressure", _WEATHER_PRESSURE),
+            "_recent": {},
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)  # frozen: derived once, here
 
     def conditions(self, wall_time: float) -> Conditions:
+        """The conditions in the whole second holding ``wall_time``: weather needs no finer
+        resolution, and every sensor sampled in that second shares one computation."""
+        second = math.floor(wall_time)
+        found = self._recent.get(second)
+        if found is None:
+            if len(self._recent) >= _RECENT_SECONDS:
+                self._recent.clear()
+            found = self._recent[second] = self._compute(float(second))
+        return found
+
+    def _compute(self, wall_time: float) -> Conditions:
         background = self._background_temperature(wall_time)
         temperature = background + self._diurnal(wall_time)
         dew_point = background - max(
