@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import astuple, replace
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ def reading(i: int = 0, **changes: object) -> Reading:
         sensor="air", quantity="temperature", value=20.0 + i / 100, unit="°C",
         time_ns=T0 + i * 10**9, boot_ns=(5 + i) * 10**9, boot_id="boot-0", synced=True,
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return base._replace(**changes)  # type: ignore[arg-type]
 
 
 def exact(r: Reading) -> tuple[object, ...]:
@@ -47,7 +46,7 @@ def exact(r: Reading) -> tuple[object, ...]:
             return repr(v)
         return int(v) if isinstance(v, int) else v
 
-    return tuple(key(v) for v in astuple(r))
+    return tuple(key(v) for v in r)
 
 
 def count_rows(path: Path) -> int:
