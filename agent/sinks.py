@@ -9,8 +9,8 @@ no proxy variables, no ``~/.netrc`` credentials), verifies TLS (optionally again
 optionally with a client certificate) and never follows a redirect for a write.
 
 The total deadline. ``requests`` bounds the connect and each single read, not an exchange: a
-server that dribbles one byte per read timeout keeps a request alive forever. A timer armed for
-every POST shuts down (``shutdown(SHUT_RDWR)``) this process's TCP connections to the upload
+server that dribbles one byte per read timeout keeps a request alive forever. A deadline armed
+for every POST shuts down (``shutdown(SHUT_RDWR)``) this process's TCP connections to the upload
 port when it expires, which makes the blocked send or receive in the worker fail at once. The
 connections are found by listing the process's own file descriptors (``/proc/self/fd``), since
 ``requests`` does not hand out its sockets; the agent has no other TCP client, so the match on
@@ -22,6 +22,10 @@ deadline is cut off within ``RECHECK_S`` of connecting. What it does not: name r
 config requires ``deadline >= connect_timeout`` so the usual single-address case stays within
 it. A complete answer that arrives as the timer fires is treated as cut off (a shut-down socket
 can make a 204 look complete), so the batch is sent again: a duplicate, never a loss.
+
+The deadlines are kept by one thread per sink (:class:`Deadlines`), not a timer thread per
+POST: starting a thread cost more CPU than the rest of a small POST, and the watcher is not
+even woken by a new POST while it already sleeps towards an earlier deadline.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ import os
 import socket
 import stat
 import threading
+import time
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -205,6 +210,64 @@ def make_session(*, ca_file: Path | None = None, client_cert: Path | None = None
     return session
 
 
+class Deadlines:
+    """Calls ``expire(attempt, why)`` once the deadline of the attempt in flight passes, on one
+    long-lived thread.
+
+    Arming a new attempt wakes the thread only when it is idle; while it sleeps towards an
+    earlier deadline it finds the new one when it wakes, so a POST every few seconds costs it a
+    wake-up per deadline period rather than one per POST. Disarming never wakes it.
+    """
+
+    def __init__(self, expire: Callable[[int, Failure], None], *, name: str) -> None:
+        self._expire = expire
+        self._name = name
+        self._cond = threading.Condition()
+        self._armed: tuple[int, float, Failure] | None = None  # attempt, monotonic due, why
+        self._idle = False  # the thread waits for an attempt, without a timeout
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, attempt: int, seconds: float, why: Failure) -> None:
+        with self._cond:
+            self._armed = (attempt, time.monotonic() + seconds, why)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            elif self._idle:
+                self._cond.notify()
+
+    def disarm(self, attempt: int) -> None:
+        with self._cond:
+            if self._armed is not None and self._armed[0] == attempt:
+                self._armed = None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._armed is None:
+                    self._idle = True
+                    self._cond.wait()
+                    self._idle = False
+                    continue
+                attempt, due, why = self._armed
+                remaining = due - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self._armed = None
+                self._cond.release()  # expire may arm again (a late connection)
+                try:
+                    self._expire(attempt, why)
+                finally:
+                    self._cond.acquire()
+
+
 class HttpSink:
     """POSTs encoded batches to one URL, each within a total deadline (see the module doc)."""
 
@@ -223,8 +286,9 @@ class HttpSink:
         self._lock = threading.Lock()
         self._attempts = 0
         self._in_flight: int | None = None  # the number of the attempt on the wire
-        self._ended: Failure | None = None  # why the timer or abort() ended it early
+        self._ended: Failure | None = None  # why the deadline or abort() ended it early
         self._closed = False
+        self._deadlines = Deadlines(self._end, name="uplink-deadline")
 
     def encode(self, readings: Sequence[Reading]) -> bytes:
         return self.encoder.encode(readings)
@@ -241,19 +305,17 @@ class HttpSink:
             self._attempts += 1
             attempt = self._in_flight = self._attempts
             self._ended = None
-        timer = threading.Timer(self.deadline, self._end, (attempt, Failure.DEADLINE))
-        timer.daemon = True
-        timer.start()
+        self._deadlines.arm(attempt, self.deadline, Failure.DEADLINE)
         try:
             response = self.session.post(self.url, data=data, headers=headers,
                                          timeout=self.timeouts, allow_redirects=False)
         except requests.RequestException as exc:
-            failure = self._finish(timer) or _failure_of(exc)
+            failure = self._finish(attempt) or _failure_of(exc)
             return Reply(None, failure, _one_line(redact(str(exc), token)))
         except (ValueError, OSError) as exc:  # e.g. an unreadable ca_file or client_cert
-            self._finish(timer)
+            self._finish(attempt)
             return Reply(None, Failure.INVALID, _one_line(redact(str(exc), token)))
-        ended = self._finish(timer)
+        ended = self._finish(attempt)
         if ended is not None:  # the answer may be cut short (a 204's headers, say): not trusted
             return Reply(None, ended, f"HTTP {response.status_code} answer cut off")
         return Reply(response.status_code, None,
@@ -272,11 +334,12 @@ class HttpSink:
         with self._lock:
             self._closed = True
         self.abort()
+        self._deadlines.close()
         self.session.close()
 
-    def _finish(self, timer: threading.Timer) -> Failure | None:
+    def _finish(self, attempt: int) -> Failure | None:
         """Disarm the attempt; return why it was ended early, if it was."""
-        timer.cancel()
+        self._deadlines.disarm(attempt)
         with self._lock:
             ended, self._ended, self._in_flight = self._ended, None, None
         return ended
@@ -287,9 +350,7 @@ class HttpSink:
                 return  # finished meanwhile
             self._ended = self._ended or why
             if shutdown_connections(self.port) == 0:  # still resolving or connecting: look again
-                again = threading.Timer(RECHECK_S, self._end, (attempt, why))
-                again.daemon = True
-                again.start()
+                self._deadlines.arm(attempt, RECHECK_S, why)
 
 
 def _failure_of(exc: requests.RequestException) -> Failure:
