@@ -120,6 +120,27 @@ def test_ack_deletes_and_is_idempotent(outbox: Outbox) -> None:
     assert (stats.added, stats.delivered, stats.backlog) == (5, 3, 2)
 
 
+def test_only_the_ack_skips_the_fsync_appends_stay_durable(outbox: Outbox) -> None:
+    """An ack may be undone by a power cut (a replay follows); a stored reading may not."""
+    def synchronous() -> str:
+        (level,) = outbox._conn.execute("PRAGMA synchronous").fetchone()
+        return {1: "NORMAL", 2: "FULL"}[level]
+
+    outbox.append([reading(i) for i in range(3)])
+    assert synchronous() == "FULL"
+    outbox.ack([s.id for s in outbox.take(1)])
+    assert synchronous() == "FULL"  # back for the next append
+    outbox._conn.execute("PRAGMA busy_timeout = 10")
+    blocker = sqlite3.connect(outbox.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer: the next ack cannot begin
+    with pytest.raises(StorageError, match="locked"):
+        outbox.ack([2])
+    assert synchronous() == "FULL"  # restored after the failure too
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert [s.reading for s in outbox.take(5)] == [reading(1), reading(2)]
+
+
 def test_ids_are_never_reused_after_the_outbox_drained(outbox: Outbox) -> None:
     outbox.append([reading(0)])
     [old] = outbox.take(1)
