@@ -13,6 +13,11 @@ the value wanders between 60 and 75, so an alert does not flap on a noisy signal
 flagged WARMUP, OUT_OF_RANGE, STUCK or SPIKE, or not finite, is not evidence either way: it
 neither raises, holds off nor clears an alert, and it does not restart a pending one.
 
+A restart resumes each rule from its last alert reading in the outbox (``Alerts.resume``): one
+that was firing there is firing upstream and in ``envagent status`` until a 0 is stored, so it
+starts firing -- its ``for`` was held before -- and the first fit reading back past ``clear``
+clears it. A pending wait is not resumed: it starts again, as after a reboot.
+
 Why an alert is a reading: under the reserved sensor ``envagent`` (quantity ``alert_<id>``,
 unit ``state``) it is stored in the outbox like everything else, so it survives an outage and
 a power cut, and upstream it is the metric ``envagent_alert_<id>``. The outbox and the uplink
@@ -29,10 +34,14 @@ import enum
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from agent.config import RESERVED_SENSOR_ID, AlertConfig
 from agent.reading import Reading
 from drivers.base import Quality
+
+if TYPE_CHECKING:  # agent.outbox imports this module
+    from agent.outbox import LatestValue
 
 log = logging.getLogger("envagent.alerts")
 
@@ -118,6 +127,21 @@ class Alerts:
 
     def firing_ids(self) -> list[str]:
         return [rule.config.id for rule in self.rules if rule.phase is Phase.FIRING]
+
+    def resume(self, latest: Iterable[LatestValue]) -> None:
+        """Start each rule as its last stored alert reading (``Outbox.latest``) left it, before
+        the sensor threads start.
+
+        Upstream and ``envagent status`` take that reading as the alert's state, so a rule left
+        firing starts firing: it is not raised again (a duplicate 1) while it stays beyond its
+        clear value, and its 0 is stored at the first fit reading back past it. Any other rule
+        starts inactive, as before.
+        """
+        last = {v.quantity: v.value for v in latest if v.sensor == ALERT_SENSOR}
+        for rule in self.rules:
+            if last.get(rule.quantity) == FIRING:
+                rule.phase = Phase.FIRING
+                log.info("%s: still firing from before the restart", rule.describe())
 
     def watches(self, sensor: str) -> bool:
         return sensor in self._by_sensor

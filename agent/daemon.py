@@ -101,12 +101,24 @@ class Agent:
         self._feed_pressure()
         # [[alert]] (agent.alerts): committed at once, so delivery can send them ahead of all
         self.alerts = Alerts(config.alerts, functools.partial(self.submit, urgent=True))
+        if self.alerts.rules:
+            self._resume_alerts()
         for worker in self.workers:
             if self.alerts.watches(worker.sensor.id):
                 worker.deliver = self.alerts.feed(worker.deliver)
         self.committed = 0
         self.timekeeper = TimeKeeper(clock, boot_id)
         self.last_cycle = clock.monotonic()  # the writer's heartbeat, for the watchdog
+
+    def _resume_alerts(self) -> None:
+        """Each alert starts as its last stored reading says (agent.alerts, ``resume``)."""
+        try:
+            latest = self.outbox.latest()
+        except StorageError as exc:  # the outbox logs why; sampling starts regardless
+            log.warning("alerts start as not firing: their last state could not be read (%s)",
+                        exc)
+            return
+        self.alerts.resume(latest)
 
     def wait_for_setup(self, timeout: float) -> None:
         """Block until every sensor has tried its first setup (or ``timeout`` passes)."""

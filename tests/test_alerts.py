@@ -18,10 +18,11 @@ from agent.daemon import Agent
 from agent.errors import ConfigError
 from agent.indicator import PATTERNS, Condition, condition
 from agent.notify import Notifier
-from agent.outbox import Outbox
+from agent.outbox import LatestValue, Outbox
 from agent.reading import Reading
 from agent.service import Service
 from agent.sinks import HttpSink, make_encoder, make_session
+from agent.statusview import firing_alerts
 from agent.storage import ReopeningOutbox
 from agent.uplink import Uplink
 from drivers.base import Driver, Quality
@@ -245,19 +246,22 @@ def test_transitions_are_logged_warning_on_fire_info_on_clear(
 # --- through the agent, with a simulated PMSA003I ---------------------------------------------
 
 
+def dust_config(rule: dict[str, object]) -> Config:
+    return parse_config({"unit": {"id": "demo-001", "site": "roof"},
+                         "sensor": [{"id": "dust", "driver": "pmsa003i", "address": 0x12,
+                                     "interval": "10s"}],
+                         "alert": [rule]}, source=SRC)
+
+
 def dust_agent(tmp_path: Path, rule: dict[str, object]) -> tuple[Agent, Outbox, FakeClock,
                                                                  PMSA003IModel]:
-    cfg = parse_config({"unit": {"id": "demo-001", "site": "roof"},
-                        "sensor": [{"id": "dust", "driver": "pmsa003i", "address": 0x12,
-                                    "interval": "10s"}],
-                        "alert": [rule]}, source=SRC)
     clock = FakeClock(start=100.0, wall=1_767_225_600.0, synced=True)
     bus = SimBus(1, clock=clock)
     model = PMSA003IModel.running(clock=clock)
     bus.attach(0x12, model)
     drivers: list[Driver] = [PMSA003I(bus, 0x12, clock=clock)]
     outbox = Outbox(tmp_path / "outbox.sqlite", max_bytes=64 * 1024**2)
-    agent = Agent(cfg, drivers, outbox=outbox, clock=clock, boot_id="b00t")
+    agent = Agent(dust_config(rule), drivers, outbox=outbox, clock=clock, boot_id="b00t")
     return agent, outbox, clock, model
 
 
@@ -286,6 +290,119 @@ def test_a_high_pm25_through_the_agent_stores_an_alert_reading(tmp_path: Path) -
         worker.sample()
         assert not agent.alerts.firing
         assert service.condition() is Condition.OK
+
+
+# --- across a restart ------------------------------------------------------------------------
+
+
+def run_until_stopped(tmp_path: Path, rule: dict[str, object], pm2_5: float) -> list[float]:
+    """An agent sampling ``pm2_5`` for 50 s, all delivered, then stopped: its alert values.
+    The next ``dust_agent`` on ``tmp_path`` is the agent restarted."""
+    agent, outbox, clock, model = dust_agent(tmp_path, rule)
+    with outbox:
+        (worker,) = agent.workers
+        assert worker._try_setup()
+        clock.advance(31.0)  # past the driver's warm-up flag
+        model.pm2_5 = pm2_5
+        return sample(agent, clock, 5)
+
+
+def sample(agent: Agent, clock: FakeClock, count: int) -> list[float]:
+    """``count`` samples 10 s apart, committed and delivered: the alert values among them."""
+    (worker,) = agent.workers
+    for _ in range(count):
+        worker.sample()
+        clock.advance(10.0)
+    agent._drain()
+    agent.commit()
+    taken = agent.outbox.take(1000)
+    agent.outbox.ack(s.id for s in taken)  # only the outbox's latest table remembers them
+    return [s.reading.value for s in taken if s.reading.sensor == ALERT_SENSOR]
+
+
+def test_an_alert_that_ended_while_the_agent_was_down_clears_at_its_first_good_sample(
+        tmp_path: Path) -> None:
+    rule = PM_RULE | {"for": "30s"}
+    assert run_until_stopped(tmp_path, rule, pm2_5=150.0) == [1.0]
+    agent, outbox, clock, model = dust_agent(tmp_path, rule)
+    with outbox:
+        assert agent.alerts.firing_ids() == ["pm25_high"]  # as status and upstream last heard
+        service = Service(agent.config.with_storage_path(tmp_path), agent, outbox, None,
+                          clock=clock, notifier=Notifier({}))
+        assert service.condition() is Condition.ALERT  # the LED agrees with `envagent status`
+        (worker,) = agent.workers
+        assert worker._try_setup()
+        model.pm2_5 = 20.0
+        assert sample(agent, clock, 3) == []  # warming up: no evidence either way
+        assert agent.alerts.firing
+        assert sample(agent, clock, 1) == [0.0]  # the first good sample
+        assert not agent.alerts.firing and service.condition() is Condition.OK
+        assert firing_alerts(agent.config, outbox.latest()) == []
+        assert sample(agent, clock, 3) == []
+
+
+def test_an_alert_still_beyond_after_a_restart_is_not_raised_again(tmp_path: Path) -> None:
+    rule = PM_RULE | {"for": "30s"}
+    assert run_until_stopped(tmp_path, rule, pm2_5=150.0) == [1.0]
+    agent, outbox, clock, model = dust_agent(tmp_path, rule)
+    with outbox:
+        (worker,) = agent.workers
+        assert worker._try_setup()
+        clock.advance(31.0)
+        model.pm2_5 = 150.0
+        assert sample(agent, clock, 6) == []  # longer than its `for`: no duplicate 1
+        model.pm2_5 = 70.0
+        assert sample(agent, clock, 2) == []  # between clear and threshold: still firing
+        (alert,) = firing_alerts(agent.config, outbox.latest())
+        assert alert.rule.id == "pm25_high" and agent.alerts.firing
+        model.pm2_5 = 60.0
+        assert sample(agent, clock, 1) == [0.0]  # clear is "at or under", as without a restart
+
+
+def test_an_alert_cleared_before_a_restart_starts_inactive_and_waits_its_for_again(
+        tmp_path: Path) -> None:
+    rule = PM_RULE | {"for": "30s"}
+    assert run_until_stopped(tmp_path, rule, pm2_5=150.0) == [1.0]
+    assert run_until_stopped(tmp_path, rule, pm2_5=20.0) == [0.0]
+    agent, outbox, clock, model = dust_agent(tmp_path, rule)
+    with outbox:
+        assert not agent.alerts.firing
+        (worker,) = agent.workers
+        assert worker._try_setup()
+        clock.advance(31.0)
+        model.pm2_5 = 150.0
+        assert sample(agent, clock, 3) == []  # 20 s beyond: pending
+        assert sample(agent, clock, 1) == [1.0]  # 30 s: fires
+
+
+def test_resume_takes_only_a_firing_state_of_a_configured_rule() -> None:
+    low = AlertConfig(id="water_low", sensor="probes", quantity="water_level", above=None,
+                      below=0.5, clear=0.6, hold=0.0)
+    engine = Engine(PM, low)
+    engine.alerts.resume([
+        LatestValue(ALERT_SENSOR, "alert_pm25_high", ALERT_UNIT, 5 * NS, 1.0, 0),
+        LatestValue(ALERT_SENSOR, "alert_water_low", ALERT_UNIT, 5 * NS, 0.0, 0),
+        LatestValue(ALERT_SENSOR, "alert_gone", ALERT_UNIT, 5 * NS, 1.0, 0),  # no such rule now
+        LatestValue("probes", "alert_water_low", "m", 5 * NS, 1.0, 0),  # not an alert reading
+    ])
+    assert engine.alerts.firing_ids() == ["pm25_high"]
+    assert engine.feed(0, 80) == []
+    assert engine.feed(1, 0.55, sensor="probes", quantity="water_level") == []
+    assert engine.feed(2, 59) == [0.0]
+
+
+def test_an_unreadable_outbox_at_start_leaves_every_alert_inactive(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be\n")
+    clock = FakeClock(start=100.0)
+    with ReopeningOutbox(blocker / "outbox.sqlite", max_bytes=1 << 24, clock=clock) as outbox:
+        caplog.set_level(logging.INFO)
+        dust = PMSA003I(SimBus(1, clock=clock), 0x12, clock=clock)
+        agent = Agent(dust_config(PM_RULE), [dust], outbox=outbox, clock=clock, boot_id="b00t")
+    assert not agent.alerts.firing
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert line.startswith("alerts start as not firing: their last state could not be read (")
 
 
 # --- ahead of the backlog -------------------------------------------------------------------
