@@ -14,7 +14,7 @@ in 10 ms ticks, too coarse for the ~100 ms a few minutes of a mostly idle daemon
 whole-run figure (start-up and shutdown included) is utime + stime from wait4(). Disk bytes are
 ``write_bytes - cancelled_write_bytes`` from /proc/<pid>/io (files under /var/tmp, the real disk;
 logs go to /dev/shm). Peak memory is VmHWM from /proc/<pid>/status (the whole run, start-up
-included). The window is a whole number of 10 s periods starting between two commits,
+included). The window is a whole number of commit intervals starting between two commits,
 so it holds the same number of sampling, commit and delivery cycles whatever the phase.
 Readings are those stored in the window: the outbox's ``added`` counter (health readings
 included: one sample every [health] interval), the naive database's rows.
@@ -50,7 +50,7 @@ from typing import Any
 CPU_BUDGET_US = 50.0  # per reading, end to end (DESIGN.md)
 RSS_BUDGET_MIB = 35.0
 DISK_BUDGET = 300  # bytes written per reading
-PERIOD_S = 10.0  # the example's sensor interval and commit_interval
+PERIOD_S = 10.0  # the example's sensor interval: the naive pipeline samples at this pace
 SCRATCH = Path("/var/tmp")  # the real disk: /proc/<pid>/io write_bytes is 0 on tmpfs
 QUIET = Path("/dev/shm")  # tmpfs: the children's logs and model figures cost no disk bytes
 MODEL_FILE_ENV = "ENVAGENT_BENCH_MODEL_FILE"
@@ -230,7 +230,7 @@ def station_config(example: Path, url: str, directory: Path) -> Path:
     return path
 
 
-def start_between_commits(outbox: Path, timeout: float) -> None:
+def start_between_commits(outbox: Path, period: float, timeout: float) -> None:
     """Return mid-way between two commits of the agent: its ``added`` counter just moved."""
     deadline = time.monotonic() + timeout
     query = "SELECT added FROM counters"
@@ -239,7 +239,7 @@ def start_between_commits(outbox: Path, timeout: float) -> None:
         time.sleep(0.05)
         now = count_rows(outbox, query) if outbox.exists() else -1
         if now != before and before != -1:
-            time.sleep(PERIOD_S / 2)
+            time.sleep(period / 2)
             return
         before = now
     raise SystemExit(f"the agent did not commit within {timeout:g} s")
@@ -250,7 +250,8 @@ def main() -> None:
         sys.exit(child_agent(sys.argv[3:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=180.0,
-                        help="measured window, rounded up to whole 10 s periods (default 180)")
+                        help="measured window, rounded up to whole commit intervals "
+                        "(default 180)")
     parser.add_argument("--warmup", type=float, default=20.0,
                         help="seconds before the window: start-up, set-up, first commits")
     parser.add_argument("--config", type=Path, default=None,
@@ -265,9 +266,11 @@ def main() -> None:
     from _vm import count_points, running
 
     from agent.cli import example_config_path
+    from agent.config import load_config
 
     example = args.config or example_config_path()
-    periods = max(1, math.ceil(args.seconds / PERIOD_S))
+    commit_s = load_config(example).storage.commit_interval
+    periods = max(1, math.ceil(args.seconds / commit_s))
     with tempfile.TemporaryDirectory(prefix="envagent-bench-daemon-", dir=SCRATCH) as tmp, \
             tempfile.TemporaryDirectory(prefix="envagent-bench-daemon-",
                                         dir=QUIET if QUIET.is_dir() else None) as quiet, \
@@ -285,12 +288,12 @@ def main() -> None:
         try:
             started = time.time()
             time.sleep(args.warmup)
-            start_between_commits(outbox, timeout=3 * PERIOD_S)
+            start_between_commits(outbox, commit_s, timeout=3 * commit_s)
             for child in (ours, naive):
                 child.alive()
             first = {c.name: c.snapshot() for c in (ours, naive)}
             window_start = time.time()
-            time.sleep(periods * PERIOD_S)
+            time.sleep(periods * commit_s)
             last = {c.name: c.snapshot() for c in (ours, naive)}
             window = time.time() - window_start
             peaks = {c.name: c.peak_rss_mib() for c in (ours, naive)}
@@ -311,7 +314,7 @@ def main() -> None:
             ours.fail(f"exited with {whole[ours.name][1]} after SIGTERM")
 
     print(f"station: {example.name} + [uplink] to VictoriaMetrics on 127.0.0.1; window "
-          f"{window:.0f} s ({periods} x {PERIOD_S:g} s) after {args.warmup:g} s warm-up; "
+          f"{window:.0f} s ({periods} commits x {commit_s:g} s) after {args.warmup:g} s warm-up; "
           f"naive: one BME280 (3 readings / {PERIOD_S:g} s)")
     print(f"{'pipeline':<34} {'readings':>8} {'CPU µs/rdg':>11} {'models µs/rdg':>14} "
           f"{'rest µs/rdg':>12} {'disk B/rdg':>11} {'peak RSS MiB':>13} {'whole-run µs/rdg':>17}")

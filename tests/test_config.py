@@ -81,7 +81,7 @@ def problems(text: str) -> list[str]:
 def test_minimal_config_takes_every_default() -> None:
     config = parse(UNIT + SENSOR)
     assert config.unit == UnitConfig("u1", "Roof")
-    assert config.storage == StorageConfig(Path("/var/lib/envagent"), 256 * 1024**2, 10.0)
+    assert config.storage == StorageConfig(Path("/var/lib/envagent"), 256 * 1024**2, 30.0)
     assert config.sensors == (
         SensorConfig(
             "s", "probe", 1, 0x40, 60.0, {"gain": 1, "offset": 0.0, "heater": False, "label": ""}
