@@ -87,10 +87,11 @@ class Supervisor:
             self._last_problem = problem
         if problem is None:
             self.notifier.watchdog()
-        text = self._status() if problem is None else f"STUCK: {problem}"
-        if text != self._last_status:
-            self.notifier.status(text)
-            self._last_status = text
+        if self.notifier.enabled:  # the line costs outbox queries: only for systemd to show
+            text = self._status() if problem is None else f"STUCK: {problem}"
+            if text != self._last_status:
+                self.notifier.status(text)
+                self._last_status = text
         if self._on_tick is not None:
             self._on_tick()
 

@@ -129,3 +129,30 @@ def test_bad_sim_fault_is_a_usage_error(tmp_path: Path, spec: str) -> None:
     )
     assert result.returncode == 2
     assert "SENSOR=KIND" in result.stderr
+
+
+def test_the_status_line_is_built_only_for_systemd(tmp_path: Path) -> None:
+    """STATUS= costs outbox queries every tick; without a notify socket nobody reads it."""
+    from agent.notify import Notifier
+    from agent.supervisor import Supervisor
+    from drivers.sim.clock import FakeClock
+
+    clock, built = FakeClock(), []
+
+    def status() -> str:
+        built.append(clock.monotonic())
+        return "9/9 sensors ok"
+
+    def supervisor(notifier: Notifier) -> Supervisor:
+        return Supervisor(notifier, clock, [], writer_beat=clock.monotonic, writer_timeout=15.0,
+                          status=status)
+
+    supervisor(Notifier({})).tick()
+    assert built == []
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify"))
+    receiver.settimeout(2)
+    with receiver:
+        supervisor(Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})).tick()
+        assert receiver.recv(4096) == b"STATUS=9/9 sensors ok"
+    assert len(built) == 1
