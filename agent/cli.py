@@ -252,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         clock=clock) as outbox,
     ):
         drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
-        pin_factory = _mock_pin_factory() if ctx.simulate else None
+        pin_factory = _mock_pin_factory() if ctx.simulate and _uses_gpio(ctx.config) else None
         power = power_switches((s.power_pin for s in ctx.config.sensors), clock=clock,
                                pin_factory=pin_factory)
         agent = Agent(ctx.config, drivers, outbox=outbox, clock=clock, boot_id=read_boot_id(),
@@ -273,8 +273,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _uses_gpio(config: Config) -> bool:
+    """A status LED, a button or a sensor's power switch: only then is gpiozero loaded."""
+    return config.indicator is not None or any(s.power_pin is not None for s in config.sensors)
+
+
 def _mock_pin_factory() -> Any:
-    """gpiozero's mock pins: the status LED and button of a simulated unit."""
+    """gpiozero's mock pins: the status LED, button and power switches of a simulated unit."""
     from gpiozero.pins.mock import MockFactory
 
     return MockFactory()

@@ -40,8 +40,6 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from gpiozero import LED, Button
-
 from drivers.clock import Clock
 
 __all__ = ["PATTERNS", "Condition", "Pattern", "ServiceButton", "StatusLED", "condition"]
@@ -168,6 +166,8 @@ class StatusLED:
         self._condition = initial
         self._identify_until: float | None = None
         self._closed = False
+        from gpiozero import LED  # here: a unit without an [indicator] never loads gpiozero
+
         self._led = LED(pin, pin_factory=pin_factory)
         self._thread = threading.Thread(target=self._run, name="status-led", daemon=True)
         self._thread.start()
@@ -295,6 +295,8 @@ class ServiceButton:
         self._lock = threading.Lock()
         self._down = False  # a press is in progress (seen starting)
         self._long = False  # ... and has been reported as a long press
+        from gpiozero import Button
+
         self._button = Button(pin, pull_up=True, bounce_time=bounce_time, hold_time=hold_time,
                               pin_factory=pin_factory)
         self._button.when_pressed = self._pressed

@@ -1,8 +1,9 @@
 """Values as people write them in the config, both ways.
 
-In: durations and sizes (``"1h30m"``, ``"256MiB"``), parsed exactly (``decimal``) so ``"0.1s"``
-and ``"1.5GiB"`` mean what they say. Errors are ``ValueError`` whose message is the tail of a
-config problem line: what is wrong, then what a good value looks like.
+In: durations and sizes (``"1h30m"``, ``"256MiB"``), parsed exactly (integer arithmetic on the
+digits, rounded once at the end) so ``"0.1s"`` and ``"1.5GiB"`` mean what they say. Errors are
+``ValueError`` whose message is the tail of a config problem line: what is wrong, then what a good
+value looks like.
 
 Out: any parsed TOML value shown back as TOML on one printable line, for problem lines.
 """
@@ -13,19 +14,22 @@ import datetime
 import math
 import re
 from collections.abc import Mapping
-from decimal import Decimal, localcontext
 
 DURATION_EXAMPLES = 'expected a duration such as "10s", "5m" or "1h"'
 SIZE_EXAMPLES = 'expected a size such as "256MiB", "500MB" or a whole number of bytes'
 
-# Largest unit first: a compound duration must list its parts in this order ("1h30m", not "30m1h").
-DURATION_UNITS: dict[str, Decimal] = {
-    "d": Decimal(86400),
-    "h": Decimal(3600),
-    "m": Decimal(60),
-    "s": Decimal(1),
-    "ms": Decimal("0.001"),
+# Milliseconds per unit. Largest unit first: a compound duration must list its parts in this
+# order ("1h30m", not "30m1h").
+DURATION_UNITS_MS: dict[str, int] = {
+    "d": 86_400_000,
+    "h": 3_600_000,
+    "m": 60_000,
+    "s": 1000,
+    "ms": 1,
 }
+# Python refuses to read integers of more than 4300 digits (sys.get_int_max_str_digits); a
+# duration is infinite long before that (a float ends near 1.8e308).
+_MAX_DURATION_DIGITS = 1000
 _DURATION_PART = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-zµ]*)\s*")
 
 # SI multiples are powers of 1000, IEC multiples powers of 1024 (IEC 80000-13). "KB" and "kb"
@@ -41,9 +45,7 @@ SIZE_UNITS: dict[str, int] = {
     "GiB": 1024**3,
     "TiB": 1024**4,
 }
-# At most 40 digits each side keeps the arithmetic exact within _SIZE_PRECISION.
 _SIZE = re.compile(r"\s*([0-9]{1,40}(?:\.[0-9]{1,40})?)\s*([A-Za-z]*)\s*")
-_SIZE_PRECISION = 100
 
 
 def parse_duration(value: object) -> float:
@@ -63,7 +65,8 @@ def _duration_text(text: str) -> float:
         raise ValueError(f"empty duration; {DURATION_EXAMPLES}")
     if text.strip().startswith("-"):
         raise ValueError(f"a duration cannot be negative; {DURATION_EXAMPLES}")
-    total, pos, order = Decimal(0), 0, list(DURATION_UNITS)
+    # The exact sum is total / scale milliseconds; scale is a power of ten.
+    total, scale, pos, order = 0, 1, 0, list(DURATION_UNITS_MS)
     last = -1
     while pos < len(text):
         match = _DURATION_PART.match(text, pos)
@@ -72,7 +75,7 @@ def _duration_text(text: str) -> float:
         number, unit = match.groups()
         if not unit:
             raise ValueError(f"a unit is missing; {DURATION_EXAMPLES}")
-        if unit not in DURATION_UNITS:
+        if unit not in DURATION_UNITS_MS:
             raise ValueError(
                 f"unknown unit {toml_quote(unit)} (use ms, s, m, h or d); {DURATION_EXAMPLES}"
             )
@@ -81,9 +84,14 @@ def _duration_text(text: str) -> float:
                 f'write the largest unit first, each once, as in "1h30m"; {DURATION_EXAMPLES}'
             )
         last = order.index(unit)
-        total += Decimal(number) * DURATION_UNITS[unit]
+        if len(number) > _MAX_DURATION_DIGITS:
+            raise ValueError(f"more than {_MAX_DURATION_DIGITS} digits; {DURATION_EXAMPLES}")
+        digits, places = _decimal_digits(number)
+        common = max(scale, places)  # powers of ten: the larger is a multiple of the smaller
+        total = total * (common // scale) + digits * DURATION_UNITS_MS[unit] * (common // places)
+        scale = common
         pos = match.end()
-    return _finite(total, DURATION_EXAMPLES)
+    return _finite_ratio(total, scale * 1000, DURATION_EXAMPLES)
 
 
 def parse_size(value: object) -> int:
@@ -110,19 +118,19 @@ def parse_size(value: object) -> int:
             f"unknown unit {toml_quote(unit)} (use B, kB, MB, GB, KiB, MiB or GiB; the case of "
             f"each letter matters); {SIZE_EXAMPLES}"
         )
-    with localcontext(prec=_SIZE_PRECISION):
-        size = Decimal(number) * SIZE_UNITS[unit]
-    if size != size.to_integral_value():
+    digits, places = _decimal_digits(number)
+    size, rest = divmod(digits * SIZE_UNITS[unit], places)
+    if rest:
         raise ValueError(f"not a whole number of bytes; {SIZE_EXAMPLES}")
-    return int(size)
+    return size
 
 
 def format_duration(seconds: float) -> str:
     """The shortest compound form, for messages: 90 -> "1m30s", 0.5 -> "500ms"."""
     ms = round(seconds * 1000)
     parts = []
-    for unit, scale in DURATION_UNITS.items():
-        count, ms = divmod(ms, int(scale * 1000))
+    for unit, scale in DURATION_UNITS_MS.items():
+        count, ms = divmod(ms, scale)
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts) or "0s"
@@ -136,7 +144,24 @@ def format_size(size: int) -> str:
     return f"{size}B"
 
 
-def _finite(number: Decimal | float | int, expected: str) -> float:
+def _decimal_digits(number: str) -> tuple[int, int]:
+    """``"1.25"`` as (125, 100): the number is exactly the first divided by the second."""
+    whole, _, fraction = number.partition(".")
+    return int(whole + fraction), 10 ** len(fraction)
+
+
+def _finite_ratio(numerator: int, denominator: int, expected: str) -> float:
+    """``numerator / denominator`` rounded once, to the nearest float."""
+    try:
+        result = numerator / denominator
+    except OverflowError:  # too large for a float
+        result = math.inf
+    if not math.isfinite(result):
+        raise ValueError(f"not a finite number; {expected}")
+    return result
+
+
+def _finite(number: float | int, expected: str) -> float:
     try:
         result = float(number)
     except OverflowError:  # an int too large for a float

@@ -8,7 +8,6 @@ of a reading is measured on).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 import time
 from typing import Protocol
@@ -34,13 +33,13 @@ class SystemClock:
     """The real clocks of this machine."""
 
     def __init__(self) -> None:
-        self._libc: ctypes.CDLL | None = None
-        libc_name = ctypes.util.find_library("c")
-        if libc_name:
-            try:
-                self._libc = ctypes.CDLL(libc_name, use_errno=True)
-            except OSError:
-                self._libc = None
+        # The C library the interpreter already has loaded (dlopen(NULL) searches the process's
+        # global symbols), not ctypes.util.find_library("c"): that runs /sbin/ldconfig in a
+        # child process and imports subprocess, shutil and the compression modules (~1.5 MiB).
+        try:
+            self._libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            self._libc = None
 
     def monotonic(self) -> float:
         return time.monotonic()
