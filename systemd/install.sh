@@ -165,6 +165,20 @@ check_i2c() {
         "'sudo systemctl restart envagent' (the service only sees buses present when it starts)"
 }
 
+check_gpio() {
+    # Only where there is a GPIO chip: not on a PC, and not under --root unless the target has one.
+    [[ -e $ROOT/dev/gpiochip0 ]] || return 0
+    if "$VENV/bin/python" -c 'import lgpio' 2>/dev/null; then
+        say "lgpio is installed: a status LED, button and power_pin switches can use the GPIO"
+        return
+    fi
+    # pyproject.toml pulls in lgpio only where PyPI has a wheel (CPython <= 3.12 on armv7l and
+    # aarch64); elsewhere (e.g. Python 3.13, or an armv6l Pi Zero/1) it has to be built.
+    warn "lgpio is not installed in $VENV: a status LED, button or power_pin would not work" \
+        "(sampling does). To build it: sudo apt install swig python3-dev &&" \
+        "sudo ${VENV#"$ROOT"}/bin/pip install 'lgpio>=0.2.2.0', then: sudo systemctl restart envagent"
+}
+
 start_service() {
     if ! live_system; then
         say "systemd is not running here (or --root): not enabling or starting $SERVICE"
@@ -221,5 +235,6 @@ create_venv
 install_unit
 install_config
 check_i2c
+check_gpio
 start_service
 say "done"

@@ -301,14 +301,22 @@ def test_install_upgrade_uninstall_purge(target_root: Path) -> None:
     # --root never touches the running system.
     assert "not creating user" in first.stdout
     assert "not enabling or starting" in first.stdout
+    # No GPIO chip in this root: nothing to say about lgpio.
+    assert "lgpio" not in first.stdout + first.stderr
 
-    # A technician edits the config, then the script runs again (an upgrade).
+    # A technician edits the config, then the script runs again (an upgrade), now on a target
+    # with a GPIO chip. This venv is not armv7l/aarch64 with CPython <= 3.12, so pyproject.toml
+    # left lgpio out: a warning with the fix.
     config.write_text(config.read_text() + "\n# edited on site\n")
     edited = config.read_text()
+    (root / "dev").mkdir()
+    (root / "dev/gpiochip0").touch()
     second = run(INSTALL, "--root", root, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
     assert config.read_text() == edited
     assert "keeping existing" in second.stdout
+    assert "lgpio is not installed" in second.stderr
+    assert "sudo /opt/envagent/venv/bin/pip install 'lgpio>=0.2.2.0'" in second.stderr
     assert (venv / "bin/envagent").exists()
 
     # Unsent readings survive an uninstall; so does the config.
