@@ -5,7 +5,14 @@ the unit, site and coordinates from ``[unit]``, what the technician says (mounti
 radiation shield, name, a note), each sensor's serial number where the chip reports one, and the
 time -- with whether the clock was synchronised, and the boot id and CLOCK_BOOTTIME, so a time
 taken before NTP can be re-derived like a reading's. Records are appended, never rewritten,
-except their ``sent`` flag.
+except their ``sent`` flag and a re-stamp.
+
+A record taken before the clock synchronised is **re-stamped** by the agent (agent.timekeeping,
+with the anchor it re-stamps that boot's readings with) once the clock has synchronised in the
+same boot and the record has not been sent: ``time`` becomes ``anchor_wall + (boot_ns -
+anchor_boot)``, ``clock_synced`` true, ``clock_restamped`` true, and the time recorded is kept
+as ``unsynced_time`` / ``unsynced_time_ns``. Until then it waits (agent.metadata). A record of a
+boot that never synchronised keeps its time and ``clock_synced: false``.
 
 The file (written atomically, under a lock, so the agent can mark records sent meanwhile)::
 
@@ -14,8 +21,9 @@ The file (written atomically, under a lock, so the agent can mark records sent m
 Upstream (agent.metadata sends them from the delivery worker), once, as metadata: :func:`unsent`
 picks the records not yet sent, :func:`metadata_document` wraps them for a JSON POST,
 :func:`mark_sent` flags them after a 2xx. Each record's ``id`` is stable (SHA-256 of unit and
-time, as a reading's), so a resend is recognisable. As tags: :func:`reading_tags` gives a
-record's facts that suit a tag on every reading sampled while it is in force.
+the time recorded, as a reading's; a re-stamp keeps it), so a resend is recognisable. As tags:
+:func:`reading_tags` gives a record's facts that suit a tag on every reading sampled while it is
+in force.
 """
 
 from __future__ import annotations
@@ -137,7 +145,8 @@ def check_writable(data_dir: Path) -> None:
     with _locked(data_dir):
         if not os.access(data_dir, os.W_OK):
             raise _error(f"cannot write the commissioning record in {data_dir}: permission "
-                         "denied; run as the agent's user or with sudo")
+                         "denied; run it as the agent's user (sudo -u envagent envagent "
+                         "commission ...)")
 
 
 def load(data_dir: Path) -> dict[str, Any] | None:
@@ -180,6 +189,48 @@ def history(data_dir: Path) -> list[dict[str, Any]]:
     return [] if document is None else list(document["history"])
 
 
+def restampable(record: object, boot_id: str) -> bool:
+    """Whether ``record`` was taken in boot ``boot_id`` before its clock synchronised and can
+    still get its true time: not sent yet (what went upstream stays what the file says)."""
+    if not isinstance(record, dict):
+        return False
+    boot_ns = record.get("boot_ns")
+    return (record.get("boot_id") == boot_id and record.get("clock_synced") is False
+            and not record.get("sent") and isinstance(boot_ns, int)
+            and not isinstance(boot_ns, bool) and isinstance(record.get("time_ns"), int))
+
+
+def restamp(data_dir: Path, boot_id: str, anchor_wall_ns: int, anchor_boot_ns: int) -> int:
+    """Give boot ``boot_id``'s unsynchronised, unsent records their true time from a
+    synchronised anchor, as agent.outbox re-stamps readings; return how many changed.
+
+    Looks without the lock first, so a unit with nothing to re-stamp writes nothing.
+    """
+    from agent.export import iso_ns
+
+    if not any(restampable(r, boot_id) for r in history(data_dir)):
+        return 0
+    with _locked(data_dir):
+        document = load(data_dir)
+        if document is None:
+            return 0
+        changed = 0
+        for r in document["history"]:
+            if restampable(r, boot_id):
+                time_ns = anchor_wall_ns + (r["boot_ns"] - anchor_boot_ns)
+                r |= {"time": iso_ns(time_ns), "time_ns": time_ns, "clock_synced": True,
+                      "clock_restamped": True, "unsynced_time": r.get("time"),
+                      "unsynced_time_ns": r["time_ns"]}
+                changed += 1
+        if changed:
+            try:
+                _save(data_dir, document)
+            except OSError as exc:
+                raise _error(f"cannot write {data_dir / FILE}: {exc.strerror or exc}; check "
+                             "that this user may write there", exc) from exc
+    return changed
+
+
 # --- upstream ---------------------------------------------------------------------------------
 
 
@@ -207,7 +258,11 @@ def mark_sent(data_dir: Path, ids: Iterable[str]) -> int:
                 r["sent"] = True
                 changed += 1
         if changed:
-            _save(data_dir, document)
+            try:
+                _save(data_dir, document)
+            except OSError as exc:
+                raise _error(f"cannot write {data_dir / FILE}: {exc.strerror or exc}; check "
+                             "that this user may write there", exc) from exc
     return changed
 
 
@@ -260,6 +315,22 @@ def record_now(config: Config, facts: Facts, sensors: list[dict[str, Any]],
                        boot_ns=int(clock.boottime() * NS))
 
 
+def _unsynced_warning(record: dict[str, Any]) -> str:
+    """What becomes of a date taken before the clock synchronised: corrected only where the
+    agent can (agent.timekeeping), i.e. this boot's id is known and its hold is not over."""
+    from agent.timekeeping import HOLD_UNSYNCED_S
+
+    if record["clock_synced"] is None:
+        return ("  whether the clock is synchronised is unknown: that date may be wrong; it "
+                "goes upstream as recorded")
+    if record.get("boot_id") is None or record["boot_ns"] >= HOLD_UNSYNCED_S * NS:
+        return ("  the clock is not synchronised: that date may be wrong; it goes upstream "
+                "as recorded, flagged unsynchronised")
+    return ("  the clock is not synchronised yet: that date may be wrong; the agent corrects it "
+            "from the boot time when the clock synchronises (if within "
+            f"{HOLD_UNSYNCED_S / 60:g} min of boot, before a reboot) and only then sends it")
+
+
 def describe(record: dict[str, Any], count: int, path: Path) -> list[str]:
     """The record for a person, a few short lines."""
     where = ", ".join(f"{record[k]:g}{unit}" for k, unit in
@@ -269,8 +340,7 @@ def describe(record: dict[str, Any], count: int, path: Path) -> list[str]:
     lines = [f"commissioned {record['unit']} at {record['site']}"
              f"{f' ({where})' if where else ''} on {record['time'][:19]}Z{who}"]
     if record["clock_synced"] is not True:
-        lines.append("  the clock is not synchronised: that date may be wrong (the boot time "
-                     "is kept to correct it)")
+        lines.append(_unsynced_warning(record))
     for key, label in (("mounting_height_m", "mounted at"), ("radiation_shield", "shield")):
         if key in record:
             lines.append(f"  {label} {record[key]}{' m' if key == 'mounting_height_m' else ''}")

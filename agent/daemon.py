@@ -78,8 +78,10 @@ class Agent:
         clock: Clock,
         boot_id: str,
         power: Mapping[int, PowerSwitch] | None = None,
+        commission_dir: Path | None = None,
     ) -> None:
-        """``power`` maps a GPIO to the load switch of the sensors with that ``power_pin``."""
+        """``power`` maps a GPIO to the load switch of the sensors with that ``power_pin``;
+        ``commission_dir`` holds the commissioning records re-stamped with the readings."""
         self.config = config
         self.outbox = outbox
         self.clock = clock
@@ -107,7 +109,7 @@ class Agent:
             if self.alerts.watches(worker.sensor.id):
                 worker.deliver = self.alerts.feed(worker.deliver)
         self.committed = 0
-        self.timekeeper = TimeKeeper(clock, boot_id)
+        self.timekeeper = TimeKeeper(clock, boot_id, commission_dir=commission_dir)
         self.last_cycle = clock.monotonic()  # the writer's heartbeat, for the watchdog
 
     def _resume_alerts(self) -> None:

@@ -9,12 +9,22 @@ alert -- and are marked sent only after a 2xx. A failure is tried again after th
 backoff (and ``Retry-After``), on a schedule of its own: readings never wait for metadata. A
 damaged file is logged once per change and changes nothing: the tags stay as they were.
 
+A record taken before the clock synchronised, in the boot whose readings are held for the same
+reason (``held_boot``, agent.timekeeping), **waits** like them: it is neither sent nor an epoch
+until the time keeper has re-stamped it (agent.commission.restamp) -- so its point carries the
+true time and its tags start at the true time, where the re-stamped readings are. A record of
+another boot that never synchronised (or once the hold is over) goes as recorded,
+``clock_synced`` false, and its epoch starts at the time recorded: as wrong as that boot's
+readings (sent flagged), so those still get its tags, but a reading of another boot may fall on
+the wrong side of it.
+
 On the wire, with the line protocol: one point per record at the record's time, measurement
 ``<uplink.measurement>_commission``; tags ``unit`` and ``site`` (the readings'), ``technician``,
 ``shield`` and ``serial_<sensor id>``; float fields ``latitude``, ``longitude``, ``elevation_m``,
-``mounting_height_m`` where known, ``clock_synced`` (0/1) where known and ``record=1i``, so a
-point exists whatever was given. With the JSON format: :func:`agent.commission.metadata_document`,
-whose ``format`` (``envagent-commission/1``) tells a backend it is not a batch of readings.
+``mounting_height_m`` where known, ``clock_synced`` (0/1) where known, ``clock_restamped=1i``
+for a re-stamped record and ``record=1i``, so a point exists whatever was given. With the JSON
+format: :func:`agent.commission.metadata_document`, whose ``format``
+(``envagent-commission/1``) tells a backend it is not a batch of readings.
 
 Why tags by sample time, not the latest record's: a re-commissioning must not change how a
 reading already taken is encoded, or its replay would not be byte-identical (and would land
@@ -40,6 +50,7 @@ from agent.commission import (
     mark_sent,
     metadata_document,
     reading_tags,
+    restampable,
     unsent,
 )
 from agent.config import Config, UplinkConfig
@@ -85,6 +96,12 @@ def load(data_dir: Path) -> list[Record] | None:
     return records
 
 
+def waiting(record: Record, held_boot: str | None) -> bool:
+    """Whether ``record`` waits for its re-stamp: taken unsynchronised in the held boot and
+    not sent yet (one that went upstream as recorded keeps its epoch)."""
+    return held_boot is not None and restampable(record, held_boot)
+
+
 def epochs(records: Sequence[Record]) -> list[tuple[int, dict[str, str]]]:
     """The readings' extra tags from each record's time on (for ``set_epochs``)."""
     return [(r["time_ns"], reading_tags(r)) for r in records]
@@ -113,6 +130,8 @@ def line_protocol(records: Sequence[Record], *, measurement: str, unit: str,
         fields.update((key, repr(float(r[key]))) for key in FIELDS if _number(r.get(key)))
         if isinstance(r.get("clock_synced"), bool):
             fields["clock_synced"] = f"{int(r['clock_synced'])}i"
+        if r.get("clock_restamped") is True:
+            fields["clock_restamped"] = "1i"
         tag_text = "".join(f",{escape_key(k)}={escape_key(v)}"
                            for k, v in sorted(tags.items()) if v)
         field_text = ",".join(f"{escape_key(k)}={v}" for k, v in sorted(fields.items()))
@@ -130,12 +149,16 @@ class Commissioning:
     """``commission.json`` as the delivery worker sees it; see the module docstring."""
 
     def __init__(self, data_dir: Path, body: Body, settings: UplinkConfig, *, clock: Clock,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 held_boot: Callable[[], str | None] = lambda: None) -> None:
         self.data_dir, self.path = data_dir, data_dir / FILE
         self._body, self._settings, self._clock = body, settings, clock
         self._rng = rng or random.Random()
+        self.held_boot = held_boot  # the time keeper's: whose unsynced records wait
         self._seen: tuple[int, int, int] | None = (-1, -1, -1)  # inode, mtime, size last read
+        self._held: str | None = None  # held_boot() when last read
         self.pending: list[Record] = []  # read from the file, not sent yet
+        self._sent: set[str] = set()  # ids sent by this process, should marking them fail
         self._failures = 0
         self._due = -math.inf  # monotonic time of the next attempt
 
@@ -147,20 +170,26 @@ class Commissioning:
             self._send(sink, token)
 
     def refresh(self, sink: HttpSink) -> None:
-        """Re-read the file if it changed since the last look."""
+        """Re-read the file if it (or the boot whose records wait) changed since the last
+        look."""
         try:
             stat = os.stat(self.path)
             seen: tuple[int, int, int] | None = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         except OSError:
             seen = None  # not commissioned (or unreadable: history() says which)
-        if seen == self._seen:
+        held = self.held_boot()
+        if seen == self._seen and held == self._held:
             return
-        self._seen = seen
+        self._seen, self._held = seen, held
         records = load(self.data_dir)
         if records is None:  # damaged: the readings keep the tags they had
             return
-        self.pending = unsent(records)
-        sink.encoder.set_epochs(epochs(records))
+        ready = [r for r in records if r["id"] in self._sent or not waiting(r, held)]
+        if len(ready) < len(records):
+            log.info("%d commissioning record(s) taken before the clock synchronised wait for "
+                     "it, to go upstream with their true time", len(records) - len(ready))
+        self.pending = [r for r in unsent(ready) if r["id"] not in self._sent]
+        sink.encoder.set_epochs(epochs(ready))
 
     def _send(self, sink: HttpSink, token: Secret | None) -> None:
         records = self.pending
@@ -173,6 +202,7 @@ class Commissioning:
         reply = sink.post(body, token)
         if reply.status is not None and 200 <= reply.status < 300:
             self.pending, self._failures, self._due = [], 0, -math.inf
+            self._sent.update(r["id"] for r in records)
             log.info("sent %d commissioning record(s) to %s", len(records), sink.where)
             try:
                 mark_sent(self.data_dir, [r["id"] for r in records])
@@ -193,10 +223,11 @@ class Commissioning:
 
 
 def build_commissioning(config: Config, settings: UplinkConfig, data_dir: Path,
-                        clock: Clock) -> Commissioning:
+                        clock: Clock,
+                        held_boot: Callable[[], str | None] = lambda: None) -> Commissioning:
     """The commissioning sender of the real uplink, in its format."""
     unit = config.unit
     body: Body = (functools.partial(json_document, unit=unit.id) if settings.format == "json"
                   else functools.partial(line_protocol, measurement=settings.measurement,
                                          unit=unit.id, site=unit.site))
-    return Commissioning(data_dir, body, settings, clock=clock)
+    return Commissioning(data_dir, body, settings, clock=clock, held_boot=held_boot)

@@ -13,6 +13,10 @@ CLOCK_BOOTTIME at the same instant, the kernel's boot id and whether the clock w
   ``HOLD_UNSYNCED_S`` after boot), so they go upstream with their true time rather than flagged.
 - Readings of a boot that never synchronised (the unit rebooted first), or still unsynchronised
   after the hold, are sent with ``CLOCK_UNSYNCED`` -- never as if their time were true.
+- The commissioning records (agent.commission) of this boot taken before the sync get the same
+  anchor, so their time -- where the readings' ``mounting_height``/``shield`` tags start --
+  agrees with the readings'. A ``commission.json`` the agent cannot write is logged once and
+  its records go upstream as recorded, flagged.
 - A step of the wall clock (forward or backward) is detected as a change of
   ``wall - boottime``; it is logged, sensor schedules re-align on their own, and the readings'
   boot-time anchors are unaffected, so re-stamping stays exact across any number of steps.
@@ -21,6 +25,7 @@ CLOCK_BOOTTIME at the same instant, the kernel's boot id and whether the clock w
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from agent.storage import Store
 from drivers.clock import Clock
@@ -37,10 +42,15 @@ STEP_S = 1.0
 
 
 class TimeKeeper:
-    def __init__(self, clock: Clock, boot_id: str, *, hold: float = HOLD_UNSYNCED_S) -> None:
+    def __init__(self, clock: Clock, boot_id: str, *, hold: float = HOLD_UNSYNCED_S,
+                 commission_dir: Path | None = None) -> None:
+        """``commission_dir``: the data directory whose commissioning records are re-stamped
+        with this boot's readings (None: none are)."""
         self.clock = clock
         self.boot_id = boot_id
         self.hold = hold
+        self.commission_dir = commission_dir
+        self._commission_failing = False  # logged once, until a re-stamp succeeds again
         self.synced = clock.synchronized()
         self._offset = self._current_offset()
         self._restamp_due = True  # an earlier run of this boot may have left unsynced readings
@@ -74,12 +84,36 @@ class TimeKeeper:
             log.warning("the clock lost synchronisation; new readings are held back")
         self.synced = synced
         if synced and self._restamp_due:
-            anchor_boot = self.clock.boottime()
-            anchor_wall = self.clock.time()
-            count = outbox.restamp(self.boot_id, int(anchor_wall * NS), int(anchor_boot * NS))
+            anchor_boot = int(self.clock.boottime() * NS)
+            anchor_wall = int(self.clock.time() * NS)
+            count = outbox.restamp(self.boot_id, anchor_wall, anchor_boot)
             if count:
                 log.info("re-stamped %d reading(s) taken before the clock synchronised", count)
+            self._restamp_records(anchor_wall, anchor_boot)
             self._restamp_due = False
+
+    def _restamp_records(self, anchor_wall_ns: int, anchor_boot_ns: int) -> None:
+        """The commissioning records' share of the re-stamp; a file that cannot be written
+        (``sudo envagent commission`` while the service runs) costs the records their true
+        time, never the readings theirs."""
+        if self.commission_dir is None:
+            return
+        from agent import commission
+
+        try:
+            count = commission.restamp(self.commission_dir, self.boot_id, anchor_wall_ns,
+                                       anchor_boot_ns)
+        except OSError as exc:
+            if not self._commission_failing:
+                log.warning("cannot re-stamp the commissioning record(s) taken before the clock "
+                            "synchronised: %s; they go upstream with the time recorded, flagged "
+                            "clock_synced false", exc)
+            self._commission_failing = True
+            return
+        self._commission_failing = False
+        if count:
+            log.info("re-stamped %d commissioning record(s) taken before the clock "
+                     "synchronised", count)
 
     def appended(self, any_unsynced: bool) -> None:
         """The writer committed readings; ``any_unsynced``: some had an unsynchronised clock."""

@@ -242,4 +242,65 @@ def test_a_sensor_that_does_not_answer_is_recorded_with_its_error(tmp_path: Path
     assert record["clock_synced"] is None and "boot_id" not in record  # unknown, said so
     lines = commission.describe(record, 1, tmp_path / FILE)
     assert any("co2" in line and "FAILED" in line for line in lines)
-    assert any("not synchronised" in line for line in lines)
+    assert any("synchronised is unknown: that date may be wrong" in line for line in lines)
+
+
+NS = 1_000_000_000
+STALE_NS = 1_600_000_000 * NS  # what fake-hwclock restores: a date long past
+TRUE_NS = 1_767_225_600 * NS  # the true time at boot
+
+
+@pytest.mark.parametrize(("synced", "boot_id", "boot_s", "corrected"), [
+    (False, "boot-1", 120, True),  # minutes after boot: the agent re-stamps it at the sync
+    (False, "boot-1", 3600, False),  # the hold is over: it goes as recorded, flagged
+    (False, None, 120, False),  # no boot id to match an anchor with
+    (None, "boot-1", 120, False),  # the kernel does not say: never re-stamped
+    (True, "boot-1", 120, None),  # nothing to say
+])
+def test_the_date_warning_promises_a_correction_only_where_the_agent_makes_one(
+        tmp_path: Path, synced: bool | None, boot_id: str | None, boot_s: int,
+        corrected: bool | None) -> None:
+    config = parse_config(tomllib.loads(CONFIG), source="station.toml")
+    record = make_record(config, Facts(), [], time_ns=STALE_NS + boot_s * NS,
+                         clock_synced=synced, boot_id=boot_id, boot_ns=boot_s * NS)
+    warnings = [line for line in commission.describe(record, 1, tmp_path / FILE)
+                if "date may be wrong" in line]
+    if corrected is None:
+        assert warnings == []
+        return
+    (warning,) = warnings
+    assert ("the agent corrects it" in warning) is corrected
+    assert ("goes upstream as recorded" in warning) is not corrected
+
+
+def test_restamp_gives_only_this_boots_unsynced_unsent_records_their_true_time(
+        tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    config = parse_config(tomllib.loads(CONFIG), source="station.toml")
+
+    def visit(boot_id: str, synced: bool | None, boot_s: int) -> dict[str, Any]:
+        record = make_record(config, Facts(note=f"{boot_id} at {boot_s} s"), [],
+                             time_ns=STALE_NS + boot_s * NS, clock_synced=synced,
+                             boot_id=boot_id, boot_ns=boot_s * NS)
+        commission.append(data, record)
+        return record
+
+    sent, due, other_boot, synced, unknown = (visit("b1", False, 10), visit("b1", False, 20),
+                                              visit("b0", False, 30), visit("b1", True, 40),
+                                              visit("b1", None, 50))
+    mark_sent(data, [sent["id"]])  # what went upstream stays what the file says
+    # The anchor: at boot time 100 s the synchronised clock reads the truth.
+    assert commission.restamp(data, "b1", TRUE_NS + 100 * NS, 100 * NS) == 1
+    records = history(data)
+    assert records[1] == due | {"time": "2026-01-01T00:00:20.000000000Z",
+                                "time_ns": TRUE_NS + 20 * NS, "clock_synced": True,
+                                "clock_restamped": True, "unsynced_time": due["time"],
+                                "unsynced_time_ns": due["time_ns"]}
+    assert records[:1] + records[2:] == [sent | {"sent": True}, other_boot, synced, unknown]
+
+    seen = os.stat(data / FILE)
+    assert commission.restamp(data, "b1", TRUE_NS + 200 * NS, 200 * NS) == 0  # done already
+    after = os.stat(data / FILE)
+    assert (after.st_ino, after.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns)  # not rewritten
+    assert commission.restamp(tmp_path / "never", "b1", TRUE_NS, 0) == 0
+    assert not (tmp_path / "never").exists()  # a unit never commissioned: nothing created

@@ -5,6 +5,7 @@ a real VictoriaMetrics."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -21,9 +22,10 @@ from victoriametrics import VictoriaMetrics
 from agent import commission, metadata
 from agent.commission import FILE, FORMAT, Facts, history, make_record
 from agent.config import Config, parse_config
-from agent.export import Station, export
+from agent.export import Station, export, iso_ns
 from agent.outbox import Outbox
 from agent.reading import Reading
+from agent.timekeeping import TimeKeeper
 from agent.uplink import Outcome, Uplink, build_uplink
 from drivers.sim.clock import FakeClock
 
@@ -64,8 +66,15 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
         yield box
 
 
-def uplink_for(cfg: Config, outbox: Outbox, data: Path, clock: FakeClock) -> Uplink:
-    return build_uplink(cfg, outbox, clock, data, environ={})  # no token: the server wants none
+def uplink_for(cfg: Config, outbox: Outbox, data: Path, clock: FakeClock,
+               timekeeper: TimeKeeper | None = None) -> Uplink:
+    """No token (the server wants none); with ``timekeeper``, wired as ``envagent run`` does."""
+    if timekeeper is None:
+        return build_uplink(cfg, outbox, clock, data, environ={})
+    uplink = build_uplink(cfg, outbox, clock, data, environ={}, held_boot=timekeeper.held_boot)
+    assert uplink.commissioning is not None
+    uplink.commissioning.held_boot = timekeeper.held_boot
+    return uplink
 
 
 def is_metadata(exchange: Exchange) -> bool:
@@ -266,6 +275,146 @@ def test_the_export_carries_the_tags_the_uplink_sends(tmp_path: Path, outbox: Ou
     export(iter([batch]), out, "lp", Station.from_config(cfg, data), current_boot=None,
            clock_synced=True)
     assert out.getvalue().encode() == sent.body
+
+
+# --- a record taken before the clock synchronised -----------------------------------------------
+# The oracle, as in test_timekeeping: something that happened at boot time b of this boot truly
+# happened at T0 + b. Until NTP, the wall clock is days behind (fake-hwclock's last shutdown).
+
+STALE_S = 5 * 86_400
+
+
+def stale_boot(boottime_s: float = 100.0) -> FakeClock:
+    """A boot ``boottime_s`` in, its wall clock days behind and not synchronised."""
+    return FakeClock(start=boottime_s, wall=T0 / NS - STALE_S + boottime_s, synced=False)
+
+
+def commissioned_on(data: Path, cfg: Config, clock: FakeClock, boot_id: str,
+                    **facts: Any) -> dict[str, Any]:
+    """A record as ``envagent commission`` takes it (agent.commission.record_now) on ``clock``."""
+    record = make_record(cfg, Facts(**facts), SERIALS, time_ns=round(clock.time() * 1e6) * 1000,
+                         clock_synced=clock.synchronized(), boot_id=boot_id,
+                         boot_ns=int(clock.boottime() * NS))
+    commission.append(data, record)
+    return record
+
+
+def sampled_on(clock: FakeClock, boot_id: str, *boot_s: int) -> list[Reading]:
+    """Readings at these boot times, stamped with what ``clock``'s wall said then."""
+    offset_ns = round((clock.time() - clock.boottime()) * NS)
+    return [Reading("air", "temperature", 20.0, "°C", b * NS + offset_ns, b * NS, boot_id,
+                    clock.synchronized()) for b in boot_s]
+
+
+def ntp_syncs(clock: FakeClock, after_s: float = 60.0) -> None:
+    clock.advance(after_s)
+    clock.set_wall(T0 / NS + clock.boottime(), synced=True)
+
+
+def lines_of(exchange: Exchange) -> list[tuple[str, dict[str, str], dict[str, object], int]]:
+    return [parse_line(line) for line in exchange.body.decode().splitlines()]
+
+
+def test_a_record_taken_before_the_clock_synchronised_waits_and_goes_with_its_true_time(
+        tmp_path: Path, outbox: Outbox) -> None:
+    data, clock = tmp_path / "data", stale_boot(100.0)
+    timekeeper = TimeKeeper(clock, "boot-1", commission_dir=data)
+    with RecordingServer() as server:
+        cfg = config(server.url())
+        taken = commissioned_on(data, cfg, clock, "boot-1", mounting_height_m=2.5)
+        # The previous boot's readings, at their true times: an hour before the visit, but
+        # days after the time the record says.
+        outbox.append(samples(-3600, 2))
+        outbox.append(sampled_on(clock, "boot-1", 90, 110))  # just before and after the visit
+        uplink = uplink_for(cfg, outbox, data, clock, timekeeper)
+        timekeeper.maintain(outbox)
+        assert uplink.flush().ok
+        (earlier,) = server.snapshot()  # this boot's readings wait, and so does the record
+        assert not is_metadata(earlier)
+        assert [tags.get("mounting_height") for _, tags, _, _ in lines_of(earlier)] == [None] * 4
+        assert history(data) == [taken]
+
+        ntp_syncs(clock)  # at boot time 160 s
+        timekeeper.maintain(outbox)
+        true_ns = T0 + 100 * NS  # anchor wall + (the record's boot time - the anchor's)
+        assert history(data) == [taken | {
+            "time": iso_ns(true_ns), "time_ns": true_ns, "clock_synced": True,
+            "clock_restamped": True, "unsynced_time": taken["time"],
+            "unsynced_time_ns": taken["time_ns"]}]
+        assert uplink.flush().ok
+        meta, batch = server.snapshot()[1:]
+    (point,) = lines_of(meta)
+    assert point[3] == true_ns
+    assert (point[2]["clock_synced"], point[2]["clock_restamped"]) == (1, 1)
+    assert [(t, tags.get("mounting_height")) for _, tags, _, t in lines_of(batch)] == [
+        (T0 + 90 * NS, None), (T0 + 110 * NS, "2.5")]  # the tags start at the true time
+    assert [r["sent"] for r in history(data)] == [True]
+    assert history(data)[0]["id"] == taken["id"]  # the id names the record, not its time
+
+
+def test_a_record_of_a_boot_that_never_synchronised_goes_as_recorded_flagged(
+        tmp_path: Path, outbox: Outbox) -> None:
+    data, clock = tmp_path / "data", stale_boot(100.0)
+    before = FakeClock(start=50.0, wall=T0 / NS - 2 * STALE_S, synced=False)  # a reboot since
+    timekeeper = TimeKeeper(clock, "boot-2", commission_dir=data)
+    with RecordingServer() as server:
+        cfg = config(server.url())
+        old = commissioned_on(data, cfg, before, "boot-1", mounting_height_m=2.0)
+        before.advance(10.0)
+        outbox.append(sampled_on(before, "boot-1", 60))
+        new = commissioned_on(data, cfg, clock, "boot-2", mounting_height_m=3.0)
+        uplink = uplink_for(cfg, outbox, data, clock, timekeeper)
+        timekeeper.maintain(outbox)
+        assert uplink.flush().ok
+        meta, batch = server.snapshot()
+        (point,) = lines_of(meta)  # boot-1's: it can never be corrected; boot-2's waits
+        assert (point[3], point[2]["clock_synced"]) == (old["time_ns"], 0)
+        assert "clock_restamped" not in point[2]
+        ((_, tags, fields, _),) = lines_of(batch)  # flagged, and tagged from the time recorded
+        assert tags["mounting_height"] == "2" and fields["temperature_q"] == 16
+
+        ntp_syncs(clock)
+        timekeeper.maintain(outbox)
+        first, second = history(data)
+        assert first == old | {"sent": True}  # never re-stamped with another boot's anchor
+        assert second["time_ns"] == T0 + 100 * NS and second["unsynced_time_ns"] == new["time_ns"]
+
+
+def test_a_commission_file_the_agent_cannot_write_costs_the_record_its_true_time_only(
+        tmp_path: Path, outbox: Outbox, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """E.g. root's, from ``sudo envagent commission`` while the service ran: logged once, the
+    readings are still re-stamped and the record goes as recorded, flagged."""
+    data, clock = tmp_path / "data", stale_boot(100.0)
+    timekeeper = TimeKeeper(clock, "boot-1", commission_dir=data)
+
+    def refused(path: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    with RecordingServer() as server:
+        cfg = config(server.url())
+        taken = commissioned_on(data, cfg, clock, "boot-1", mounting_height_m=2.5)
+        outbox.append(sampled_on(clock, "boot-1", 90, 110))
+        uplink = uplink_for(cfg, outbox, data, clock, timekeeper)
+        monkeypatch.setattr(commission, "write_json", refused)
+        ntp_syncs(clock)
+        with caplog.at_level(logging.WARNING):
+            timekeeper.maintain(outbox)
+            assert uplink.flush().ok  # marking it sent fails too
+            timekeeper.appended(any_unsynced=True)  # held again until another re-stamp ...
+            outbox.append(sampled_on(clock, "boot-1", 170))
+            assert uplink.flush().ok
+            timekeeper.maintain(outbox)  # ... which fails again
+            assert uplink.flush().ok
+        meta, batch, later = server.snapshot()  # the record once, whatever the file says
+    assert caplog.text.count("cannot re-stamp the commissioning record(s)") == 1
+    assert f"cannot write {data / FILE}: Permission denied" in caplog.text
+    assert caplog.text.count("are sent again after a restart") == 1
+    (point,) = lines_of(meta)
+    assert (point[3], point[2]["clock_synced"]) == (taken["time_ns"], 0)
+    assert [t for _, _, _, t in lines_of(batch)] == [T0 + 90 * NS, T0 + 110 * NS]
+    assert [t for _, _, _, t in lines_of(later)] == [T0 + 170 * NS]
+    assert history(data) == [taken]
 
 
 # --- a real VictoriaMetrics ---------------------------------------------------------------------
