@@ -18,17 +18,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from agent import __version__
 from agent.config import Config, load_config
 from agent.errors import ConfigError, StorageError
 from drivers.bus import Bus
 from drivers.clock import Clock, SystemClock
-
-if TYPE_CHECKING:  # loaded by the commands that use them
-    from agent.timekeeping import TimeKeeper
-    from agent.uplink import Uplink
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = Path("/etc/envagent/envagent.toml")
@@ -267,7 +263,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir,
                                   held_boot=agent.timekeeper.held_boot)
-            _hold_commissioning(uplink, agent.timekeeper)
         service = Service(ctx.config, agent, outbox, uplink, clock=clock, notifier=notifier,
                           pin_factory=pin_factory)
         with _stop_on_signals(agent.request_stop):
@@ -276,13 +271,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             switch.close()
         log.info("stopped; %d reading(s) committed this run", agent.committed)
     return EXIT_OK
-
-
-def _hold_commissioning(uplink: Uplink, timekeeper: TimeKeeper) -> None:
-    """This boot's commissioning records taken before the clock synchronised wait for their
-    re-stamp as its readings do (agent.metadata)."""
-    if uplink.commissioning is not None:
-        uplink.commissioning.held_boot = timekeeper.held_boot
 
 
 def _uses_gpio(config: Config) -> bool:
@@ -343,7 +331,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
         timekeeper.maintain(outbox)  # re-stamp what the clock's sync allows before sending
         uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir,
                               held_boot=timekeeper.held_boot)
-        _hold_commissioning(uplink, timekeeper)
         try:
             flushed = uplink.flush()
         finally:

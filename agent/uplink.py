@@ -444,4 +444,5 @@ def build_uplink(config: Config, outbox: Store, clock: Clock, data_dir: Path,
     return Uplink(outbox, sink, settings, clock=clock,
                   token=lambda: load_token(settings.token_file, env),
                   state_path=data_dir / STATE_FILE, held_boot=held_boot,
-                  commissioning=build_commissioning(config, settings, data_dir, clock))
+                  commissioning=build_commissioning(config, settings, data_dir, clock,
+                                                    held_boot=held_boot))

@@ -71,10 +71,7 @@ def uplink_for(cfg: Config, outbox: Outbox, data: Path, clock: FakeClock,
     """No token (the server wants none); with ``timekeeper``, wired as ``envagent run`` does."""
     if timekeeper is None:
         return build_uplink(cfg, outbox, clock, data, environ={})
-    uplink = build_uplink(cfg, outbox, clock, data, environ={}, held_boot=timekeeper.held_boot)
-    assert uplink.commissioning is not None
-    uplink.commissioning.held_boot = timekeeper.held_boot
-    return uplink
+    return build_uplink(cfg, outbox, clock, data, environ={}, held_boot=timekeeper.held_boot)
 
 
 def is_metadata(exchange: Exchange) -> bool:
