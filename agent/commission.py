@@ -34,7 +34,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,18 +210,27 @@ def restamp(data_dir: Path, boot_id: str, anchor_wall_ns: int, anchor_boot_ns: i
 
     if not any(restampable(r, boot_id) for r in history(data_dir)):
         return 0
+
+    def true_time(r: dict[str, Any]) -> bool:
+        if not restampable(r, boot_id):
+            return False
+        time_ns = anchor_wall_ns + (r["boot_ns"] - anchor_boot_ns)
+        r |= {"time": iso_ns(time_ns), "time_ns": time_ns, "clock_synced": True,
+              "clock_restamped": True, "unsynced_time": r.get("time"),
+              "unsynced_time_ns": r["time_ns"]}
+        return True
+
+    return _update(data_dir, true_time)
+
+
+def _update(data_dir: Path, change: Callable[[dict[str, Any]], bool]) -> int:
+    """Apply ``change`` to each record under the lock and save the file if any changed;
+    return how many did."""
     with _locked(data_dir):
         document = load(data_dir)
         if document is None:
             return 0
-        changed = 0
-        for r in document["history"]:
-            if restampable(r, boot_id):
-                time_ns = anchor_wall_ns + (r["boot_ns"] - anchor_boot_ns)
-                r |= {"time": iso_ns(time_ns), "time_ns": time_ns, "clock_synced": True,
-                      "clock_restamped": True, "unsynced_time": r.get("time"),
-                      "unsynced_time_ns": r["time_ns"]}
-                changed += 1
+        changed = sum(change(r) for r in document["history"] if isinstance(r, dict))
         if changed:
             try:
                 _save(data_dir, document)
@@ -248,22 +257,14 @@ def metadata_document(unit: str, records: Sequence[dict[str, Any]]) -> dict[str,
 def mark_sent(data_dir: Path, ids: Iterable[str]) -> int:
     """Flag the records with these ids as sent; return how many changed."""
     wanted = set(ids)
-    with _locked(data_dir):
-        document = load(data_dir)
-        if document is None:
-            return 0
-        changed = 0
-        for r in document["history"]:
-            if isinstance(r, dict) and r.get("id") in wanted and not r.get("sent"):
-                r["sent"] = True
-                changed += 1
-        if changed:
-            try:
-                _save(data_dir, document)
-            except OSError as exc:
-                raise _error(f"cannot write {data_dir / FILE}: {exc.strerror or exc}; check "
-                             "that this user may write there", exc) from exc
-    return changed
+
+    def sent(r: dict[str, Any]) -> bool:
+        if r.get("id") not in wanted or r.get("sent"):
+            return False
+        r["sent"] = True
+        return True
+
+    return _update(data_dir, sent)
 
 
 def reading_tags(record: dict[str, Any]) -> dict[str, str]:
