@@ -125,10 +125,14 @@ def make_record(config: Config, facts: Facts, sensors: list[dict[str, Any]], *, 
 
 @contextmanager
 def _locked(data_dir: Path) -> Iterator[None]:
-    """The data directory's commissioning lock (creating the directory): one writer at a time."""
+    """The data directory's commissioning lock (creating the directory): one writer at a time.
+
+    The lock file is opened read-only -- flock needs no more -- so one left by a `sudo envagent
+    commission` (owned by root) still serves the service's user.
+    """
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
     except OSError as exc:
         raise _error(f"cannot write the commissioning record in {data_dir}: "
                      f"{exc.strerror or exc}; check --data-dir (or storage.path) and that this "

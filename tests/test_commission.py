@@ -304,3 +304,41 @@ def test_restamp_gives_only_this_boots_unsynced_unsent_records_their_true_time(
     assert (after.st_ino, after.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns)  # not rewritten
     assert commission.restamp(tmp_path / "never", "b1", TRUE_NS, 0) == 0
     assert not (tmp_path / "never").exists()  # a unit never commissioned: nothing created
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to leave files owned by root")
+def test_files_left_by_a_root_commission_do_not_stop_the_agent(config: Path) -> None:
+    """`sudo envagent commission` leaves commission.json and its lock owned by root; the
+    service's user can still mark records sent (it owns the directory, as systemd's
+    StateDirectory= makes it at every start)."""
+    import shutil
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="envagent-test-"))
+    try:
+        shared.chmod(0o755)
+        commissioned(shared, config, *FLAGS)
+        data = shared / "data"
+        os.chown(data, 65534, 65534)  # nobody, standing in for the envagent user
+        assert (data / commission.LOCK_FILE).stat().st_uid == 0
+        [record] = history(data)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: the service's user
+            try:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                outcome = str(mark_sent(data, [record["id"]]))
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                outcome = repr(exc)
+            os.write(write, outcome.encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            outcome = pipe.read()
+        os.waitpid(pid, 0)
+        assert outcome == "1"
+        assert [r["sent"] for r in history(data)] == [True]
+    finally:
+        shutil.rmtree(shared)
