@@ -324,13 +324,19 @@ class Environment:
         }
 
 
-@dataclass(frozen=True)
 class _SensorSource:
-    environment: Environment
-    offsets: Offsets
+    """The site's conditions plus one sensor's offsets, applied once per second of weather."""
+
+    def __init__(self, environment: Environment, offsets: Offsets) -> None:
+        self.environment, self.offsets = environment, offsets
+        self._last: tuple[Conditions, Conditions] | None = None  # (site's, this sensor's)
 
     def __call__(self, wall_time: float) -> Conditions:
-        return self.offsets.apply(self.environment.conditions(wall_time))
+        site = self.environment.conditions(wall_time)
+        last = self._last
+        if last is None or last[0] is not site:
+            last = self._last = (site, self.offsets.apply(site))
+        return last[1]
 
 
 def station_pressure(elevation_m: float) -> float:
