@@ -44,15 +44,16 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import requests
 
 from agent import __version__
 from agent.credentials import Secret, authorization, redact
 from agent.lineprotocol import Epochs, LineProtocolEncoder, nonfinite_name, quality_of
 from agent.reading import Reading
+
+if TYPE_CHECKING:  # imported by make_session: commands that never POST do not load it (~15 MiB)
+    import requests
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 JSON_FORMAT = "envagent-batch/1"
@@ -201,6 +202,8 @@ class Reply:
 def make_session(*, ca_file: Path | None = None, client_cert: Path | None = None,
                  client_key: Path | None = None) -> requests.Session:
     """The one Session of the uplink: keep-alive, no environment, TLS verified."""
+    import requests
+
     session = requests.Session()
     session.trust_env = False
     session.verify = str(ca_file) if ca_file is not None else True
@@ -306,6 +309,8 @@ class HttpSink:
             attempt = self._in_flight = self._attempts
             self._ended = None
         self._deadlines.arm(attempt, self.deadline, Failure.DEADLINE)
+        import requests  # loaded already: make_session built self.session
+
         try:
             response = self.session.post(self.url, data=data, headers=headers,
                                          timeout=self.timeouts, allow_redirects=False)
@@ -354,6 +359,8 @@ class HttpSink:
 
 
 def _failure_of(exc: requests.RequestException) -> Failure:
+    import requests
+
     if isinstance(exc, requests.exceptions.SSLError):
         text = str(exc)
         verify = "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text

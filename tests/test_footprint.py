@@ -56,3 +56,15 @@ def test_the_system_clock_reads_the_kernel_sync_state_without_ctypes_util() -> N
     # adjtimex from the C library the interpreter already loaded: True or False on Linux,
     # None only where there is no adjtimex to call.
     assert SystemClock().synchronized() in (True, False)
+
+
+def test_requests_is_loaded_only_by_a_unit_that_delivers(tmp_path: Path) -> None:
+    # An offline data logger (no [uplink]) never POSTs: requests, urllib3 and ssl are ~15 MiB.
+    example = example_config_path().read_text()
+    assert "\n[uplink]" not in example
+    for place in ("offline", "online"):
+        (tmp_path / place).mkdir()
+    offline = loaded_by_run(tmp_path / "offline", example)
+    assert "agent.sampler" in offline and "requests" not in offline
+    uplink = '\n[uplink]\nurl = "http://127.0.0.1:9/write"\nallow_insecure_http = true\n'
+    assert "requests" in loaded_by_run(tmp_path / "online", example + uplink)
