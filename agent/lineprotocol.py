@@ -199,8 +199,8 @@ class LineProtocolEncoder:
         self._prefixes: list[dict[str, str]] = [{}]  # per epoch + 1: sensor id -> "m,tags "
 
     def set_epochs(self, epochs: Epochs) -> None:
-        """Tags added to the readings sampled from each start time on (until the next start);
-        readings before the first start get none."""
+        """Tags added to the configured sensors' readings sampled from each start time on
+        (until the next start); readings before the first start get none."""
         ordered = sorted(epochs, key=lambda epoch: epoch[0])  # stable: a later equal one wins
         self._starts = [start for start, _ in ordered]
         self._extra = [{}, *(dict(tags) for _, tags in ordered)]
@@ -211,7 +211,10 @@ class LineProtocolEncoder:
         prefixes = self._prefixes[epoch + 1]
         prefix = prefixes.get(sensor)
         if prefix is None:
-            tags = {**self._extra[epoch + 1], "driver": self._drivers.get(sensor, ""),
+            # installation tags describe the sensors, not the agent's own readings (health,
+            # alerts): those series stay whole across a re-commissioning
+            extra = self._extra[epoch + 1] if sensor in self._drivers else {}
+            tags = {**extra, "driver": self._drivers.get(sensor, ""),
                     "sensor": sensor, "site": self._site, "unit": self._unit}
             tag_text = "".join(f",{escape_key(k)}={escape_key(v)}"
                                for k, v in sorted(tags.items()) if v)

@@ -136,7 +136,7 @@ class JsonEncoder:
         }
         if nonfinite:
             item["nonfinite"] = nonfinite
-        if self._starts:
+        if self._starts and r.sensor in self._drivers:  # as the line protocol's tags
             epoch = bisect_right(self._starts, r.time_ns) - 1
             if epoch >= 0:
                 item.update(self._extra[epoch])

@@ -137,4 +137,6 @@ def test_commissioning_keys_are_those_in_force_at_the_sample_time() -> None:
     assert [(i.get("mounting_height"), i.get("shield")) for i in items] == [
         (None, None), ("2.5", "screen"), ("3", None)]
     assert "mounting_height" not in items[0] and "shield" not in items[0]  # absent, not null
+    own = enc.document([reading(sensor="envagent", time_ns=T0 + 25)])["readings"]
+    assert "mounting_height" not in own[0]  # the agent's own readings: no installation keys
     assert items[0] == encoder().document([reading(time_ns=T0)])["readings"][0]

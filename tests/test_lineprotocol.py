@@ -10,6 +10,7 @@ from httpfaults import parse_line
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.config import RESERVED_SENSOR_ID
 from agent.lineprotocol import (
     LineProtocolEncoder,
     escape_key,
@@ -31,8 +32,9 @@ def reading(quantity: str = "temperature", value: float = 21.5, *, sensor: str =
                    quality)
 
 
-def encoder(measurement: str = "envagent") -> LineProtocolEncoder:
-    return LineProtocolEncoder(unit="demo-001", site=SITE, drivers={"air": "bme280"},
+def encoder(measurement: str = "envagent",
+            drivers: dict[str, str] | None = None) -> LineProtocolEncoder:
+    return LineProtocolEncoder(unit="demo-001", site=SITE, drivers=drivers or {"air": "bme280"},
                                measurement=measurement)
 
 
@@ -209,6 +211,19 @@ def test_commissioning_tags_are_those_in_force_at_the_sample_time() -> None:
     assert lines[0] == encoder().lines([batch[0]])[0]  # before any visit: as without epochs
 
 
+def test_the_agents_own_readings_carry_no_installation_tags() -> None:
+    """Health and alert readings describe the agent, not a mounted sensor: their series stay
+    whole across a re-commissioning (and so do a sensor's no longer configured)."""
+    enc = encoder()
+    enc.set_epochs(VISITS)
+    own = [reading(sensor=RESERVED_SENSOR_ID, quantity=q, time_ns=T0 + 20)
+           for q in ("uptime", "alert_pm25_high")] + [reading(sensor="gone", time_ns=T0 + 20)]
+    for _, tags, _, _ in map(parse_line, enc.lines(own)):
+        assert "mounting_height" not in tags and "shield" not in tags
+    [(_, tags, _, _)] = map(parse_line, enc.lines([reading(time_ns=T0 + 20)]))
+    assert tags["mounting_height"] == "3"  # a configured sensor's, at the same time
+
+
 @given(st.lists(st.integers(0, 40), min_size=1, max_size=30),
        st.lists(st.integers(0, 40), max_size=4))
 def test_a_line_is_the_same_whichever_batch_it_is_encoded_in(times: list[int],
@@ -216,7 +231,8 @@ def test_a_line_is_the_same_whichever_batch_it_is_encoded_in(times: list[int],
     """The per-batch shortcut (one epoch table for a batch within one epoch) never changes a
     line; of two visits at the same time, the one given last is in force."""
     epochs = [(T0 + s, {"shield": f"v{k}"}) for k, s in enumerate(starts)]
-    enc, fresh = encoder(), encoder()
+    drivers = {f"s{i}": "sht4x" for i in range(len(times))}
+    enc, fresh = encoder(drivers=drivers), encoder(drivers=drivers)
     enc.set_epochs(epochs)
     fresh.set_epochs(epochs)
     batch = [reading(sensor=f"s{i}", time_ns=T0 + t) for i, t in enumerate(times)]  # a line each
