@@ -217,6 +217,7 @@ class Uplink:
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by stop(), sync_now() and nudge()
         self._caught_up = False  # the worker waits for news: a nudge may wake it
+        self._news = False  # a nudge came since the current step began
         self._thread: threading.Thread | None = None
 
     # --- one step -----------------------------------------------------------------------------
@@ -360,9 +361,12 @@ class Uplink:
         log.info("sending %s to %s, up to %d readings per request", s.format,
                  self.sink.where, self.batch_limit)
         while not self._stop.is_set():
+            self._news = False
             try:
                 step = self.step()
                 wait, self._caught_up = step.wait, step.caught_up
+                if step.caught_up and self._news:  # committed after this step's take
+                    wait = 0.0
             except Exception as exc:  # noqa: BLE001 - the outbox or a bug: never stop delivering
                 self._enter("failing", f"{type(exc).__name__}: {exc}")
                 log.debug("step failed", exc_info=True)
@@ -377,6 +381,7 @@ class Uplink:
     def nudge(self) -> None:
         """New readings were committed (``Agent.on_commit``): when the worker is caught up, it
         sends them now instead of at its next look; a backoff in progress runs its course."""
+        self._news = True
         if self._caught_up:
             self._wake.set()
 

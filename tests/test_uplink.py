@@ -36,6 +36,7 @@ from httpfaults import (
     drip,
     hang,
     limit_size,
+    ok,
     parse_line,
     reject_marker,
     reset_mid_request,
@@ -569,6 +570,31 @@ def test_the_worker_delivers_while_sampling_goes_on(server: FaultServer, outbox:
         uplink.stop()
     check_nothing_lost(appended + sampling.readings, server, outbox)
     assert max(len(keys_in(body)) for body in server.committed) == 500  # full batches first
+
+
+def test_a_commit_during_a_post_is_sent_at_once_not_at_the_next_look(
+        server: FaultServer, outbox: Outbox, tmp_path: Path) -> None:
+    """The writer's nudge (Agent.on_commit) may come while the worker is still in the step
+    that will find it caught up: it must not be lost until the next look, an hour away."""
+    outbox.append(samples(2))
+    uplink = make_uplink(server.url(), outbox, tmp_path, clock=SystemClock(),
+                         flush_interval=3600.0)
+    first = ok()
+
+    def commit_meanwhile(handler: Handler, request: Received) -> None:
+        outbox.append(samples(2, start=10))  # committed while this batch is in flight
+        uplink.nudge()
+        first(handler, request)
+
+    server.then(commit_meanwhile)
+    uplink.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(server.committed) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        uplink.stop()
+    assert len(server.committed) == 2 and outbox.stats().backlog == 0
 
 
 def test_stop_cuts_an_upload_short_and_keeps_its_batch(server: FaultServer, outbox: Outbox,
