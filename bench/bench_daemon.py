@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import math
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -55,6 +57,9 @@ SCRATCH = Path("/var/tmp")  # the real disk: /proc/<pid>/io write_bytes is 0 on 
 QUIET = Path("/dev/shm")  # tmpfs: the children's logs and model figures cost no disk bytes
 MODEL_FILE_ENV = "ENVAGENT_BENCH_MODEL_FILE"
 NAIVE_ADDRESS = 0x76
+FLOOR_GAP_S = 1.0  # the floor child's wake-up period: a sensor thread's sleeps are 0.01-10 s
+FLOOR_SETTLE_S = 5.0
+OWN_PACKAGES = {"agent", "drivers", "__main__", "_vm", "victoriametrics"}
 
 
 # --- inside the child processes ---------------------------------------------------------------
@@ -84,12 +89,50 @@ def time_models() -> None:
             with contextlib.suppress(OSError, TypeError):  # ended meanwhile
                 clock = time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
                 threads[thread.name] = time.clock_gettime(clock)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**totals, "cpu": cpu, "threads": threads}))
-        tmp.replace(path)
+        write_report(path, {**totals, "cpu": cpu, "threads": threads})
 
     SimBus._transfer = timed  # type: ignore[method-assign, assignment]
     signal.signal(signal.SIGUSR1, report)
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """The child's side of a snapshot, plus what every child reports: its wake-ups (voluntary
+    context switches of all its threads, ended ones included) and the modules it has loaded."""
+    report["wakeups"] = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+    report["modules"] = sorted(sys.modules)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report))
+    tmp.replace(path)
+
+
+def child_floor(modules_file: Path) -> int:
+    """What the daemon costs before any of its own work, on this machine, in the same window.
+
+    Imports every library module the agent had loaded (its ``sys.modules`` minus ``agent.*``,
+    ``drivers.*`` and the bench's own), so its peak RSS is the floor that the interpreter and
+    the libraries set; then one thread only wakes from ``Event.wait`` every ``FLOOR_GAP_S`` and
+    does nothing, so its CPU per wake-up is what any wake-up costs here before any work."""
+    path = Path(os.environ[MODEL_FILE_ENV])
+    totals = {"seconds": 0.0, "transfers": 0, "seq": 0, "wakes": 0}
+
+    def report(signum: int, frame: FrameType | None) -> None:
+        totals["seq"] += 1
+        write_report(path, {**totals, "cpu": time.process_time(), "threads": {}})
+
+    signal.signal(signal.SIGUSR1, report)
+    for name in json.loads(modules_file.read_text()):
+        with contextlib.suppress(Exception):  # aliases (requests.packages.*), platform bits
+                importlib.import_module(name)
+    ticker = threading.Event()
+
+    def tick() -> None:
+        while True:
+            ticker.wait(FLOOR_GAP_S)
+            totals["wakes"] += 1
+
+    threading.Thread(target=tick, name="ticker", daemon=True).start()
+    threading.Event().wait()
+    return 0
 
 
 def child_agent(argv: list[str]) -> int:
@@ -143,6 +186,8 @@ class Snapshot:
     transfers: int
     readings: int
     threads: dict[str, float]  # thread name -> CPU seconds, for the threads alive now
+    wakeups: int  # voluntary context switches so far, all threads
+    modules: list[str]
 
 
 class Child:
@@ -152,7 +197,7 @@ class Child:
         self.name = name
         self.model_file = quiet / f"{name}-models.json"
         self.log = quiet / f"{name}.log"
-        self.count = count  # () -> readings stored so far
+        self.count = count  # (the child's report) -> readings stored so far
         env = {**os.environ, MODEL_FILE_ENV: str(self.model_file)}
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
@@ -174,7 +219,8 @@ class Child:
         if models["seq"] == seq:
             self.fail("did not report its model time")
         return Snapshot(models["cpu"], disk, models["seconds"], models["transfers"],
-                        self.count(), models["threads"])
+                        self.count(models), models["threads"], models["wakeups"],
+                        models["modules"])
 
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -197,6 +243,11 @@ class Child:
     def fail(self, why: str) -> None:
         tail = self.log.read_text(errors="replace")[-3000:]
         raise SystemExit(f"{self.name} {why}; its log ends:\n{tail}")
+
+
+def library_modules(snapshot: Snapshot) -> list[str]:
+    """The modules a child had loaded that are not ours (nor the bench's)."""
+    return [name for name in snapshot.modules if name.split(".")[0] not in OWN_PACKAGES]
 
 
 def by_thread(a: Snapshot, b: Snapshot, readings: int) -> str:
@@ -259,9 +310,12 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--modules", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "naive":
         sys.exit(child_naive(args.url, args.db, args.config))
+    if args.child == "floor":
+        sys.exit(child_floor(args.modules))
 
     from _vm import count_points, running
 
@@ -269,7 +323,8 @@ def main() -> None:
     from agent.config import load_config
 
     example = args.config or example_config_path()
-    commit_s = load_config(example).storage.commit_interval
+    station = load_config(example)
+    commit_s = station.storage.commit_interval
     periods = max(1, math.ceil(args.seconds / commit_s))
     with tempfile.TemporaryDirectory(prefix="envagent-bench-daemon-", dir=SCRATCH) as tmp, \
             tempfile.TemporaryDirectory(prefix="envagent-bench-daemon-",
@@ -280,11 +335,12 @@ def main() -> None:
         outbox = data / "outbox.sqlite"
         ours = Child("agent", ["run", "--simulate", "--config", str(config),
                                "--data-dir", str(data)], Path(quiet),
-                     lambda: count_rows(outbox, "SELECT added FROM counters"))
+                     lambda report: count_rows(outbox, "SELECT added FROM counters"))
         naive = Child("naive", ["--url", server.write_url, "--db", str(naive_db),
                                 "--config", str(config)], Path(quiet),
-                      lambda: count_rows(naive_db, "SELECT count(*) FROM readings")
+                      lambda report: count_rows(naive_db, "SELECT count(*) FROM readings")
                       if naive_db.exists() else 0)
+        floor: Child | None = None
         try:
             started = time.time()
             time.sleep(args.warmup)
@@ -293,10 +349,18 @@ def main() -> None:
                 child.alive()
             first = {c.name: c.snapshot() for c in (ours, naive)}
             window_start = time.time()
-            time.sleep(periods * commit_s)
-            last = {c.name: c.snapshot() for c in (ours, naive)}
+            modules = Path(quiet) / "agent-modules.json"
+            modules.write_text(json.dumps(library_modules(first[ours.name])))
+            floor = Child("floor", ["--modules", str(modules)], Path(quiet),
+                          lambda report: report["wakes"])
+            time.sleep(FLOOR_SETTLE_S)  # its imports done, its ticker running
+            floor.alive()
+            first[floor.name] = floor.snapshot()
+            time.sleep(periods * commit_s - FLOOR_SETTLE_S)
+            last = {c.name: c.snapshot() for c in (ours, naive, floor)}
             window = time.time() - window_start
-            peaks = {c.name: c.peak_rss_mib() for c in (ours, naive)}
+            peaks = {c.name: c.peak_rss_mib() for c in (ours, naive, floor)}
+            floor.stop(signal.SIGKILL)
             whole = {ours.name: ours.stop(), naive.name: naive.stop(signal.SIGKILL)}
             total_added = count_rows(outbox, "SELECT added FROM counters")
             left = count_rows(outbox, "SELECT added - delivered - dropped - rejected "
@@ -306,7 +370,7 @@ def main() -> None:
             held = count_points(server, "envagent_.*", started - 60, end)
             held_naive = count_points(server, "naive_.*", started - 60, end)
         finally:
-            for child in (ours, naive):
+            for child in (c for c in (ours, naive, floor) if c is not None):
                 if child.process.poll() is None:
                     child.process.kill()
                     child.process.wait()
@@ -317,7 +381,8 @@ def main() -> None:
           f"{window:.0f} s ({periods} commits x {commit_s:g} s) after {args.warmup:g} s warm-up; "
           f"naive: one BME280 (3 readings / {PERIOD_S:g} s)")
     print(f"{'pipeline':<34} {'readings':>8} {'CPU µs/rdg':>11} {'models µs/rdg':>14} "
-          f"{'rest µs/rdg':>12} {'disk B/rdg':>11} {'peak RSS MiB':>13} {'whole-run µs/rdg':>17}")
+          f"{'rest µs/rdg':>12} {'wake-ups/rdg':>13} {'disk B/rdg':>11} {'peak RSS MiB':>13} "
+          f"{'whole-run µs/rdg':>17}")
     rows = {}
     for name, label, total in ((ours.name, "envagent run --simulate", total_added),
                                (naive.name, "naive Adafruit+insert()+post()", total_naive)):
@@ -325,18 +390,32 @@ def main() -> None:
         n = b.readings - a.readings
         cpu, models = (b.cpu_s - a.cpu_s) / n * 1e6, (b.models_s - a.models_s) / n * 1e6
         disk = (b.disk_bytes - a.disk_bytes) / n
-        rows[name] = (cpu, models, disk, peaks[name])
+        wakeups = (b.wakeups - a.wakeups) / n
+        rows[name] = (cpu, models, disk, peaks[name], wakeups)
         print(f"{label:<34} {n:>8,} {cpu:>11.1f} {models:>14.1f} {cpu - models:>12.1f} "
-              f"{disk:>11,.0f} {peaks[name]:>13.1f} {whole[name][0] / total * 1e6:>17.1f}")
+              f"{wakeups:>13.1f} {disk:>11,.0f} {peaks[name]:>13.1f} "
+              f"{whole[name][0] / total * 1e6:>17.1f}")
     a, b = first[ours.name], last[ours.name]
     print(f"envagent CPU µs/reading by thread: {by_thread(a, b, b.readings - a.readings)}")
-    (cpu, models, disk, rss), (ncpu, nmodels, ndisk, nrss) = rows[ours.name], rows[naive.name]
+    (cpu, models, disk, rss, wakeups), (ncpu, nmodels, ndisk, nrss, _) = (
+        rows[ours.name], rows[naive.name])
     print(f"ratio envagent/naive: CPU per reading {cpu / ncpu:.3f} (without the models "
           f"{(cpu - models) / (ncpu - nmodels):.3f}), disk bytes per reading {disk / ndisk:.4f}, "
           f"peak RSS {rss / nrss:.2f}")
     print(f"VictoriaMetrics holds {held:,} envagent readings (expected {total_added - left:,}: "
           f"{total_added:,} stored, {left} left in the outbox at the stop), {held_naive:,} "
           f"naive readings (expected {total_naive:,})")
+    a, b = first[floor.name], last[floor.name]
+    per_wake = (b.cpu_s - a.cpu_s) / (b.readings - a.readings) * 1e6
+    samples_per_s = sum(1 / s.interval for s in station.sensors)
+    readings_per_s = (last[ours.name].readings - first[ours.name].readings) / window
+    print(f"floor, same window: a thread that only wakes every {FLOOR_GAP_S:g} s costs "
+          f"{per_wake:.0f} µs of CPU per wake-up; one such wake-up per sensor sample "
+          f"({samples_per_s:.1f} samples/s, {readings_per_s:.1f} readings/s) is "
+          f"{per_wake * samples_per_s / readings_per_s:.0f} µs/reading before any work. The "
+          f"interpreter with the libraries the daemon loads "
+          f"({len(library_modules(first[ours.name])):,} modules, none of ours): "
+          f"{peaks[floor.name]:.1f} MiB peak RSS")
     verdicts = [(f"CPU <= {CPU_BUDGET_US:g} µs/reading", cpu <= CPU_BUDGET_US),
                 (f"peak RSS <= {RSS_BUDGET_MIB:g} MiB", rss <= RSS_BUDGET_MIB),
                 (f"disk <= {DISK_BUDGET} B/reading", disk <= DISK_BUDGET)]
