@@ -7,7 +7,10 @@ they changed; then it gives the encoder the tag epochs (one per record, from its
 notes the records not yet sent. Those go in one POST to the uplink's URL -- not ahead of a waiting
 alert -- and are marked sent only after a 2xx. A failure is tried again after the uplink's
 backoff (and ``Retry-After``), on a schedule of its own: readings never wait for metadata. A
-damaged file is logged once per change and changes nothing: the tags stay as they were.
+refusal of the document itself (400, 413, 422: a backend that takes readings but not this) is
+not tried again by the same process -- it would only be refused again, every ``backoff_max``,
+for as long as the unit runs. A damaged file is logged once per change and changes nothing: the
+tags stay as they were.
 
 A record taken before the clock synchronised, in the boot whose readings are held for the same
 reason (``held_boot``, agent.timekeeping), **waits** like them: it is neither sent nor an epoch
@@ -57,7 +60,7 @@ from agent.config import Config, UplinkConfig
 from agent.credentials import Secret
 from agent.lineprotocol import escape_key, escape_measurement
 from agent.sinks import HttpSink
-from agent.uplink import backoff_delay, retry_after_seconds
+from agent.uplink import Outcome, backoff_delay, classify, retry_after_seconds
 from drivers.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -159,6 +162,7 @@ class Commissioning:
         self._held: str | None = None  # held_boot() when last read
         self.pending: list[Record] = []  # read from the file, not sent yet
         self._sent: set[str] = set()  # ids sent by this process, should marking them fail
+        self._refused: set[str] = set()  # ids the server refused (400, 413, 422): not again
         self._failures = 0
         self._due = -math.inf  # monotonic time of the next attempt
 
@@ -188,7 +192,8 @@ class Commissioning:
         if len(ready) < len(records):
             log.info("%d commissioning record(s) taken before the clock synchronised wait for "
                      "it, to go upstream with their true time", len(records) - len(ready))
-        self.pending = [r for r in unsent(ready) if r["id"] not in self._sent]
+        self.pending = [r for r in unsent(ready)
+                        if r["id"] not in self._sent and r["id"] not in self._refused]
         sink.encoder.set_epochs(epochs(ready))
 
     def _send(self, sink: HttpSink, token: Secret | None) -> None:
@@ -209,6 +214,16 @@ class Commissioning:
             except OSError as exc:
                 log.warning("%s; the commissioning record(s) are sent again after a restart",
                             exc)
+            return
+        if classify(reply) in (Outcome.REJECTED, Outcome.TOO_LARGE):
+            # The document itself is refused (a backend that takes readings but not this):
+            # sending it again would be refused again. Once per start of the agent, and for
+            # each new record.
+            self._refused.update(r["id"] for r in records)
+            self.pending, self._failures, self._due = [], 0, -math.inf
+            log.warning("%s refused %d commissioning record(s): %s; not sent again until the "
+                        "agent restarts or the unit is commissioned again; readings go on",
+                        sink.where, len(records), reply.describe())
             return
         self._failures += 1
         s = self._settings

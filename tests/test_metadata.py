@@ -145,6 +145,41 @@ def test_a_5xx_leaves_the_record_unsent_readings_go_on_and_it_is_sent_after_the_
         assert caplog.text.count("cannot send") == 1  # logged on the transition only
 
 
+def test_a_backend_that_refuses_the_document_gets_it_once_per_start_readings_go_on(
+        tmp_path: Path, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    # A custom JSON backend that takes batches of readings but answers 400 to anything else.
+    data, clock = tmp_path / "data", FakeClock()
+
+    def respond(exchange: Exchange) -> int:
+        return 400 if is_metadata(exchange) else 204
+
+    with RecordingServer(respond) as server:
+        cfg = config(server.url("/ingest"), fmt="json")
+        commissioned(data, cfg, T0 - 3600 * NS, mounting_height_m=2.0)
+        uplink = uplink_for(cfg, outbox, data, clock)
+        with caplog.at_level(logging.WARNING, "agent.metadata"):
+            for second in range(0, 600, 10):  # ten minutes of commits, past any backoff
+                outbox.append(samples(second, 1))
+                assert uplink.flush().ok
+                clock.advance(10.0)
+        assert uplink.state.state == "ok" and outbox.stats().backlog == 0
+        assert sum(map(is_metadata, server.snapshot())) == 1
+        assert caplog.text.count("refused 1 commissioning record(s): HTTP 400") == 1
+        assert [r["sent"] for r in history(data)] == [False]
+
+        commissioned(data, cfg, T0 - 1800 * NS, note="second visit")  # a new record is tried
+        outbox.append(samples(700, 1))
+        assert uplink.flush().ok
+        meta = [json.loads(e.body) for e in server.snapshot() if is_metadata(e)]
+        assert [doc["count"] for doc in meta] == [1, 1]  # the new one only
+
+        restarted = uplink_for(cfg, outbox, data, FakeClock())  # unsent: tried once more
+        outbox.append(samples(710, 1))
+        assert restarted.flush().ok
+        meta = [json.loads(e.body) for e in server.snapshot() if is_metadata(e)]
+        assert [doc["count"] for doc in meta] == [1, 1, 2]
+
+
 def test_the_metadata_never_goes_ahead_of_an_alert(tmp_path: Path, outbox: Outbox) -> None:
     data = tmp_path / "data"
     with RecordingServer() as server:
