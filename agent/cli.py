@@ -121,7 +121,7 @@ def open_buses(
             Placement(s.bus, s.address, s.driver, s.id, s.mux, s.channel) for s in config.sensors
         ]
         world = build_world(placements, clock=clock, environment=environment,
-                            options={s.id: s.options for s in config.sensors})
+                            options={s.id: s.options for s in config.sensors}, log_length=0)
         for fault in faults:
             _inject(world, config, fault)
         yield dict(world)

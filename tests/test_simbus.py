@@ -9,6 +9,8 @@ import threading
 import pytest
 from adafruit_bme280.basic import Adafruit_BME280_I2C
 
+from agent.cli import example_config_path, open_buses
+from agent.config import load_config
 from drivers.busio_adapter import BusioI2C
 from drivers.clock import SystemClock
 from drivers.scan import probe
@@ -177,6 +179,16 @@ def test_log_is_bounded(bus: SimBus) -> None:
     for _ in range(LOG_LENGTH + 10):
         bus.write(ADDRESS, b"")
     assert len(bus.transactions()) == LOG_LENGTH
+
+
+def test_the_cli_simulated_world_keeps_no_log(clock: FakeClock) -> None:
+    # `envagent run --simulate` runs for as long as a demo lasts: a full log per bus would be
+    # ~25 MB of its memory, kept for nobody (the log is for tests).
+    config = load_config(example_config_path())
+    with open_buses(config, clock, simulate=True) as buses:
+        for bus in buses.values():
+            assert probe(bus, config.sensors[0].address)
+            assert bus.transactions() == []
 
 
 # --- faults -------------------------------------------------------------------------------------

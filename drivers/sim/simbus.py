@@ -27,8 +27,8 @@ from typing import Literal, Protocol, TypeVar
 from drivers.bus import check_address
 from drivers.clock import Clock, SystemClock
 
-# Enough history for a long test or a few minutes of --simulate, bounded so a daemon running on the
-# simulated world for days does not grow without limit.
+# Enough history for a long test. The log is for tests to assert bus traffic; the CLI's
+# --simulate world keeps none (log_length=0): 100,000 transactions are ~25 MB of a daemon's memory.
 LOG_LENGTH = 100_000
 
 # What a bus with nothing driving SDA reads: the pull-ups hold every bit high.
@@ -170,7 +170,8 @@ def _os_error(code: int) -> OSError:
 class SimBus:
     """One simulated ``/dev/i2c-N``; thread-safe, like one kernel adapter shared by samplers."""
 
-    def __init__(self, number: int = 1, *, clock: Clock | None = None) -> None:
+    def __init__(self, number: int = 1, *, clock: Clock | None = None,
+                 log_length: int = LOG_LENGTH) -> None:
         self.number = number
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.lock = threading.RLock()
@@ -179,7 +180,7 @@ class SimBus:
         self._vanished: set[int] = set()
         self._faults: dict[int, deque[_ActiveFault]] = {}
         self._last_reads: dict[tuple[int, int], bytes] = {}
-        self._log: deque[Transaction] = deque(maxlen=LOG_LENGTH)
+        self._log: deque[Transaction] = deque(maxlen=log_length)  # the newest transactions
         self._closed = False
 
     # --- wiring ---------------------------------------------------------------------------------

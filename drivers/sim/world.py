@@ -22,7 +22,7 @@ from drivers.sim.environment import Environment
 from drivers.sim.pmsa003i import PMSA003IModel
 from drivers.sim.scd4x import SCD4xModel
 from drivers.sim.sht import SHT3xModel, SHT4xModel
-from drivers.sim.simbus import SimBus, SimDevice
+from drivers.sim.simbus import LOG_LENGTH, SimBus, SimDevice
 from drivers.sim.tca9548a import TCA9548AModel
 
 
@@ -54,12 +54,14 @@ def build_world(
     clock: Clock,
     environment: Environment,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    log_length: int = LOG_LENGTH,
 ) -> dict[int, SimBus]:
     """Bus number -> SimBus with a model at every placement, each seeing ``environment`` through
     its own small per-sensor offsets (so two simulated sensors never read identically).
 
     ``options`` (sensor id -> driver options) reaches the factories that take an ``options``
-    argument: the ADS1115's wiring depends on which probe each channel carries."""
+    argument: the ADS1115's wiring depends on which probe each channel carries. ``log_length``:
+    how many transactions each bus keeps for ``SimBus.transactions`` (0: none, for a daemon)."""
     buses: dict[int, SimBus] = {}
     muxes: dict[tuple[int, int], TCA9548AModel] = {}
     for placement in placements:
@@ -73,7 +75,7 @@ def build_world(
             )
         bus = buses.get(bus_number)
         if bus is None:
-            bus = buses[bus_number] = SimBus(bus_number, clock=clock)
+            bus = buses[bus_number] = SimBus(bus_number, clock=clock, log_length=log_length)
         extra = {}
         if options is not None and sensor_id in options and _takes_options(factory):
             extra = {"options": options[sensor_id]}
