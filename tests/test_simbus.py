@@ -28,7 +28,8 @@ from drivers.sim import (
     Timeout,
     build_world,
 )
-from drivers.sim.simbus import LOG_LENGTH
+from drivers.sim.bh1750 import BH1750Model
+from drivers.sim.simbus import HISTORY_LENGTH, LOG_LENGTH
 
 ADDRESS = 0x50
 OTHER = 0x51
@@ -179,6 +180,15 @@ def test_log_is_bounded(bus: SimBus) -> None:
     for _ in range(LOG_LENGTH + 10):
         bus.write(ADDRESS, b"")
     assert len(bus.transactions()) == LOG_LENGTH
+
+
+def test_a_model_remembers_only_its_newest_commands(clock: FakeClock) -> None:
+    # A --simulate daemon runs for days: what a model keeps for tests must stay bounded.
+    model = BH1750Model(clock=clock)
+    for _ in range(3 * HISTORY_LENGTH):
+        model.write(bytes([0x01, 0x00]))  # power on, power down
+    assert HISTORY_LENGTH // 2 <= len(model.opcodes) <= HISTORY_LENGTH
+    assert model.opcodes[-2:] == [0x01, 0x00]
 
 
 def test_the_cli_simulated_world_keeps_no_log(clock: FakeClock) -> None:

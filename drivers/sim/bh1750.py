@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from drivers.clock import Clock, SystemClock
 from drivers.sim.environment import Source
+from drivers.sim.simbus import remember
 
 POWER_DOWN = 0x00
 POWER_ON = 0x01
@@ -90,7 +91,7 @@ class BH1750Model:
         self.illuminance = illuminance
         self.slowest = slowest
         self.frozen = False
-        self.opcodes: list[int] = []  # every opcode received, for tests
+        self.opcodes: list[int] = []  # the opcodes received, for tests (the newest HISTORY_LENGTH)
         self._lock = threading.RLock()
         self.power_on_reset()
 
@@ -134,7 +135,7 @@ class BH1750Model:
             now = self.clock.monotonic()
             self._advance(now)
             for opcode in data:
-                self.opcodes.append(opcode)
+                remember(self.opcodes, opcode)
                 self._execute(opcode, now)
 
     def read(self, length: int) -> bytes:

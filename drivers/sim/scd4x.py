@@ -36,6 +36,7 @@ from drivers.sim.sensirion import (
     to_ticks,
     unframe,
 )
+from drivers.sim.simbus import remember
 
 START_PERIODIC_MEASUREMENT = 0x21B1
 READ_MEASUREMENT = 0xEC05
@@ -166,7 +167,7 @@ class SCD4xModel(CommandChip):
             self.busy(now, T_REINIT)
         else:
             raise nack()
-        self.commands.append(code)
+        remember(self.commands, code)
 
     def _ambient_pressure(self, argument: bytes, now: float) -> None:
         if not argument:

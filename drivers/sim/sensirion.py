@@ -128,7 +128,7 @@ class CommandChip:
         self.source = source
         self.temperature = temperature
         self.humidity = humidity
-        self.commands: list[int] = []  # every command the chip accepted, in order
+        self.commands: list[int] = []  # accepted, in order; the newest (simbus.remember)
         self.stuck_measuring = False
         self._lock = threading.RLock()
         self._busy_until = -math.inf

@@ -23,6 +23,7 @@ from __future__ import annotations
 from drivers.clock import Clock
 from drivers.sim.environment import Source
 from drivers.sim.sensirion import CommandChip, celsius_ticks, nack, to_ticks
+from drivers.sim.simbus import remember
 
 _MS = 1e-3
 
@@ -125,7 +126,7 @@ class SHT3xModel(CommandChip):
             self._status |= STATUS_COMMAND_FAILED  # table 18, bit 1; the write is still ACKed
             return
         self._status &= ~STATUS_COMMAND_FAILED
-        self.commands.append(code)
+        remember(self.commands, code)
 
     def _run(self, code: int, now: float) -> bool:
         if code in SHT3X_MEASURE_MS:
@@ -162,7 +163,7 @@ class SHT4xModel(CommandChip):
     ) -> None:
         super().__init__(clock=clock, source=source, temperature=temperature, humidity=humidity)
         self.serial = serial
-        self.heater_pulses: list[tuple[int, float]] = []  # (mW, s) of every pulse so far
+        self.heater_pulses: list[tuple[int, float]] = []  # (mW, s); the newest (simbus.remember)
 
     def execute(self, data: bytes, now: float) -> None:
         if len(data) != 1:
@@ -172,7 +173,7 @@ class SHT4xModel(CommandChip):
             self._measure(now, 0.0, SHT4X_MEASURE_MS[code] * _MS)
         elif code in SHT4X_HEATERS:
             power, on_time = SHT4X_HEATERS[code]
-            self.heater_pulses.append((power, on_time))
+            remember(self.heater_pulses, (power, on_time))
             self._measure(now, on_time, SHT4X_MEASURE_MS[SHT4X_MEASURE_HIGH] * _MS)
         elif code == SHT4X_READ_SERIAL:
             self.respond([self.serial >> 16, self.serial & 0xFFFF], now)
@@ -181,7 +182,7 @@ class SHT4xModel(CommandChip):
             self.busy(now, SHT4X_RESET_MS * _MS)
         else:
             raise nack()
-        self.commands.append(code)
+        remember(self.commands, code)
 
     def _measure(self, now: float, heating: float, conversion: float) -> None:
         seconds = heating + conversion

@@ -37,6 +37,17 @@ _IDLE_BYTE = 0xFF
 TransactionKind = Literal["write", "read", "write_read"]
 _T = TypeVar("_T")
 
+# What a model remembers of the commands it received, for tests to assert; a --simulate daemon
+# runs for days, so only the newest are kept.
+HISTORY_LENGTH = 1000
+
+
+def remember(history: list[_T], item: _T) -> None:
+    """Append ``item`` to a model's history; past ``HISTORY_LENGTH``, the oldest half goes."""
+    history.append(item)
+    if len(history) > HISTORY_LENGTH:
+        del history[:HISTORY_LENGTH // 2]
+
 
 class SimDevice(Protocol):
     """A device model behind one address.
