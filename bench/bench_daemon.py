@@ -19,6 +19,11 @@ so it holds the same number of sampling, commit and delivery cycles whatever the
 Readings are those stored in the window: the outbox's ``added`` counter (health readings
 included: one sample every [health] interval), the naive database's rows.
 
+A third process gives the floor of this machine over the same window: it imports every library
+module the agent has loaded (none of ours) and then only wakes a thread once a second, doing
+nothing -- its peak RSS and its CPU per wake-up (``child_floor``). The wake-ups of each pipeline
+are its voluntary context switches (``getrusage``), every thread included.
+
 The simulated sensors (register models behind the SimBus) run inside each process and their CPU
 counts against it. Each process times its SimBus transfers with ``time.thread_time`` (a hook
 installed by this script before the agent's own code runs, costing ~1 µs per transfer) and the
@@ -58,7 +63,7 @@ QUIET = Path("/dev/shm")  # tmpfs: the children's logs and model figures cost no
 MODEL_FILE_ENV = "ENVAGENT_BENCH_MODEL_FILE"
 NAIVE_ADDRESS = 0x76
 FLOOR_GAP_S = 1.0  # the floor child's wake-up period: a sensor thread's sleeps are 0.01-10 s
-FLOOR_SETTLE_S = 5.0
+FLOOR_SETTLE_S = 5.0  # from the floor child's start to its first snapshot: its imports take ~1 s
 OWN_PACKAGES = {"agent", "drivers", "__main__", "_vm", "victoriametrics"}
 
 
@@ -122,7 +127,7 @@ def child_floor(modules_file: Path) -> int:
     signal.signal(signal.SIGUSR1, report)
     for name in json.loads(modules_file.read_text()):
         with contextlib.suppress(Exception):  # aliases (requests.packages.*), platform bits
-                importlib.import_module(name)
+            importlib.import_module(name)
     ticker = threading.Event()
 
     def tick() -> None:
