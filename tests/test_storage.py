@@ -40,7 +40,7 @@ def test_readings_wait_in_memory_until_the_directory_can_be_written(tmp_path: Pa
     def fix_it_later() -> None:
         time.sleep(3.0)
         blocker.unlink()
-        blocker.mkdir()
+        blocker.mkdir(exist_ok=True)  # the agent's next retry may have made it first
 
     fixer = threading.Thread(target=fix_it_later)
     fixer.start()
