@@ -91,7 +91,7 @@ class BH1750Model:
         self.illuminance = illuminance
         self.slowest = slowest
         self.frozen = False
-        self.opcodes: list[int] = []  # the opcodes received, for tests (the newest HISTORY_LENGTH)
+        self.opcodes: list[int] = []  # received, for tests; the newest (simbus.remember)
         self._lock = threading.RLock()
         self.power_on_reset()
 
