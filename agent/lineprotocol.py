@@ -180,6 +180,13 @@ def _samples_with_repeats(readings: Iterable[Reading]) -> list[list[Reading]]:
 Epochs = Sequence[tuple[int, Mapping[str, str]]]  # (start time_ns, extra tags) pairs
 
 
+def ordered_epochs(epochs: Epochs) -> tuple[list[int], list[dict[str, str]]]:
+    """The start times, ascending, and each epoch's tags in the same order; of two epochs with
+    the same start the later given wins (a stable sort, looked up with ``bisect_right``)."""
+    ordered = sorted(epochs, key=lambda epoch: epoch[0])
+    return [start for start, _ in ordered], [dict(tags) for _, tags in ordered]
+
+
 class LineProtocolEncoder:
     """Encodes a batch of readings from one unit; ``drivers`` maps sensor id to driver name.
 
@@ -201,9 +208,8 @@ class LineProtocolEncoder:
     def set_epochs(self, epochs: Epochs) -> None:
         """Tags added to the configured sensors' readings sampled from each start time on
         (until the next start); readings before the first start get none."""
-        ordered = sorted(epochs, key=lambda epoch: epoch[0])  # stable: a later equal one wins
-        self._starts = [start for start, _ in ordered]
-        self._extra = [{}, *(dict(tags) for _, tags in ordered)]
+        self._starts, extra = ordered_epochs(epochs)
+        self._extra = [{}, *extra]
         self._prefixes = [{} for _ in self._extra]
 
     def _prefix(self, sensor: str, epoch: int) -> str:

@@ -49,7 +49,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from agent import __version__
 from agent.credentials import Secret, authorization, redact
-from agent.lineprotocol import Epochs, LineProtocolEncoder, nonfinite_name, quality_of
+from agent.lineprotocol import (
+    Epochs,
+    LineProtocolEncoder,
+    nonfinite_name,
+    ordered_epochs,
+    quality_of,
+)
 from agent.reading import Reading
 
 if TYPE_CHECKING:  # imported by make_session: commands that never POST do not load it (~15 MiB)
@@ -98,14 +104,12 @@ class JsonEncoder:
     def __init__(self, *, unit: str, site: str, drivers: Mapping[str, str]) -> None:
         self._unit, self._site, self._drivers = unit, site, dict(drivers)
         self._starts: list[int] = []
-        self._extra: list[Mapping[str, str]] = []
+        self._extra: list[dict[str, str]] = []
 
     def set_epochs(self, epochs: Epochs) -> None:
         """Keys added to the readings sampled from each start time on, as the line protocol's
         tags (agent.lineprotocol): by sample time, so a replay is byte-identical."""
-        ordered = sorted(epochs, key=lambda epoch: epoch[0])
-        self._starts = [start for start, _ in ordered]
-        self._extra = [dict(tags) for _, tags in ordered]
+        self._starts, self._extra = ordered_epochs(epochs)
 
     def document(self, readings: Sequence[Reading]) -> dict[str, Any]:
         items = [self._item(r) for r in readings]

@@ -156,9 +156,7 @@ def _finite_ratio(numerator: int, denominator: int, expected: str) -> float:
         result = numerator / denominator
     except OverflowError:  # too large for a float
         result = math.inf
-    if not math.isfinite(result):
-        raise ValueError(f"not a finite number; {expected}")
-    return result
+    return _finite(result, expected)
 
 
 def _finite(number: float | int, expected: str) -> float:
