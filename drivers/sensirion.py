@@ -147,19 +147,21 @@ def measure(
     ``duration`` is the data sheet's maximum conversion time: the first read comes after it, and a
     chip still NACKing :data:`DEADLINE_MARGIN_S` later raises :class:`SensorTimeoutError`. The bus
     lock is held throughout, except for ``unlocked`` seconds before the conversion (an SHT4x
-    heater pulse), so a long wait does not hold up the other sensors on the bus.
+    heater pulse), so a long wait does not hold up the other sensors on the bus. Times count from
+    the write: waiting for the lock while another sensor's exchange runs uses up no deadline.
     """
-    started = clock.monotonic()
-    deadline = started + unlocked + duration + DEADLINE_MARGIN_S
+    sent = None
     if unlocked:
         with bus.lock:
             bus.write(address, request)
+            sent = clock.monotonic()
         clock.sleep(unlocked)
-        request = b""  # already sent
     with bus.lock:
-        if request:
+        if sent is None:
             bus.write(address, request)
-        clock.sleep(max(0.0, started + unlocked + duration - clock.monotonic()))
+            sent = clock.monotonic()
+        ready = sent + unlocked + duration
+        clock.sleep(max(0.0, ready - clock.monotonic()))
         while True:
             try:
                 data = bus.read(address, words * FRAME_BYTES)
@@ -167,9 +169,9 @@ def measure(
             except OSError as exc:
                 if exc.errno != errno.EREMOTEIO:
                     raise
-                if clock.monotonic() >= deadline:
+                if clock.monotonic() >= ready + DEADLINE_MARGIN_S:
                     raise SensorTimeoutError(
-                        f"{where}: no result (NACK) {clock.monotonic() - started:.3f} s after "
+                        f"{where}: no result (NACK) {clock.monotonic() - sent:.3f} s after "
                         "a measurement command; check the sensor's power and wiring"
                     ) from exc
             clock.sleep(POLL_INTERVAL_S)

@@ -128,6 +128,35 @@ def test_measure_polls_while_the_chip_nacks_then_gives_up_at_its_deadline() -> N
     assert clock.monotonic() - started <= 0.0083 + sensirion.DEADLINE_MARGIN_S + 0.002
 
 
+class _HeldLock:
+    """A bus lock that another sensor's exchange holds for ``seconds`` whenever it is taken
+    afresh (not when re-entered by the holder, as the bus's own transfers do)."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        self._clock, self._seconds, self._depth = clock, seconds, 0
+
+    def __enter__(self) -> None:
+        if not self._depth:
+            self._clock.advance(self._seconds)
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+
+
+@pytest.mark.parametrize("unlocked", [0.0, 0.1])  # 0.1: an SHT4x heater pulse
+def test_a_long_wait_for_the_bus_lock_uses_up_no_deadline(unlocked: float) -> None:
+    # Under load a sensor can wait longer than the margin for another sensor's exchange; the
+    # conversion only starts with the write (CI saw "no result (NACK) 0.116 s after ...").
+    clock = FakeClock()
+    bus = SimBus(1, clock=clock)
+    bus.attach(0x44, SHT4xModel(clock=clock, temperature=12.0))
+    bus.lock = _HeldLock(clock, sensirion.DEADLINE_MARGIN_S * 2)  # type: ignore[assignment]
+    words = sensirion.measure(bus, 0x44, b"\xfd", 2, clock=clock, duration=0.0083,
+                              where="sht4x at 1:0x44", unlocked=unlocked)
+    assert sensirion.ticks_to_celsius(words[0]) == pytest.approx(12.0, abs=0.003)
+
+
 def test_measure_does_not_retry_errors_other_than_a_nack() -> None:
     clock = FakeClock()
     bus = SimBus(1, clock=clock)
