@@ -17,7 +17,7 @@ measuring); the option ``pressure_from`` names the sensor whose pressure the age
 
 Numbers: Sensirion data sheet "SCD4x" Version 1.3 (September 2022): table 9 (codes, execution
 times, commands allowed during a measurement), 3.5.1-3.5.3, 3.6.5 (ambient pressure as Pa / 100),
-3.8.2 (data ready: low 11 bits), 3.9.2 (serial number), 3.9.3 (self test); later revisions give
+3.8.2 (data ready: low 11 bits), 3.9.2 (serial number); later revisions give
 the valid ambient pressure input as 700-1200 hPa.
 """
 
@@ -42,14 +42,11 @@ STOP_PERIODIC_MEASUREMENT = 0x3F86
 SET_AMBIENT_PRESSURE = 0xE000
 GET_DATA_READY_STATUS = 0xE4B8
 GET_SERIAL_NUMBER = 0x3682
-PERFORM_SELF_TEST = 0x3639
 
 COMMAND_S = 0.001  # read_measurement, get_data_ready_status, get_serial_number, set_ambient_p.
 STOP_S = 0.5  # the chip answers nothing for 500 ms after stop_periodic_measurement
-SELF_TEST_S = 10.0
 SIGNAL_UPDATE_INTERVAL_S = 5.0
 DATA_READY_MASK = 0x07FF  # data ready unless the least significant 11 bits are all 0
-SELF_TEST_OK = 0x0000
 
 READY_POLL_S = 0.1
 READY_MARGIN_S = 2.0  # a signal update later than 5 s + this counts as stale data
@@ -183,23 +180,6 @@ class SCD4x(Driver):
         self._pressure_hpa = hpa
         if self._started is not None:
             self._send_pressure(hpa)
-
-    def self_test(self) -> bool:
-        """Run perform_self_test (10 s, the chip idle meanwhile); True when it found no fault.
-
-        Restarts the periodic measurement afterwards if it ran, which restarts the warm-up too.
-        """
-        was_running = self._started is not None
-        self._started = None
-        self._stop(tolerate_nack=True)
-        (result,) = sensirion.read_words(
-            self.bus, self.address, sensirion.command(PERFORM_SELF_TEST), 1,
-            clock=self.clock, wait=SELF_TEST_S, where=self.label,
-        )
-        if was_running:
-            self._write(sensirion.command(START_PERIODIC_MEASUREMENT))
-            self._started = self.clock.monotonic()
-        return result == SELF_TEST_OK
 
     # --- transfers ------------------------------------------------------------------------------
 

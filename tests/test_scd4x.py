@@ -294,15 +294,6 @@ def test_identify_idle_measuring_and_other_chips() -> None:
     assert [f.chip for f in scan(bus, IDENTIFIERS)] == ["scd4x"]
 
 
-def test_self_test_takes_ten_seconds_and_restarts_the_measurement() -> None:
-    driver, model, _, clock = rig()
-    started = clock.monotonic()
-    assert driver.self_test()
-    assert clock.monotonic() - started >= scd4x.SELF_TEST_S
-    assert model.measuring
-    assert values(driver)["co2"][1] == Quality.WARMUP
-
-
 # --- CO2 in the simulated environment ----------------------------------------------------------
 
 
