@@ -249,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with (
         open_buses(ctx.config, clock, simulate=ctx.simulate, faults=args.sim_fault) as buses,
         ReopeningOutbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes,
-                        clock=clock) as outbox,
+                        clock=clock, progress=notifier.still_starting) as outbox,
     ):
         drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
         pin_factory = _mock_pin_factory() if ctx.simulate and _uses_gpio(ctx.config) else None

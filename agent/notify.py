@@ -12,9 +12,11 @@ reported as ``False``; the service manager notices a missing watchdog ping on it
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,11 @@ log = logging.getLogger(__name__)
 # should ping at half that interval so one late ping does not kill it.
 _USEC_PER_SEC = 1_000_000
 _PINGS_PER_TIMEOUT = 2
+# Long start-up work (salvaging a damaged outbox: minutes on a Pi Zero) asks for this much more
+# time at each sign of progress, at most every START_EXTEND_EVERY_S: a start that moves is never
+# killed by TimeoutStartSec, one that stops moving still is.
+START_EXTEND_S = 60.0
+START_EXTEND_EVERY_S = 5.0
 
 
 class Notifier:
@@ -32,13 +39,16 @@ class Notifier:
     """
 
     def __init__(
-        self, environ: Mapping[str, str] = os.environ, *, pid: int | None = None
+        self, environ: Mapping[str, str] = os.environ, *, pid: int | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._socket_name = environ.get("NOTIFY_SOCKET", "")
         self._address = _socket_address(self._socket_name)
         self._watchdog_usec = _watchdog_usec(environ, os.getpid() if pid is None else pid)
         self._sock: socket.socket | None = None
         self._warned = False
+        self._monotonic = monotonic
+        self._extended_at = -math.inf
 
     @property
     def enabled(self) -> bool:
@@ -67,8 +77,17 @@ class Notifier:
         return self._send("WATCHDOG=1")
 
     def extend_timeout(self, seconds: float) -> bool:
-        """Ask for more time to start or stop (e.g. while salvaging a damaged outbox)."""
+        """Ask for ``seconds`` more to start or stop, counted from now."""
         return self._send(f"EXTEND_TIMEOUT_USEC={max(0, round(seconds * _USEC_PER_SEC))}")
+
+    def still_starting(self) -> bool:
+        """Start-up work is making progress: :data:`START_EXTEND_S` more, at most every
+        :data:`START_EXTEND_EVERY_S` (False when not sent)."""
+        now = self._monotonic()
+        if now - self._extended_at < START_EXTEND_EVERY_S:
+            return False
+        self._extended_at = now
+        return self.extend_timeout(START_EXTEND_S)
 
     def stopping(self) -> bool:
         """Shutdown has begun; systemd stops expecting watchdog pings."""

@@ -187,7 +187,13 @@ class LatestValue:
 class Outbox:
     """The durable, bounded queue between sampling and delivery; see the module docstring."""
 
-    def __init__(self, path: Path, *, max_bytes: int) -> None:
+    def __init__(self, path: Path, *, max_bytes: int,
+                 progress: salvage.Progress | None = None) -> None:
+        """Open (creating, upgrading, or moving aside and salvaging) the outbox at ``path``.
+
+        ``progress`` is called as the opening goes on: before the integrity check and during a
+        salvage, which takes minutes on a Pi Zero for a full outbox.
+        """
         if max_bytes < MIN_BYTES:
             raise ValueError(f"outbox max_bytes must be at least {MIN_BYTES}, got {max_bytes}")
         self.path = path
@@ -198,6 +204,8 @@ class Outbox:
             raise StorageError(exc.errno, f"cannot create the outbox directory {path.parent}: "
                                f"{exc.strerror}; check storage.path and its owner") from exc
         salvage.check_directory(path.parent, path.name)
+        if progress is not None:
+            progress()
         damage = salvage.diagnose(path)
         aside = None if damage is None else salvage.move_aside(path)
         self._open(lambda: sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
@@ -211,7 +219,7 @@ class Outbox:
         with self._lock, self._storage_errors():
             unfinished = salvage.pending(self._conn)  # also one a kill interrupted
         if unfinished is not None:
-            self._recover(*unfinished)
+            self._recover(*unfinished, progress)
 
     @classmethod
     def open_readonly(cls, path: Path) -> Outbox:
@@ -269,12 +277,13 @@ class Outbox:
             raise
         self._conn = conn
 
-    def _recover(self, damage: salvage.Damage, aside: Path) -> None:
+    def _recover(self, damage: salvage.Damage, aside: Path,
+                 progress: salvage.Progress | None) -> None:
         """Salvage the moved-aside database into this fresh one, in one transaction that also
         clears the pending mark: a kill midway leaves the mark, and the next start does it again."""
         try:
             with self._lock, self._transaction() as conn:
-                recovery = salvage.salvage_into(conn, damage, aside)
+                recovery = salvage.salvage_into(conn, damage, aside, progress)
         except Exception as exc:  # a salvage bug must not stop sampling: keep the files
             log.exception("outbox %s: salvaging %s failed", self.path, aside)
             recovery = salvage.Recovery(time.time_ns(), f"{damage.reason}; salvage failed: "

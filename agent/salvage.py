@@ -21,7 +21,9 @@ be sent as sampled, so it is lost too. The event is kept in the ``meta`` table f
 
 Cost, measured with a million readings (36 MB) on a development machine: diagnose (quick_check
 reads every page) 0.2 s at every start; salvage 4.5 s (1 s reading, the rest writing the new
-file). A Pi Zero 2 W is ~25x slower, so salvaging a full outbox there takes minutes.
+file). A Pi Zero 2 W is ~25x slower, so salvaging a full outbox there takes minutes: a
+``progress`` callback runs every COPY_BATCH rows, and the agent turns it into requests for more
+start-up time (agent.notify).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import pwd
 import sqlite3
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,8 @@ UNKNOWN_HIGH_KEY = 2**40  # search this far for rows when a table's highest key 
 COPY_BATCH = 1000  # rows per executemany while copying
 META_PREFIX = "recovery."
 PENDING_KEY = "salvage.pending"
+# Called between batches while copying: a sign of life for a service manager (agent.notify).
+Progress = Callable[[], object]
 
 # table -> columns, the integer primary key first; copied in this order (lookups first)
 TABLES = {
@@ -257,10 +261,12 @@ def move_aside(path: Path) -> Path:
 # --- salvage ------------------------------------------------------------------------------------
 
 
-def salvage_into(conn: sqlite3.Connection, damage: Damage, aside: Path) -> Recovery:
+def salvage_into(conn: sqlite3.Connection, damage: Damage, aside: Path,
+                 progress: Progress | None = None) -> Recovery:
     """Copy what is readable from the moved-aside set into ``conn``'s fresh outbox.
 
     ``conn`` is inside the transaction that created the schema; every table is empty.
+    ``progress`` is called after every :data:`COPY_BATCH` rows copied.
     """
     old_counters, old_count, max_id = None, 0, 0
     _split_partial_page(aside)
@@ -274,7 +280,7 @@ def salvage_into(conn: sqlite3.Connection, damage: Damage, aside: Path) -> Recov
             present = {row[0] for row in _read_all(source, "SELECT name FROM sqlite_master")}
             for table in (t for t in TABLES if t in present):
                 high = _high_key(source, table, old_counters)
-                max_id = max(max_id, _copy_table(source, conn, table, high))
+                max_id = max(max_id, _copy_table(source, conn, table, high, progress))
         finally:
             source.close()
     _drop_orphans(conn)
@@ -365,7 +371,7 @@ def _high_key(source: sqlite3.Connection, table: str, counters: tuple[Any, ...] 
 
 
 def _copy_table(source: sqlite3.Connection, conn: sqlite3.Connection, table: str,
-                high: int) -> int:
+                high: int, progress: Progress | None) -> int:
     """Copy the readable rows of ``table`` with keys up to ``high``; return the highest key."""
     columns = TABLES[table]
     insert = f"INSERT OR IGNORE INTO {table} VALUES ({', '.join('?' * len(columns))})"
@@ -377,6 +383,8 @@ def _copy_table(source: sqlite3.Connection, conn: sqlite3.Connection, table: str
         if len(batch) >= COPY_BATCH:
             conn.executemany(insert, batch)
             batch = []
+            if progress is not None:
+                progress()
     conn.executemany(insert, batch)
     return highest
 

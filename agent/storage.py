@@ -46,9 +46,10 @@ class Store(Protocol):
 
 class ReopeningOutbox:
     def __init__(self, path: Path, *, max_bytes: int, clock: Clock,
-                 retry: float = RETRY_S) -> None:
+                 retry: float = RETRY_S, progress: salvage.Progress | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.progress = progress  # for Outbox: a sign of life while an open salvages
         self.clock = clock
         self.retry = retry
         self.error: StorageError | None = None  # why it is not open, while it is not
@@ -66,7 +67,8 @@ class ReopeningOutbox:
             if self.error is not None and self.clock.monotonic() < self._next_try:
                 raise self.error
             try:
-                self._outbox = Outbox(self.path, max_bytes=self.max_bytes)
+                self._outbox = Outbox(self.path, max_bytes=self.max_bytes,
+                                      progress=self.progress)
             except StorageError as exc:
                 if self.error is None or str(exc) != str(self.error):
                     log.error("%s; sampling goes on into memory; trying again every %g s",

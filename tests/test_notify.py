@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.notify import Notifier
+from agent.notify import START_EXTEND_EVERY_S, START_EXTEND_S, Notifier
 
 
 @pytest.fixture
@@ -75,6 +75,24 @@ def test_abstract_socket(abstract_socket: tuple[str, socket.socket]) -> None:
 
     assert notifier.ready()
     assert received(receiver) == b"READY=1"
+
+
+def test_long_start_up_work_asks_for_more_time_at_a_bounded_pace(
+        path_socket: tuple[str, socket.socket]) -> None:
+    name, receiver = path_socket
+    now = [100.0]
+    notifier = Notifier({"NOTIFY_SOCKET": name}, monotonic=lambda: now[0])
+    extend = f"EXTEND_TIMEOUT_USEC={round(START_EXTEND_S * 1e6)}".encode()
+
+    assert notifier.still_starting()
+    assert received(receiver) == extend
+    now[0] += START_EXTEND_EVERY_S / 2
+    assert not notifier.still_starting()  # a salvage calls it every 1,000 rows: not a flood
+    assert nothing_pending(receiver)
+    now[0] += START_EXTEND_EVERY_S / 2
+    assert notifier.still_starting()
+    assert received(receiver) == extend
+    assert START_EXTEND_S >= 4 * START_EXTEND_EVERY_S  # a late call or two never lets it lapse
 
 
 def test_status_cannot_inject_assignments(path_socket: tuple[str, socket.socket]) -> None:

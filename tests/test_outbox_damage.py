@@ -113,6 +113,22 @@ def test_a_healthy_outbox_and_a_killed_writers_wal_are_left_alone(tmp_path: Path
     assert asides(path) == []
 
 
+def test_a_salvage_shows_progress_all_along(tmp_path: Path) -> None:
+    # Salvaging a full outbox takes minutes on a Pi Zero; systemd must see it moving (agent.notify)
+    path = tmp_path / "outbox.sqlite"
+    fill(path, 0, 12_000, batch=1000)
+    os.truncate(path, path.stat().st_size // 2 // 1024 * 1024)
+    calls: list[int] = []
+    with Outbox(path, max_bytes=BIG, progress=lambda: calls.append(len(calls))) as box:
+        recovery = box.recovery()
+    assert recovery is not None and recovery.salvaged > 5000
+    # one before the integrity check, then one per batch copied
+    assert len(calls) >= 1 + recovery.salvaged // salvage.COPY_BATCH
+    calls.clear()
+    with Outbox(path, max_bytes=BIG, progress=lambda: calls.append(len(calls))):
+        assert len(calls) == 1  # healthy: only the one before the integrity check
+
+
 def test_a_zero_length_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.sqlite"
     path.write_bytes(b"")

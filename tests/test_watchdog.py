@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.outbox import Outbox
+from agent.reading import Reading
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = (
     '[unit]\nid = "wd-1"\nsite = "roof"\n'
@@ -156,3 +159,20 @@ def test_the_status_line_is_built_only_for_systemd(tmp_path: Path) -> None:
         supervisor(Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})).tick()
         assert receiver.recv(4096) == b"STATUS=9/9 sensors ok"
     assert len(built) == 1
+
+
+def test_a_start_salvaging_a_damaged_outbox_asks_systemd_for_time_before_ready(
+        tmp_path: Path) -> None:
+    # The salvage runs before READY=1, so TimeoutStartSec (90 s by default) bounds it unless the
+    # agent asks for more: minutes for a full outbox on a Pi Zero, killed and redone forever.
+    outbox = tmp_path / "data" / "outbox.sqlite"
+    with Outbox(outbox, max_bytes=256 * 1024**2) as box:
+        box.append([Reading("air", "temperature", 20.0, "°C", 1_700_000_000 * 10**9 + i, i,
+                            "boot-0", True, 0, None) for i in range(3000)])
+    os.truncate(outbox, outbox.stat().st_size // 2 // 1024 * 1024)
+    proc, notify = start(tmp_path, FAST)
+    notify.collect(4.0)
+    stderr = stop(proc, notify)
+    messages = [m for _, m in notify.messages]
+    assert "salvaged " in stderr, stderr
+    assert messages.index("EXTEND_TIMEOUT_USEC=60000000") < messages.index("READY=1")
