@@ -66,6 +66,10 @@ SCHEMA_VERSION = 2  # PRAGMA user_version of a database this module created
 PAGE_SIZE = 1024  # bytes; applies to new databases only (SQLite fixes it at creation)
 BUSY_TIMEOUT_S = 5.0  # wait this long for another connection's lock before failing
 LOW_WATER = 0.9  # a full outbox drops down to this fraction of max_bytes
+# The integrity check at every start is one SQLite call that reads the whole file (a full 256 MiB
+# outbox: ~2 s on a PC, a minute or more on a Pi Zero) and reports nothing while it runs:
+# ``progress`` is called this often meanwhile.
+CHECK_PROGRESS_S = 1.0
 MIN_BYTES = 64 * 1024  # below this the fixed tables (~10 pages) leave little room for readings
 ROW_BYTES = 64  # a generous guess of bytes per reading row, to size each drop step
 
@@ -191,8 +195,8 @@ class Outbox:
                  progress: salvage.Progress | None = None) -> None:
         """Open (creating, upgrading, or moving aside and salvaging) the outbox at ``path``.
 
-        ``progress`` is called as the opening goes on: before the integrity check and during a
-        salvage, which takes minutes on a Pi Zero for a full outbox.
+        ``progress`` is called as the opening goes on: while the integrity check runs and during
+        a salvage, which takes minutes on a Pi Zero for a full outbox.
         """
         if max_bytes < MIN_BYTES:
             raise ValueError(f"outbox max_bytes must be at least {MIN_BYTES}, got {max_bytes}")
@@ -204,9 +208,7 @@ class Outbox:
             raise StorageError(exc.errno, f"cannot create the outbox directory {path.parent}: "
                                f"{exc.strerror}; check storage.path and its owner") from exc
         salvage.check_directory(path.parent, path.name)
-        if progress is not None:
-            progress()
-        damage = salvage.diagnose(path)
+        damage = _diagnose(path, progress)
         aside = None if damage is None else salvage.move_aside(path)
         self._open(lambda: sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                            check_same_thread=False))
@@ -588,6 +590,27 @@ class Outbox:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _diagnose(path: Path, progress: salvage.Progress | None) -> salvage.Damage | None:
+    """:func:`salvage.diagnose`, with ``progress`` called as it starts and every
+    :data:`CHECK_PROGRESS_S` until it returns."""
+    if progress is None:
+        return salvage.diagnose(path)
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(CHECK_PROGRESS_S):
+            progress()
+
+    progress()
+    ticker = threading.Thread(target=tick, name="outbox-check", daemon=True)
+    ticker.start()
+    try:
+        return salvage.diagnose(path)
+    finally:
+        done.set()
+        ticker.join()
 
 
 def _create_or_upgrade(conn: sqlite3.Connection) -> bool:

@@ -22,8 +22,8 @@ be sent as sampled, so it is lost too. The event is kept in the ``meta`` table f
 Cost, measured with a million readings (36 MB) on a development machine: diagnose (quick_check
 reads every page) 0.2 s at every start; salvage 4.5 s (1 s reading, the rest writing the new
 file). A Pi Zero 2 W is ~25x slower, so salvaging a full outbox there takes minutes: a
-``progress`` callback runs every COPY_BATCH rows, and the agent turns it into requests for more
-start-up time (agent.notify).
+``progress`` callback runs every COPY_BATCH rows (and agent.outbox calls it while diagnose
+runs), and the agent turns it into requests for more start-up time (agent.notify).
 """
 
 from __future__ import annotations

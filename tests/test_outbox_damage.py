@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pytest
 
 from agent import salvage
 from agent.errors import StorageError
-from agent.outbox import Outbox
+from agent.outbox import CHECK_PROGRESS_S, Outbox
 from agent.reading import Reading
 
 BIG = 256 * 1024**2
@@ -113,7 +114,8 @@ def test_a_healthy_outbox_and_a_killed_writers_wal_are_left_alone(tmp_path: Path
     assert asides(path) == []
 
 
-def test_a_salvage_shows_progress_all_along(tmp_path: Path) -> None:
+def test_opening_shows_progress_all_along(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # Salvaging a full outbox takes minutes on a Pi Zero; systemd must see it moving (agent.notify)
     path = tmp_path / "outbox.sqlite"
     fill(path, 0, 12_000, batch=1000)
@@ -122,11 +124,18 @@ def test_a_salvage_shows_progress_all_along(tmp_path: Path) -> None:
     with Outbox(path, max_bytes=BIG, progress=lambda: calls.append(len(calls))) as box:
         recovery = box.recovery()
     assert recovery is not None and recovery.salvaged > 5000
-    # one before the integrity check, then one per batch copied
+    # one as the integrity check starts, then one per batch copied
     assert len(calls) >= 1 + recovery.salvaged // salvage.COPY_BATCH
+
+    def slow_check(path: Path) -> salvage.Damage | None:  # a full outbox on a Pi Zero: a minute
+        time.sleep(3.5 * CHECK_PROGRESS_S)
+        return diagnose(path)
+
+    diagnose = salvage.diagnose
+    monkeypatch.setattr(salvage, "diagnose", slow_check)
     calls.clear()
     with Outbox(path, max_bytes=BIG, progress=lambda: calls.append(len(calls))):
-        assert len(calls) == 1  # healthy: only the one before the integrity check
+        assert 3 <= len(calls) <= 4  # as the check starts, then every CHECK_PROGRESS_S
 
 
 def test_a_zero_length_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
