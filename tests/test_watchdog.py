@@ -44,6 +44,11 @@ class NotifySocket:
             for line in data.decode().splitlines():
                 self.messages.append((time.monotonic(), line))
 
+    def wait_for(self, message: str, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while message not in (m for _, m in self.messages) and time.monotonic() < end:
+            self.collect(0.2)
+
     def times(self, message: str) -> list[float]:
         return [t for t, m in self.messages if m == message]
 
@@ -171,7 +176,7 @@ def test_a_start_salvaging_a_damaged_outbox_asks_systemd_for_time_before_ready(
                             "boot-0", True, 0, None) for i in range(3000)])
     os.truncate(outbox, outbox.stat().st_size // 2 // 1024 * 1024)
     proc, notify = start(tmp_path, FAST)
-    notify.collect(4.0)
+    notify.wait_for("READY=1", 30.0)
     stderr = stop(proc, notify)
     messages = [m for _, m in notify.messages]
     assert "salvaged " in stderr, stderr
