@@ -102,8 +102,8 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
+        self.thread.join(5)  # a tick under way ends first: nothing follows STOPPING=1
         self.notifier.stopping()
-        self.thread.join(5)
 
     def _run(self) -> None:
         # Twice per notifier interval, i.e. four pings per WatchdogSec: one late tick never
