@@ -87,7 +87,10 @@ def test_sigterm_stops_cleanly_with_everything_committed(tmp_path: Path) -> None
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(3.5)
+    deadline = time.monotonic() + 60  # started (signals handled) once it writes its status
+    while not (data / "sensors-state.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.5)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0, stderr

@@ -127,11 +127,12 @@ def test_opening_shows_progress_all_along(tmp_path: Path,
     # one as the integrity check starts, then one per batch copied
     assert len(calls) >= 1 + recovery.salvaged // salvage.COPY_BATCH
 
+    healthy = salvage.diagnose(path)
+
     def slow_check(path: Path) -> salvage.Damage | None:  # a full outbox on a Pi Zero: a minute
         time.sleep(3.5 * CHECK_PROGRESS_S)
-        return diagnose(path)
+        return healthy
 
-    diagnose = salvage.diagnose
     monkeypatch.setattr(salvage, "diagnose", slow_check)
     calls.clear()
     with Outbox(path, max_bytes=BIG, progress=lambda: calls.append(len(calls))):

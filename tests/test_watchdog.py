@@ -44,10 +44,13 @@ class NotifySocket:
             for line in data.decode().splitlines():
                 self.messages.append((time.monotonic(), line))
 
-    def wait_for(self, message: str, timeout: float) -> None:
+    def wait_for(self, prefix: str, timeout: float) -> None:
+        """Collect until a message starting with ``prefix`` has come (or ``timeout`` passed)."""
         end = time.monotonic() + timeout
-        while message not in (m for _, m in self.messages) and time.monotonic() < end:
-            self.collect(0.2)
+        while not any(m.startswith(prefix) for _, m in self.messages):
+            if time.monotonic() >= end:
+                raise AssertionError(f"no {prefix!r} in {timeout:g} s: {self.messages}")
+            self.collect(0.1)
 
     def times(self, message: str) -> list[float]:
         return [t for t, m in self.messages if m == message]
@@ -74,8 +77,8 @@ def start(tmp_path: Path, config_text: str, *extra: str) -> tuple[subprocess.Pop
 
 def stop(proc: subprocess.Popen[str], notify: NotifySocket) -> str:
     proc.send_signal(signal.SIGTERM)
-    notify.collect(1.5)
-    _, stderr = proc.communicate(timeout=20)
+    notify.wait_for("STOPPING=1", 60.0)
+    _, stderr = proc.communicate(timeout=60)
     notify.close()
     return stderr
 
@@ -86,6 +89,7 @@ def largest_gap(times: list[float]) -> float:
 
 def test_ready_pings_status_and_stopping(tmp_path: Path) -> None:
     proc, notify = start(tmp_path, FAST)
+    notify.wait_for("READY=1", 60.0)
     notify.collect(5.0)
     stderr = stop(proc, notify)
     assert proc.returncode == 0, stderr
@@ -100,7 +104,8 @@ def test_ready_pings_status_and_stopping(tmp_path: Path) -> None:
 
 def test_a_hung_sensor_read_stops_the_pings(tmp_path: Path) -> None:
     proc, notify = start(tmp_path, FAST, "--sim-fault", "air=hang@1")
-    notify.collect(16.0)  # the hang starts at 1 s; a read stuck 10 s is hung
+    notify.wait_for("STATUS=STUCK", 60.0)  # the hang starts at 1 s; a read stuck 10 s is hung
+    notify.collect(4.0)
     stop(proc, notify)
     pings = notify.times("WATCHDOG=1")
     hung_since = pings[0] + 1.0
@@ -121,6 +126,7 @@ def test_a_dead_upstream_does_not_stop_the_pings(tmp_path: Path) -> None:
         f'token_file = "{token}"\nflush_interval = "1s"\n'
     )
     proc, notify = start(tmp_path, config)
+    notify.wait_for("READY=1", 60.0)
     notify.collect(6.0)
     stderr = stop(proc, notify)
     assert proc.returncode == 0, stderr
