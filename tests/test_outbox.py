@@ -547,7 +547,8 @@ def test_a_sampler_and_a_delivery_thread_share_the_outbox(outbox: Outbox) -> Non
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=600)
+    assert not any(t.is_alive() for t in threads)
     assert delivered == [reading(i) for i in range(batches * size)]
     stats = outbox.stats()
     assert (stats.added, stats.delivered, stats.backlog) == (2000, 2000, 0)
