@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 # should ping at half that interval so one late ping does not kill it.
 _USEC_PER_SEC = 1_000_000
 _PINGS_PER_TIMEOUT = 2
-# Long start-up work (salvaging a damaged outbox: minutes on a Pi Zero) asks for this much more
-# time at each sign of progress, at most every START_EXTEND_EVERY_S: a start that moves is never
-# killed by TimeoutStartSec, one that stops moving still is.
+# Long start-up work (the outbox's integrity check, a salvage: minutes on a Pi Zero) asks for more:
+# this much at each sign of progress, at most every START_EXTEND_EVERY_S, so a start that moves is
+# never killed by TimeoutStartSec.
 START_EXTEND_S = 60.0
 START_EXTEND_EVERY_S = 5.0
 

@@ -54,7 +54,8 @@ UNKNOWN_HIGH_KEY = 2**40  # search this far for rows when a table's highest key 
 COPY_BATCH = 1000  # rows per executemany while copying
 META_PREFIX = "recovery."
 PENDING_KEY = "salvage.pending"
-# Called between batches while copying: a sign of life for a service manager (agent.notify).
+# A sign of life from long work (copying here, the integrity check in agent.outbox) for a
+# service manager (agent.notify).
 Progress = Callable[[], object]
 
 # table -> columns, the integer primary key first; copied in this order (lookups first)

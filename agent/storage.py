@@ -49,7 +49,7 @@ class ReopeningOutbox:
                  retry: float = RETRY_S, progress: salvage.Progress | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        self.progress = progress  # for Outbox: a sign of life while an open salvages
+        self.progress = progress  # for Outbox: signs of life while an open checks or salvages
         self.clock = clock
         self.retry = retry
         self.error: StorageError | None = None  # why it is not open, while it is not
