@@ -3,11 +3,13 @@ pings stopping for a hung sensor but not for a dead upstream."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -170,6 +172,43 @@ def test_the_status_line_is_built_only_for_systemd(tmp_path: Path) -> None:
         supervisor(Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})).tick()
         assert receiver.recv(4096) == b"STATUS=9/9 sensors ok"
     assert len(built) == 1
+
+
+def test_nothing_follows_stopping_not_even_a_tick_under_way(tmp_path: Path) -> None:
+    """systemd takes STOPPING=1 as the last word; a status line sent after it would say the
+    unit is sampling while it shuts down."""
+    from agent.notify import Notifier
+    from agent.supervisor import Supervisor
+    from drivers.sim.clock import FakeClock
+
+    in_tick, release, calls = threading.Event(), threading.Event(), []
+
+    def status() -> str:
+        calls.append(len(calls))
+        if len(calls) == 2:  # the ticker thread's first tick: still running when stop comes
+            in_tick.set()
+            release.wait(10)
+        return f"tick {len(calls)}"
+
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify"))
+    receiver.settimeout(2)
+    with receiver:
+        clock = FakeClock()
+        supervisor = Supervisor(Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")}), clock, [],
+                                writer_beat=clock.monotonic, writer_timeout=15.0, status=status)
+        supervisor.start()
+        assert in_tick.wait(10)
+        stopper = threading.Thread(target=supervisor.stop)
+        stopper.start()
+        time.sleep(0.2)  # stop() has begun while the tick is under way
+        release.set()
+        stopper.join(10)
+        messages = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                messages.append(receiver.recv(4096).decode())
+    assert messages == ["READY=1", "STATUS=tick 1", "STATUS=tick 2", "STOPPING=1"]
 
 
 def test_a_start_salvaging_a_damaged_outbox_asks_systemd_for_time_before_ready(
