@@ -88,6 +88,52 @@ class SimFault:
         return cls(sensor, kind, delay)
 
 
+@dataclass(frozen=True)
+class SimClock:
+    """``--sim-clock STATE[@SECONDS][,booted=UNIX_TIME]``: the simulated unit's clock facts.
+
+    STATE is ``synced`` (the default) or ``unsynced``; ``unsynced@30`` synchronises 30 s after
+    the command starts; ``booted`` is when the simulated unit booted (default: this machine's
+    boot). The host's own clock facts never leak into a simulated run.
+    """
+
+    synced: bool = True
+    sync_after: float | None = None
+    booted: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SimClock:
+        state, _, rest = text.partition(",")
+        state, _, after = state.partition("@")
+        key, _, booted = rest.partition("=")
+        try:
+            sync_after = float(after) if after else None
+            boot_time = float(booted) if booted else None
+        except ValueError:
+            sync_after = boot_time = -1.0
+        bad_numbers = any(x is not None and not 0 <= x < float("inf")
+                          for x in (sync_after, boot_time))
+        if (state not in ("synced", "unsynced") or bad_numbers or (rest and key != "booted")
+                or (rest and boot_time is None) or (sync_after is not None and state == "synced")):
+            raise argparse.ArgumentTypeError(
+                "expected synced or unsynced[@SECONDS], optionally followed by "
+                f",booted=UNIX_TIME, got {text!r}")
+        return cls(state == "synced", sync_after, boot_time)
+
+    def clock(self) -> Clock:
+        from drivers.sim.clock import SimulatedClock
+
+        return SimulatedClock(synced=self.synced, sync_after=self.sync_after, booted=self.booted)
+
+
+def _clock(args: argparse.Namespace) -> Clock:
+    """The host's clock, or with ``--simulate`` the simulated world's."""
+    if getattr(args, "simulate", False):
+        spec: SimClock = getattr(args, "sim_clock", None) or SimClock()
+        return spec.clock()
+    return SystemClock()
+
+
 def _inject(buses: Mapping[int, Any], config: Config, fault: SimFault) -> None:
     from drivers.sim.simbus import BusIOError, Nack, Timeout
 
@@ -164,7 +210,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     from drivers.registry import DRIVERS
 
     ctx = _context(args)
-    clock = SystemClock()
+    clock = _clock(args)
     rows: list[dict[str, Any]] = []
     failed = False
     with open_buses(ctx.config, clock, simulate=ctx.simulate) as buses:
@@ -197,7 +243,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from drivers.registry import IDENTIFIERS
     from drivers.scan import scan
 
-    clock = SystemClock()
+    clock = _clock(args)
     if args.simulate:
         ctx = _context(args)
         cm = open_buses(ctx.config, clock, simulate=True)
@@ -235,6 +281,7 @@ def _real_bus(number: int) -> Iterator[dict[int, Bus]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from agent import datadir
     from agent.daemon import Agent, make_drivers, read_boot_id
     from agent.notify import Notifier
     from agent.power import power_switches
@@ -244,9 +291,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     ctx = _context(args)
     _refuse_token_environment(ctx.config)
-    clock = SystemClock()
+    clock = _clock(args)
     notifier = Notifier()
     with (
+        datadir.hold(ctx.data_dir, hint=datadir.RUN_HINT),  # one agent per data directory
         open_buses(ctx.config, clock, simulate=ctx.simulate, faults=args.sim_fault) as buses,
         ReopeningOutbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes,
                         clock=clock, progress=notifier.still_starting) as outbox,
@@ -311,6 +359,7 @@ def _refuse_token_environment(config: Config) -> None:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """Deliver the backlog now; exit 1 unless all of it was delivered (or quarantined)."""
+    from agent import datadir
     from agent.daemon import read_boot_id
     from agent.outbox import Outbox
     from agent.timekeeping import TimeKeeper
@@ -325,8 +374,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print(f"no outbox at {ctx.outbox_path}: has the agent run with this data directory?",
               file=sys.stderr)
         return EXIT_FAILURE
-    clock = SystemClock()
-    with Outbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes) as outbox:
+    clock = _clock(args)
+    with (
+        datadir.hold(ctx.data_dir, hint=datadir.SYNC_HINT),  # not beside a running agent
+        Outbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes) as outbox,
+    ):
         timekeeper = TimeKeeper(clock, read_boot_id(), commission_dir=ctx.data_dir)
         timekeeper.maintain(outbox)  # re-stamp what the clock's sync allows before sending
         uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir,
@@ -385,7 +437,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "dropped": stats.dropped,
         "quarantined": stats.rejected,
         "uplink": _uplink_status(ctx),
-        "clock_synchronized": SystemClock().synchronized(),
+        "clock_synchronized": _clock(args).synchronized(),
         "recovered": None if recovery is None else {
             "at": _iso(recovery.at_ns), "reason": recovery.reason, "moved_to": recovery.moved_to,
             "salvaged": recovery.salvaged, "lost": recovery.lost},
@@ -409,7 +461,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for line in statusview.render(
             ctx.config, ctx.data_dir, stats, latest, recovery=recovery,
             synced=report["clock_synchronized"], boot_id=read_boot_id(),
-            now=SystemClock().time(), width=shutil.get_terminal_size().columns, bars=bars):
+            now=_clock(args).time(), width=shutil.get_terminal_size().columns, bars=bars):
         print(line)
     return EXIT_OK
 
@@ -437,7 +489,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         ctx.outbox_path, args.output, args.format,
         export.Station.from_config(ctx.config, ctx.data_dir),
         args.since, args.until, current_boot=export.current_boot(),
-        clock_synced=SystemClock().synchronized())
+        clock_synced=_clock(args).synchronized(), force=args.force)
     for line in summary.describe(str(args.output or "stdout"), args.format):
         print(line, file=sys.stderr)
     return EXIT_OK
@@ -445,20 +497,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_commission(args: argparse.Namespace) -> int:
     """Record the as-installed facts and the sensors' serial numbers; exit 1 if one failed."""
-    from agent import commission
+    from agent import commission, datadir
     from agent.daemon import make_drivers
     from drivers.registry import DRIVERS
 
     ctx = _context(args)
     commission.check_writable(ctx.data_dir)  # before anything talks to the sensors
-    clock = SystemClock()
-    with open_buses(ctx.config, clock, simulate=ctx.simulate) as buses:
-        drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
-        sensors = commission.probe_sensors(ctx.config, drivers)
-    facts = commission.Facts(args.technician, args.mounting_height, args.radiation_shield,
-                             args.note)
-    record = commission.record_now(ctx.config, facts, sensors, clock)
-    document = commission.append(ctx.data_dir, record)
+    # The sensors and commission.json are a running agent's: not beside one.
+    with datadir.hold(ctx.data_dir, hint=datadir.COMMISSION_HINT):
+        clock = _clock(args)
+        with open_buses(ctx.config, clock, simulate=ctx.simulate) as buses:
+            drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
+            sensors = commission.probe_sensors(ctx.config, drivers)
+        facts = commission.Facts(args.technician, args.mounting_height, args.radiation_shield,
+                                 args.note)
+        record = commission.record_now(ctx.config, facts, sensors, clock)
+        document = commission.append(ctx.data_dir, record)
     if args.json:
         _print_json(record)
     else:
@@ -478,7 +532,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from agent import doctor
 
     ctx = _context(args)
-    clock = SystemClock()
+    clock = _clock(args)
     with ExitStack() as stack:
         world = (stack.enter_context(open_buses(ctx.config, clock, simulate=True))
                  if ctx.simulate else None)
@@ -525,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
         if "simulate" in names:
             p.add_argument("--simulate", action="store_true",
                            help="use the simulated sensors instead of /dev/i2c-*")
+        if "sim_clock" in names:
+            p.add_argument("--sim-clock", type=SimClock.parse, metavar="STATE[@S][,booted=T]",
+                           help="with --simulate: the simulated clock is synced (default) or "
+                           "unsynced (synchronising after S seconds); T: the Unix time the "
+                           "simulated unit booted (default: this machine's boot)")
         if "data_dir" in names:
             p.add_argument("--data-dir", type=Path, metavar="DIR",
                            help="state directory holding the outbox (overrides storage.path; "
@@ -533,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("run", help="sample and store, in the foreground, until stopped")
-    add_common(p, "config", "simulate", "data_dir")
+    add_common(p, "config", "simulate", "sim_clock", "data_dir")
     p.add_argument("--duration", type=_positive_seconds, metavar="SECONDS",
                    help="stop cleanly after this many seconds")
     p.add_argument("--sim-fault", type=SimFault.parse, action="append", default=[],
@@ -543,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sync", help="deliver the outbox to [uplink] now, and report")
-    add_common(p, "config", "data_dir", "json")
+    add_common(p, "config", "simulate", "sim_clock", "data_dir", "json")
     _refuse_token_option(p)
     p.set_defaults(func=cmd_sync)
 
@@ -557,24 +616,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("status", help="backlog and last values, from the outbox")
-    add_common(p, "config", "simulate", "data_dir", "json")
+    add_common(p, "config", "simulate", "sim_clock", "data_dir", "json")
     p.set_defaults(func=cmd_status)
 
     from agent.commission import height_argument, text_argument
     from agent.export import FORMATS, parse_time
 
     p = sub.add_parser("export", help="undelivered readings to a file, for offline sites")
-    add_common(p, "config", "simulate", "data_dir")
+    add_common(p, "config", "simulate", "sim_clock", "data_dir")
     p.add_argument("--since", type=parse_time, metavar="T",
                    help="from T, inclusive (2026-11-21T06:00:00Z or 2026-11-21; UTC)")
     p.add_argument("--until", type=parse_time, metavar="T", help="to T, exclusive")
     p.add_argument("--format", choices=FORMATS, default="csv", help="default csv")
     p.add_argument("--output", type=Path, metavar="FILE",
-                   help="written atomically (default: stdout)")
+                   help="written atomically (default: stdout); never the outbox")
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("commission", help="record the as-installed facts of this unit")
-    add_common(p, "config", "simulate", "data_dir", "json")
+    add_common(p, "config", "simulate", "sim_clock", "data_dir", "json")
     p.add_argument("--technician", type=text_argument, metavar="NAME")
     p.add_argument("--mounting-height", type=height_argument, metavar="M",
                    help="sensor height above ground, metres")
@@ -597,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "samples), the clock, free space, the outbox and its backlog, and the "
                        "uplink (DNS, TCP, TLS, token). Each check: PASS, WARN or FAIL, and "
                        "what to do next. Writes nothing.")
-    add_common(p, "config", "simulate", "data_dir", "json")
+    add_common(p, "config", "simulate", "sim_clock", "data_dir", "json")
     p.add_argument("--samples", type=sample_count, default=3, metavar="N",
                    help="test samples per sensor (default 3)")
     p.set_defaults(func=cmd_doctor)

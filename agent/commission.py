@@ -14,7 +14,7 @@ anchor_boot)``, ``clock_synced`` true, ``clock_restamped`` true, and the time re
 as ``unsynced_time`` / ``unsynced_time_ns``. Until then it waits (agent.metadata). A record of a
 boot that never synchronised keeps its time and ``clock_synced: false``.
 
-The file (written atomically, under a lock, so the agent can mark records sent meanwhile)::
+The file (written atomically; read with a size bound, :data:`MAX_BYTES`)::
 
     {"format": "envagent-commission/1", "unit": "demo-001", "history": [RECORD, ...]}
 
@@ -24,31 +24,36 @@ picks the records not yet sent, :func:`metadata_document` wraps them for a JSON 
 the time recorded, as a reading's; a re-stamp keeps it), so a resend is recognisable. As tags:
 :func:`reading_tags` gives a record's facts that suit a tag on every reading sampled while it is
 in force.
+
+Who writes it: ``envagent commission``, and the daemon (or ``sync``) marking records sent and
+re-stamping them -- each process holding the data directory (agent.datadir), so one at a time;
+within the daemon, the delivery worker and the writer take turns on :data:`_WRITING`.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
-import json
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.atomic import write_json
+from agent.atomic import DamagedFileError, read_json, write_json
 from agent.config import Config
 from agent.errors import AgentError
 from drivers.base import Driver
 from drivers.clock import Clock
 
 FILE = "commission.json"
-LOCK_FILE = ".commission.lock"
+# A record is 1-2 KB (most of it the sensors' serials): this holds hundreds of visits, and a
+# damaged file costs at most this much memory before it is refused.
+MAX_BYTES = 1024 * 1024
 FORMAT = "envagent-commission/1"
 ID_HEX_DIGITS = 32  # as agent.sinks.reading_id
 NS = 1_000_000_000
@@ -123,50 +128,40 @@ def make_record(config: Config, facts: Facts, sensors: list[dict[str, Any]], *, 
 # --- the file --------------------------------------------------------------------------------
 
 
-@contextmanager
-def _locked(data_dir: Path) -> Iterator[None]:
-    """The data directory's commissioning lock (creating the directory): one writer at a time.
+# Read-modify-write of the file by the threads of one process (the daemon's delivery worker
+# marks records sent, its writer re-stamps them); other processes are kept out by the data
+# directory's lock (agent.datadir), which the commands that write take.
+_WRITING = threading.Lock()
 
-    The lock file is opened read-only -- flock needs no more -- so one left by a `sudo envagent
-    commission` (owned by root) still serves the service's user.
-    """
+
+def check_writable(data_dir: Path) -> None:
+    """Raise CommissionError now, before the sensors are probed, if the record cannot be kept
+    (creating the directory)."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
     except OSError as exc:
         raise _error(f"cannot write the commissioning record in {data_dir}: "
                      f"{exc.strerror or exc}; check --data-dir (or storage.path) and that this "
                      "user may write there", exc) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def check_writable(data_dir: Path) -> None:
-    """Raise CommissionError now, before the sensors are probed, if the record cannot be kept."""
-    with _locked(data_dir):
-        if not os.access(data_dir, os.W_OK):
-            raise _error(f"cannot write the commissioning record in {data_dir}: permission "
-                         "denied; run it as the agent's user (sudo -u envagent envagent "
-                         "commission ...)")
+    if not os.access(data_dir, os.W_OK):
+        raise _error(f"cannot write the commissioning record in {data_dir}: permission "
+                     "denied; run it as the agent's user (sudo -u envagent envagent "
+                     "commission ...)")
 
 
 def load(data_dir: Path) -> dict[str, Any] | None:
-    """The whole document, or None when the unit was never commissioned."""
+    """The whole document, or None when the unit was never commissioned; CommissionError (an
+    OSError) when it cannot be read or is damaged -- invalid UTF-8 or JSON, too large."""
     path = data_dir / FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        document = read_json(path, MAX_BYTES)
     except FileNotFoundError:
         return None
+    except DamagedFileError as exc:
+        raise _error(f"{exc}; it is never overwritten: move it aside to start a new "
+                     "history") from None
     except OSError as exc:
         raise _error(f"cannot read {path}: {exc.strerror or exc}", exc) from exc
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise _error(f"{path} is not valid JSON ({exc}); it is never overwritten: move it "
-                     "aside to start a new history") from exc
     if not isinstance(document, dict) or not isinstance(document.get("history"), list):
         raise _error(f"{path} is not an {FORMAT} document; move it aside to start a new history")
     return document
@@ -179,7 +174,8 @@ def _save(data_dir: Path, document: dict[str, Any]) -> None:
 
 def append(data_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Add ``record`` to the unit's history; return the document as written."""
-    with _locked(data_dir):
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with _WRITING:
         document = load(data_dir) or {"format": FORMAT, "unit": record["unit"], "history": []}
         document["unit"] = record["unit"]
         document["history"].append(record)
@@ -230,7 +226,7 @@ def restamp(data_dir: Path, boot_id: str, anchor_wall_ns: int, anchor_boot_ns: i
 def _update(data_dir: Path, change: Callable[[dict[str, Any]], bool]) -> int:
     """Apply ``change`` to each record under the lock and save the file if any changed;
     return how many did."""
-    with _locked(data_dir):
+    with _WRITING:
         document = load(data_dir)
         if document is None:
             return 0

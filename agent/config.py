@@ -23,8 +23,10 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from agent.atomic import read_bounded
 from agent.credentials import AUTH_SCHEMES
 from agent.errors import ConfigError
+from agent.lineprotocol import DERIVED_FIELDS, EPOCH_TAG_KEYS, QUALITY_SUFFIX, TAG_KEYS, TIME_KEYS
 from agent.processing import (
     AVERAGE_RANGE,
     POLYNOMIAL_TERMS,
@@ -85,13 +87,15 @@ MUX_RANGE = (0x70, 0x77)  # TCA9548A: 0x70 + A2A1A0
 CHANNEL_RANGE = (0, 7)
 STUCK_AFTER_MAX = 1_000_000
 RESERVED_SENSOR_ID = "envagent"  # the agent's own health readings (agent.health)
+# agent.health's readings of each sensor, under the sensor's own id: on its series upstream.
+SENSOR_HEALTH_QUANTITIES = ("sensor_state", "sensor_errors")
+QUANTITY_OPTION = "_quantity"  # the end of a driver option that names a quantity (ads1115)
 DEFAULT_HEALTH_INTERVAL = 5 * 60.0
 HEALTH_INTERVAL_RANGE = (30.0, 3600.0)
 # Alert ids become part of a metric name (``envagent_alert_<id>``): health names' rule applies,
 # lowercase letters, digits and ``_`` only (agent.health explains why; "-" and "." break them).
 ALERT_ID_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,47}")  # used with fullmatch
 ALERT_FOR_RANGE = (0.0, 24 * 3600.0)
-QUALITY_SUFFIX = "_q"  # agent.lineprotocol: <quantity>_q carries a reading's quality flags
 
 
 # --- the result ------------------------------------------------------------------------------
@@ -233,11 +237,16 @@ class Config:
 # --- entry points ----------------------------------------------------------------------------
 
 
+# A station's file is a few KiB (the annotated example ~23 KiB): the bound only keeps a wrong
+# file (a log, a disk image, /dev/zero) from costing the agent its memory.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def load_config(path: Path | str, *, drivers: Registry | None = None) -> Config:
     """Read, parse and validate the file at ``path``; raise :class:`ConfigError` if unusable."""
     source = one_line(str(path))
     try:
-        raw = Path(path).read_bytes()
+        raw = read_bounded(Path(path), MAX_CONFIG_BYTES)
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ConfigError([f"{source}: cannot read the configuration file: {reason}"]) from None
@@ -655,11 +664,54 @@ def _read_sensor(
             ok = options_ok = False
     # With bad options the quantities are unknown, so any quantity name is let through.
     quantities = driver.configured_quantities(given) if options_ok else None
+    if quantities is not None:
+        ok = _check_quantity_names(problems, path, driver, values, quantities) and ok
     for key, parse in _PER_QUANTITY.items():
         at = toml_key(path, key)
         values[key], good = parse(problems, at, nested.get(key, {}), driver.name, quantities)
         ok = ok and good
     return values, _mux_pair(problems, path, table) and ok
+
+
+def quantity_name_problem(quantity: str) -> str | None:
+    """Why readings of ``quantity`` would take a field key upstream that is not theirs: another
+    quantity's derived field, the time, a tag, or the sensor's health (see agent.lineprotocol).
+    Quantities of different sensors may share a name: the ``sensor`` tag tells them apart."""
+    for suffix, what in DERIVED_FIELDS.items():
+        if quantity.endswith(suffix):
+            others = " or ".join(DERIVED_FIELDS)
+            return (f"must not end in {suffix}: upstream that names {what} of quantity "
+                    f"{quantity.removesuffix(suffix)!r}; choose a name that does not end in "
+                    f"{others}")
+    if quantity in TIME_KEYS:
+        why = "the time of each point"
+    elif quantity in TAG_KEYS or quantity in EPOCH_TAG_KEYS:
+        why = (f"the tag {quantity} on every reading (a field of the same name would clash "
+               "with it)")
+    elif quantity in SENSOR_HEALTH_QUANTITIES:
+        why = "the agent's health reading of this sensor"
+    else:
+        return None
+    return f"reserved upstream for {why}; choose another name"
+
+
+def _check_quantity_names(problems: _Problems, path: str, driver: type[Driver],
+                          values: Mapping[str, Any], quantities: Mapping[str, str]) -> bool:
+    """The names the options give quantities are free upstream (a driver's own names are kept
+    free by tests/test_config.py); a problem names the option that gave the name."""
+    ok = True
+    for quantity in quantities:
+        problem = None if quantity in driver.quantities else quantity_name_problem(quantity)
+        if problem is None:
+            continue
+        named = [k for k in driver.options if k.endswith(QUANTITY_OPTION)
+                 and values.get(k) == quantity]
+        if named:
+            problems.add(toml_key(path, named[0]), problem, quantity)
+        else:
+            problems.add(path, f"quantity {quantity!r}: {problem}")
+        ok = False
+    return ok
 
 
 Place = tuple[int, int | None, int | None, int]  # bus, mux, channel, address

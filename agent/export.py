@@ -14,15 +14,25 @@ its next commit. When it is not, they are exported flagged CLOCK_UNSYNCED; shoul
 before they are delivered, upstream also gets them at their true time, flagged CLOCK_RESTAMPED.
 
 Streamed in outbox order, in chunks: a million-reading backlog needs the memory of a few thousand.
+
+What ``--output`` may not touch: the outbox and its ``-wal``/``-shm``/``-journal``, whatever the
+path (relative, through a symlink, a hard link), even with ``--force`` -- the file is replaced by
+a rename, which would take the undelivered readings with it. An existing file is replaced only
+with ``--force``.
+
+CSV for spreadsheets: a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+return gets a leading single quote, so a spreadsheet shows it and never runs it as a formula
+(OWASP, "CSV injection"); numbers are written as numbers. A cell with a comma, a quote or a line
+break (a lone CR too) is quoted, as RFC 4180 says.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import math
+import os
 import re
 import sqlite3
 import sys
@@ -55,6 +65,11 @@ _ROWS = """SELECT s.sensor, s.quantity, r.value, s.unit, r.time_ns, r.boot_ns, b
     LEFT JOIN calibrations c ON c.id = r.calibration
     WHERE r.time_ns >= ? AND r.time_ns < ? ORDER BY r.id"""
 _MIN_NS, _MAX_NS = -(2**63), 2**63 - 1
+# OWASP, CSV injection: what makes a spreadsheet read a cell as a formula (or a new cell).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+# The outbox's own files: a rename over any of them loses the undelivered readings.
+OUTBOX_ENDINGS = ("", "-wal", "-shm", "-journal")
 
 
 class ExportError(AgentError, OSError):
@@ -185,19 +200,36 @@ def undelivered(path: Path, since_ns: int | None, until_ns: int | None) -> Itera
         conn.close()
 
 
+def csv_text(text: str) -> str:
+    """A text cell a spreadsheet shows and never runs (see the module docstring)."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _csv_cell(value: Any) -> str:
+    if isinstance(value, str):  # most cells: first
+        text = csv_text(value)
+        return '"' + text.replace('"', '""') + '"' if _NEEDS_QUOTES.search(text) else text
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # -0.0 stays -0.0; never a quote: a number stays a number
+    return str(value)  # an int
+
+
+def _csv_row(values: Sequence[Any]) -> str:
+    """One CSV line. Not csv.writer: with a "\n" terminator it leaves a lone CR unquoted, and a
+    reader then splits the row there."""
+    return ",".join(map(_csv_cell, values)) + "\n"
+
+
 def _writer(fmt: str, out: IO[str], station: Station) -> Callable[[Sequence[Reading]], None]:
     """A function writing one chunk of readings to ``out`` in ``fmt`` (its header written now)."""
     if fmt == "csv":
-        table = csv.writer(out, lineterminator="\n")
-        table.writerow(COLUMNS)
-
-        def cell(value: Any) -> Any:
-            if isinstance(value, bool):
-                return "true" if value else "false"
-            return "" if value is None else repr(value) if isinstance(value, float) else value
-
-        return lambda rs: table.writerows(
-            [cell(item.get(c)) for c in COLUMNS] for item in map(station.record, rs))
+        out.write(_csv_row(COLUMNS))
+        return lambda rs: out.writelines(
+            _csv_row([item.get(c) for c in COLUMNS]) for item in map(station.record, rs))
     if fmt == "jsonl":
         return lambda rs: out.writelines(json.dumps(item, ensure_ascii=False, allow_nan=False,
                                                     separators=(",", ":")) + "\n"
@@ -237,6 +269,31 @@ def export(chunks: Iterator[list[Reading]], out: IO[str], fmt: str, station: Sta
     return summary
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (or cannot be looked at)
+        return False
+
+
+def check_output(output: Path, outbox: Path, *, force: bool) -> None:
+    """ExportError, before anything is read or written, when writing ``output`` could destroy
+    data (see the module docstring)."""
+    try:
+        target = output.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare the path as written
+        target = Path(os.path.abspath(output))
+    for end in OUTBOX_ENDINGS:
+        own = Path(f"{outbox}{end}")
+        if target == own.resolve() or _same_file(output, own):
+            raise ExportError(f"refusing to write {output}: it is the outbox's file {own}, "
+                              "which holds the readings not yet delivered; choose another "
+                              "--output (e.g. on the USB stick); nothing was written")
+    if os.path.lexists(output) and not force:
+        raise ExportError(f"{output} exists; add --force to replace it, or choose another "
+                          "--output; nothing was written")
+
+
 @contextmanager
 def export_file(path: Path) -> Iterator[IO[str]]:
     """``path`` written atomically (agent.atomic), with errors a technician can act on."""
@@ -271,8 +328,11 @@ def current_boot() -> str | None:
 
 def write_export(outbox: Path, output: Path | None, fmt: str, station: Station,
                  since_ns: int | None, until_ns: int | None, *, current_boot: str | None,
-                 clock_synced: bool | None) -> Summary:
-    """Export to ``output`` atomically, or to stdout (UTF-8) when it is None."""
+                 clock_synced: bool | None, force: bool = False) -> Summary:
+    """Export to ``output`` atomically (an existing file only with ``force``, the outbox's files
+    never), or to stdout (UTF-8) when it is None."""
+    if output is not None:
+        check_output(output, outbox, force=force)
     chunks = undelivered(outbox, since_ns, until_ns)
     if output is not None:
         with export_file(output) as file:

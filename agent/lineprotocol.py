@@ -47,6 +47,16 @@ from drivers.base import Quality
 CONTENT_TYPE = "text/plain; charset=utf-8"
 QUALITY_SUFFIX = "_q"
 NONFINITE_SUFFIX = "_nonfinite"
+# The fields a quantity q is sent as besides q itself: q + suffix -> what that field carries. The
+# config refuses a quantity ending in one (agent.config), which would take another's field, or
+# give one field key two types in the measurement (InfluxDB refuses the second).
+DERIVED_FIELDS = {QUALITY_SUFFIX: "the quality flags",
+                  NONFINITE_SUFFIX: "the NaN or infinite values"}
+TAG_KEYS = ("driver", "sensor", "site", "unit")  # of every line, besides its epoch's
+EPOCH_TAG_KEYS = ("mounting_height", "shield")  # agent.commission.reading_tags
+# Field keys a backend keeps for the time of a point: InfluxDB refuses a field called time (since
+# 1.2.4); a QuestDB table made from line protocol has its designated "timestamp" column.
+TIME_KEYS = ("time", "timestamp")
 
 _CONTROLS = {"\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 _MEASUREMENT_SPECIAL = ", "
@@ -220,8 +230,8 @@ class LineProtocolEncoder:
             # installation tags describe the sensors, not the agent's own readings (health,
             # alerts): those series stay whole across a re-commissioning
             extra = self._extra[epoch + 1] if sensor in self._drivers else {}
-            tags = {**extra, "driver": self._drivers.get(sensor, ""),
-                    "sensor": sensor, "site": self._site, "unit": self._unit}
+            own = (self._drivers.get(sensor, ""), sensor, self._site, self._unit)
+            tags = {**extra, **dict(zip(TAG_KEYS, own, strict=True))}
             tag_text = "".join(f",{escape_key(k)}={escape_key(v)}"
                                for k, v in sorted(tags.items()) if v)
             prefix = prefixes[sensor] = f"{self._measurement}{tag_text} "

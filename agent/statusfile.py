@@ -11,11 +11,14 @@ The daemon's side is :class:`StatusFiles`: ``tick(workers)`` from the supervisor
 few seconds, on the watchdog thread -- so it never raises), ``close(workers)`` once at a clean
 stop. The file carries the daemon's pid and boot id, so ``status`` can tell a running agent's
 states from the last words of one that has stopped.
+
+Both are read with a size bound (agent.atomic.read_json); a damaged one -- not UTF-8 or JSON, too
+large, not the shape this version writes -- is logged and read as none: ``status`` shows no
+states, the daemon starts a new history.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -23,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.atomic import write_json
+from agent.atomic import read_json, write_json
 from agent.config import RESERVED_SENSOR_ID, SensorConfig
 from agent.errors import StorageError
 from agent.history import HISTORY_FILE, Accumulator, History, bucket_of
@@ -33,6 +36,13 @@ from drivers.clock import Clock
 log = logging.getLogger("envagent.status")
 
 SENSORS_FILE = "sensors-state.json"
+# Bounds for reading them back: ~150 bytes per sensor plus its last error (a line), and ~7 bytes
+# per point of a 96-point series (the example station's 22 series: ~17 KiB).
+MAX_SENSORS_BYTES = 256 * 1024
+MAX_HISTORY_BYTES = 1024 * 1024
+# What a file of the right JSON but the wrong shape raises on the way into the dataclasses:
+# missing or unknown keys, a list for a dict, 1e999 for an integer.
+_SHAPE_ERRORS = (ValueError, TypeError, KeyError, ArithmeticError)
 MIN_WRITE_S = 30.0  # a flapping sensor rewrites the file at most this often
 REFRESH_S = 900.0  # error counts alone are brought up to date this often
 SAMPLE_S = 60.0  # how often the last values are folded into the history
@@ -69,13 +79,31 @@ class SensorsFile:
 
     @classmethod
     def load(cls, path: Path) -> SensorsFile | None:
-        """The file's content; None when it is missing or not one this version wrote."""
+        """The file's content; None when it is missing, or (logged) damaged or not one this
+        version wrote."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            sensors = tuple(SensorState(**s) for s in data["sensors"])
-            return cls(int(data["pid"]), str(data["boot_id"]), int(data["written_ns"]), sensors)
-        except (OSError, ValueError, TypeError, KeyError):
+            data = read_json(path, MAX_SENSORS_BYTES)
+            found = cls(data["pid"], data["boot_id"], data["written_ns"],
+                        tuple(SensorState(**s) for s in data["sensors"]))
+            if not found.well_formed():
+                raise ValueError("not the shape this version writes")
+        except FileNotFoundError:
             return None
+        except (OSError, *_SHAPE_ERRORS) as exc:
+            log.warning("%s cannot be read (%s); sensor states are not shown", path, exc)
+            return None
+        return found
+
+    def well_formed(self) -> bool:
+        """Every field of the type written (a hand-edited or damaged file may say anything)."""
+        def integer(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        return (integer(self.pid) and self.pid > 0 and isinstance(self.boot_id, str)
+                and integer(self.written_ns) and all(
+                    isinstance(s.id, str) and isinstance(s.driver, str)
+                    and isinstance(s.state, str) and integer(s.since_ns) and integer(s.errors)
+                    and isinstance(s.last_error, str | None) for s in self.sensors))
 
     def running(self, boot_id: str) -> bool:
         """Whether the process that wrote this is still running (in this boot)."""
@@ -91,9 +119,13 @@ class SensorsFile:
 
 
 def load_history(path: Path) -> History:
+    """The history in ``path``; empty when there is none, or (logged) when it is damaged."""
     try:
-        return History.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
+        return History.from_json(read_json(path, MAX_HISTORY_BYTES))
+    except FileNotFoundError:
+        return History()
+    except (OSError, *_SHAPE_ERRORS) as exc:
+        log.warning("%s cannot be read (%s); the sparklines start again", path, exc)
         return History()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent import commission, metadata
+from agent import commission, datadir, metadata
 from agent.commission import (
     FILE,
     FORMAT,
@@ -308,9 +308,10 @@ def test_restamp_gives_only_this_boots_unsynced_unsent_records_their_true_time(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to leave files owned by root")
 def test_files_left_by_a_root_commission_do_not_stop_the_agent(config: Path) -> None:
-    """`sudo envagent commission` leaves commission.json and its lock owned by root; the
-    service's user can still mark records sent (it owns the directory, as systemd's
-    StateDirectory= makes it at every start)."""
+    """`sudo envagent commission` leaves commission.json and the data directory's lock file
+    owned by root; the service's user can still take the lock (read-only: flock needs no more)
+    and mark records sent (it owns the directory, as systemd's StateDirectory= makes it at
+    every start)."""
     import shutil
     import tempfile
 
@@ -320,7 +321,8 @@ def test_files_left_by_a_root_commission_do_not_stop_the_agent(config: Path) -> 
         commissioned(shared, config, *FLAGS)
         data = shared / "data"
         os.chown(data, 65534, 65534)  # nobody, standing in for the envagent user
-        assert (data / commission.LOCK_FILE).stat().st_uid == 0
+        assert (data / datadir.LOCK_FILE).stat().st_uid == 0
+        assert (data / FILE).stat().st_uid == 0
         [record] = history(data)
         read, write = os.pipe()
         pid = os.fork()
@@ -329,7 +331,8 @@ def test_files_left_by_a_root_commission_do_not_stop_the_agent(config: Path) -> 
                 os.setgroups([])
                 os.setgid(65534)
                 os.setuid(65534)
-                outcome = str(mark_sent(data, [record["id"]]))
+                with datadir.hold(data):  # as `envagent run` and `sync` do
+                    outcome = str(mark_sent(data, [record["id"]]))
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
                 outcome = repr(exc)
             os.write(write, outcome.encode())

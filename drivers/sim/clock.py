@@ -1,8 +1,10 @@
-"""A fake clock for tests and for fast simulations."""
+"""Clocks for tests and the simulated world: a fake one that jumps, a real one with set facts."""
 
 from __future__ import annotations
 
 import threading
+
+from drivers.clock import SystemClock
 
 
 class FakeClock:
@@ -55,3 +57,36 @@ class FakeClock:
 
     def synchronized(self) -> bool | None:
         return self._synced
+
+
+class SimulatedClock(SystemClock):
+    """The simulated world's clock (``--simulate``): this machine's clocks, with the facts a
+    rehearsal or a test sets instead of the host's.
+
+    Whether the clock is synchronised and how long ago the unit booted decide what the agent
+    holds back and how it stamps readings (agent.timekeeping). A simulated unit must not take
+    them from the host it happens to run on -- a freshly booted CI machine whose clock is not
+    synchronised would make every simulated run hold its readings -- so they come from here:
+
+    - ``synced``: the state at start; ``sync_after``: seconds after start at which an
+      unsynchronised clock synchronises (None: never);
+    - ``booted``: the Unix time the simulated unit booted (None: the host's own boot).
+      ``boottime()`` is measured from it, so every process of one rehearsal agrees on it.
+    """
+
+    def __init__(self, *, synced: bool = True, sync_after: float | None = None,
+                 booted: float | None = None) -> None:
+        super().__init__()
+        self._synced_at = None if synced or sync_after is None else self.monotonic() + sync_after
+        self._synced = synced
+        self._booted = booted
+
+    def synchronized(self) -> bool | None:
+        if self._synced_at is not None and self.monotonic() >= self._synced_at:
+            return True
+        return self._synced
+
+    def boottime(self) -> float:
+        if self._booted is None:
+            return super().boottime()
+        return self.time() - self._booted
