@@ -89,6 +89,8 @@ class Agent:
         self.stop = threading.Event()
         self._wake = threading.Event()  # set by a stop or an urgent submission
         self.on_commit: Callable[[], None] | None = None  # after each commit that stored readings
+        # as a stop begins, before the final commit: delivery starts nothing new from then on
+        self.on_stop: Callable[[], None] | None = None
         self._queue: queue.SimpleQueue[list[Reading]] = queue.SimpleQueue()
         self._pending: list[Reading] = []
         self._given_up = 0  # readings dropped from _pending while the disk was full
@@ -182,6 +184,8 @@ class Agent:
                     next_commit = clock.monotonic() + commit_interval
         finally:
             self.stop.set()
+            if self.on_stop is not None:
+                self.on_stop()
             for worker in self.workers:
                 worker.thread.join(JOIN_TIMEOUT_S)
                 if worker.thread.is_alive():

@@ -1,8 +1,10 @@
 """``envagent run``: sampling, delivery, watchdog and status LED, composed and torn down in order.
 
 Start-up: outbox open (salvaged if damaged), sensor threads started, READY=1 once every sensor
-has tried its first setup. Shutdown (SIGTERM, SIGINT, ``--duration``): STOPPING=1, sensors
-stop, everything sampled is committed, delivery stops with its batch still in the outbox.
+has tried its first setup. Shutdown (SIGTERM, SIGINT, ``--duration``): STOPPING=1, delivery
+starts no new POST, sensors stop, everything sampled is committed, and delivery stops once the
+POST in flight, if any, is acknowledged -- or after ``uplink.STOP_GRACE_S``, cut short with its
+batch still in the outbox. A clean stop replays nothing.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Service:
     def run(self, duration: float | None) -> None:
         if self.uplink is not None:
             self.agent.on_commit = self.uplink.nudge
+            self.agent.on_stop = self.uplink.request_stop  # before the final commit's nudge
             self.uplink.start()
         self.agent.start()
         self.agent.wait_for_setup(SETUP_WAIT_S)

@@ -26,6 +26,14 @@ can make a 204 look complete), so the batch is sent again: a duplicate, never a 
 The deadlines are kept by one thread per sink (:class:`Deadlines`), not a timer thread per
 POST: starting a thread cost more CPU than the rest of a small POST, and the watcher is not
 even woken by a new POST while it already sleeps towards an earlier deadline.
+
+The answer is read with a bound, whatever its Content-Length, chunking or Content-Encoding say:
+at most ``REPLY_READ_BYTES`` come off the wire (as sent, still compressed) and at most
+``REPLY_KEEP_BYTES`` of them, inflated, are kept -- a gzip bomb or an endless body costs a few
+KiB, never the Pi's memory. An answer read to its end leaves the connection to be used again; a
+longer one's connection is closed rather than drained. Only the status and the headers decide
+what happens to the batch; the text, made fit to log (agent.credentials.redact), is for people.
+A stop (:meth:`HttpSink.refuse`) lets the POST in flight go on and refuses the next ones.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import socket
 import stat
 import threading
 import time
+import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,6 +75,13 @@ JSON_FORMAT = "envagent-batch/1"
 ID_HEX_DIGITS = 32  # 128 bits of SHA-256: collisions are out of reach for any network
 GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a third of its CPU
 REPLY_TEXT_CHARS = 300  # of a server's answer kept for the log and `envagent status`
+REPLY_READ_BYTES = 8192  # of an answer read off the wire at most, as sent (compressed or not)
+REPLY_KEEP_BYTES = 4096  # of it kept at most, inflated: a gzip bomb inflates no further
+READ_CHUNK = 4096
+# Content-Encoding -> zlib's wbits: 47 takes a zlib or a gzip header (HTTP's "deflate" means
+# zlib, RFC 9110 8.4.1.2; some servers send it raw, tried next).
+INFLATE_WBITS = {"gzip": 47, "x-gzip": 47, "deflate": 47}
+RAW_DEFLATE_WBITS = -15
 FD_DIRS = ("/proc/self/fd", "/dev/fd")  # Linux, then macOS/BSD
 RECHECK_S = 0.1  # after the deadline, how often to look for a connection made late
 
@@ -191,7 +207,7 @@ class Reply:
 
     status: int | None
     failure: Failure | None = None
-    text: str = ""  # the server's answer or the error, one line, shortened, token removed
+    text: str = ""  # the start of the server's answer or the error: credentials.redact'ed
     retry_after: str | None = None
     location: str | None = None  # of a redirect, for the error message
 
@@ -214,6 +230,7 @@ def make_session(*, ca_file: Path | None = None, client_cert: Path | None = None
     if client_cert is not None:
         session.cert = (str(client_cert), str(client_key)) if client_key else str(client_cert)
     session.headers["User-Agent"] = f"envagent/{__version__}"
+    session.headers["Accept-Encoding"] = "identity"  # a short answer gains nothing compressed
     return session
 
 
@@ -314,22 +331,40 @@ class HttpSink:
             self._ended = None
         self._deadlines.arm(attempt, self.deadline, Failure.DEADLINE)
         import requests  # loaded already: make_session built self.session
+        from urllib3.exceptions import HTTPError as TransportError  # requests' transport
 
         try:
             response = self.session.post(self.url, data=data, headers=headers,
-                                         timeout=self.timeouts, allow_redirects=False)
+                                         timeout=self.timeouts, allow_redirects=False,
+                                         stream=True)  # the body is read below, bounded
         except requests.RequestException as exc:
             failure = self._finish(attempt) or _failure_of(exc)
-            return Reply(None, failure, _one_line(redact(str(exc), token)))
+            return Reply(None, failure, redact(str(exc), token, limit=REPLY_TEXT_CHARS))
         except (ValueError, OSError) as exc:  # e.g. an unreadable ca_file or client_cert
             self._finish(attempt)
-            return Reply(None, Failure.INVALID, _one_line(redact(str(exc), token)))
+            return Reply(None, Failure.INVALID, redact(str(exc), token, limit=REPLY_TEXT_CHARS))
+        try:
+            content, cut = read_bounded(response.raw)
+        except (TransportError, OSError) as exc:  # requests does not wrap these: raw read
+            failure = self._finish(attempt) or _failure_of(exc)
+            return Reply(None, failure, redact(str(exc), token, limit=REPLY_TEXT_CHARS))
+        finally:
+            response.close()  # after a cut the connection is closed, never drained
         ended = self._finish(attempt)
         if ended is not None:  # the answer may be cut short (a 204's headers, say): not trusted
             return Reply(None, ended, f"HTTP {response.status_code} answer cut off")
+        text, cut = inflate(content, response.headers.get("Content-Encoding"), cut=cut)
+        location = response.headers.get("Location")
         return Reply(response.status_code, None,
-                     _one_line(redact(_text(response.content), token)),
-                     response.headers.get("Retry-After"), response.headers.get("Location"))
+                     redact(text, token, cut=cut, limit=REPLY_TEXT_CHARS),
+                     response.headers.get("Retry-After"),
+                     None if location is None else redact(location, token,
+                                                          limit=REPLY_TEXT_CHARS))
+
+    def refuse(self) -> None:
+        """Refuse every POST from now on (a stop begins); the one in flight goes on."""
+        with self._lock:
+            self._closed = True
 
     def abort(self) -> None:
         """End the POST in flight now (from another thread), e.g. to stop the agent."""
@@ -340,8 +375,7 @@ class HttpSink:
 
     def close(self) -> None:
         """Abort the POST in flight and refuse further ones."""
-        with self._lock:
-            self._closed = True
+        self.refuse()
         self.abort()
         self._deadlines.close()
         self.session.close()
@@ -362,16 +396,18 @@ class HttpSink:
                 self._deadlines.arm(attempt, RECHECK_S, why)
 
 
-def _failure_of(exc: requests.RequestException) -> Failure:
+def _failure_of(exc: Exception) -> Failure:
+    """What a failed exchange means: ``requests``' errors, or ``urllib3``'s from the body."""
     import requests
+    from urllib3 import exceptions as urllib3_errors
 
-    if isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, requests.exceptions.SSLError | urllib3_errors.SSLError):
         text = str(exc)
         verify = "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
         return Failure.TLS_VERIFY if verify else Failure.TLS
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return Failure.CONNECT_TIMEOUT
-    if isinstance(exc, requests.exceptions.ReadTimeout):
+    if isinstance(exc, requests.exceptions.ReadTimeout | urllib3_errors.ReadTimeoutError):
         return Failure.READ_TIMEOUT
     if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.InvalidHeader
                   | requests.exceptions.InvalidSchema | requests.exceptions.MissingSchema):
@@ -410,11 +446,44 @@ def shutdown_connections(port: int) -> int:
     return count
 
 
-def _text(content: bytes) -> str:
-    """The start of a server's answer as text, whatever its encoding."""
-    return content[:REPLY_TEXT_CHARS * 4].decode("utf-8", "replace")
+def read_bounded(raw: Any) -> tuple[bytes, bool]:
+    """At most ``REPLY_READ_BYTES`` of an answer's body as sent (``raw``: urllib3's response,
+    not decoding), and whether more followed. An answer read to its end frees its connection
+    for the next POST."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= REPLY_READ_BYTES:
+        chunk = raw.read(min(READ_CHUNK, REPLY_READ_BYTES + 1 - size), decode_content=False)
+        if not chunk:
+            return b"".join(chunks), False
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:REPLY_READ_BYTES], True
 
 
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= REPLY_TEXT_CHARS else text[:REPLY_TEXT_CHARS - 1] + "…"
+def inflate(content: bytes, encoding: str | None, *, cut: bool) -> tuple[str, bool]:
+    """The start of an answer as text: inflated when gzip or deflate, never beyond
+    ``REPLY_KEEP_BYTES``; and whether it is cut short (``cut``: the bytes already were)."""
+    coding = (encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        data = content
+    elif coding in INFLATE_WBITS:
+        try:
+            data, more = _inflate(content, INFLATE_WBITS[coding])
+        except zlib.error:
+            try:
+                data, more = _inflate(content, RAW_DEFLATE_WBITS)
+            except zlib.error:
+                return f"(a {coding} answer that does not inflate)", False
+        cut = cut or more
+    else:  # br, zstd, several codings: asked for none of them, decoded by none
+        return f"(a {coding} answer, not decoded)", False
+    cut = cut or len(data) > REPLY_KEEP_BYTES
+    return data[:REPLY_KEEP_BYTES].decode("utf-8", "replace"), cut
+
+
+def _inflate(content: bytes, wbits: int) -> tuple[bytes, bool]:
+    """Up to one byte more than is kept (so a cut shows), and whether more would follow."""
+    inflater = zlib.decompressobj(wbits)
+    data = inflater.decompress(content, REPLY_KEEP_BYTES + 1)
+    return data, bool(inflater.unconsumed_tail)

@@ -9,7 +9,7 @@ every ``flush_interval`` otherwise), POSTs it and acts on the answer:
 errors, the total deadline                  exponential backoff (``backoff_min`` doubling up
                                             to ``backoff_max``), or after ``Retry-After``
                                             (seconds or HTTP-date) when longer, up to
-                                            ``retry_after_max``
+                                            ``retry_after_max``; any other value is ignored
 400, 422                                    bisect: send each half on its own until the
                                             refused readings stand alone, then quarantine
                                             them; the others are delivered
@@ -30,7 +30,13 @@ readings' tags up to date and, never ahead of an alert, go upstream once.
 Logs name transitions (delivering -> retrying -> delivering), not every retry. The state is
 also written to ``uplink-state.json`` in the data directory, for ``envagent status`` in another
 process: atomically, on transitions only, plus at most every ``STATE_REFRESH_S`` while
-delivering, to keep the last-success time roughly current without wearing the SD card.
+delivering, to keep the last-success time roughly current without wearing the SD card. Every
+error text logged or saved goes through agent.credentials.redact.
+
+A clean stop replays nothing: once it is asked (:meth:`Uplink.request_stop`, which the writer
+calls as its stop begins) no new POST starts, and the one in flight gets ``STOP_GRACE_S`` to be
+answered and acknowledged before :meth:`Uplink.stop` cuts it short. Only a crash, a power cut
+or a server slower than the grace can still make the next start send a batch again.
 """
 
 from __future__ import annotations
@@ -38,10 +44,10 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import enum
-import json
 import logging
 import os
 import random
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -50,9 +56,9 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.atomic import write_json
+from agent.atomic import read_json, write_json
 from agent.config import Config, UplinkConfig
-from agent.credentials import CredentialError, Secret, load_token
+from agent.credentials import CredentialError, Secret, load_token, redact
 from agent.reading import StoredReading
 from agent.sinks import Failure, HttpSink, Reply, make_encoder, make_session
 from agent.storage import Store
@@ -66,7 +72,14 @@ log = logging.getLogger(__name__)
 STATE_FILE = "uplink-state.json"
 STATE_REFRESH_S = 600.0  # while delivering, the last-success time is persisted this often
 JOIN_SLACK_S = 2.0  # a stop waits this long beyond the deadline for the worker to finish
+# How long a clean stop lets the POST in flight finish: a few round trips of a slow link, well
+# inside the unit's TimeoutStopSec=20s (systemd/envagent.service) with the sensors' joins.
+STOP_GRACE_S = 5.0
 MAX_BACKOFF_DOUBLINGS = 40  # 2**40 x backoff_min exceeds any cap; keeps the float finite
+RETRY_AFTER_CAP_S = 1e9  # what any Retry-After counts as at most (callers cap it further)
+ERROR_TEXT_CHARS = 1000  # of an error kept and logged: a reply's text, its Location, a hint
+# RFC 9110 10.2.3: delay-seconds = 1*DIGIT, and DIGIT is ASCII (str.isdigit() also takes "²").
+DELAY_SECONDS = re.compile(r"[0-9]+", re.ASCII)
 
 
 class Outcome(enum.Enum):
@@ -99,19 +112,25 @@ def classify(reply: Reply) -> Outcome:
 
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """A ``Retry-After`` header as seconds from ``now`` (wall clock): delay-seconds or HTTP-date."""
+    """A ``Retry-After`` header as seconds from ``now`` (wall clock): delay-seconds or HTTP-date,
+    at most ``RETRY_AFTER_CAP_S``; None for anything else, which RFC 9110 says to ignore. Never
+    raises, whatever the server sent."""
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(min(int(value), 10**9))  # capped by the caller; keep it a finite float
+    if DELAY_SECONDS.fullmatch(value):
+        digits = value.lstrip("0") or "0"
+        if len(digits) > len(str(int(RETRY_AFTER_CAP_S))):  # int() refuses 4,300+ digits
+            return RETRY_AFTER_CAP_S
+        return min(float(digits), RETRY_AFTER_CAP_S)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:  # an HTTP-date is always GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):  # not a date we can use
         return None
-    if when.tzinfo is None:  # an HTTP-date is always GMT
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, seconds), RETRY_AFTER_CAP_S)
 
 
 def backoff_delay(failures: int, low: float, high: float, rng: random.Random) -> float:
@@ -138,6 +157,18 @@ def _hint(reply: Reply) -> str:
 
 # --- the state other processes see ------------------------------------------------------------
 
+MAX_STATE_BYTES = 64 * 1024  # what the worker writes is a few hundred bytes
+
+
+def _state_field_ok(name: str, value: object) -> bool:
+    """A field of ``uplink-state.json`` as the worker writes it: ``state`` a str, ns times
+    int or null, ``last_error`` str or null."""
+    if value is None:
+        return name != "state"
+    if name.endswith("_ns"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, str)
+
 
 @dataclass
 class UplinkState:
@@ -151,14 +182,20 @@ class UplinkState:
 
     @classmethod
     def load(cls, path: Path) -> UplinkState | None:
-        """The state last written to ``path``; None when there is none or it is unreadable."""
+        """The state last written to ``path``; None when there is none, or it is unreadable
+        or damaged (read with a size bound; a field of the wrong type is damage, logged)."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            data = read_json(path, MAX_STATE_BYTES)
+        except FileNotFoundError:
             return None
-        if not isinstance(data, dict):
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring the uplink state file: %s", exc)
             return None
         known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or not all(
+                _state_field_ok(k, v) for k, v in data.items() if k in known):
+            log.warning("ignoring the uplink state file %s: not what the agent writes", path)
+            return None
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def save(self, path: Path) -> None:
@@ -317,6 +354,7 @@ class Uplink:
         """Record a state (and error); log and persist only when the state changes."""
         previous, now = self.state.state, self._now_ns()
         if error is not None:
+            error = redact(error, self._token, limit=ERROR_TEXT_CHARS)
             self.state.last_error, self.state.last_error_ns = error, now
         if state == previous:
             refresh = self.state.last_success_ns or 0
@@ -394,10 +432,22 @@ class Uplink:
         self._thread = threading.Thread(target=self.run, name="uplink", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the worker: an upload in flight is cut short and its batch stays in the outbox."""
+    def request_stop(self) -> None:
+        """Begin a stop, without waiting: no new POST starts; the one in flight goes on."""
         self._stop.set()
+        self.sink.refuse()
         self._wake.set()
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Stop the worker: an upload in flight has ``grace`` seconds to be answered and
+        acknowledged; then it is cut short and its batch stays in the outbox."""
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join(grace)
+            if self._thread.is_alive():
+                log.warning("%s has not answered within %gs of the stop; cutting the upload "
+                            "short, its readings are sent again at the next start",
+                            self.sink.where, grace)
         self.sink.close()
         if self._thread is not None:
             self._thread.join(self.settings.deadline + JOIN_SLACK_S)

@@ -4,7 +4,8 @@
 request with the next scripted :data:`Action`, then with its default (204 and keep the body).
 Actions behave like the failures a field unit meets: timeouts, 5xx, throttling, resets while the
 request or the answer is on the wire, a server that commits and then loses the connection, poison
-data, a redirect, an answer dribbled one byte at a time. Every request is recorded with its body
+data, a redirect, an answer dribbled one byte at a time, a gzip bomb, an answer that never ends.
+Every request is recorded with its body
 (gzip undone) and every body the server *kept* is in ``committed``, in order, so tests can check
 that nothing was lost and that any duplicate is a byte-identical replay.
 
@@ -21,6 +22,7 @@ import ssl
 import struct
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -237,6 +239,57 @@ def drip(interval: float) -> Action:
         handler.close_connection = True
 
     return act
+
+
+def inflating_to(size: int) -> bytes:
+    """About ``size`` / 1000 bytes of gzip that inflate to ``size`` bytes of zeros, with no
+    trailer (a decoder runs out of input; it never reaches a CRC to refuse). After a full
+    flush the compressor starts afresh, so one compressed MiB of zeros repeats byte for byte."""
+    mib = b"\0" * (1 << 20)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+    first = deflate.compress(mib) + deflate.flush(zlib.Z_FULL_FLUSH)
+    again = deflate.compress(mib) + deflate.flush(zlib.Z_FULL_FLUSH)
+    return first + again * (max(size // len(mib), 1) - 1)
+
+
+def gzip_bomb(code: int = 503, inflated: int = 1 << 30) -> Action:
+    """Answer ``code`` with ~1 MiB of ``Content-Encoding: gzip`` inflating to ``inflated``."""
+    body = inflating_to(inflated)
+
+    def act(handler: Handler, request: Received) -> None:
+        head = (f"HTTP/1.1 {code} Busy\r\nContent-Encoding: gzip\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        _write_until_gone(handler, head, body)
+
+    return act
+
+
+def endless(code: int = 503, *, chunked: bool = True, gzipped: bool = False) -> Action:
+    """Answer ``code`` with a body that never ends: chunked, or announced as a terabyte
+    (``chunked=False``); ``gzipped``: deflate-encoded zeros. Until the client hangs up."""
+    data = zlib.compress(b"\0" * (1 << 22), 9) if gzipped else b"x" * 65536
+    piece = b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: 1000000000000"
+    encoding = b"Content-Encoding: deflate\r\n" if gzipped else b""
+
+    def act(handler: Handler, request: Received) -> None:
+        head = b"HTTP/1.1 %d Busy\r\n%s\r\n%s\r\n" % (code, framing, encoding)
+        _write_until_gone(handler, head, piece, again=True)
+
+    return act
+
+
+def _write_until_gone(handler: Handler, head: bytes, body: bytes, *, again: bool = False) -> None:
+    """Write ``head`` and ``body`` (``again``: over and over, until the server closes); a
+    client hanging up early is what a bounded reader does, not an error."""
+    handler.close_connection = True
+    try:
+        handler.wfile.write(head + body)
+        while again and not handler.server.fault.released.is_set():
+            handler.wfile.write(body)
+        handler.wfile.flush()
+    except OSError:
+        pass
 
 
 def reject_marker(marker: bytes, code: int = 400) -> Action:

@@ -83,6 +83,27 @@ def test_a_token_file_others_can_read_is_warned_about(tmp_path: Path,
     assert TOKEN not in caplog.text
 
 
+@pytest.mark.parametrize("value", [
+    TOKEN, "dGhpcyBpcyBhIHRva2Vu+/c2VjcmV0MTIzNDU2==", "abc/def/ghijklmnopqrstuvwxyz0123456789",
+    "/Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA==",
+])
+def test_a_token_file_that_looks_like_the_token_is_refused_without_echoing_it(
+        value: str, caplog: pytest.LogCaptureFixture) -> None:
+    for read in (lambda: read_token(Path(value)), lambda: load_token(Path(value), {})):
+        with pytest.raises(CredentialError) as caught:
+            read()
+        message = str(caught.value)
+        assert "uplink.token_file" in message and "looks like" in message, message
+        assert not any(value[i:i + 4] in message for i in range(len(value) - 3)), message
+    assert value[:4] not in caplog.text
+
+
+def test_a_missing_token_file_that_looks_like_a_path_is_named(tmp_path: Path) -> None:
+    for path in (tmp_path / "upload-token", Path("/etc/envagent/upload-token.missing")):
+        with pytest.raises(CredentialError, match=f"file {path}: No such file"):
+            read_token(path)
+
+
 def test_where_the_token_comes_from(tmp_path: Path) -> None:
     explicit = tmp_path / "mine"
     systemd = {"CREDENTIALS_DIRECTORY": "/run/credentials/envagent.service"}
@@ -174,6 +195,16 @@ def test_sync_with_a_refused_token_never_prints_it(tmp_path: Path) -> None:
     state = (tmp_path / "data" / "uplink-state.json").read_text()
     for output in (result.stdout, result.stderr, as_json.stdout, as_json.stderr, state):
         assert TOKEN not in output
+
+
+def test_sync_with_the_token_in_place_of_the_token_file_never_prints_it(tmp_path: Path) -> None:
+    config = station(tmp_path, "http://127.0.0.1:9/write")
+    config.write_text(config.read_text().replace(str(tmp_path / "upload-token"), TOKEN))
+    result = envagent("sync", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 1 and "uplink.token_file" in result.stderr, result.stderr
+    state = (tmp_path / "data" / "uplink-state.json").read_text()
+    for output in (result.stdout, result.stderr, state):
+        assert TOKEN[:8] not in output and TOKEN[-8:] not in output
 
 
 def test_sync_against_a_closed_port_never_prints_the_token(tmp_path: Path) -> None:

@@ -255,3 +255,22 @@ def test_the_config_is_read_with_a_bound(tmp_path: Path) -> None:
     assert result.returncode == 2 and "larger than" in result.stderr
     assert "Traceback" not in result.stderr
     assert metadata.load(tmp_path / "nothing") == []
+
+
+@pytest.mark.parametrize("content", [
+    b'{"state": "ok", "last_success_ns": "x"}',  # a wrong type: status crashed in _iso
+    b'{"state": null}', b"[1, 2]", b"\xe9\xe9", b'{"state": "ok", "last_error": "' +
+    b"x" * (64 * 1024) + b'"}'])
+def test_a_damaged_uplink_state_is_no_state_in_status(tmp_path: Path, content: bytes) -> None:
+    config = tmp_path / "station.toml"
+    config.write_text(STATION + '[uplink]\nurl = "http://127.0.0.1:9/write"\n'
+                      'allow_insecure_http = true\n', encoding="utf-8")
+    data = tmp_path / "data"
+    with Outbox(data / "outbox.sqlite", max_bytes=1 << 24) as outbox:
+        outbox.append([Reading("air", "temperature", 21.0, "°C", T0 * NS, 5 * NS, "boot-0",
+                               True)])
+    (data / "uplink-state.json").write_bytes(content)
+    result = envagent("status", "--config", config, "--data-dir", data, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["uplink"] is None
+    assert "Traceback" not in result.stderr
