@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from agent.errors import AgentError
+
+log = logging.getLogger("envagent")
 
 LOCK_FILE = "agent.lock"
 MAX_PID_BYTES = 32  # what a holder writes: a decimal pid and a line break
@@ -48,6 +51,11 @@ _READ_ONLY_CAUSES = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 class DataDirError(AgentError, OSError):
     """The data directory's lock cannot be taken: the directory or the lock file is unusable."""
+
+
+class DataDirUnusable(DataDirError):
+    """The data directory cannot be created or written (not a directory, no permission, a
+    read-only filesystem): no outbox can be opened there either."""
 
 
 class DataDirBusy(DataDirError):
@@ -81,9 +89,11 @@ def _open(data_dir: Path) -> tuple[int, bool]:
         if exc.errno == errno.ELOOP:
             raise _error(f"{path} is a symbolic link, not the agent's lock file: remove it "
                          "(the agent never follows it)", exc) from None
-        raise _error(f"cannot lock the data directory {data_dir}: {exc.strerror or exc}; check "
-                     "--data-dir (or storage.path) and that this user may write there",
-                     exc) from None
+        unusable = DataDirUnusable(
+            f"cannot lock the data directory {data_dir}: {exc.strerror or exc}; check "
+            "--data-dir (or storage.path) and that this user may write there")
+        unusable.errno = exc.errno
+        raise unusable from None
     found = os.fstat(fd)
     if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1:
         os.close(fd)
@@ -111,10 +121,22 @@ def _pid(fd: int) -> int | None:
 
 
 @contextmanager
-def hold(data_dir: Path, *, hint: str = HINT) -> Iterator[None]:
+def hold(data_dir: Path, *, hint: str = HINT, unusable_ok: bool = False) -> Iterator[None]:
     """The data directory's lock, until the block ends; DataDirBusy (naming the directory, the
-    holder's pid and ``hint``) when another process holds it, at once."""
-    fd, writable = _open(data_dir)
+    holder's pid and ``hint``) when another process holds it, at once.
+
+    ``unusable_ok`` (the daemon): a directory that cannot be used at all is logged and the block
+    runs without the lock -- no other agent can store there either, and the daemon samples
+    into memory until the directory can be used (agent.storage); it is never a reason to stop.
+    """
+    try:
+        fd, writable = _open(data_dir)
+    except DataDirUnusable as exc:
+        if not unusable_ok:
+            raise
+        log.warning("%s; going on without the lock", exc)
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -27,7 +27,8 @@ A schema 1 database is upgraded in place when the agent opens it for writing.
 Write volume: WAL appends every page a commit touches (readings, latest, counters), so new
 databases use 1 KiB pages (~3x fewer bytes per commit than 4 KiB), and row ids come from the
 ``added`` counter instead of AUTOINCREMENT's ``sqlite_sequence`` page. Such ids are never
-reused, even after the outbox drained, so a late duplicate ack cannot delete a newer reading.
+reused, even after the outbox drained or was salvaged (agent.salvage continues ``added`` above
+every id it sees), so a late duplicate ack cannot delete a newer reading.
 
 Values: SQLite stores NaN as NULL, which reads back as NaN. The value columns have no declared
 type: REAL affinity would store 21.0 as an integer and -0.0 (``round(-0.04, 1)``) as 0, and a
@@ -126,6 +127,7 @@ _ALERT_IDS = """SELECT r.id FROM readings r JOIN series s ON s.id = r.series
     WHERE s.sensor = ? AND substr(s.quantity, 1, ?) = ?"""
 _TAKE_BY_ID = _SELECT.replace("ORDER BY r.id LIMIT ?", "WHERE r.id IN ({marks}) ORDER BY r.id")
 MAX_ALERT_IDS = 500  # alert readings looked up per take_alerts (far fewer are ever waiting)
+SIMULATED_KEY = "simulated"  # meta: 1 in a rehearsal's outbox, 0 in a real agent's
 _RESTAMP = """UPDATE readings SET time_ns = boot_ns + ?, synced = 1, quality = quality | ?
     WHERE synced = 0 AND boot = (SELECT id FROM boots WHERE boot_id = ?)"""
 _TAKE_ROWS = """SELECT id, series, value, time_ns, boot_ns, boot, synced, quality, calibration
@@ -288,12 +290,11 @@ class Outbox:
                 recovery = salvage.salvage_into(conn, damage, aside, progress)
         except Exception as exc:  # a salvage bug must not stop sampling: keep the files
             log.exception("outbox %s: salvaging %s failed", self.path, aside)
-            recovery = salvage.Recovery(time.time_ns(), f"{damage.reason}; salvage failed: "
-                                        f"{exc}", str(aside), 0, 0, 1)
             with self._lock, self._transaction() as conn:
-                salvage.record(conn, recovery)
+                recovery = salvage.record_failure(conn, damage, aside, exc)
         log.warning("outbox %s: salvaged %d undelivered reading(s) from %s; %d unreadable "
-                    "counted as dropped", self.path, recovery.salvaged, aside, recovery.lost)
+                    "counted as dropped%s", self.path, recovery.salvaged, aside, recovery.lost,
+                    " (an estimate: the counters were unreadable)" if recovery.estimated else "")
 
     # --- writing (the sampler and delivery threads) -------------------------------------------
 
@@ -504,6 +505,21 @@ class Outbox:
         """The last time this outbox was recovered from a damaged database, if ever."""
         with self._lock, self._storage_errors():
             return salvage.read_recovery(self._conn)
+
+    def simulated(self) -> bool | None:
+        """Whether a rehearsal (``--simulate``) made this outbox: True, False for a real
+        agent's, None when no agent has said yet (made by a version before the mark)."""
+        with self._lock, self._storage_errors():
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?",
+                                     (SIMULATED_KEY,)).fetchone()
+        return None if row is None else bool(row[0])
+
+    def mark_simulated(self, simulated: bool) -> None:
+        """Record whose readings these are, so a real agent never delivers a rehearsal's as
+        its own and a rehearsal never writes among real ones (agent.rehearsal)."""
+        with self._lock, self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         (SIMULATED_KEY, int(simulated)))
 
     def stats(self) -> OutboxStats:
         """Backlog and counters, from one consistent snapshot."""

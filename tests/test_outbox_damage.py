@@ -6,6 +6,7 @@ permissions) and opens it again as the daemon would.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -86,7 +87,8 @@ def reopen(path: Path, caplog: pytest.LogCaptureFixture, salvaged: int,
         assert lost is None or recovery.lost == lost
         moved, done = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert f"moved it aside to {aside}" in moved
-        assert recovery.reason.split("; salvage failed")[0] in moved
+        assert recovery.reason.split("; salvage failed")[0].removesuffix(salvage.ESTIMATED) \
+            in moved
         assert f"salvaged {recovery.salvaged} undelivered reading(s) from {aside}" in done
         assert box.stats().backlog == recovery.salvaged == len(box.take(10**6))
         box.append([reading(10**6)])  # sampling resumes
@@ -147,19 +149,22 @@ def test_a_zero_length_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
     assert asides(path)[0].stat().st_size == 0  # kept, not deleted
 
 
-@pytest.mark.parametrize("damage", ["garbage", "magic"])
-def test_a_garbage_header(tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
+@pytest.mark.parametrize(("damage", "salvaged"), [("garbage", 0), ("magic", 100)])
+def test_a_garbage_header(tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str,
+                          salvaged: int) -> None:
     path = tmp_path / "outbox.sqlite"
     if damage == "garbage":
         path.write_bytes(b"not a database, just a file that is long enough " * 100)
-    else:
+    else:  # the rest of the file is intact: the header is rebuilt for the salvage
         fill(path, 0, 100)
         with path.open("r+b") as f:
             f.write(b"SQLite format 2\x00")
     before = path.read_bytes()
-    recovery = reopen(path, caplog, salvaged=0)
+    recovery = reopen(path, caplog, salvaged=salvaged, lost=0)
     assert recovery.reason == "file is not a database (bad header)"
     assert asides(path)[0].read_bytes() == before  # evidence kept as it was
+    assert sorted(p.name for p in tmp_path.iterdir() if "damaged" in p.name) == [
+        asides(path)[0].name]  # no header left beside it
 
 
 @pytest.mark.parametrize("cut", ["whole pages", "mid page"])
@@ -205,7 +210,9 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _pages(path: Path, table: str, pagetype: str) -> list[int]:
-    with sqlite3.connect(path) as conn:
+    # closed, not just committed: an open connection keeps SQLite's in-process index of the
+    # -wal alive, and later connections would trust it over a -wal changed on disk
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         rows = conn.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = ? "
                             "ORDER BY path", (table, pagetype)).fetchall()
     return [r[0] for r in rows]
@@ -250,6 +257,47 @@ def test_a_corrupted_interior_page_loses_only_its_subtree(
     assert [i for i, _ in kept] == list(range(12_001 - len(kept), 12_001))  # one lost stretch
 
 
+def next_id(path: Path) -> int:
+    """The id the outbox hands out next (reopen appended reading(10**6) after the salvage)."""
+    with Outbox.open_readonly(path) as box:
+        return max(s.id for s in box.take(10**6) if s.reading == reading(10**6))
+
+
+@pytest.mark.parametrize("wal", [False, True])
+def test_a_zeroed_header_is_rebuilt_and_every_reading_salvaged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, wal: bool) -> None:
+    # issue 11: "0 lost" while every reading was gone
+    path = tmp_path / "outbox.sqlite"
+    fill(path, 0, 234)
+    if wal:
+        killed_writer(path, 234, 300, 11)  # and its -wal is read with it
+    total = 300 if wal else 234
+    with path.open("r+b") as f:
+        f.write(bytes(100))
+    damaged = path.read_bytes()
+    recovery = reopen(path, caplog, salvaged=total, lost=0)
+    assert recovery.reason == "file is not a database (bad header)"
+    assert salvaged_readings(path) == [(i + 1, reading(i)) for i in range(total)]
+    assert next_id(path) == total + 1
+    assert asides(path)[0].read_bytes() == damaged  # the header went back: evidence as it was
+    assert not Path(f"{asides(path)[0]}-header").exists()
+
+
+def test_a_lost_schema_page_counts_the_readings_it_held_as_an_estimate(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # page 1 gone (header and schema): nothing reads, the ids on the pages still tell
+    path = tmp_path / "outbox.sqlite"
+    fill(path, 0, 3000)
+    with path.open("r+b") as f:
+        f.write(bytes(1024))
+    recovery = reopen(path, caplog, salvaged=0, lost=3000)
+    assert recovery.estimated and recovery.reason.endswith(salvage.ESTIMATED)
+    assert next_id(path) == 3001  # ids never go back
+    with Outbox.open_readonly(path) as box:
+        stats = box.stats()
+    assert (stats.added, stats.dropped, stats.backlog) == (3001, 3000, 1)
+
+
 def test_unreadable_counters_are_estimated_from_the_ids(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.sqlite"
@@ -258,10 +306,25 @@ def test_unreadable_counters_are_estimated_from_the_ids(
         box.ack(s.id for s in box.take(100))
     [counters] = _pages(path, "counters", "leaf")
     _flip(path, counters, length=8)
-    reopen(path, caplog, salvaged=900, lost=0)
+    assert reopen(path, caplog, salvaged=900, lost=0).estimated
     with Outbox.open_readonly(path) as box:
         stats = box.stats()
     assert (stats.added, stats.delivered, stats.dropped) == (1001, 100, 0)
+
+
+def test_a_schema_entry_that_is_not_utf8_is_damage_not_a_crash(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # SQLite's error quotes the damaged name, and Python cannot decode the message
+    path = tmp_path / "outbox.sqlite"
+    fill(path, 0, 300)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_master SET name = CAST(x'6361ff' AS TEXT), "
+                 "sql = 'CREATE TABLE garbage(' WHERE name = 'calibrations'")
+    conn.close()
+    recovery = reopen(path, caplog, salvaged=200, lost=100)  # every 3rd had a calibration
+    assert recovery.reason.startswith("SQLite: ")
+    assert salvaged_readings(path) == [(i + 1, reading(i)) for i in range(300) if i % 3]
 
 
 def test_repeated_damage_is_counted_and_never_loops(tmp_path: Path,
@@ -292,6 +355,26 @@ def test_a_failing_salvage_still_starts_a_fresh_outbox(
     recovery = reopen(path, caplog, salvaged=0, lost=0)
     assert "salvage failed: a bug in salvage" in recovery.reason
     assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+
+
+def test_a_failing_salvage_still_counts_what_was_held_and_keeps_ids_going(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> int:
+        raise RuntimeError("a bug in copying")
+
+    path = tmp_path / "outbox.sqlite"
+    fill(path, 0, 500)
+    with Outbox(path, max_bytes=BIG) as box:
+        box.ack(s.id for s in box.take(100))
+    os.truncate(path, path.stat().st_size - 1024)
+    monkeypatch.setattr(salvage, "_copy_table", broken)
+    recovery = reopen(path, caplog, salvaged=0, lost=400)
+    assert "salvage failed: a bug in copying" in recovery.reason
+    assert next_id(path) == 501
+    with Outbox.open_readonly(path) as box:
+        stats = box.stats()
+    assert (stats.added, stats.delivered, stats.dropped) == (501, 100, 400)
 
 
 def test_a_salvage_killed_midway_is_done_again_at_the_next_start(
@@ -399,6 +482,100 @@ def test_a_damaged_frame_keeps_the_commits_before_it(tmp_path: Path,
     assert "is lost with it" in recovery.reason
     kept = salvaged_readings(path)
     assert 100 < len(kept) < 300 and kept == [(i + 1, reading(i)) for i in range(len(kept))]
+
+
+def _garbage_in_a_middle_frame(path: Path) -> int:
+    """300 readings, the last 200 in 20 commits in the -wal, a middle frame's page garbage."""
+    fill(path, 0, 100)
+    killed_writer(path, 100, 300, 10)
+    frames = (Path(f"{path}-wal").stat().st_size - 32) // (24 + 1024)
+
+    def garbage(data: bytearray) -> None:
+        start = 32 + frames // 2 * (24 + 1024) + 24
+        data[start:start + 1024] = b"\xa5" * 1024
+
+    _rewrite_wal(path, garbage)
+    return 300
+
+
+def _wal_header_salt_damaged(path: Path) -> int:
+    """200 readings, the last 100 in a -wal whose header's salt-1 has a bit flipped."""
+    fill(path, 0, 100)
+    killed_writer(path, 100, 200, 10)
+    _rewrite_wal(path, _bad_salt)
+    return 200
+
+
+def _schema_page_lost(path: Path) -> int:
+    """3000 readings; page 1 (the header and the schema) zeroed."""
+    fill(path, 0, 3000)
+    with path.open("r+b") as f:
+        f.write(bytes(1024))
+    return 3000
+
+
+def test_commits_lost_after_a_damaged_frame_are_counted_and_their_ids_never_reused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # issue 11: garbage in the middle of the -wal lost half the readings, reported as 0 lost
+    path = tmp_path / "outbox.sqlite"
+    _garbage_in_a_middle_frame(path)  # 20 commits in the -wal, one frame of the 10th garbage
+    recovery = reopen(path, caplog, salvaged=pytest.approx(200, rel=0.45))  # type: ignore[arg-type]
+    assert recovery.salvaged + recovery.lost == 300 and recovery.lost > 0
+    assert not recovery.estimated  # the counters in the frames after the damage say so
+    assert next_id(path) == 301  # above the ids of the lost commits
+    with Outbox.open_readonly(path) as box:
+        stats = box.stats()
+    assert (stats.added, stats.dropped) == (301, recovery.lost)
+
+
+def test_a_damaged_counters_frame_does_not_make_the_wal_anothers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the frames after it still prove intact (each one's checksum continues its predecessor's)
+    path = tmp_path / "outbox.sqlite"
+    fill(path, 0, 100)
+    [counters] = _pages(path, "counters", "leaf")
+    killed_writer(path, 100, 300, 10)
+    size = 24 + 1024
+    wal = Path(f"{path}-wal").read_bytes()
+    holding = [i for i in range((len(wal) - 32) // size)
+               if struct.unpack_from(">I", wal, 32 + i * size)[0] == counters]
+    middle = holding[len(holding) // 2]
+
+    def garble_its_database_id(data: bytearray) -> None:
+        data[32 + middle * size + 24 + 1024 - 3] ^= 0x40  # the row's last column, at the end
+
+    _rewrite_wal(path, garble_its_database_id)
+    recovery = reopen(path, caplog, salvaged=pytest.approx(200, rel=0.45))  # type: ignore[arg-type]
+    assert "is lost with it" in recovery.reason
+    assert recovery.salvaged + recovery.lost == 300 and next_id(path) == 301
+
+
+@pytest.mark.parametrize("damage", [_bad_salt, _bad_header_checksum])
+def test_a_wal_sqlite_ignores_is_counted_as_lost(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture,
+                                                 damage: Callable[[bytearray], None]) -> None:
+    path = tmp_path / "outbox.sqlite"
+    fill(path, 0, 100)
+    killed_writer(path, 100, 200, 10)
+    _rewrite_wal(path, damage)  # SQLite would read none of its 10 commits
+    reopen(path, caplog, salvaged=100, lost=100)
+    assert next_id(path) == 201
+    with Outbox.open_readonly(path) as box:
+        assert box.stats().dropped == 100
+
+
+@pytest.mark.parametrize("damage", [_garbage_in_a_middle_frame, _wal_header_salt_damaged,
+                                    _schema_page_lost])
+def test_ids_continue_above_every_id_the_damaged_set_handed_out(
+        tmp_path: Path, damage: Callable[[Path], int]) -> None:
+    # issue 11: ids are never reused, so a late ack cannot delete a newer reading
+    path = tmp_path / "outbox.sqlite"
+    highest = damage(path)
+    with Outbox(path, max_bytes=BIG) as box:
+        assert box.recovery() is not None
+        assert box.stats().added == highest
+        box.append([reading(10**6)])
+        assert next_id(path) == highest + 1
 
 
 # --- permissions: run as an unprivileged user, as the service does ----------------------------

@@ -28,6 +28,15 @@ the window where a replay is born). ``ENVAGENT_SIGKILL_ROUNDS`` sets the number 
 one each run, printed first -- pytest shows it with any failure -- and named in the messages).
 The seed fixes the kill moments and the server's answers, not the agent's own timing, so a rerun
 with a seed is similar, not identical. ``pytest -s`` prints what the kills covered.
+
+A second loop runs while a backlog grows: upstream refuses everything (503) for all but the
+last rounds, and a larger station fills the outbox, so the -wal grows across the kills (a
+killed agent never checkpoints; the next one appends to the same log) until SQLite checkpoints
+and rewinds it -- writing the new generation over the start of the old one, whose later frames
+stay in the file after it. A kill then leaves exactly the set that salvage once judged a "stale
+-wal" and threw away with everything since the last checkpoint. The loop watches the -wal's
+salt after each kill and counts the rewinds it saw. ``ENVAGENT_SIGKILL_BACKLOG_ROUNDS`` sets its
+kills (default 120; the issue's full length, 300, by hand).
 """
 
 from __future__ import annotations
@@ -55,9 +64,11 @@ from agent.sinks import JSON_FORMAT, JsonEncoder, batch_id, reading_id
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = int(os.environ.get("ENVAGENT_SIGKILL_ROUNDS", "200"))
+BACKLOG_ROUNDS = int(os.environ.get("ENVAGENT_SIGKILL_BACKLOG_ROUNDS", "120"))
+ONLINE_FOR_LAST = 10  # rounds of the backlog loop whose upstream answers again
 UNIT = "kill-9"
 SITE = "汉中 wetland, east"
-DRIVERS = {"air": "bme280", "soil": "sht4x"}
+DRIVERS = {"air": "bme280", "soil": "sht4x", "light": "bh1750", "dust": "pmsa003i"}
 READY_TIMEOUT_S = 60.0  # start-up on a loaded machine; a hang is a failure, never a speed test
 PROCESS_TIMEOUT_S = 120.0
 FINAL_SYNC_ATTEMPTS = 40  # each `sync` stops at the first failure the server makes up
@@ -79,7 +90,7 @@ id = "soil"
 driver = "sht4x"
 address = 0x44
 interval = "1s"
-[uplink]
+{{more_sensors}}[uplink]
 url = "{{url}}"
 format = "json"
 allow_insecure_http = true
@@ -90,6 +101,21 @@ backoff_max = "1s"
 connect_timeout = "2s"
 read_timeout = "5s"
 deadline = "10s"
+"""
+
+
+# The backlog loop's larger station: more readings per commit, more pages of -wal per round.
+MORE_SENSORS = """\
+[[sensor]]
+id = "light"
+driver = "bh1750"
+address = 0x23
+interval = "1s"
+[[sensor]]
+id = "dust"
+driver = "pmsa003i"
+address = 0x12
+interval = "1s"
 """
 
 
@@ -110,6 +136,17 @@ class FlakyUpstream:
         if delay:
             time.sleep(delay)
         return answer
+
+
+class OfflineUpstream(FlakyUpstream):
+    """Down (503, after recording the batch) until ``online`` is set; then as FlakyUpstream."""
+
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__(rng)
+        self.online = False
+
+    def __call__(self, exchange: Exchange) -> int | None:
+        return super().__call__(exchange) if self.online else 503
 
 
 def encode_item(item: dict[str, object]) -> bytes:
@@ -141,23 +178,27 @@ class Tally:
     rounds_with_commit: int = 0  # the outbox's added counter grew during the round
     in_flight_at_kill: int = 0  # a batch was on the wire or awaiting its answer at the kill
     before_ready: int = 0  # kills that landed before READY=1
+    wal_rewinds: int = 0  # the -wal's salt changed since the last kill: SQLite rewound it
+    rewound_with_stale_tail: int = 0  # ... and the kill left frames of the old generation
 
     def line(self) -> str:
         return (f"seed {self.seed}: {sum(self.kills.values())} kills {dict(self.kills)}; "
                 f"{self.before_ready} before READY, {self.rounds_with_commit} round(s) committed, "
                 f"{self.rounds_with_backlog} left a backlog, {self.in_flight_at_kill} killed a "
-                "batch in flight")
+                f"batch in flight, {self.wal_rewinds} -wal rewind(s) seen, "
+                f"{self.rewound_with_stale_tail} left with an old generation's frames after them")
 
 
 class Station:
     """The agent's config, data directory and notify socket, and how to run it."""
 
-    def __init__(self, tmp_path: Path, url: str) -> None:
+    def __init__(self, tmp_path: Path, url: str, more_sensors: str = "") -> None:
         token_file = tmp_path / "upload-token"
         token_file.write_text("kill-9-token\n")
         token_file.chmod(0o600)
         self.config = tmp_path / "station.toml"
-        self.config.write_text(CONFIG.format(url=url, token_file=token_file), encoding="utf-8")
+        self.config.write_text(CONFIG.format(url=url, token_file=token_file,
+                                             more_sensors=more_sensors), encoding="utf-8")
         self.cwd, self.data = tmp_path, tmp_path / "data"
         self.log = tmp_path / "agent.log"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -249,7 +290,7 @@ class Moment:
     delay: float
 
 
-def kill_moment(rng: random.Random, backlog: bool) -> Moment:
+def kill_moment(rng: random.Random, backlog: bool, running_max: float = 1.5) -> Moment:
     """A seeded moment; "in flight" only when a backlog waits, since delivery starts with it."""
     kinds = ["start-up", "running", "first commit", "in flight"]
     kind = rng.choices(kinds, weights=[20, 40, 15, 25])[0]
@@ -259,26 +300,104 @@ def kill_moment(rng: random.Random, backlog: bool) -> Moment:
         return Moment(kind, "request", rng.choice([rng.uniform(0, 0.005), rng.uniform(0, 0.05)]))
     if kind == "first commit":
         return Moment(kind, "ready", COMMIT_AFTER_READY_S + rng.uniform(-0.03, 0.06))
-    return Moment("running", "ready", rng.uniform(0.3, 1.5))
+    return Moment("running", "ready", rng.uniform(0.3, running_max))
 
 
 # --- the test -----------------------------------------------------------------------------------
 
 
+def wal_salt(data: Path) -> bytes | None:
+    """The -wal header's salt-1 (sqlite.org/fileformat2.html, WAL format: offset 16): SQLite
+    draws a new one each time it rewinds the log after a checkpoint."""
+    try:
+        with (data / "outbox.sqlite-wal").open("rb") as wal:
+            header = wal.read(32)
+    except FileNotFoundError:
+        return None
+    return header[16:20] if len(header) == 32 else None
+
+
+def wal_has_stale_tail(data: Path) -> bool:
+    """Whether frames of an older generation follow the current one (their salt differs)."""
+    try:
+        wal = (data / "outbox.sqlite-wal").read_bytes()
+    except FileNotFoundError:
+        return False
+    if len(wal) < 32:
+        return False
+    page_size, salt = int.from_bytes(wal[8:12], "big"), wal[16:24]
+    frames = range(32, len(wal) - 24 - page_size + 1, 24 + page_size)
+    kinds = [wal[at + 8:at + 16] == salt for at in frames]
+    return False in kinds and kinds.index(False) > 0
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_no_stored_reading(tmp_path: Path) -> None:
     seed = int(os.environ.get("ENVAGENT_SIGKILL_SEED", random.randrange(2**32)))
-    print(f"ENVAGENT_SIGKILL_SEED={seed}, {ROUNDS} rounds")
+    kill_loop(tmp_path, seed, ROUNDS, FlakyUpstream(random.Random(seed + 1)))
+
+
+# Frames SQLite lets the -wal reach before it checkpoints (wal_autocheckpoint, SQLite's
+# default 1000): the backlog loop starts a little below it.
+AUTOCHECKPOINT_FRAMES = 1000
+PREFILL_FRAMES = AUTOCHECKPOINT_FRAMES - 40
+
+
+def prefill(data: Path) -> None:
+    """An outbox whose -wal holds PREFILL_FRAMES frames, as a unit offline for a while leaves
+    it after a crash: a child process appends small commits and exits without closing (a
+    clean close would checkpoint and delete the log)."""
+    data.mkdir()
+    code = f"""
+import os, sys
+from pathlib import Path
+from agent.outbox import Outbox
+from agent.reading import Reading
+path, ns = Path({str(data / "outbox.sqlite")!r}), 1_000_000_000
+outbox = Outbox(path, max_bytes=1 << 28)
+for i in range(100_000):
+    outbox.append([Reading("air", q, 20.0 + i / 100, u, (1_767_225_600 + i) * ns, (5 + i) * ns,
+                           "boot-before", True) for q, u in (("temperature", "°C"),
+                                                             ("humidity", "%RH"))])
+    size = os.path.getsize(str(path) + "-wal")
+    if (size - 32) // (24 + 1024) >= {PREFILL_FRAMES}:
+        os._exit(0)
+sys.exit("the -wal never grew")
+"""
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_while_a_backlog_grows_and_the_wal_rewinds_loses_nothing(tmp_path: Path) -> None:
+    seed = int(os.environ.get("ENVAGENT_SIGKILL_SEED", random.randrange(2**32)))
+    upstream = OfflineUpstream(random.Random(seed + 1))
+    prefill(tmp_path / "data")
+    tally = kill_loop(tmp_path, seed, BACKLOG_ROUNDS, upstream, more_sensors=MORE_SENSORS,
+                      running_max=3.0)
+    # The loop must have met what it is for: SQLite rewound the log, and a kill left the old
+    # generation's frames behind the new ones (salvage once called that set damaged).
+    assert tally.wal_rewinds and tally.rewound_with_stale_tail, tally.line()
+
+
+def kill_loop(tmp_path: Path, seed: int, rounds: int, upstream_answers: FlakyUpstream, *,
+              more_sensors: str = "", running_max: float = 1.5) -> Tally:
+    """Kill the agent ``rounds`` times, check each outbox left, drain, check upstream."""
+    print(f"ENVAGENT_SIGKILL_SEED={seed}, {rounds} rounds")
     rng = random.Random(seed)
     tally = Tally(seed)
     encoder = JsonEncoder(unit=UNIT, site=SITE, drivers=DRIVERS)
     seen: dict[str, bytes] = {}  # id -> content, of every reading in the outbox after a kill
     added, stored = 0, list[Reading]()
-    with RecordingServer(FlakyUpstream(random.Random(seed + 1))) as upstream:
-        station = Station(tmp_path, upstream.url("/batches"))
+    salt = None
+    with RecordingServer(upstream_answers) as upstream:
+        station = Station(tmp_path, upstream.url("/batches"), more_sensors)
         try:
-            for round_no in range(ROUNDS):
-                moment = kill_moment(rng, bool(stored))
+            for round_no in range(rounds):
+                if isinstance(upstream_answers, OfflineUpstream):
+                    upstream_answers.online = round_no >= rounds - ONLINE_FOR_LAST
+                moment = kill_moment(rng, bool(stored), running_max)
                 started, requests = time.monotonic(), len(upstream.snapshot())
                 process = station.start(round_no)
                 if moment.after == "ready":
@@ -297,6 +416,11 @@ def test_sigkill_at_random_moments_loses_no_stored_reading(tmp_path: Path) -> No
                 tally.kills[moment.kind] += 1
                 tally.before_ready += moment.after != "ready" and not station.said_ready()
 
+                now_salt = wal_salt(station.data)
+                if salt is not None and now_salt is not None and now_salt != salt:
+                    tally.wal_rewinds += 1
+                    tally.rewound_with_stale_tail += wal_has_stale_tail(station.data)
+                salt = now_salt or salt
                 stored, stats = look(station.data, seed)
                 for r in stored:
                     content = encode_item(encoder.document([r])["readings"][0])
@@ -313,6 +437,8 @@ def test_sigkill_at_random_moments_loses_no_stored_reading(tmp_path: Path) -> No
                     for e in upstream.snapshot()[-3:])
 
             # One clean run after all that, then deliver whatever is left.
+            if isinstance(upstream_answers, OfflineUpstream):
+                upstream_answers.online = True
             clean = station.run("run", "--simulate", "--duration", "2")
             assert clean.returncode == 0, f"seed {seed}: {clean.stderr}"
             for _ in range(FINAL_SYNC_ATTEMPTS):
@@ -358,3 +484,4 @@ def test_sigkill_at_random_moments_loses_no_stored_reading(tmp_path: Path) -> No
     assert len(accepted) == stats.added == stats.delivered, (seed, len(accepted), stats)
     assert "Traceback" not in station.log.read_text(encoding="utf-8", errors="replace"), (
         f"seed {seed}: {station.log_tail()}")
+    return tally
