@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,11 +22,12 @@ from typing import Any, ClassVar
 
 from agent import __version__
 from agent.config import Config, load_config
-from agent.errors import ConfigError, StorageError
+from agent.errors import ConfigError, StorageError, describe
 from drivers.bus import Bus
 from drivers.clock import Clock, SystemClock
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: stdout's reader has gone (| head)
 DEFAULT_CONFIG = Path("/etc/envagent/envagent.toml")
 # Where a newcomer's simulated run keeps its data: beside them, never under /var.
 SIMULATE_DATA_DIR = Path("envagent-data")
@@ -40,11 +41,22 @@ def example_config_path() -> Path:
     return Path(__file__).with_name("example.toml")
 
 
+# With no config file these only read what the agent left in --data-dir (its station record,
+# agent.station); the writing ones keep a rehearsal's readings apart from real ones
+# (agent.rehearsal).
+READ_ONLY_COMMANDS = ("status", "export", "doctor")
+WRITING_COMMANDS = ("run", "sync", "commission")
+_noticed: set[str] = set()  # each notice once per process (status --watch redraws)
+
+
 @dataclass(frozen=True)
 class Context:
     config: Config
     data_dir: Path
     simulate: bool
+    # The station record standing in for a missing config file (agent.station): read-only
+    # commands only -- it holds no driver settings and no token.
+    record: Path | None = None
 
     @property
     def outbox_path(self) -> Path:
@@ -52,14 +64,104 @@ class Context:
 
 
 def _context(args: argparse.Namespace) -> Context:
+    """The config, data directory and mode a command works with.
+
+    The config: ``--config``; else /etc/envagent/envagent.toml when it exists -- with
+    ``--simulate`` too, so a rehearsal is of the technician's own station; else, for status,
+    export and doctor, the station record in ``--data-dir``; else, with ``--simulate``, the
+    shipped example station. The data directory: ``--data-dir``; else ``storage.path`` -- for
+    a rehearsal ``simulated/`` under it, or ./envagent-data for the shipped example.
+    """
+    from agent import rehearsal  # loads the outbox: not for --help and completion
+
     simulate = getattr(args, "simulate", False)
-    path = args.config or (example_config_path() if simulate else DEFAULT_CONFIG)
-    config = load_config(path)
-    data_dir = getattr(args, "data_dir", None)
-    if data_dir is None:
-        data_dir = SIMULATE_DATA_DIR if simulate and args.config is None else config.storage.path
+    command = getattr(args, "command", None)
+    given: Path | None = getattr(args, "data_dir", None)
+    _check_deliver(args, simulate)
+    if args.config is None and not _exists(DEFAULT_CONFIG):
+        if command in READ_ONLY_COMMANDS and given is not None:
+            from_record = _record_context(given, simulate)
+            if from_record is not None:
+                return from_record
+        if not simulate:
+            raise ConfigError([_no_config(command, given)])
+        _notice(f"no {DEFAULT_CONFIG}: using the shipped example station")
+        config = load_config(example_config_path())
+        data_dir = given or SIMULATE_DATA_DIR
+    else:
+        config = load_config(args.config or DEFAULT_CONFIG)
+        data_dir = given or (config.storage.path / rehearsal.SIMULATED_DIR if simulate
+                             else config.storage.path)
+    if getattr(args, "deliver", False) and config.uplink is None:
+        raise ConfigError([f"{config.source}: uplink: missing; --deliver needs an [uplink] "
+                           "section with the url to deliver to"])
+    if command in WRITING_COMMANDS:
+        rehearsal.check(Path(data_dir) / OUTBOX_NAME, simulate=simulate)
     config = replace(config, storage=replace(config.storage, path=Path(data_dir)))
     return Context(config, Path(data_dir), simulate)
+
+
+def _check_deliver(args: argparse.Namespace, simulate: bool) -> None:
+    """A rehearsal delivers only when asked, and only a rehearsal is asked (agent.rehearsal)."""
+    deliver = getattr(args, "deliver", False)
+    if deliver and not simulate:
+        raise ConfigError(["--deliver is for a rehearsal, with --simulate: without it, run and "
+                           "sync always deliver to [uplink]"])
+    if getattr(args, "command", None) == "sync" and simulate and not deliver:
+        raise ConfigError(["sync --simulate: a rehearsal's readings are delivered only when "
+                           "asked; add --deliver to send them, marked simulated"])
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path`` is there; one that cannot be looked at is, and load_config says why."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _no_config(command: str | None, data_dir: Path | None) -> str:
+    """The error when there is no config file: every way on."""
+    from agent import station
+
+    text = f"{DEFAULT_CONFIG}: no such file; pass --config PATH"
+    if command in READ_ONLY_COMMANDS and data_dir is None:
+        text += (", or --data-dir DIR of a unit whose agent has run there (its station record "
+                 f"{station.FILE} stands in for the config)")
+    elif command in READ_ONLY_COMMANDS:
+        text += (f", or a --data-dir where the agent has run: {data_dir} has no station record "
+                 f"({station.FILE})")
+    return text + "; --simulate tries the shipped example station"
+
+
+def _record_context(data_dir: Path, simulate: bool) -> Context | None:
+    """The station record in ``data_dir`` standing in for the missing config, if there is one."""
+    from agent import station
+
+    path = data_dir / station.FILE
+    try:
+        record = station.load(data_dir)
+        if record is None:
+            return None
+        config = station.as_config(record, data_dir)
+    except station.StationRecordError as exc:
+        raise ConfigError([f"{exc}; pass --config PATH"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the station record: "
+                           f"{exc.strerror or type(exc).__name__}; pass --config PATH"]) from None
+    _notice(f"no {DEFAULT_CONFIG}: using the station record {path} (unit {config.unit.id}), "
+            "written by the agent that ran there")
+    return Context(config, data_dir, simulate, record=path)
+
+
+def _notice(text: str) -> None:
+    """One line on stderr for people (stdout may be --json), once per process."""
+    if text not in _noticed:
+        _noticed.add(text)
+        print(f"envagent: {text}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -134,6 +236,16 @@ def _clock(args: argparse.Namespace) -> Clock:
     return SystemClock()
 
 
+SIM_WIRING_NEEDS_SIMULATE = ("--sim-wiring needs --simulate: the wiring file describes the "
+                             "simulated bus, not /dev/i2c-N")
+
+
+def _check_simulate_only(args: argparse.Namespace) -> None:
+    """``--sim-wiring`` means nothing on real hardware: refused before anything starts."""
+    if getattr(args, "sim_wiring", None) is not None and not getattr(args, "simulate", False):
+        raise ConfigError([SIM_WIRING_NEEDS_SIMULATE])
+
+
 def _inject(buses: Mapping[int, Any], config: Config, fault: SimFault) -> None:
     from drivers.sim.simbus import BusIOError, Nack, Timeout
 
@@ -150,11 +262,18 @@ def _inject(buses: Mapping[int, Any], config: Config, fault: SimFault) -> None:
 
 @contextmanager
 def open_buses(
-    config: Config, clock: Clock, *, simulate: bool, faults: Sequence[SimFault] = ()
+    config: Config, clock: Clock, *, simulate: bool, faults: Sequence[SimFault] = (),
+    wiring: Path | None = None,
 ) -> Iterator[dict[int, Bus]]:
-    """One Bus per bus number the config uses: the simulated world, or /dev/i2c-N."""
+    """One Bus per bus number the config uses: the simulated world, or /dev/i2c-N.
+
+    ``wiring`` (``--sim-wiring``): the simulated world holds the devices that file lists, not
+    the configured sensors, to rehearse a wiring mistake (drivers.sim.wiring).
+    """
     if faults and not simulate:
         raise ConfigError(["--sim-fault needs --simulate"])
+    if wiring is not None and not simulate:
+        raise ConfigError([SIM_WIRING_NEEDS_SIMULATE])
     if simulate:
         from drivers.sim.environment import Environment
         from drivers.sim.world import Placement, build_world
@@ -166,8 +285,14 @@ def open_buses(
         placements = [
             Placement(s.bus, s.address, s.driver, s.id, s.mux, s.channel) for s in config.sensors
         ]
+        if wiring is not None:
+            from agent.config import load_wiring
+            from drivers.sim.wiring import wired_placements
+
+            placements = wired_placements(load_wiring(wiring), placements)
         world = build_world(placements, clock=clock, environment=environment,
-                            options={s.id: s.options for s in config.sensors}, log_length=0)
+                            options={s.id: s.options for s in config.sensors}, log_length=0,
+                            buses={s.bus for s in config.sensors})
         for fault in faults:
             _inject(world, config, fault)
         yield dict(world)
@@ -205,15 +330,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
+    from agent import quality
     from agent.daemon import make_drivers
     from agent.processing import Processor
+    from drivers.bus import describe_error
     from drivers.registry import DRIVERS
 
     ctx = _context(args)
     clock = _clock(args)
     rows: list[dict[str, Any]] = []
     failed = False
-    with open_buses(ctx.config, clock, simulate=ctx.simulate) as buses:
+    with open_buses(ctx.config, clock, simulate=ctx.simulate, wiring=args.sim_wiring) as buses:
         drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
         for sensor, driver in zip(ctx.config.sensors, drivers, strict=True):
             try:
@@ -221,21 +348,25 @@ def cmd_read(args: argparse.Namespace) -> int:
                 measurements = Processor.for_sensor(sensor).sample(driver.read)
             except Exception as exc:  # noqa: BLE001 - report every sensor, then exit 1
                 failed = True
-                print(f"{sensor.id}: {_one_line(exc)}", file=sys.stderr)
+                print(f"{sensor.id}: {describe_error(exc, driver.where)}", file=sys.stderr)
                 continue
             finally:
                 driver.close()
             rows += [
                 {"sensor": sensor.id, "quantity": m.quantity, "value": m.value, "unit": m.unit,
-                 "quality": int(m.quality), "calibration": m.calibration}
+                 "quality": int(m.quality), "flags": quality.names(m.quality),
+                 "calibration": m.calibration}
                 for m in measurements
             ]
     if args.json:
         _print_json(rows)
     else:
         for r in rows:
+            # the flags in words, so a clipped or out-of-range value never reads as a good one
+            flags = f"  {quality.words(r['quality'])}" if r["quality"] else ""
             cal = f"  (calibration {r['calibration']})" if r["calibration"] else ""
-            print(f"{r['sensor']:<12} {r['quantity']:<14} {r['value']:>10.2f} {r['unit']}{cal}")
+            print(f"{r['sensor']:<12} {r['quantity']:<14} {r['value']:>10.2f} {r['unit']}{flags}"
+                  f"{cal}")
     return EXIT_FAILURE if failed else EXIT_OK
 
 
@@ -246,7 +377,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     clock = _clock(args)
     if args.simulate:
         ctx = _context(args)
-        cm = open_buses(ctx.config, clock, simulate=True)
+        cm = open_buses(ctx.config, clock, simulate=True, wiring=args.sim_wiring)
     else:
         cm = _real_bus(args.bus)
     with cm as buses:
@@ -281,7 +412,7 @@ def _real_bus(number: int) -> Iterator[dict[int, Bus]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent import datadir
+    from agent import datadir, rehearsal
     from agent.daemon import Agent, make_drivers, read_boot_id
     from agent.notify import Notifier
     from agent.power import power_switches
@@ -294,11 +425,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     clock = _clock(args)
     notifier = Notifier()
     with (
-        datadir.hold(ctx.data_dir, hint=datadir.RUN_HINT),  # one agent per data directory
-        open_buses(ctx.config, clock, simulate=ctx.simulate, faults=args.sim_fault) as buses,
+        # one agent per data directory
+        datadir.hold(ctx.data_dir, hint=datadir.RUN_HINT, unusable_ok=True),
+        open_buses(ctx.config, clock, simulate=ctx.simulate, faults=args.sim_fault,
+                   wiring=args.sim_wiring) as buses,
         ReopeningOutbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes,
                         clock=clock, progress=notifier.still_starting) as outbox,
     ):
+        rehearsal.mark(outbox, simulate=ctx.simulate)  # whose readings these are
         drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
         pin_factory = _mock_pin_factory() if ctx.simulate and _uses_gpio(ctx.config) else None
         power = power_switches((s.power_pin for s in ctx.config.sensors), clock=clock,
@@ -306,19 +440,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         agent = Agent(ctx.config, drivers, outbox=outbox, clock=clock, boot_id=read_boot_id(),
                       power=power, commission_dir=ctx.data_dir)
         uplink = None
-        if ctx.config.uplink is not None:
+        if ctx.config.uplink is not None and (args.deliver or not ctx.simulate):
             from agent.uplink import build_uplink
 
             uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir,
-                                  held_boot=agent.timekeeper.held_boot)
+                                  held_boot=agent.timekeeper.held_boot,
+                                  hold=agent.timekeeper.holding, simulated=ctx.simulate)
+        if ctx.simulate:
+            _log_rehearsal(ctx, None if uplink is None else uplink.sink.where)
         service = Service(ctx.config, agent, outbox, uplink, clock=clock, notifier=notifier,
-                          pin_factory=pin_factory)
+                          pin_factory=pin_factory, simulated=ctx.simulate)
         with _stop_on_signals(agent.request_stop):
             service.run(duration=args.duration)
         for switch in power.values():
             switch.close()
         log.info("stopped; %d reading(s) committed this run", agent.committed)
+        if agent.storage_failing:  # the last commit failed too: what it held is gone
+            log.error("exit 1: readings sampled this run were lost, the outbox %s could not "
+                      "store them (see above); fix it before the next start",
+                      ctx.outbox_path)
+            return EXIT_FAILURE
     return EXIT_OK
+
+
+def _log_rehearsal(ctx: Context, delivering_to: str | None) -> None:
+    """Where a rehearsal's readings go (agent.rehearsal): one line at the start of ``run``."""
+    if delivering_to is not None:
+        log.info("rehearsal: readings are kept in %s and delivered to %s, marked simulated",
+                 ctx.data_dir, delivering_to)
+    elif ctx.config.uplink is not None:
+        log.info("rehearsal: readings are kept in %s and not delivered; add --deliver to send "
+                 "them, marked simulated", ctx.data_dir)
+    else:
+        log.info("rehearsal: readings are kept in %s", ctx.data_dir)
 
 
 def _uses_gpio(config: Config) -> bool:
@@ -358,8 +512,9 @@ def _refuse_token_environment(config: Config) -> None:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    """Deliver the backlog now; exit 1 unless all of it was delivered (or quarantined)."""
-    from agent import datadir
+    """Deliver the backlog now; exit 1, saying why, unless all of it went: readings held for
+    the clock, refused by the server (quarantined) or left by a failure all count."""
+    from agent import datadir, statusview
     from agent.daemon import read_boot_id
     from agent.outbox import Outbox
     from agent.timekeeping import TimeKeeper
@@ -382,23 +537,27 @@ def cmd_sync(args: argparse.Namespace) -> int:
         timekeeper = TimeKeeper(clock, read_boot_id(), commission_dir=ctx.data_dir)
         timekeeper.maintain(outbox)  # re-stamp what the clock's sync allows before sending
         uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir,
-                              held_boot=timekeeper.held_boot)
+                              held_boot=timekeeper.held_boot, hold=timekeeper.holding,
+                              simulated=ctx.simulate)
         try:
             flushed = uplink.flush()
         finally:
             uplink.sink.close()
         backlog = outbox.stats().backlog
+    reason = statusview.sync_left(uplink.state, uplink.sink.where, failed=not flushed.ok,
+                                  quarantined=flushed.quarantined, backlog=backlog,
+                                  now=clock.time())
     report = {"url": uplink.sink.where, "delivered": flushed.delivered,
-              "quarantined": flushed.quarantined, "backlog": backlog, "ok": flushed.ok,
-              "error": flushed.error}
+              "quarantined": flushed.quarantined, "held": flushed.held, "backlog": backlog,
+              "ok": reason is None, "reason": reason, "error": flushed.error}
     if args.json:
         _print_json(report)
     else:
         print(f"delivered {flushed.delivered} reading(s) to {uplink.sink.where}, quarantined "
               f"{flushed.quarantined}; {backlog} left in the outbox")
-        if not flushed.ok:
-            print(f"envagent: could not deliver: {flushed.error}", file=sys.stderr)
-    return EXIT_OK if flushed.ok else EXIT_FAILURE
+        if reason is not None:
+            print(f"envagent: not all of it went: {reason}", file=sys.stderr)
+    return EXIT_OK if reason is None else EXIT_FAILURE
 
 
 def _uplink_status(ctx: Context) -> dict[str, Any] | None:
@@ -413,7 +572,29 @@ def _uplink_status(ctx: Context) -> dict[str, Any] | None:
             "last_error_time": _iso(state.last_error_ns)}
 
 
+def _status_live(args: argparse.Namespace) -> int:
+    """``status --watch``: the one-shot status, redrawn; ``--follow``: one line per event
+    (agent.watch). The config is read first, so a bad one exits 2 as the one-shot would."""
+    from agent import watch
+    from agent.daemon import read_boot_id
+
+    if args.json:
+        print("envagent status: --watch and --follow are for people; --json prints one report "
+              "(a machine can run it again)", file=sys.stderr)
+        return EXIT_USAGE
+    ctx = _context(args)
+    if args.follow:
+        station = watch.Station.of(ctx.config, ctx.outbox_path, read_boot_id())
+        return watch.follow(station, _clock(args))
+    once = argparse.Namespace(**{**vars(args), "watch": None, "follow": False})
+    encoding = sys.stdout.encoding
+    return watch.watch(lambda: watch.captured(lambda: cmd_status(once), encoding), args.watch,
+                       _clock(args))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    if getattr(args, "watch", None) is not None or getattr(args, "follow", False):
+        return _status_live(args)
     from agent.outbox import Outbox
 
     ctx = _context(args)
@@ -425,8 +606,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         stats = outbox.stats()
         latest = outbox.latest()
         recovery = outbox.recovery()
+        simulated = outbox.simulated()  # a rehearsal's (agent.rehearsal); None: not marked
     report: dict[str, Any] = {
         "unit": ctx.config.unit.id,
+        "simulated": simulated,
         "outbox": str(ctx.outbox_path),
         "backlog": stats.backlog,
         "backlog_bytes": stats.backlog_bytes,
@@ -451,18 +634,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from agent import statusview
     from agent.daemon import read_boot_id
+    from agent.timekeeping import hold_ends
 
     report["sensors"] = statusview.sensors_json(ctx.data_dir, read_boot_id())
     report["alerts"] = [a.to_json() for a in statusview.firing_alerts(ctx.config, latest)]
+    report["clock"] = statusview.clock_json(report["clock_synchronized"], statusview.held_in(
+        ctx.data_dir, read_boot_id(), stats.backlog, _clock(args).time()))
     if args.json:
         _print_json(report)
         return EXIT_OK
     bars = statusview.BARS if _can_print(statusview.BARS) else statusview.ASCII_BARS
-    for line in statusview.render(
+    lines = statusview.render(
             ctx.config, ctx.data_dir, stats, latest, recovery=recovery,
             synced=report["clock_synchronized"], boot_id=read_boot_id(),
-            now=_clock(args).time(), width=shutil.get_terminal_size().columns, bars=bars):
-        print(line)
+            now=_clock(args).time(), width=shutil.get_terminal_size().columns, bars=bars,
+            hold_ends=hold_ends(_clock(args)))
+    if simulated:  # a rehearsal's outbox (agent.rehearsal): said first, on the unit's line
+        lines[0] = statusview.clip(f"REHEARSAL (simulated) · {lines[0]}",
+                                   max(statusview.MIN_WIDTH, shutil.get_terminal_size().columns))
+    print("\n".join(lines))
     return EXIT_OK
 
 
@@ -476,7 +666,7 @@ def _can_print(text: str) -> bool:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Undelivered readings to a file (or stdout); the outbox is left as it is."""
-    from agent import export
+    from agent import export, rehearsal
 
     ctx = _context(args)
     if args.since is not None and args.until is not None and args.since >= args.until:
@@ -487,7 +677,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     summary = export.write_export(
         ctx.outbox_path, args.output, args.format,
-        export.Station.from_config(ctx.config, ctx.data_dir),
+        export.Station.from_config(ctx.config, ctx.data_dir, simulated=rehearsal.is_simulated(
+            ctx.outbox_path, default=ctx.simulate)),
         args.since, args.until, current_boot=export.current_boot(),
         clock_synced=_clock(args).synchronized(), force=args.force)
     for line in summary.describe(str(args.output or "stdout"), args.format):
@@ -506,7 +697,8 @@ def cmd_commission(args: argparse.Namespace) -> int:
     # The sensors and commission.json are a running agent's: not beside one.
     with datadir.hold(ctx.data_dir, hint=datadir.COMMISSION_HINT):
         clock = _clock(args)
-        with open_buses(ctx.config, clock, simulate=ctx.simulate) as buses:
+        with open_buses(ctx.config, clock, simulate=ctx.simulate,
+                        wiring=args.sim_wiring) as buses:
             drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
             sensors = commission.probe_sensors(ctx.config, drivers)
         facts = commission.Facts(args.technician, args.mounting_height, args.radiation_shield,
@@ -534,10 +726,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     ctx = _context(args)
     clock = _clock(args)
     with ExitStack() as stack:
-        world = (stack.enter_context(open_buses(ctx.config, clock, simulate=True))
-                 if ctx.simulate else None)
+        world = (stack.enter_context(open_buses(ctx.config, clock, simulate=True,
+                                                wiring=args.sim_wiring))
+                 if ctx.simulate and ctx.record is None else None)
+        without = None if ctx.record is None else (
+            f"no config file, only the station record {ctx.record}, which holds no sensor "
+            "settings and no token")
         checks = doctor.Doctor(ctx.config, ctx.data_dir, clock, os.environ,
-                               simulate=ctx.simulate, samples=args.samples, buses=world).run()
+                               simulate=ctx.simulate, samples=args.samples, buses=world,
+                               without_config=without).run()
     if args.json:
         doctor.print_json(checks, sys.stdout)
     else:
@@ -573,26 +770,39 @@ def build_parser() -> argparse.ArgumentParser:
     def add_common(p: argparse.ArgumentParser, *names: str) -> None:
         """The options several commands share, with one wording everywhere."""
         if "config" in names:
+            record = (", else the station record in --data-dir"
+                      if p.prog.split()[-1] in READ_ONLY_COMMANDS else "")
             p.add_argument("--config", type=Path, metavar="PATH",
-                           help=f"config file (default {DEFAULT_CONFIG}; with --simulate, the "
-                           "shipped example)")
+                           help=f"config file (default {DEFAULT_CONFIG}{record}; with "
+                           "--simulate and no config at all, the shipped example)")
         if "simulate" in names:
             p.add_argument("--simulate", action="store_true",
-                           help="use the simulated sensors instead of /dev/i2c-*")
+                           help="use the simulated sensors instead of /dev/i2c-*, and a "
+                           "rehearsal's data directory kept apart from the real one")
+        if "deliver" in names:
+            p.add_argument("--deliver", action="store_true",
+                           help="with --simulate: deliver the rehearsal's readings to [uplink], "
+                           "marked simulated (without it they are only kept)")
         if "sim_clock" in names:
             p.add_argument("--sim-clock", type=SimClock.parse, metavar="STATE[@S][,booted=T]",
                            help="with --simulate: the simulated clock is synced (default) or "
                            "unsynced (synchronising after S seconds); T: the Unix time the "
                            "simulated unit booted (default: this machine's boot)")
+        if "sim_wiring" in names:
+            p.add_argument("--sim-wiring", type=Path, metavar="PATH",
+                           help="with --simulate: the simulated bus holds the devices this file "
+                           "lists ([[device]] chip, address, bus, mux, channel) instead of the "
+                           "configured sensors, to rehearse a wiring mistake")
         if "data_dir" in names:
             p.add_argument("--data-dir", type=Path, metavar="DIR",
                            help="state directory holding the outbox (overrides storage.path; "
-                           f"with --simulate and no --config: ./{SIMULATE_DATA_DIR})")
+                           "with --simulate: simulated/ under storage.path, or "
+                           f"./{SIMULATE_DATA_DIR} for the shipped example)")
         if "json" in names:
             p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("run", help="sample and store, in the foreground, until stopped")
-    add_common(p, "config", "simulate", "sim_clock", "data_dir")
+    add_common(p, "config", "simulate", "deliver", "sim_clock", "sim_wiring", "data_dir")
     p.add_argument("--duration", type=_positive_seconds, metavar="SECONDS",
                    help="stop cleanly after this many seconds")
     p.add_argument("--sim-fault", type=SimFault.parse, action="append", default=[],
@@ -602,21 +812,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sync", help="deliver the outbox to [uplink] now, and report")
-    add_common(p, "config", "simulate", "sim_clock", "data_dir", "json")
+    add_common(p, "config", "simulate", "deliver", "sim_clock", "data_dir", "json")
     _refuse_token_option(p)
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("read", help="take one sample from every configured sensor")
-    add_common(p, "config", "simulate", "json")
+    add_common(p, "config", "simulate", "sim_wiring", "json")
     p.set_defaults(func=cmd_read)
 
     p = sub.add_parser("scan", help="list the addresses that answer on a bus, and their chips")
     p.add_argument("--bus", type=int, default=1, metavar="N", help="/dev/i2c-N (default 1)")
-    add_common(p, "config", "simulate", "json")
+    add_common(p, "config", "simulate", "sim_wiring", "json")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("status", help="backlog and last values, from the outbox")
     add_common(p, "config", "simulate", "sim_clock", "data_dir", "json")
+    live = p.add_mutually_exclusive_group()
+    live.add_argument("--watch", type=_positive_seconds, nargs="?", const=2.0,
+                      metavar="SECONDS", help="redraw the status every SECONDS (default 2) "
+                      "until Ctrl-C; in place on a terminal")
+    live.add_argument("--follow", action="store_true",
+                      help="print each commit, delivery, hold and state change as it happens, "
+                      "until Ctrl-C")
     p.set_defaults(func=cmd_status)
 
     from agent.commission import height_argument, text_argument
@@ -634,7 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("commission", help="record the as-installed facts of this unit")
-    add_common(p, "config", "simulate", "sim_clock", "data_dir", "json")
+    add_common(p, "config", "simulate", "sim_clock", "sim_wiring", "data_dir", "json")
     p.add_argument("--technician", type=text_argument, metavar="NAME")
     p.add_argument("--mounting-height", type=height_argument, metavar="M",
                    help="sensor height above ground, metres")
@@ -657,7 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "samples), the clock, free space, the outbox and its backlog, and the "
                        "uplink (DNS, TCP, TLS, token). Each check: PASS, WARN or FAIL, and "
                        "what to do next. Writes nothing.")
-    add_common(p, "config", "simulate", "sim_clock", "data_dir", "json")
+    add_common(p, "config", "simulate", "sim_clock", "sim_wiring", "data_dir", "json")
     p.add_argument("--samples", type=sample_count, default=3, metavar="N",
                    help="test samples per sensor (default 3)")
     p.set_defaults(func=cmd_doctor)
@@ -699,7 +916,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "run":
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        return int(args.func(args))
+        _check_simulate_only(args)
+        code = int(args.func(args))
+        sys.stdout.flush()  # a reader gone (| head) shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
@@ -707,6 +929,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as exc:
         print(f"envagent: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
-    except OSError as exc:
-        print(f"envagent: {_one_line(exc)}", file=sys.stderr)
+    except OSError as exc:  # no /dev/i2c-1, a file that cannot be read: one sentence
+        print(f"envagent: {describe(exc)}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _reader_gone() -> int:
+    """Stop quietly when the reader of stdout has gone (``envagent scan --json | head -c 10``),
+    with the status a shell shows for any program a closed pipe stopped (128 + SIGPIPE).
+
+    Python ignores SIGPIPE, so the write fails with BrokenPipeError instead; and it flushes
+    stdout once more at exit, so stdout now points at /dev/null (Python's "Note on SIGPIPE").
+    """
+    with suppress(OSError, ValueError):  # stdout may be no file (a test captures it)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE

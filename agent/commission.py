@@ -48,6 +48,7 @@ from agent.atomic import DamagedFileError, read_json, write_json
 from agent.config import Config
 from agent.errors import AgentError
 from drivers.base import Driver
+from drivers.bus import describe_error
 from drivers.clock import Clock
 
 FILE = "commission.json"
@@ -98,7 +99,7 @@ def probe_sensors(config: Config, drivers: Sequence[Driver]) -> list[dict[str, A
             if serial is not None:
                 entry["serial"] = serial
         except Exception as exc:  # noqa: BLE001 - a record of every sensor, then exit 1
-            entry["error"] = " ".join(str(exc).split()) or type(exc).__name__
+            entry["error"] = describe_error(exc, driver.where)
         finally:
             with suppress(Exception):
                 driver.close()

@@ -6,6 +6,11 @@ and what to write instead. Bad input only ever raises :class:`~agent.errors.Conf
 
 Adding a section (``[uplink]``) means a dataclass, a field on :class:`Config`, and one entry in
 ``_SECTIONS`` with its parser: ``_table_section`` over a dict of ``_Field``s for a plain table.
+
+A problem inside a ``[[sensor]]`` names the sensor by its id and, when the file's text is at
+hand, the line of the key (agent.tomllines): ``sensor 'air' (line 14): intervall: unknown key``.
+A sensor's address must be one its chip can have (the driver's ``addresses``). The wiring file
+of ``--simulate --sim-wiring`` (what is really on the bus) is checked the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import dataclasses
 import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -26,7 +31,14 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from agent.atomic import read_bounded
 from agent.credentials import AUTH_SCHEMES
 from agent.errors import ConfigError
-from agent.lineprotocol import DERIVED_FIELDS, EPOCH_TAG_KEYS, QUALITY_SUFFIX, TAG_KEYS, TIME_KEYS
+from agent.lineprotocol import (
+    DERIVED_FIELDS,
+    EPOCH_TAG_KEYS,
+    QUALITY_SUFFIX,
+    SIMULATED_TAG,
+    TAG_KEYS,
+    TIME_KEYS,
+)
 from agent.processing import (
     AVERAGE_RANGE,
     POLYNOMIAL_TERMS,
@@ -34,6 +46,7 @@ from agent.processing import (
     Calibration,
     Plausible,
 )
+from agent.tomllines import TableLines, array_table_lines
 from agent.units import (
     format_duration,
     format_size,
@@ -45,6 +58,7 @@ from agent.units import (
     toml_quote,
     toml_value,
 )
+from drivers import tca9548a
 from drivers.base import Driver, Option
 from drivers.bus import FIRST_ADDRESS, LAST_ADDRESS
 
@@ -58,10 +72,13 @@ __all__ = [
     "StorageConfig",
     "UnitConfig",
     "UplinkConfig",
+    "WiredDevice",
     "load_config",
+    "load_wiring",
     "parse_config",
     "parse_duration",
     "parse_size",
+    "parse_wiring",
 ]
 
 Registry = Mapping[str, type[Driver]]
@@ -83,8 +100,8 @@ SENSOR_KEYS = (  # the rest of a sensor: options
     "id", "driver", "bus", "address", "interval",
     "mux", "channel", "average", "power_pin", "calibration", "plausible",
 )
-MUX_RANGE = (0x70, 0x77)  # TCA9548A: 0x70 + A2A1A0
-CHANNEL_RANGE = (0, 7)
+MUX_RANGE = (tca9548a.ADDRESSES[0], tca9548a.ADDRESSES[-1])  # the TCA9548A's, by its A0-A2
+CHANNEL_RANGE = (0, tca9548a.CHANNELS - 1)
 STUCK_AFTER_MAX = 1_000_000
 RESERVED_SENSOR_ID = "envagent"  # the agent's own health readings (agent.health)
 # agent.health's readings of each sensor, under the sensor's own id: on its series upstream.
@@ -245,11 +262,17 @@ MAX_CONFIG_BYTES = 1024 * 1024
 def load_config(path: Path | str, *, drivers: Registry | None = None) -> Config:
     """Read, parse and validate the file at ``path``; raise :class:`ConfigError` if unusable."""
     source = one_line(str(path))
+    data, text = _read_toml(Path(path), source, "configuration file")
+    return parse_config(data, source=source, drivers=drivers, text=text)
+
+
+def _read_toml(path: Path, source: str, what: str) -> tuple[dict[str, Any], str]:
+    """The parsed TOML document at ``path`` and its text; a ConfigError names what is wrong."""
     try:
-        raw = read_bounded(Path(path), MAX_CONFIG_BYTES)
+        raw = read_bounded(path, MAX_CONFIG_BYTES)
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ConfigError([f"{source}: cannot read the configuration file: {reason}"]) from None
+        raise ConfigError([f"{source}: cannot read the {what}: {reason}"]) from None
     skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # some editors add one
     try:
         text = raw[skip:].decode("utf-8")
@@ -259,23 +282,33 @@ def load_config(path: Path | str, *, drivers: Registry | None = None) -> Config:
         bad = f"byte 0x{raw[at]:02x} on line {line}"
         raise ConfigError([f"{source}: not UTF-8 text ({bad}); save it as UTF-8"]) from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{source}: invalid TOML: {one_line(str(e))}"]) from None
     except RecursionError:
         raise ConfigError([f"{source}: invalid TOML: arrays nested too deeply"]) from None
-    return parse_config(data, source=source, drivers=drivers)
 
 
-def parse_config(
-    data: Mapping[str, Any], *, source: str = "config", drivers: Registry | None = None
-) -> Config:
-    """Validate already-parsed TOML ``data``; raise :class:`ConfigError` listing every problem."""
+def _registry(drivers: Registry | None) -> Registry:
     if drivers is None:
         from drivers.registry import DRIVERS  # late: the registry imports every driver module
 
-        drivers = DRIVERS
-    problems = _Problems(one_line(source), drivers)
+        return DRIVERS
+    return drivers
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    source: str = "config",
+    drivers: Registry | None = None,
+    text: str | None = None,
+) -> Config:
+    """Validate already-parsed TOML ``data``; raise :class:`ConfigError` listing every problem.
+
+    ``text``, the file ``data`` was parsed from, lets problems give the line of a sensor's key.
+    """
+    problems = _Problems(one_line(source), _registry(drivers), text)
     if not isinstance(data, Mapping):
         problems.add("(document)", "expected a TOML document (a table of sections)")
         raise ConfigError(problems.lines)
@@ -296,14 +329,20 @@ class _Bad(Exception):
 
 
 class _Problems:
-    """Collects problem lines: ``source: key = value: what is wrong; what is expected``."""
+    """Collects problem lines: ``source: key = value: what is wrong; what is expected``.
 
-    def __init__(self, source: str, drivers: Registry) -> None:
+    Paths are TOML paths (``sensor[0].interval``) everywhere; a path into a ``[[table]]`` with
+    :class:`_Labels` is shown the technician's way (``sensor 'air' (line 14): interval``).
+    """
+
+    def __init__(self, source: str, drivers: Registry, text: str | None = None) -> None:
         self.source = source
         self.drivers = drivers
+        self.text = text
         self.lines: list[str] = []
         # sensor id -> its driver and quantities (name -> unit), for [[alert]]; None: unknown
         self.sensors: dict[str, tuple[str, Mapping[str, str] | None]] = {}
+        self.labels: dict[str, _Labels] = {}  # "sensor" -> how its tables are named
 
     def add(
         self,
@@ -312,8 +351,62 @@ class _Problems:
         value: object = _NO_VALUE,
         show: Callable[[Any], str] = toml_value,
     ) -> None:
-        where = path if value is _NO_VALUE else f"{path} = {show(value)}"
+        where = self._where(path)
+        where = where if value is _NO_VALUE else f"{where} = {show(value)}"
         self.lines.append(f"{self.source}: {where}: {message}")
+
+    def name(self, array: str, tables: Sequence[object], id_key: str | None = "id") -> _Labels:
+        """Name the ``[[array]]`` tables in problem lines from now on (by ``id_key``)."""
+        lines = None if self.text is None else array_table_lines(self.text, array, tables)
+        labels = self.labels[array] = _Labels(array, tables, lines, id_key)
+        return labels
+
+    def _where(self, path: str) -> str:
+        match = _IN_ARRAY.fullmatch(path)
+        labels = None if match is None else self.labels.get(match[1])
+        if match is None or labels is None:
+            return path
+        key = match[3] or ""
+        label = labels.label(int(match[2]), key)
+        return f"{label}: {key}" if key else label
+
+
+_IN_ARRAY = re.compile(r"([a-z]+)\[([0-9]+)\](?:\.(.+))?", re.DOTALL)  # sensor[0].key
+
+
+class _Labels:
+    """How problem lines name the n-th ``[[sensor]]`` (or ``[[device]]``): by its id where it
+    has a usable one, else by its place, and with the line of the key at issue where the text
+    is known: ``sensor 'air' (line 14)``, ``sensor[2] (line 30)``."""
+
+    def __init__(self, array: str, tables: Sequence[object], lines: list[TableLines] | None,
+                 id_key: str | None) -> None:
+        self.array = array
+        self.lines = lines
+        self.ids = [_usable_id(table, id_key) for table in tables]
+
+    def line(self, index: int, key: str = "") -> int | None:
+        """The line of ``key`` in the table, else of the nearest table above it, else none."""
+        if self.lines is None or index >= len(self.lines):
+            return None
+        lines = self.lines[index]
+        while key and key not in lines:
+            key = key.rpartition(".")[0]
+        return lines.get(key)
+
+    def label(self, index: int, key: str = "") -> str:
+        table_id = self.ids[index] if index < len(self.ids) else None
+        label = f"{self.array}[{index}]" if table_id is None else f"{self.array} {table_id!r}"
+        line = self.line(index, key)
+        return label if line is None else f"{label} (line {line})"
+
+
+def _usable_id(table: object, id_key: str | None) -> str | None:
+    """The table's id if it can name the table in a problem line (a valid id prints plainly)."""
+    if id_key is None or not isinstance(table, Mapping):
+        return None
+    value = table.get(id_key)
+    return value if isinstance(value, str) and ID_PATTERN.fullmatch(value) else None
 
 
 class _Field(NamedTuple):
@@ -576,8 +669,9 @@ def _parse_sensors(problems: _Problems, value: object) -> tuple[SensorConfig, ..
         hint = "expected [[sensor]] tables, with double brackets, one per sensor"
         problems.add("sensor", hint, value)
         return None
+    problems.name("sensor", value)
     sensors: list[SensorConfig] = []
-    seen = _Seen()
+    seen = _Seen("sensor")
     read: list[tuple[int, dict[str, Any]]] = []
     for index, item in enumerate(value):
         path = f"sensor[{index}]"
@@ -656,6 +750,8 @@ def _read_sensor(
     listed = ", ".join(driver.options) if driver.options else "(none)"
     valid = f"valid keys are {', '.join(SENSOR_KEYS)}, and the {driver.name} options {listed}"
     values, ok = _read_table(problems, path, table, known | options, valid)
+    if "address" in values:
+        ok = _chip_address(problems, path, driver.name, driver.addresses, values["address"]) and ok
     given = {k: values[k] for k in driver.options if k in values}
     options_ok = all(k in values for k in driver.options if k in table)
     if options_ok:  # rules spanning several options (the ads1115's channels)
@@ -685,7 +781,7 @@ def quantity_name_problem(quantity: str) -> str | None:
                     f"{others}")
     if quantity in TIME_KEYS:
         why = "the time of each point"
-    elif quantity in TAG_KEYS or quantity in EPOCH_TAG_KEYS:
+    elif quantity in TAG_KEYS or quantity in EPOCH_TAG_KEYS or quantity == SIMULATED_TAG[0]:
         why = (f"the tag {quantity} on every reading (a field of the same name would clash "
                "with it)")
     elif quantity in SENSOR_HEALTH_QUANTITIES:
@@ -714,29 +810,55 @@ def _check_quantity_names(problems: _Problems, path: str, driver: type[Driver],
     return ok
 
 
+def _chip_address(problems: _Problems, path: str, chip: str, addresses: Sequence[int],
+                  address: int) -> bool:
+    """Whether ``address`` is one the chip can have (its datasheet's, declared by its driver)."""
+    if address in addresses:
+        return True
+    listed = [f"0x{a:02x}" for a in addresses]
+    either = listed[0] if len(listed) == 1 else f"{', '.join(listed[:-1])} or {listed[-1]}"
+    problems.add(toml_key(path, "address"), f"the {chip} answers only at {either}"
+                 + _decimal_hint(address, addresses), address, toml_hex)
+    return False
+
+
+def _decimal_hint(value: int, addresses: Sequence[int]) -> str:
+    """``address = 76`` for 0x76: the digits, read as hex, are an address that would fit."""
+    try:
+        as_hex = int(str(value), 16)
+    except ValueError:
+        return ""
+    return f"; {value} is decimal: write 0x{as_hex:02x}" if as_hex in addresses else ""
+
+
 Place = tuple[int, int | None, int | None, int]  # bus, mux, channel, address
 
 
 class _Seen:
-    """Sensor ids and places seen so far, to report the second user of each; ``finish`` then
-    checks every place against the multiplexers, which a later sensor may declare."""
+    """Ids and places of the ``[[sensor]]`` (or ``[[device]]``) tables seen so far, to report
+    the second user of each; ``finish`` then checks every place against the multiplexers,
+    which a later table may declare."""
 
-    def __init__(self) -> None:
+    def __init__(self, array: str) -> None:
+        self.array = array
         self.ids: dict[str, int] = {}
         self.places: dict[Place, str] = {}
         self.named: list[tuple[Place, str]] = []
+        self.muxes: set[tuple[int, int]] = set()  # (bus, address) of every multiplexer
 
-    def check(self, problems: _Problems, index: int, values: Mapping[str, Any]) -> None:
-        sensor_id = values.get("id")
-        name = f"sensor[{index}]"
-        if sensor_id is not None:
-            if sensor_id in self.ids:
-                message = (
-                    f"already used by sensor[{self.ids[sensor_id]}]; give each sensor its own id"
-                )
-                problems.add(f"{name}.id", message, sensor_id)
-            self.ids.setdefault(sensor_id, index)
-            name = f"{name} ({sensor_id!r})"
+    def check(self, problems: _Problems, index: int, values: Mapping[str, Any],
+              is_mux: bool = False) -> None:
+        """One table's id and place; ``is_mux``: it is a multiplexer itself (wiring files)."""
+        table_id = values.get("id")
+        name, noun = f"{self.array}[{index}]", self.array
+        labels = problems.labels[self.array]
+        if table_id is not None:
+            if table_id in self.ids:
+                earlier = labels.line(self.ids[table_id])
+                at = "" if earlier is None else f" (line {earlier})"
+                problems.add(f"{name}.id", f"already used by an earlier [[{noun}]]{at}; give "
+                             f"each {noun} its own id", table_id)
+            self.ids.setdefault(table_id, index)
         if not {"bus", "address", "mux", "channel"} <= values.keys():
             return
         bus, address, mux, channel = (values[k] for k in ("bus", "address", "mux", "channel"))
@@ -747,16 +869,18 @@ class _Seen:
             where, fix = f"bus {bus}", "address or bus"
             if mux is not None:
                 where, fix = f"bus {bus} mux 0x{mux:02x} channel {channel}", "address or channel"
-            message = (
-                f"{where} address 0x{address:02x} is already used by "
-                f"sensor {self.places[place]}; give each sensor its own {fix}"
-            )
-            problems.add(name, message)
-        self.places.setdefault(place, repr(sensor_id) if sensor_id else name)
-        self.named.append((place, name))
+            problems.add(name, f"{where} address 0x{address:02x} is already used by "
+                         f"{self.places[place]}; give each {noun} its own {fix}")
+        self.places.setdefault(place, labels.label(index))
+        if mux is not None:
+            self.muxes.add((bus, mux))
+        if is_mux:
+            self.muxes.add((bus, address))
+        else:
+            self.named.append((place, name))
 
     def finish(self, problems: _Problems) -> None:
-        muxes = {(bus, mux) for bus, mux, _, _ in self.places if mux is not None}
+        muxes = self.muxes
         for (bus, mux, channel, address), name in self.named:
             if (bus, address) in muxes:
                 problems.add(name, (
@@ -767,7 +891,7 @@ class _Seen:
             elif mux is not None and (bus, None, None, address) in self.places:
                 problems.add(name, (
                     f"address 0x{address:02x} behind mux 0x{mux:02x} channel {channel} is also "
-                    f"used on bus {bus} itself by sensor {self.places[(bus, None, None, address)]}"
+                    f"used on bus {bus} itself by {self.places[(bus, None, None, address)]}"
                     f"; both would answer whenever channel {channel} is selected, so move one"
                 ))
 
@@ -791,8 +915,10 @@ def _whole(low: int, high: int, what: str = "", *, noun: str = "an integer"
 def _mux(value: object) -> int:
     low, high = MUX_RANGE
     expected = f"expected the multiplexer's address, 0x{low:02x} to 0x{high:02x} (a TCA9548A)"
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, int):
         raise _Bad(expected + _unquote_hint(value))
+    if value not in tca9548a.ADDRESSES:
+        raise _Bad(expected + _decimal_hint(value, tca9548a.ADDRESSES))
     return value
 
 
@@ -933,6 +1059,98 @@ _PER_QUANTITY: dict[str, PerQuantity] = {
     "calibration": _per_quantity("calibration", _CALIBRATION_FIELDS, _make_calibration),
     "plausible": _per_quantity("plausible", _PLAUSIBLE_FIELDS, _make_plausible),
 }
+
+
+# --- the wiring file: what is really on the bus, for --simulate --sim-wiring -------------------
+
+MUX_CHIP = "tca9548a"  # a wiring file may list a multiplexer on its own, with nothing behind it
+
+
+@dataclass(frozen=True, slots=True)
+class WiredDevice:
+    """One ``[[device]]`` of a wiring file: a chip as a technician says it is actually wired,
+    which the simulated world then holds instead of what the config expects (drivers.sim.wiring).
+    """
+
+    chip: str
+    address: int
+    bus: int = DEFAULT_BUS
+    mux: int | None = None  # the TCA9548A it sits behind, with ``channel``
+    channel: int | None = None
+
+
+def load_wiring(path: Path | str, *, drivers: Registry | None = None) -> tuple[WiredDevice, ...]:
+    """Read and validate a wiring file; raise :class:`ConfigError` listing every problem."""
+    source = one_line(str(path))
+    data, text = _read_toml(Path(path), source, "wiring file")
+    return parse_wiring(data, source=source, drivers=drivers, text=text)
+
+
+def parse_wiring(
+    data: Mapping[str, Any],
+    *,
+    source: str = "wiring",
+    drivers: Registry | None = None,
+    text: str | None = None,
+) -> tuple[WiredDevice, ...]:
+    """Validate a parsed wiring file as a config is validated: every problem, one line each.
+
+    A chip can only be wired at an address it can have, so the same per-chip addresses apply;
+    no ``[[device]]`` at all is a bus where nothing is connected.
+    """
+    problems = _Problems(one_line(source), _registry(drivers), text)
+    for key in data:
+        if key != "device":
+            problems.add(toml_key("", key), "unknown key; a wiring file holds [[device]] tables")
+    value = data.get("device", [])
+    if not isinstance(value, list):
+        problems.add("device", "expected [[device]] tables, with double brackets, one per "
+                     "device", value)
+        value = []
+    problems.name("device", value, id_key=None)
+    fields = _wiring_fields(problems.drivers)
+    seen = _Seen("device")
+    devices: list[WiredDevice] = []
+    for index, item in enumerate(value):
+        path = f"device[{index}]"
+        if not isinstance(item, Mapping):
+            problems.add(path, "expected a [[device]] table", item)
+            continue
+        values, ok = _read_table(problems, path, item, fields)
+        chip = values.get("chip")
+        if chip is not None and "address" in values:
+            addresses = (tca9548a.ADDRESSES if chip == MUX_CHIP
+                         else problems.drivers[chip].addresses)
+            ok = _chip_address(problems, path, chip, addresses, values["address"]) and ok
+        ok = _mux_pair(problems, path, item) and ok
+        if chip == MUX_CHIP and "mux" in item:
+            problems.add(toml_key(path, "mux"), "a multiplexer behind a multiplexer is not "
+                         "simulated; wire it to the bus itself", item["mux"], toml_hex)
+            ok = False
+        seen.check(problems, index, values, is_mux=chip == MUX_CHIP)
+        if ok:
+            devices.append(WiredDevice(**values))
+    seen.finish(problems)
+    if problems.lines:
+        raise ConfigError(problems.lines)
+    return tuple(devices)
+
+
+def _wiring_fields(drivers: Registry) -> dict[str, _Field]:
+    chips = sorted([*drivers, MUX_CHIP])
+
+    def chip(value: object) -> str:
+        if not isinstance(value, str) or value not in chips:
+            raise _Bad("unknown chip; expected one of " + ", ".join(map(toml_quote, chips)))
+        return value
+
+    return {
+        "chip": _Field(chip, REQUIRED, 'chip = "bme280"'),
+        "address": _Field(_address, REQUIRED, "address = 0x76", toml_hex),
+        "bus": _Field(_bus, DEFAULT_BUS, ""),
+        "mux": _Field(_mux, None, "", toml_hex),
+        "channel": _Field(_whole(*CHANNEL_RANGE, " (the multiplexer channel)"), None, ""),
+    }
 
 
 # --- [uplink] ----------------------------------------------------------------------------------

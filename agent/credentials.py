@@ -146,10 +146,20 @@ def read_token(path: Path) -> Secret:
         raise CredentialError(
             f"the upload token file {path} has a space, line break, control or non-ASCII "
             f"character at byte {bad + 1}; it must hold the token alone, on one line") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("the upload token file %s can be read by other users (mode %04o); "
-                    "chmod 600 it", path, stat.S_IMODE(mode))
+    exposed = exposure(path, mode)
+    if exposed is not None:
+        log.warning("%s", exposed)
     return Secret(text.decode("ascii"))
+
+
+def exposure(path: Path, mode: int) -> str | None:
+    """Why a token file with ``mode`` is too open, or None: the one rule of ``run``'s warning
+    and of ``doctor``'s check, so the two never disagree."""
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        named = "named by uplink.token_file" if looks_like_token(path) else str(path)
+        return (f"the upload token file {named} can be read by other users (mode "
+                f"{stat.S_IMODE(mode):04o}); chmod 600 it")
+    return None
 
 
 def load_token(token_file: Path | None, environ: Mapping[str, str]) -> Secret | None:

@@ -2,13 +2,17 @@
 one thing to do next.
 
 The checks, in order: the I2C device files, each sensor (answers, is the configured chip) and N
-test samples of it, the clock, free space against ``storage.max_bytes``, the outbox's integrity,
-the backlog's age, and -- with ``[uplink]`` -- DNS, TCP, TLS and an authenticated empty write.
-A check that cannot run because an earlier one failed is SKIP (never counted as a problem).
+test samples of it, the clock, the data directory (writable by the service's user, and held by
+no agent but the running one), free space against ``storage.max_bytes``, the outbox's integrity,
+the backlog's age, and -- with ``[uplink]`` -- the token file's mode, DNS, TCP, TLS and an
+authenticated empty write. A check that cannot run because an earlier one failed is SKIP (never
+counted as a problem).
 
-Nothing here writes: the database is opened read-only, the write probe carries no reading, and
-the sensor checks are skipped on real hardware while ``envagent run`` holds the bus (they would
-switch multiplexer channels and restart measurements under its feet).
+Nothing here writes: the database is opened read-only, the write probe carries no reading, the
+data directory's lock is only tried (a free one is taken and let go at once, its file left as
+a stopped agent leaves it; none is created), and the sensor checks are skipped on real hardware
+while ``envagent run`` holds the bus (they would switch multiplexer channels and restart
+measurements under its feet).
 
 Exit code: 0 when nothing FAILs (WARNs allowed), 1 when a check FAILs (cli.py documents it).
 """
@@ -90,6 +94,10 @@ class Doctor:
     disk_usage: Callable[[Path], DiskUsage] = field(
         default=lambda p: DiskUsage(*shutil.disk_usage(p)))
     daemon_pid: Callable[[], int | None] = field(default=lambda: running_agent())
+    # Why there is no config file, only the station record (agent.station): the checks that need
+    # the sensors' and the uplink's settings are SKIPs saying so.
+    without_config: str | None = None
+    service_user: str = SERVICE_USER  # whose writes the data directory must take
 
     def run(self) -> list[Check]:
         # imported here: those modules import Check and Status from this one
@@ -97,17 +105,28 @@ class Doctor:
         from agent.doctor_sensors import check_sensors
 
         checks: list[Check] = []
-        with self._buses(checks) as buses:
-            checks += _guarded("sensors", lambda: check_sensors(
-                self.config, buses, self.clock, self.samples,
-                busy=None if self.simulate else self.daemon_pid()))
+        if self.without_config is not None:
+            checks.append(Check("i2c and sensors", Status.SKIP, f"not checked: "
+                                f"{self.without_config}; pass --config PATH to check them"))
+        else:
+            with self._buses(checks) as buses:
+                checks += _guarded("sensors", lambda: check_sensors(
+                    self.config, buses, self.clock, self.samples,
+                    busy=None if self.simulate else self.daemon_pid()))
         checks += _guarded("clock", lambda: [check_clock(self.clock)])
+        checks += _guarded("data directory", lambda: [doctor_storage.check_data_dir(
+            self.data_dir, None if self.simulate else self.service_user)])
+        checks += _guarded("lock", lambda: [doctor_storage.check_lock(self.data_dir,
+                                                                      self.daemon_pid)])
         checks += _guarded("free space", lambda: [doctor_storage.check_free_space(
             self.config, self.data_dir, self.disk_usage)])
         checks += _guarded("database", lambda: [doctor_storage.check_database(self.data_dir)])
         checks += _guarded("backlog", lambda: [doctor_storage.check_backlog(
             self.config, self.data_dir, self.clock)])
-        if self.config.uplink is not None:
+        if self.config.uplink is not None and self.without_config is not None:
+            checks.append(Check("uplink", Status.SKIP, f"not checked: {self.without_config}; "
+                                "pass --config PATH to check DNS, TCP, TLS and the token"))
+        elif self.config.uplink is not None:
             checks += _guarded("uplink", lambda: doctor_uplink.check_uplink(
                 self.config, self.environ, self.token_source))
         return checks
@@ -167,12 +186,26 @@ def check_device(path: Path, number: int) -> Check:
 
 
 def check_clock(clock: Clock) -> Check:
+    """WARN while this boot's readings are held for the clock (it may still synchronise), FAIL
+    once the hold is over and they go upstream flagged, with an untrusted time."""
+    # here: build_parser imports this module for every command; timekeeping loads the outbox
+    from agent.timekeeping import HOLD_UNSYNCED_S, SYNC_ADVICE
+
     synced = clock.synchronized()
     if synced:
         return Check("clock", Status.PASS, "synchronised")
-    what = "not synchronised" if synced is False else "cannot tell whether it is synchronised"
-    return Check("clock", Status.WARN, f"{what}: new readings are held until it is, then "
-                 "re-stamped", "timedatectl status (is NTP active and a server reachable?)")
+    if synced is None:
+        return Check("clock", Status.WARN, "cannot tell whether it is synchronised (the "
+                     "kernel does not say): readings are sent as they are stamped", SYNC_ADVICE)
+    up = clock.boottime()
+    if up < HOLD_UNSYNCED_S:
+        return Check("clock", Status.WARN, f"not synchronised, {human_age(up)} after boot: this "
+                     "boot's readings are held from delivery until it is (then re-stamped "
+                     f"with their true time), {human_age(HOLD_UNSYNCED_S - up)} more at most; "
+                     "after that they go upstream flagged clock_unsynced", SYNC_ADVICE)
+    return Check("clock", Status.FAIL, f"not synchronised {human_age(up)} after boot: readings "
+                 "go upstream flagged clock_unsynced, their time not trusted (the hold for it "
+                 f"ends {human_age(HOLD_UNSYNCED_S)} after boot)", SYNC_ADVICE)
 
 
 def running_agent(proc: Path = Path("/proc")) -> int | None:
@@ -242,3 +275,14 @@ def sample_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_SAMPLES}, "
                                          f"got {text!r}")
     return value
+
+
+def human_age(seconds: float) -> str:
+    """A duration for a check's detail: 45 s, 12 min, 3.5 h, 2.0 d."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"

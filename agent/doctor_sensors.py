@@ -11,7 +11,6 @@ them, so the slowest sensor (an SCD4x: 5 s per measurement) sets the time.
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +20,9 @@ from agent.config import Config, SensorConfig
 from agent.daemon import make_drivers
 from agent.doctor import Check, Status
 from agent.processing import Processed, Processor
+from drivers.ads1115 import GAINS, parse_channels
 from drivers.base import Driver, Quality
-from drivers.bus import Bus
+from drivers.bus import Bus, describe_error
 from drivers.clock import Clock
 from drivers.errors import WrongChipError
 from drivers.registry import DRIVERS, IDENTIFIERS
@@ -43,7 +43,6 @@ RELATIVE_SPREAD: Mapping[str, tuple[float, float]] = {  # quantity -> (fraction,
     "illuminance": (0.25, 5.0),  # lx
     "pm1": (0.5, 10.0), "pm2_5": (0.5, 10.0), "pm10": (0.5, 10.0),  # µg/m³
 }
-SUSPECT = Quality.OUT_OF_RANGE | Quality.CLIPPED
 WIRING = ("check its wiring (SDA, SCL, 3.3 V, GND) and address; `envagent scan` lists what "
           "answers")
 
@@ -82,7 +81,8 @@ def _check_one(sensor: SensorConfig, driver: Driver, samples: int) -> list[Check
             return [identity, Check(f"samples {sensor.id}", Status.SKIP, why)]
         return [identity, _samples(sensor, driver, samples, set_up)]
     except Exception as exc:  # noqa: BLE001 - one sensor's bug must not end the doctor
-        return [Check(f"sensor {sensor.id}", Status.FAIL, f"check failed: {_describe(exc)}")]
+        return [Check(f"sensor {sensor.id}", Status.FAIL,
+                      f"check failed: {describe_error(exc, driver.where)}")]
     finally:
         with contextlib.suppress(Exception):  # the chip may already be gone
             driver.close()
@@ -106,7 +106,7 @@ def _identity(sensor: SensorConfig, driver: Driver) -> tuple[Check, bool]:
                      f"fit a {wanted}, or set driver = to the chip fitted"), False
     except Exception as exc:  # noqa: BLE001 - any bus or chip error is the finding
         return Check(name, Status.FAIL, f"answers at {where}, but setup failed: "
-                     f"{_describe(exc)}", WIRING), False
+                     f"{describe_error(exc, where)}", WIRING), False
     return Check(name, Status.WARN, f"answers at {where} and sets up as a {wanted}, but the "
                  "chip cannot be identified for sure",
                  "if its values look wrong, read the part number printed on the chip"), True
@@ -125,7 +125,8 @@ def _samples(sensor: SensorConfig, driver: Driver, count: int, set_up: bool) -> 
         if not set_up:
             driver.setup()
     except Exception as exc:  # noqa: BLE001
-        return Check(name, Status.FAIL, f"setup failed: {_describe(exc)}", WIRING)
+        return Check(name, Status.FAIL, f"setup failed: {describe_error(exc, driver.where)}",
+                     WIRING)
     processor = Processor.for_sensor(sensor)
     taken: list[list[Processed]] = []
     errors: list[str] = []
@@ -133,7 +134,7 @@ def _samples(sensor: SensorConfig, driver: Driver, count: int, set_up: bool) -> 
         try:
             taken.append(processor.sample(driver.read))
         except Exception as exc:  # noqa: BLE001 - a failed sample is what this check counts
-            errors.append(_describe(exc))
+            errors.append(describe_error(exc, driver.where))
     if not taken:
         return Check(name, Status.FAIL, f"0 of {count} samples: {errors[0]}",
                      "a sensor that sets up but cannot be read is often underpowered or on "
@@ -143,10 +144,34 @@ def _samples(sensor: SensorConfig, driver: Driver, count: int, set_up: bool) -> 
     if errors:
         problems.insert(0, f"{len(errors)} failed ({errors[0]})")
     if problems:
-        return Check(name, Status.WARN, f"{detail}; {'; '.join(problems)}",
-                     "noisy or failing reads: check for a loose wire, a heat source or "
-                     "moisture near the sensor")
+        clipped = [p.quantity for sample in taken for p in sample if p.quality & Quality.CLIPPED]
+        hint = clipped_hint(sensor, clipped[0]) if clipped else (
+            "noisy or failing reads: check for a loose wire, a heat source or moisture near "
+            "the sensor")
+        return Check(name, Status.WARN, f"{detail}; {'; '.join(problems)}", hint)
     return Check(name, Status.PASS, detail)
+
+
+def clipped_hint(sensor: SensorConfig, quantity: str) -> str:
+    """What to change when a chip reads the end of its scale: a setting, not the wiring."""
+    if sensor.driver == "ads1115":
+        channels, _ = parse_channels(sensor.options)
+        channel = next((c for c in channels if c.quantity == quantity), None)
+        if channel is not None:
+            key = f"channel{channel.number}_gain"
+            larger = [f"{g:g}" for g in sorted(GAINS) if g > channel.gain]
+            choose = (f"set {key} to a larger range ({', '.join(larger)} V: the smallest above "
+                      "the probe's highest voltage)" if larger else
+                      "divide the probe's voltage down: this is the ADS1115's largest range")
+            return (f"AIN{channel.number} is beyond its full-scale range, {key} = "
+                    f"{channel.gain:g} V: {choose}")
+    if sensor.driver == "bh1750":
+        fix = ('set resolution = "high" (high2 saturates at half the light), or lower mtreg'
+               if sensor.options.get("resolution") == "high2" else
+               "lower mtreg (31 reaches full sunshine, ~120 klx)")
+        return f"the light is beyond what the BH1750 measures with these settings: {fix}"
+    return (f"{quantity} is at the end of the {sensor.driver}'s scale: check that the sensor "
+            "is not wet, covered or next to a heat source")
 
 
 def spreads(sensor: SensorConfig, taken: Sequence[Sequence[Processed]]) -> tuple[str, list[str]]:
@@ -159,8 +184,10 @@ def spreads(sensor: SensorConfig, taken: Sequence[Sequence[Processed]]) -> tuple
         values = [p.value for p in got if math.isfinite(p.value)]
         unit = got[0].unit
         warming |= any(p.quality & Quality.WARMUP for p in got)
-        if any(p.quality & SUSPECT for p in got):
-            problems.append(f"{quantity} outside the chip's range")
+        if any(p.quality & Quality.CLIPPED for p in got):
+            problems.append(f"{quantity} clipped at the end of the chip's scale")
+        elif any(p.quality & Quality.OUT_OF_RANGE for p in got):
+            problems.append(f"{quantity} out of range")
         if not values:
             parts.append(f"{quantity} not a number")
             continue
@@ -186,10 +213,3 @@ def spread_limit(sensor: SensorConfig, quantity: str, mean: float) -> float | No
 def _number(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
-
-def _describe(exc: BaseException) -> str:
-    """One line: the errno's name for a bus error (EREMOTEIO: no answer), else the message."""
-    if isinstance(exc, OSError) and exc.errno is not None:
-        name = errno.errorcode.get(exc.errno, str(exc.errno))
-        return f"{name} ({exc.strerror or exc})"
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -23,6 +23,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,11 +37,13 @@ from agent.credentials import (
     CredentialError,
     Secret,
     check_environment,
+    exposure,
+    looks_like_token,
     read_token,
     token_path,
 )
 from agent.doctor import Check, Status
-from agent.errors import ConfigError
+from agent.errors import ConfigError, describe
 from agent.sinks import Failure, Reply
 from agent.uplink import build_sink
 
@@ -55,8 +58,10 @@ def check_uplink(config: Config, environ: Mapping[str, str], token_source: Path)
     parts = urlsplit(settings.url)
     host, https = parts.hostname or "", parts.scheme.lower() == "https"
     port = parts.port or (443 if https else 80)
+    path, origin = _token_source(settings, environ, token_source)
+    token = None if path is None else check_token_file(path, origin)
     dns, addresses = _dns(host, port)
-    checks = [dns]
+    checks = ([] if token is None else [token]) + [dns]
     if not addresses:
         return checks + _skipped(("tcp", "tls", "auth"), "name resolution failed")
     tcp, sock = _tcp(host, port, addresses, settings.connect_timeout)
@@ -137,7 +142,7 @@ def _tls(sock: socket.socket, host: str, settings: UplinkConfig) -> Check:
             context.load_cert_chain(settings.client_cert, settings.client_key)
     except (OSError, ssl.SSLError) as exc:
         return Check("uplink tls", Status.FAIL, f"cannot load the CA or client certificate: "
-                     f"{exc}", "check uplink.ca_file, client_cert and client_key")
+                     f"{_ssl_reason(exc)}", "check uplink.ca_file, client_cert and client_key")
     try:
         with context.wrap_socket(sock, server_hostname=host) as tls:
             cert, version = tls.getpeercert() or {}, tls.version()
@@ -146,7 +151,7 @@ def _tls(sock: socket.socket, host: str, settings: UplinkConfig) -> Check:
                      f"{exc.verify_message}", "set uplink.ca_file to the CA that signed it "
                      "(verification is never turned off)")
     except (OSError, ssl.SSLError) as exc:
-        return Check("uplink tls", Status.FAIL, f"TLS handshake failed: {exc}",
+        return Check("uplink tls", Status.FAIL, f"TLS handshake failed: {_ssl_reason(exc)}",
                      "is the port in uplink.url an https port?")
     expires = cert.get("notAfter")
     if not isinstance(expires, str):
@@ -159,29 +164,69 @@ def _tls(sock: socket.socket, host: str, settings: UplinkConfig) -> Check:
     return Check("uplink tls", Status.PASS, detail)
 
 
+def _ssl_reason(exc: OSError) -> str:
+    """OpenSSL's reason in words (``WRONG_VERSION_NUMBER`` -> ``wrong version number``), or the
+    file and what is wrong with it, never ``[SSL: ...] ... (_ssl.c:1006)``."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).lower().replace("_", " ")
+    return describe(exc)
+
+
 def _auth(config: Config, settings: UplinkConfig, environ: Mapping[str, str],
           token_source: Path) -> Check:
     try:
         check_environment(environ)  # `envagent run` refuses to start with a token there
     except ConfigError as exc:
         return Check("uplink auth", Status.FAIL, exc.problems[0], None)
-    path, origin = token_path(settings.token_file, environ), "uplink.token_file"
-    if settings.token_file is None and path is not None:
-        origin = "$CREDENTIALS_DIRECTORY"
-    if path is None and token_source.exists():
-        path, origin = token_source, "the service's LoadCredential= file"
+    path, origin = _token_source(settings, environ, token_source)
     token: Secret | None = None
+    # a token pasted in place of the file's name is never repeated (credentials.read_token)
+    named = None if path is None else (f"{origin}, whose value looks like a token (not repeated "
+                                       "here)" if looks_like_token(path) else f"{path} ({origin})")
     if path is not None:
         if path.exists() and not os.access(path, os.R_OK):
-            return Check("uplink auth", Status.WARN, f"cannot read the token file {path} "
-                         f"({origin}) as this user: authentication not tested",
+            return Check("uplink auth", Status.WARN, f"cannot read the token file {named} as "
+                         "this user: authentication not tested",
                          "run it as root: sudo envagent doctor")
         try:
             token = read_token(path)
         except CredentialError as exc:
             return Check("uplink auth", Status.FAIL, str(exc), None)
     reply = _probe(config, settings, token)
-    return judge(reply, None if path is None else f"{path} ({origin})")
+    return judge(reply, named)
+
+
+def _token_source(settings: UplinkConfig, environ: Mapping[str, str],
+                  token_source: Path) -> tuple[Path | None, str]:
+    """The token file the agent would read, and where that name comes from."""
+    path, origin = token_path(settings.token_file, environ), "uplink.token_file"
+    if settings.token_file is None and path is not None:
+        origin = "$CREDENTIALS_DIRECTORY"
+    if path is None and token_source.exists():
+        path, origin = token_source, "the service's LoadCredential= file"
+    return path, origin
+
+
+def check_token_file(path: Path, origin: str) -> Check | None:
+    """WARN when other users can read the token file, by the rule ``run`` warns with
+    (credentials.exposure); None when it is missing, or when its name looks like the token
+    itself (the auth check says so, without repeating it)."""
+    if looks_like_token(path):
+        return None
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return Check("uplink token", Status.SKIP, f"not checked: cannot look at {path} "
+                     f"({origin}): {exc.strerror or type(exc).__name__}")
+    exposed = exposure(path, mode)
+    if exposed is not None:
+        return Check("uplink token", Status.WARN, f"{exposed} ({origin})",
+                     f"sudo chmod 600 {path}: the service reads it as its owner (or through "
+                     "LoadCredential=, as root)")
+    return Check("uplink token", Status.PASS, f"{path} ({origin}) can be read by its owner "
+                 f"only (mode {stat.S_IMODE(mode):04o})")
 
 
 def _probe(config: Config, settings: UplinkConfig, token: Secret | None) -> Reply:

@@ -15,6 +15,10 @@ before they are delivered, upstream also gets them at their true time, flagged C
 
 Streamed in outbox order, in chunks: a million-reading backlog needs the memory of a few thousand.
 
+A rehearsal's readings (``--simulate``, agent.rehearsal) are marked as upstream gets them: the
+CSV column and JSONL key ``simulated`` is true (false for a real unit's), ``lp`` lines carry the
+tag ``simulated=true``.
+
 What ``--output`` may not touch: the outbox and its ``-wal``/``-shm``/``-journal``, whatever the
 path (relative, through a symlink, a hard link), even with ``--force`` -- the file is replaced by
 a rename, which would take the undelivered readings with it. An existing file is replaced only
@@ -54,7 +58,8 @@ from agent.sinks import reading_id
 
 FORMATS = ("csv", "jsonl", "lp")
 COLUMNS = ("id", "unit", "site", "sensor", "driver", "quantity", "value", "nonfinite", "uom",
-           "time", "time_ns", "quality", "synced", "boot_id", "boot_ns", "calibration")
+           "time", "time_ns", "quality", "synced", "boot_id", "boot_ns", "calibration",
+           "simulated")
 CHUNK = 5000  # readings per fetch and per write
 NS = 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -106,21 +111,24 @@ def iso_ns(time_ns: int) -> str:
 @dataclass(frozen=True, slots=True)
 class Station:
     """What a reading's export adds to it: the names the uplink would send with it (``epochs``:
-    the commissioning tags by sample time, agent.metadata -- ``lp`` lines carry them)."""
+    the commissioning tags by sample time, agent.metadata -- ``lp`` lines carry them), and
+    whether it is a rehearsal's (``simulated``: marked in every format, as upstream)."""
 
     unit: str
     site: str
     drivers: dict[str, str]
     measurement: str = "envagent"
     epochs: Epochs = ()
+    simulated: bool = False
 
     @classmethod
-    def from_config(cls, config: Config, data_dir: Path | None = None) -> Station:
+    def from_config(cls, config: Config, data_dir: Path | None = None, *,
+                    simulated: bool = False) -> Station:
         """The station of ``config``, with the commissioning records in ``data_dir``."""
         measurement = "envagent" if config.uplink is None else config.uplink.measurement
         records = None if data_dir is None else metadata.load(data_dir)
         return cls(config.unit.id, config.unit.site, {s.id: s.driver for s in config.sensors},
-                   measurement, tuple(metadata.epochs(records or [])))
+                   measurement, tuple(metadata.epochs(records or [])), simulated)
 
     def record(self, r: Reading) -> dict[str, Any]:
         """One reading's fields, as JSONL writes them (``nonfinite`` only when not finite)."""
@@ -131,6 +139,7 @@ class Station:
             "value": None if nonfinite else r.value, "uom": r.unit, "time": iso_ns(r.time_ns),
             "time_ns": r.time_ns, "quality": quality_of(r), "synced": r.synced,
             "boot_id": r.boot_id, "boot_ns": r.boot_ns, "calibration": r.calibration,
+            "simulated": self.simulated,
         }
         if nonfinite:
             item["nonfinite"] = nonfinite
@@ -235,7 +244,7 @@ def _writer(fmt: str, out: IO[str], station: Station) -> Callable[[Sequence[Read
                                                     separators=(",", ":")) + "\n"
                                          for item in map(station.record, rs))
     encoder = LineProtocolEncoder(unit=station.unit, site=station.site, drivers=station.drivers,
-                                  measurement=station.measurement)
+                                  measurement=station.measurement, simulated=station.simulated)
     encoder.set_epochs(station.epochs)
     return lambda rs: out.writelines(line + "\n" for line in encoder.lines(rs))
 

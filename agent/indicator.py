@@ -11,6 +11,9 @@ ok            one short flash (0.2 s) every 5 s                   a heartbeat: a
 degraded      even slow blink, 0.5 s on / 0.5 s off (1 Hz)        working, but a sensor is failing
 offline       two short flashes, then a pause (every 2 s)         sampling and storing, upstream
                                                                   unreachable, backlog growing
+holding       one long flash and one short, then a pause          readings held for the clock: it
+              (every 3 s)                                         is not synchronised (no NTP),
+                                                                  nothing goes upstream yet
 alert         three short flashes, then a pause (every 2.5 s)     a threshold alert ([[alert]]) is
                                                                   firing: look at the readings
 fatal         SOS in Morse (... --- ...), every 5.1 s             needs a technician: storage
@@ -23,8 +26,8 @@ A steady LED, on or off, never means a condition: every pattern keeps changing, 
 dark LED that does not change for 10 s means the agent is not running (no power, stopped, or
 hung with the pin left where it was). That is why fatal is not "steady on": a crashed process
 leaves exactly that behind. Only the most urgent condition shows (identify > fatal > alert >
-offline > degraded > ok); ``envagent status`` tells the rest. The ok heartbeat lights the LED
-4 % of the time, so it costs almost nothing on a solar budget.
+offline > holding > degraded > ok); ``envagent status`` tells the rest. The ok heartbeat lights
+the LED 4 % of the time, so it costs almost nothing on a solar budget.
 
 Timing goes through the injected clock (``wait(event, seconds)``) so tests can step through a
 pattern; gpiozero's devices come from the injected pin factory (the ``run`` command passes the
@@ -61,6 +64,7 @@ class Condition(enum.StrEnum):
     OFFLINE = "offline"  # upstream unreachable and the backlog growing
     FATAL = "fatal"  # storage unusable or upstream refusing our credentials
     ALERT = "alert"  # a threshold alert is firing (agent.alerts)
+    HOLDING = "holding"  # readings held from delivery for the clock (agent.timekeeping)
     IDENTIFY = "identify"
 
 
@@ -69,7 +73,7 @@ UPLINK_STATES = frozenset({"ok", "offline", "auth", "disabled"})
 
 
 def condition(sensor_states: Iterable[str], uplink_state: str, storage_ok: bool,
-              *, alert: bool = False) -> Condition:
+              *, alert: bool = False, holding: bool = False) -> Condition:
     """The condition to show, the most urgent first.
 
     ``sensor_states`` are the sensors' health states (``agent.sampler.State`` values work as
@@ -77,7 +81,9 @@ def condition(sensor_states: Iterable[str], uplink_state: str, storage_ok: bool,
     growing), "auth" (upstream refuses our credentials) or "disabled" (no ``[uplink]``: keeping
     readings is then the plan, not a problem). ``storage_ok``: the outbox can store readings.
     ``alert``: a threshold alert is firing; it outranks offline, because what the technician
-    came about may be the air or the water, not the unit.
+    came about may be the air or the water, not the unit. ``holding``: readings are held for
+    the clock; below offline (then nothing could go anyway), above a failing sensor, because
+    until the clock is synchronised nothing of the unit reaches upstream.
     An unknown state is a wiring mistake and raises ValueError.
     """
     if uplink_state not in UPLINK_STATES:
@@ -94,6 +100,8 @@ def condition(sensor_states: Iterable[str], uplink_state: str, storage_ok: bool,
         return Condition.ALERT
     if uplink_state == "offline":
         return Condition.OFFLINE
+    if holding:
+        return Condition.HOLDING
     if any(state in ("warning", "failed") for state in states):
         return Condition.DEGRADED
     return Condition.OK
@@ -120,6 +128,7 @@ PATTERNS: Mapping[Condition, Pattern] = MappingProxyType({
     Condition.DEGRADED: (0.5, 0.5),
     Condition.OFFLINE: (0.2, 0.3, 0.2, 1.3),
     Condition.ALERT: (0.2, 0.3, 0.2, 0.3, 0.2, 1.3),
+    Condition.HOLDING: (1.0, 0.3, 0.2, 1.5),  # long, short: unlike any other rhythm here
     Condition.FATAL: _sos(MORSE_UNIT_S),
     Condition.IDENTIFY: (0.1, 0.1),
 })

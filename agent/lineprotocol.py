@@ -30,6 +30,10 @@ commissioning facts ``mounting_height`` and ``shield`` (agent.metadata). A line 
 the epoch its *sample time* falls in, not the latest ones, so a re-commissioning never changes
 how an earlier reading is encoded.
 
+A rehearsal's readings (``envagent run --simulate --deliver``, agent.rehearsal) carry the tag
+``simulated=true`` on every line, so a dashboard or a query can leave them out (``simulated!=
+"true"``); a real unit's lines have no such tag, so its series are not split by it.
+
 The output depends only on the readings, the tags and the epochs given, so a replayed batch is
 byte-identical and stores that collapse identical points keep one copy.
 """
@@ -54,6 +58,7 @@ DERIVED_FIELDS = {QUALITY_SUFFIX: "the quality flags",
                   NONFINITE_SUFFIX: "the NaN or infinite values"}
 TAG_KEYS = ("driver", "sensor", "site", "unit")  # of every line, besides its epoch's
 EPOCH_TAG_KEYS = ("mounting_height", "shield")  # agent.commission.reading_tags
+SIMULATED_TAG = ("simulated", "true")  # on every line of a rehearsal (agent.rehearsal)
 # Field keys a backend keeps for the time of a point: InfluxDB refuses a field called time (since
 # 1.2.4); a QuestDB table made from line protocol has its designated "timestamp" column.
 TIME_KEYS = ("time", "timestamp")
@@ -201,15 +206,17 @@ class LineProtocolEncoder:
     """Encodes a batch of readings from one unit; ``drivers`` maps sensor id to driver name.
 
     Tags with an empty value are left out (line protocol has no empty tag values); so is the
-    ``driver`` tag of a sensor no longer in the configuration.
+    ``driver`` tag of a sensor no longer in the configuration. ``simulated``: every line gets
+    the tag ``simulated=true`` (a rehearsal's readings).
     """
 
     content_type = CONTENT_TYPE
 
     def __init__(self, *, unit: str, site: str, drivers: Mapping[str, str],
-                 measurement: str = "envagent") -> None:
+                 measurement: str = "envagent", simulated: bool = False) -> None:
         self._measurement = escape_measurement(measurement)
         self._unit, self._site = unit, site
+        self._mark = dict([SIMULATED_TAG]) if simulated else {}
         self._drivers = dict(drivers)
         self._starts: list[int] = []  # epoch start times, ascending
         self._extra: list[Mapping[str, str]] = [{}]  # per epoch + 1: index 0 is before any
@@ -231,7 +238,7 @@ class LineProtocolEncoder:
             # alerts): those series stay whole across a re-commissioning
             extra = self._extra[epoch + 1] if sensor in self._drivers else {}
             own = (self._drivers.get(sensor, ""), sensor, self._site, self._unit)
-            tags = {**extra, **dict(zip(TAG_KEYS, own, strict=True))}
+            tags = {**extra, **dict(zip(TAG_KEYS, own, strict=True)), **self._mark}
             tag_text = "".join(f",{escape_key(k)}={escape_key(v)}"
                                for k, v in sorted(tags.items()) if v)
             prefix = prefixes[sensor] = f"{self._measurement}{tag_text} "

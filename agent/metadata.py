@@ -58,7 +58,7 @@ from agent.commission import (
 )
 from agent.config import Config, UplinkConfig
 from agent.credentials import Secret
-from agent.lineprotocol import escape_key, escape_measurement
+from agent.lineprotocol import SIMULATED_TAG, escape_key, escape_measurement
 from agent.sinks import HttpSink
 from agent.uplink import Outcome, backoff_delay, classify, retry_after_seconds
 from drivers.clock import Clock
@@ -116,12 +116,15 @@ def _number(value: object) -> bool:
 
 
 def line_protocol(records: Sequence[Record], *, measurement: str, unit: str,
-                  site: str) -> bytes:
-    """One point per record (see the module docstring), escaped as the readings' lines."""
+                  site: str, simulated: bool = False) -> bytes:
+    """One point per record (see the module docstring), escaped as the readings' lines; a
+    rehearsal's (``simulated``) with the readings' tag ``simulated=true``."""
     name = escape_measurement(measurement + MEASUREMENT_SUFFIX)
     lines = []
     for r in records:
         tags = {"unit": unit, "site": site}
+        if simulated:
+            tags.update([SIMULATED_TAG])
         for key, tag in TAGS:
             if isinstance(r.get(key), str):
                 tags[tag] = r[key]
@@ -142,9 +145,13 @@ def line_protocol(records: Sequence[Record], *, measurement: str, unit: str,
     return "".join(lines).encode("utf-8")
 
 
-def json_document(records: Sequence[Record], *, unit: str) -> bytes:
-    """:func:`agent.commission.metadata_document` as UTF-8 JSON, as the batches are written."""
-    return json.dumps(metadata_document(unit, records), ensure_ascii=False, allow_nan=False,
+def json_document(records: Sequence[Record], *, unit: str, simulated: bool = False) -> bytes:
+    """:func:`agent.commission.metadata_document` as UTF-8 JSON, as the batches are written; a
+    rehearsal's (``simulated``) says ``"simulated": true``, as its batches do."""
+    document = metadata_document(unit, records)
+    if simulated:
+        document["simulated"] = True
+    return json.dumps(document, ensure_ascii=False, allow_nan=False,
                       separators=(",", ":")).encode("utf-8")
 
 
@@ -239,10 +246,13 @@ class Commissioning:
 
 def build_commissioning(config: Config, settings: UplinkConfig, data_dir: Path,
                         clock: Clock,
-                        held_boot: Callable[[], str | None] = lambda: None) -> Commissioning:
-    """The commissioning sender of the real uplink, in its format."""
+                        held_boot: Callable[[], str | None] = lambda: None, *,
+                        simulated: bool = False) -> Commissioning:
+    """The commissioning sender of the real uplink, in its format (marked a rehearsal's with
+    ``simulated``, agent.rehearsal)."""
     unit = config.unit
-    body: Body = (functools.partial(json_document, unit=unit.id) if settings.format == "json"
+    body: Body = (functools.partial(json_document, unit=unit.id, simulated=simulated)
+                  if settings.format == "json"
                   else functools.partial(line_protocol, measurement=settings.measurement,
-                                         unit=unit.id, site=unit.site))
+                                         unit=unit.id, site=unit.site, simulated=simulated))
     return Commissioning(data_dir, body, settings, clock=clock, held_boot=held_boot)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import logging
 import math
 import threading
@@ -23,6 +22,7 @@ from agent.processing import Processor
 from agent.reading import Reading
 from agent.scheduler import Schedule
 from drivers.base import Driver, Quality
+from drivers.bus import describe_error
 from drivers.clock import Clock
 
 log = logging.getLogger("envagent.sensor")
@@ -196,8 +196,6 @@ class SensorWorker:
 
 
 def _describe(exc: BaseException) -> str:
-    """An error in one line: errno name for bus errors, the message otherwise."""
-    if isinstance(exc, OSError) and exc.errno is not None:
-        name = errno.errorcode.get(exc.errno, str(exc.errno))
-        return f"{name} ({exc.strerror or exc})"
-    return f"{type(exc).__name__}: {exc}"
+    """An error in one sentence for the log and ``envagent status`` (drivers.bus.describe_error:
+    "no answer: check wiring, power and address"); the sensor's label already says where."""
+    return describe_error(exc)

@@ -1,10 +1,11 @@
 """``envagent run``: sampling, delivery, watchdog and status LED, composed and torn down in order.
 
-Start-up: outbox open (salvaged if damaged), sensor threads started, READY=1 once every sensor
-has tried its first setup. Shutdown (SIGTERM, SIGINT, ``--duration``): STOPPING=1, delivery
-starts no new POST, sensors stop, everything sampled is committed, and delivery stops once the
-POST in flight, if any, is acknowledged -- or after ``uplink.STOP_GRACE_S``, cut short with its
-batch still in the outbox. A clean stop replays nothing.
+Start-up: outbox open (salvaged if damaged), the station record written (agent.station; only
+when it changed), sensor threads started, READY=1 once every sensor has tried its first setup.
+Shutdown (SIGTERM, SIGINT, ``--duration``): STOPPING=1, delivery starts no new POST, sensors
+stop, everything sampled is committed, and delivery stops once the POST in flight, if any, is
+acknowledged -- or after ``uplink.STOP_GRACE_S``, cut short with its batch still in the outbox.
+A clean stop replays nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from agent import station
 from agent.config import Config, IndicatorConfig
 from agent.daemon import Agent
 from agent.errors import StorageError
@@ -46,8 +48,10 @@ class Service:
         clock: Clock,
         notifier: Notifier,
         pin_factory: Any = None,
+        simulated: bool = False,
     ) -> None:
         self.config = config
+        self.simulated = simulated  # a rehearsal (agent.rehearsal): said in the station record
         self.agent = agent
         self.outbox = outbox
         self.uplink = uplink
@@ -71,6 +75,7 @@ class Service:
                                         boot_id=agent.boot_id)
 
     def run(self, duration: float | None) -> None:
+        self._save_station()
         if self.uplink is not None:
             self.agent.on_commit = self.uplink.nudge
             self.agent.on_stop = self.uplink.request_stop  # before the final commit's nudge
@@ -90,6 +95,17 @@ class Service:
             for device in (self.button, self.led):
                 if device is not None:
                     device.close()
+
+    def _save_station(self) -> None:
+        """What status, export and doctor need with --data-dir alone (agent.station). Never
+        fatal: the readings matter more than a record of the config."""
+        data_dir = self.config.storage.path
+        try:
+            if station.save(data_dir, station.describe(self.config, simulated=self.simulated)):
+                log.info("station record written to %s", data_dir / station.FILE)
+        except OSError as exc:
+            log.warning("cannot write the station record %s: %s; status, export and doctor "
+                        "there need --config", data_dir / station.FILE, exc.strerror or exc)
 
     def status_line(self) -> str:
         """What ``systemctl status`` shows: sensors, backlog, delivery -- in one line."""
@@ -113,7 +129,8 @@ class Service:
         uplink = "disabled" if self.uplink is None else _LED_UPLINK[self.uplink.state.state]
         states = [w.health.state.value for w in self.agent.workers]
         return condition(states, uplink, storage_ok=not self.agent.storage_failing,
-                         alert=self.agent.alerts.firing)
+                         alert=self.agent.alerts.firing,
+                         holding=self.uplink is not None and self.uplink.holding)
 
     def _on_tick(self) -> None:
         self.status_files.tick(self.agent.workers)

@@ -75,6 +75,7 @@ JSON_FORMAT = "envagent-batch/1"
 ID_HEX_DIGITS = 32  # 128 bits of SHA-256: collisions are out of reach for any network
 GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a third of its CPU
 REPLY_TEXT_CHARS = 300  # of a server's answer kept for the log and `envagent status`
+MAX_CAUSES = 16  # exceptions looked at for why a connection failed (requests nests ~5)
 REPLY_READ_BYTES = 8192  # of an answer read off the wire at most, as sent (compressed or not)
 REPLY_KEEP_BYTES = 4096  # of it kept at most, inflated: a gzip bomb inflates no further
 READ_CHUNK = 4096
@@ -113,12 +114,16 @@ def batch_id(reading_ids: Sequence[str]) -> str:
 
 
 class JsonEncoder:
-    """The JSON batch format for custom backends (documented in the README)."""
+    """The JSON batch format for custom backends (documented in the README). ``simulated``: a
+    rehearsal's batches say ``"simulated": true`` (agent.rehearsal); a real unit's have no such
+    key, so their bytes are what they always were."""
 
     content_type = JSON_CONTENT_TYPE
 
-    def __init__(self, *, unit: str, site: str, drivers: Mapping[str, str]) -> None:
+    def __init__(self, *, unit: str, site: str, drivers: Mapping[str, str],
+                 simulated: bool = False) -> None:
         self._unit, self._site, self._drivers = unit, site, dict(drivers)
+        self._mark = {"simulated": True} if simulated else {}
         self._starts: list[int] = []
         self._extra: list[dict[str, str]] = []
 
@@ -134,6 +139,7 @@ class JsonEncoder:
             "batch": batch_id([item["id"] for item in items]),
             "unit": self._unit,
             "site": self._site,
+            **self._mark,
             "count": len(items),
             "readings": items,
         }
@@ -169,10 +175,12 @@ class JsonEncoder:
 
 
 def make_encoder(format: str, *, unit: str, site: str, drivers: Mapping[str, str],
-                 measurement: str) -> Encoder:
+                 measurement: str, simulated: bool = False) -> Encoder:
+    """The encoder of ``uplink.format``; ``simulated`` marks every batch a rehearsal's."""
     if format == "json":
-        return JsonEncoder(unit=unit, site=site, drivers=drivers)
-    return LineProtocolEncoder(unit=unit, site=site, drivers=drivers, measurement=measurement)
+        return JsonEncoder(unit=unit, site=site, drivers=drivers, simulated=simulated)
+    return LineProtocolEncoder(unit=unit, site=site, drivers=drivers, measurement=measurement,
+                               simulated=simulated)
 
 
 def influx_url(url: str) -> str:
@@ -302,6 +310,8 @@ class HttpSink:
         parts = urlsplit(self.url)
         self.where = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))  # for logs
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = parts.hostname or ""
+        self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.encoder = encoder
         self.session = session
         self.auth = auth
@@ -339,7 +349,8 @@ class HttpSink:
                                          stream=True)  # the body is read below, bounded
         except requests.RequestException as exc:
             failure = self._finish(attempt) or _failure_of(exc)
-            return Reply(None, failure, redact(str(exc), token, limit=REPLY_TEXT_CHARS))
+            return Reply(None, failure, redact(self._explain(failure, exc), token,
+                                               limit=REPLY_TEXT_CHARS))
         except (ValueError, OSError) as exc:  # e.g. an unreadable ca_file or client_cert
             self._finish(attempt)
             return Reply(None, Failure.INVALID, redact(str(exc), token, limit=REPLY_TEXT_CHARS))
@@ -347,7 +358,8 @@ class HttpSink:
             content, cut = read_bounded(response.raw)
         except (TransportError, OSError) as exc:  # requests does not wrap these: raw read
             failure = self._finish(attempt) or _failure_of(exc)
-            return Reply(None, failure, redact(str(exc), token, limit=REPLY_TEXT_CHARS))
+            return Reply(None, failure, redact(self._explain(failure, exc), token,
+                                               limit=REPLY_TEXT_CHARS))
         finally:
             response.close()  # after a cut the connection is closed, never drained
         ended = self._finish(attempt)
@@ -360,6 +372,25 @@ class HttpSink:
                      response.headers.get("Retry-After"),
                      None if location is None else redact(location, token,
                                                           limit=REPLY_TEXT_CHARS))
+
+    def _explain(self, failure: Failure, exc: BaseException) -> str:
+        """A failed exchange for people: ``cannot connect to host:443: connection refused``,
+        never requests' ``HTTPSConnectionPool(...): Max retries exceeded ...``."""
+        connect, read = self.timeouts
+        where = self.address
+        if failure is Failure.DEADLINE:
+            return f"no complete answer from {where} within {self.deadline:g} s"
+        if failure is Failure.STOPPED:
+            return ""
+        if failure is Failure.CONNECT_TIMEOUT:
+            return f"cannot connect to {where}: timed out after {connect:g} s"
+        if failure is Failure.READ_TIMEOUT:
+            return f"no answer from {where} within {read:g} s"
+        if failure in (Failure.TLS, Failure.TLS_VERIFY):
+            return f"TLS with {where} failed: {_tls_reason(exc)}"
+        if failure is Failure.CONNECTION:
+            return _connection_failure(exc, where)
+        return str(exc)
 
     def refuse(self) -> None:
         """Refuse every POST from now on (a stop begins); the one in flight goes on."""
@@ -413,6 +444,69 @@ def _failure_of(exc: Exception) -> Failure:
                   | requests.exceptions.InvalidSchema | requests.exceptions.MissingSchema):
         return Failure.INVALID
     return Failure.CONNECTION
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps: requests wraps urllib3's MaxRetryError, whose ``reason`` wraps
+    a NewConnectionError raised from the socket's OSError; a ProtocolError carries it in
+    ``args``."""
+    found: list[BaseException] = []
+    todo = [exc]
+    while todo and len(found) < MAX_CAUSES:
+        cause = todo.pop(0)
+        if any(cause is seen for seen in found):
+            continue
+        found.append(cause)
+        reason = getattr(cause, "reason", None)
+        todo += [c for c in (reason, cause.__cause__, cause.__context__, *cause.args)
+                 if isinstance(c, BaseException)]
+    return found
+
+
+def _connection_failure(exc: BaseException, where: str) -> str:
+    """Why the connection to ``where`` failed or broke, in words."""
+    import http.client
+
+    from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+    causes = _causes(exc)
+
+    def has(kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
+        return any(isinstance(c, kind) for c in causes)
+
+    if has((NameResolutionError, socket.gaierror)):
+        return f"cannot connect to {where}: name not resolved"
+    if has(ConnectionRefusedError):
+        return f"cannot connect to {where}: connection refused"
+    system = next((c for c in causes if isinstance(c, OSError) and c.strerror), None)
+    if has(NewConnectionError):
+        why = _lower(system.strerror) if system is not None and system.strerror else "failed"
+        return f"cannot connect to {where}: {why}"
+    if has(http.client.RemoteDisconnected):
+        return f"{where} closed the connection without answering"
+    if has(ConnectionResetError):
+        return f"the connection to {where} broke: reset by the server"
+    if system is not None and system.strerror:
+        return f"the connection to {where} broke: {_lower(system.strerror)}"
+    return f"the connection to {where} broke before the answer was complete"
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """What went wrong in TLS: the verification's message (``self-signed certificate``), else
+    OpenSSL's reason (``WRONG_VERSION_NUMBER`` -> ``wrong version number``)."""
+    import ssl
+
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
+            return f"the certificate is not trusted: {cause.verify_message}"
+        if isinstance(cause, ssl.SSLError) and cause.reason:
+            return str(cause.reason).lower().replace("_", " ")
+    return "handshake failed"
+
+
+def _lower(strerror: str) -> str:
+    """``Network is unreachable`` as it reads inside a sentence."""
+    return strerror[:1].lower() + strerror[1:]
 
 
 def shutdown_connections(port: int) -> int:

@@ -5,6 +5,12 @@ Sources: the outbox (backlog, counters, last values), ``uplink-state.json``, and
 leaves in the data directory (agent.statusfile). Where the daemon left no sensor states (an
 older agent, or one that never ran) the per-sensor health readings in the outbox stand in.
 
+Readings held for the clock (agent.timekeeping) come from the hold the delivery worker records in
+``uplink-state.json``: of this boot, not past its end, and still in the outbox. Its count is the
+backlog -- while a hold lasts everything older has gone and every new reading is held, and the
+backlog is current where the worker's own count is refreshed only every minute. ``envagent sync``
+words what it left behind with the same phrases (:func:`sync_left`).
+
 Firing alerts come from the outbox too: the last ``alert_<id>`` reading of each configured rule
 (agent.alerts), 1 while it fires -- the daemon's rules live in another process, and that reading
 is what went upstream. Each is shown with its rule and the watched quantity's last value.
@@ -26,6 +32,7 @@ from agent.history import HISTORY_FILE, POINTS, bucket_of
 from agent.outbox import LatestValue, OutboxStats
 from agent.salvage import Recovery
 from agent.statusfile import HEALTH_QUANTITIES, SENSORS_FILE, SensorsFile, load_history
+from agent.timekeeping import HOLD_UNSYNCED_S, SYNC_ADVICE_SHORT, UNSYNCED_REASON
 from agent.uplink import STATE_FILE, UplinkState
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -102,6 +109,12 @@ def sync_words(config: Config, state: UplinkState | None, backlog: int, now: flo
         if state.last_success_ns:
             return f"delivered {ago(now - state.last_success_ns / 1e9)} ago, {waiting} waiting"
         return f"nothing delivered yet, {waiting} waiting"
+    since = f" (since {clock_time(state.since_ns, now)})" if state.since_ns else ""
+    return f"not delivering: {trouble_words(state)}{since}, {waiting} waiting"
+
+
+def trouble_words(state: UplinkState) -> str:
+    """Why delivery stopped, in a few words: "server unreachable", "server answers HTTP 503"."""
     error = state.last_error or ""
     reason = {"auth_blocked": "server refused the token", "failing": "server refuses the writes",
               "retrying": "server unreachable"}.get(state.state, state.state)
@@ -109,8 +122,116 @@ def sync_words(config: Config, state: UplinkState | None, backlog: int, now: flo
         reason = "the token file is unusable"
     elif state.state == "retrying" and error.startswith(("HTTP 5", "HTTP 429", "HTTP 408")):
         reason = f"server answers {error.split(':')[0]}"
-    since = f" (since {clock_time(state.since_ns, now)})" if state.since_ns else ""
-    return f"not delivering: {reason}{since}, {waiting} waiting"
+    return reason
+
+
+# --- readings held for the clock ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """Readings held for the clock: how many, since and until when (wall ns), and why."""
+
+    count: int
+    since_ns: int | None
+    until_ns: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count,
+                "since": None if self.since_ns is None else _iso(self.since_ns),
+                "until": _iso(self.until_ns), "reason": self.reason}
+
+
+def holding(state: UplinkState | None, boot_id: str, backlog: int,
+            now: float) -> Holding | None:
+    """The hold the delivery worker recorded, if it still holds readings (module docstring)."""
+    if state is None or state.hold_boot != boot_id or state.hold_until_ns is None:
+        return None
+    if backlog <= 0 or state.hold_until_ns <= now * 1e9:
+        return None
+    return Holding(backlog, state.hold_since_ns, state.hold_until_ns,
+                   state.hold_reason or UNSYNCED_REASON)
+
+
+def held_in(data_dir: Path, boot_id: str, backlog: int, now: float) -> Holding | None:
+    """:func:`holding`, from the state the worker left in ``data_dir``."""
+    return holding(UplinkState.load(data_dir / STATE_FILE), boot_id, backlog, now)
+
+
+def clock_json(synced: bool | None, held: Holding | None) -> dict[str, Any]:
+    """``status --json``'s ``clock``: ``{synchronised, holding: {count, since, until, reason}
+    or null}``."""
+    return {"synchronised": synced, "holding": None if held is None else held.to_json()}
+
+
+def clock_words(config: Config, synced: bool | None, held: Holding | None, now: float,
+                hold_ends: float | None) -> str:
+    """The status's clock row: synchronised or not, what that does to the readings, and what
+    to do. ``hold_ends``: the wall time this boot's hold for the clock ends (None: unknown)."""
+    if held is not None and synced:
+        return (f"synchronised; {count(held.count)} readings held for it go upstream "
+                "re-stamped at the agent's next commit (or with envagent sync when it is "
+                "not running)")
+    if held is not None:
+        since = "" if held.since_ns is None else f" since {clock_time(held.since_ns, now)}"
+        why = "for it" if held.reason == UNSYNCED_REASON else f"({held.reason})"
+        return (f"NOT synchronised: {count(held.count)} readings held {why}{since}, until "
+                f"{clock_time(held.until_ns, now)} at most (then sent flagged); fix: "
+                f"{SYNC_ADVICE_SHORT}")
+    if synced is None:
+        return "unknown: cannot tell whether it is synchronised"
+    if synced:
+        return "synchronised"
+    if config.uplink is None:
+        effect = "readings are stored flagged, re-stamped if it synchronises before a reboot"
+    elif hold_ends is not None and hold_ends > now:
+        effect = (f"new readings are held for it until {clock_time(int(hold_ends * 1e9), now)} "
+                  "at most")
+    else:
+        effect = ("readings go upstream flagged clock_unsynced (held for it only the first "
+                  f"{ago(HOLD_UNSYNCED_S)} after boot)")
+    return f"NOT synchronised: {effect}; fix: {SYNC_ADVICE_SHORT}"
+
+
+def sync_left(state: UplinkState, where: str, *, failed: bool, quarantined: int,
+              backlog: int, now: float) -> str | None:
+    """Why ``envagent sync`` left readings behind (and exits 1), in words; None when all of it
+    went. ``state``: the uplink's state after the flush, its hold included."""
+    reasons = []
+    if failed:
+        reasons.append(_failure_words(state, where) + f"; {backlog} reading(s) wait in the "
+                       "outbox")
+    if state.hold_boot is not None and state.hold_count:
+        until = "" if state.hold_until_ns is None else \
+            f", or flagged at {clock_time(state.hold_until_ns, now)} at most"
+        reason = state.hold_reason or UNSYNCED_REASON
+        reasons.append(f"{state.hold_count} reading(s) held: {reason}; they go upstream "
+                       f"re-stamped once it is{until}; fix: {SYNC_ADVICE_SHORT}, then sync "
+                       "again")
+    if quarantined:
+        reasons.append(f"{quarantined} reading(s) refused by the server, moved to quarantine "
+                       "(the log names each; envagent status counts them)")
+    if not reasons and backlog:
+        reasons.append(f"{backlog} reading(s) are still in the outbox; sync again")
+    return "; ".join(reasons) or None
+
+
+def _failure_words(state: UplinkState, where: str) -> str:
+    """A failed delivery in words: the server's answer (redacted, bounded: agent.uplink) or
+    the kind of failure -- never the text of a client-side exception."""
+    error = state.last_error or ""
+    kind = error.split(";")[0].split(":")[0].strip() or "no answer"
+    if state.state == "auth_blocked":
+        return (f"could not deliver: {where} refused the upload token ({kind}): fix the token "
+                "file, then sync again")
+    if state.state == "failing":
+        hint = error.split("; ", 1)[1] if "; " in error else "check uplink.url and the server"
+        return f"could not deliver: {where} refuses the writes ({kind}): {hint}"
+    if kind.startswith("HTTP"):
+        return f"could not deliver: {error}; the server has trouble, sync again later"
+    return (f"could not deliver: cannot reach {where} ({kind}): check the network and "
+            "uplink.url, then sync again")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +293,9 @@ def sparkline(points: Sequence[float | None], width: int, bars: str = BARS) -> s
 
 def render(config: Config, data_dir: Path, stats: OutboxStats, latest: Sequence[LatestValue],
            *, recovery: Recovery | None, synced: bool | None, boot_id: str, now: float,
-           width: int, bars: str = BARS) -> list[str]:
-    """The human status, every line at most ``width`` columns."""
+           width: int, bars: str = BARS, hold_ends: float | None = None) -> list[str]:
+    """The human status, every line at most ``width`` columns; ``hold_ends``: the wall time
+    this boot's hold for the clock ends (agent.timekeeping), None when unknown."""
     width = max(MIN_WIDTH, width)
     unit = config.unit
     lines = [clip(f"{unit.id} · {unit.site}", width)]
@@ -190,8 +312,8 @@ def render(config: Config, data_dir: Path, stats: OutboxStats, latest: Sequence[
         row("uplink", f"{uplink.state}{since}")
         if uplink.state not in ("ok", "starting") and uplink.last_error:
             row("", uplink.last_error)
-    row("clock", {True: "synchronised", False: "NOT synchronised: readings wait for it",
-                  None: "unknown"}[synced])
+    held = holding(uplink, boot_id, stats.backlog, now)
+    row("clock", clock_words(config, synced, held, now, hold_ends))
     oldest = "" if stats.oldest_ns is None else \
         f", oldest {ago(now - stats.oldest_ns / 1e9)} old"
     row("outbox", f"{count(stats.backlog)} readings{oldest}; dropped {count(stats.dropped)}, "

@@ -11,6 +11,9 @@ CLOCK_BOOTTIME at the same instant, the kernel's boot id and whether the clock w
   ``CLOCK_RESTAMPED`` so upstream knows how the time was derived.
 - While this boot's clock is unsynchronised, its readings are **held back** from delivery (up to
   ``HOLD_UNSYNCED_S`` after boot), so they go upstream with their true time rather than flagged.
+  :meth:`TimeKeeper.holding` describes that hold (why, until when at most) for the people who
+  must see it: the delivery worker logs it and records it for ``envagent status``
+  (agent.uplink), the LED shows it, ``envagent sync`` counts it as readings left (exit 1).
 - Readings of a boot that never synchronised (the unit rebooted first), or still unsynchronised
   after the hold, are sent with ``CLOCK_UNSYNCED`` -- never as if their time were true.
 - The commissioning records (agent.commission) of this boot taken before the sync get the same
@@ -25,6 +28,7 @@ CLOCK_BOOTTIME at the same instant, the kernel's boot id and whether the clock w
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.storage import Store
@@ -39,6 +43,31 @@ NS = 1_000_000_000
 HOLD_UNSYNCED_S = 1800.0
 # A change of (wall - boottime) larger than this is a step, not NTP slewing.
 STEP_S = 1.0
+UNSYNCED_REASON = "the clock is not synchronised"
+# How to get the clock synchronised, for doctor, status and sync: the steps a technician takes.
+SYNC_ADVICE = ("check `timedatectl status` (System clock synchronized? NTP service active?); "
+               "turn NTP on with `sudo timedatectl set-ntp true`; let UDP port 123 out through "
+               "the firewall (cellular links often block it: ask the operator for an NTP server "
+               "inside its network and set it in /etc/systemd/timesyncd.conf); a unit that "
+               "cannot reach NTP at all needs an RTC module (e.g. DS3231, "
+               "dtoverlay=i2c-rtc,ds3231 in /boot/firmware/config.txt)")
+# The same, short enough for one status line or a sync report.
+SYNC_ADVICE_SHORT = "sudo timedatectl set-ntp true, UDP port 123 open (envagent doctor)"
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """This boot's readings wait for the clock: why, and until when at most (wall-clock ns, as
+    this unit's clock counts -- the only clock there is to say it with)."""
+
+    boot_id: str
+    reason: str
+    until_ns: int
+
+
+def hold_ends(clock: Clock, hold: float = HOLD_UNSYNCED_S) -> float:
+    """The wall time (as ``clock`` counts) at which this boot's hold for the clock ends."""
+    return clock.time() + hold - clock.boottime()
 
 
 class TimeKeeper:
@@ -64,6 +93,14 @@ class TimeKeeper:
         if waiting and self.clock.boottime() < self.hold:
             return self.boot_id
         return None
+
+    def holding(self) -> Hold | None:
+        """The hold people must see: this boot's readings wait because the clock is not
+        synchronised. None otherwise -- also in the moment between the sync and the re-stamp,
+        when :meth:`held_boot` still skips them for a commit or so."""
+        if self.synced is not False or self.clock.boottime() >= self.hold:
+            return None
+        return Hold(self.boot_id, UNSYNCED_REASON, int(hold_ends(self.clock, self.hold) * NS))
 
     def maintain(self, outbox: Store) -> None:
         """Notice sync changes and steps; re-stamp this boot's unsynced readings once synced.

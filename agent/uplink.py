@@ -31,7 +31,14 @@ Logs name transitions (delivering -> retrying -> delivering), not every retry. T
 also written to ``uplink-state.json`` in the data directory, for ``envagent status`` in another
 process: atomically, on transitions only, plus at most every ``STATE_REFRESH_S`` while
 delivering, to keep the last-success time roughly current without wearing the SD card. Every
-error text logged or saved goes through agent.credentials.redact.
+error text logged or saved goes through agent.credentials.redact. The worker writes it once as it
+starts, so ``status`` knows it ran even when it had nothing to send.
+
+A hold for the clock (agent.timekeeping: this boot's readings wait while the clock is not
+synchronised) is part of that state: when the worker finds nothing else to send and readings are
+held, it logs that holding starts (how many, why, until when at most) and records it; when the
+clock synchronises or the hold runs out it logs that holding ends and how the readings go. While
+it lasts, the count is written at most every ``HOLD_REFRESH_S``, and once more at the stop.
 
 A clean stop replays nothing: once it is asked (:meth:`Uplink.request_stop`, which the writer
 calls as its stop begins) no new POST starts, and the one in flight gets ``STOP_GRACE_S`` to be
@@ -52,13 +59,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from agent.atomic import read_json, write_json
 from agent.config import Config, UplinkConfig
 from agent.credentials import CredentialError, Secret, load_token, redact
+from agent.errors import StorageError
 from agent.reading import StoredReading
 from agent.sinks import Failure, HttpSink, Reply, make_encoder, make_session
 from agent.storage import Store
@@ -71,6 +79,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "uplink-state.json"
 STATE_REFRESH_S = 600.0  # while delivering, the last-success time is persisted this often
+HOLD_REFRESH_S = 60.0  # while holding for the clock, the count is persisted this often at most
 JOIN_SLACK_S = 2.0  # a stop waits this long beyond the deadline for the worker to finish
 # How long a clean stop lets the POST in flight finish: a few round trips of a slow link, well
 # inside the unit's TimeoutStopSec=20s (systemd/envagent.service) with the sensors' joins.
@@ -161,24 +170,56 @@ MAX_STATE_BYTES = 64 * 1024  # what the worker writes is a few hundred bytes
 
 
 def _state_field_ok(name: str, value: object) -> bool:
-    """A field of ``uplink-state.json`` as the worker writes it: ``state`` a str, ns times
-    int or null, ``last_error`` str or null."""
+    """A field of ``uplink-state.json`` as the worker writes it: ``state`` a str, ns times and
+    counts int or null, the texts str or null."""
     if value is None:
         return name != "state"
-    if name.endswith("_ns"):
+    if name.endswith(("_ns", "_count")):
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, str)
 
 
+class ClockHold(Protocol):
+    """A hold for the clock as agent.timekeeping describes it (its ``Hold``): the readings of
+    boot ``boot_id`` wait, for ``reason``, until ``until_ns`` (wall clock) at most. The worker
+    reports it; ``Outbox.take(hold_boot=...)`` is what applies it."""
+
+    @property
+    def boot_id(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def until_ns(self) -> int: ...
+
+
 @dataclass
 class UplinkState:
-    """``state`` is starting, ok, retrying, auth_blocked or failing; times are wall-clock ns."""
+    """``state`` is starting, ok, retrying, auth_blocked or failing; times are wall-clock ns.
+
+    ``hold_*``: readings of boot ``hold_boot`` held for the clock (``hold_count`` of them at the
+    worker's last look, since ``hold_since_ns``, until ``hold_until_ns`` at most, because
+    ``hold_reason``); all None when nothing is held.
+    """
 
     state: str = "starting"
     since_ns: int | None = None
     last_success_ns: int | None = None
     last_error: str | None = None
     last_error_ns: int | None = None
+    hold_boot: str | None = None
+    hold_count: int | None = None
+    hold_since_ns: int | None = None
+    hold_until_ns: int | None = None
+    hold_reason: str | None = None
+
+    def hold_fields(self) -> tuple[object, ...]:
+        return (self.hold_boot, self.hold_count, self.hold_since_ns, self.hold_until_ns,
+                self.hold_reason)
+
+    def clear_hold(self) -> None:
+        self.hold_boot = self.hold_count = self.hold_since_ns = None
+        self.hold_until_ns = None
+        self.hold_reason = None
 
     @classmethod
     def load(cls, path: Path) -> UplinkState | None:
@@ -220,10 +261,13 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class FlushReport:
+    """``ok``: no delivery failed (readings may still be ``held`` for the clock)."""
+
     delivered: int
     quarantined: int
     ok: bool
     error: str | None
+    held: int = 0
 
 
 class Uplink:
@@ -233,10 +277,16 @@ class Uplink:
                  token: Callable[[], Secret | None], state_path: Path | None = None,
                  rng: random.Random | None = None,
                  held_boot: Callable[[], str | None] = lambda: None,
+                 hold: Callable[[], ClockHold | None] = lambda: None,
                  commissioning: Commissioning | None = None) -> None:
+        """``held_boot``: the boot whose readings ``take`` skips for now; ``hold``: why, for
+        the log and the state (both from agent.timekeeping's TimeKeeper)."""
         self.outbox, self.sink, self.settings, self.clock = outbox, sink, settings, clock
         self.commissioning = commissioning
         self._held_boot = held_boot  # readings waiting to be re-stamped (agent.timekeeping)
+        self._hold = hold
+        self._hold_saved_at: float | None = None  # monotonic time the count was last persisted
+        self._counting_held = False  # the last step found only held readings left
         self.batch_limit = settings.batch_size
         self._read_token = token
         self._token: Secret | None = None
@@ -250,7 +300,10 @@ class Uplink:
         previous = UplinkState.load(state_path) if state_path is not None else None
         self.state = UplinkState(last_success_ns=previous.last_success_ns) if previous \
             else UplinkState()
+        self._carry_hold(previous)
         self._saved_success_ns = self.state.last_success_ns
+        # what the file holds: a hold recorded there and over now is cleared at the next save
+        self._saved_hold = (previous or UplinkState()).hold_fields()
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by stop(), sync_now() and nudge()
         self._caught_up = False  # the worker waits for news: a nudge may wake it
@@ -277,7 +330,9 @@ class Uplink:
             if batch:
                 self._more = True  # the backlog, if any, comes next
             else:
-                batch = self.outbox.take(self.batch_limit, hold_boot=self._held_boot())
+                held_boot = self._held_boot()
+                batch = self.outbox.take(self.batch_limit, hold_boot=held_boot)
+                self._follow_hold(held_boot, only_held_left=not batch)
                 if not batch:
                     return Step(Outcome.IDLE, self.settings.flush_interval, caught_up=True)
                 self._more = len(batch) >= self.batch_limit
@@ -387,9 +442,96 @@ class Uplink:
             log.warning("cannot write %s: %s", self._state_path, exc.strerror or exc)
             return
         self._saved_success_ns = self.state.last_success_ns
+        self._saved_hold = self.state.hold_fields()
+        self._hold_saved_at = self.clock.monotonic()
 
     def _now_ns(self) -> int:
         return int(self.clock.time() * 1e9)
+
+    # --- the hold for the clock ---------------------------------------------------------------
+
+    @property
+    def holding(self) -> bool:
+        """Readings are held for the clock (the status LED shows it)."""
+        return self.state.hold_boot is not None
+
+    @property
+    def held(self) -> int:
+        """How many readings are held for the clock, at the worker's last look."""
+        return (self.state.hold_count or 0) if self.holding else 0
+
+    def _carry_hold(self, previous: UplinkState | None) -> None:
+        """A hold an earlier process of this boot recorded stands until this one looks."""
+        hold = self._hold()
+        if previous is None or hold is None or previous.hold_boot != hold.boot_id:
+            return
+        s = self.state
+        s.hold_boot, s.hold_count = previous.hold_boot, previous.hold_count
+        s.hold_since_ns, s.hold_until_ns, s.hold_reason = (previous.hold_since_ns, hold.until_ns,
+                                                           hold.reason)
+
+    def _follow_hold(self, held_boot: str | None, *, only_held_left: bool) -> None:
+        """After a take: a hold for the clock starts, grows or ends. The count is exact only
+        when the take found nothing else: then every reading in the backlog is a held one (a
+        count of its own would scan the outbox on every commit)."""
+        hold = self._hold() if held_boot is not None else None
+        self._counting_held = hold is not None and only_held_left
+        if hold is None:
+            if self.holding:
+                self._end_hold()
+            return
+        if not only_held_left:
+            return
+        count = self.outbox.stats().backlog
+        if count <= 0:  # nothing is waiting for the clock after all
+            if self.holding:
+                self.state.clear_hold()
+                self._save()
+        elif self.state.hold_boot != hold.boot_id:
+            self._start_hold(hold, count)
+        else:
+            self._count_held(hold, count)
+
+    def _start_hold(self, hold: ClockHold, count: int) -> None:
+        s = self.state
+        s.hold_boot, s.hold_count, s.hold_since_ns = hold.boot_id, count, self._now_ns()
+        s.hold_until_ns, s.hold_reason = hold.until_ns, hold.reason
+        log.info("holding %d reading(s) back from %s: %s; they go upstream re-stamped once it "
+                 "is, or flagged clock_unsynced at %s at most (in %s); envagent doctor says how "
+                 "to get it synchronised", count, self.sink.where, hold.reason,
+                 _wall_words(hold.until_ns), _duration_words(hold.until_ns - self._now_ns()))
+        self._save()
+
+    def _count_held(self, hold: ClockHold, count: int) -> None:
+        """Readings keep coming in while the hold lasts: persisted at most every
+        ``HOLD_REFRESH_S``, not on every commit (the SD card)."""
+        s = self.state
+        s.hold_count, s.hold_until_ns, s.hold_reason = count, hold.until_ns, hold.reason
+        last = self._hold_saved_at
+        if last is None or self.clock.monotonic() - last >= HOLD_REFRESH_S:
+            self._save()
+
+    def _end_hold(self) -> None:
+        count, where = self.held, self.sink.where
+        if self.clock.synchronized():
+            log.info("the clock is synchronised: the %d held reading(s) go upstream to %s now, "
+                     "re-stamped with their true time", count, where)
+        else:
+            log.warning("the hold for the clock is over and it is still not synchronised: the "
+                        "%d held reading(s) go upstream to %s now, flagged clock_unsynced (their "
+                        "time is not trusted); envagent doctor says how to get it synchronised",
+                        count, where)
+        self.state.clear_hold()
+        self._save()
+
+    def _settle_hold(self) -> None:
+        """At the stop: the last commit's readings are held too; count them, and persist what
+        the refresh interval kept back."""
+        if self.holding and self._counting_held:
+            with contextlib.suppress(StorageError):  # the outbox logs why; the count stands
+                self.state.hold_count = self.outbox.stats().backlog
+        if self.state.hold_fields() != self._saved_hold:
+            self._save()
 
     # --- running --------------------------------------------------------------------------------
 
@@ -398,6 +540,7 @@ class Uplink:
         s = self.settings
         log.info("sending %s to %s, up to %d readings per request", s.format,
                  self.sink.where, self.batch_limit)
+        self._save()  # status knows the worker ran, even if it never sends a thing
         while not self._stop.is_set():
             self._news = False
             try:
@@ -453,6 +596,8 @@ class Uplink:
             self._thread.join(self.settings.deadline + JOIN_SLACK_S)
             if self._thread.is_alive():
                 log.warning("still busy at shutdown (name resolution?); left behind")
+                return
+        self._settle_hold()
 
     def flush(self) -> FlushReport:
         """Deliver until the outbox is empty, or stop at the first failure (``envagent sync``)."""
@@ -463,19 +608,33 @@ class Uplink:
             quarantined += step.quarantined
             if step.outcome not in (Outcome.IDLE, Outcome.DELIVERED, Outcome.REJECTED,
                                     Outcome.TOO_LARGE):
-                return FlushReport(delivered, quarantined, False, self.state.last_error)
+                self._settle_hold()
+                return FlushReport(delivered, quarantined, False, self.state.last_error,
+                                   self.held)
             if step.caught_up:
                 if self.state.last_success_ns != self._saved_success_ns:
                     self._save()
-                return FlushReport(delivered, quarantined, True, None)
+                self._settle_hold()
+                return FlushReport(delivered, quarantined, True, None, self.held)
 
 
-def build_sink(config: Config, settings: UplinkConfig) -> HttpSink:
+def _wall_words(time_ns: int) -> str:
+    """A wall-clock time for a log line: UTC, to the second."""
+    return datetime.fromtimestamp(time_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration_words(ns: int) -> str:
+    seconds = max(0.0, ns / 1e9)
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def build_sink(config: Config, settings: UplinkConfig, *, simulated: bool = False) -> HttpSink:
     """The HTTP sink ``[uplink]`` describes: its format, session (CA, client certificate) and
-    time limits -- for delivery, and for ``envagent doctor``'s probe."""
+    time limits -- for delivery, and for ``envagent doctor``'s probe. ``simulated``: every
+    batch is marked a rehearsal's (agent.rehearsal)."""
     encoder = make_encoder(settings.format, unit=config.unit.id, site=config.unit.site,
                            drivers={s.id: s.driver for s in config.sensors},
-                           measurement=settings.measurement)
+                           measurement=settings.measurement, simulated=simulated)
     session = make_session(ca_file=settings.ca_file, client_cert=settings.client_cert,
                            client_key=settings.client_key)
     return HttpSink(settings.url, encoder, session, auth=settings.auth,
@@ -485,19 +644,22 @@ def build_sink(config: Config, settings: UplinkConfig) -> HttpSink:
 
 def build_uplink(config: Config, outbox: Store, clock: Clock, data_dir: Path,
                  environ: Mapping[str, str] | None = None,
-                 held_boot: Callable[[], str | None] = lambda: None) -> Uplink:
-    """The real uplink of the ``run`` and ``sync`` commands, from a config with ``[uplink]``."""
+                 held_boot: Callable[[], str | None] = lambda: None, *,
+                 hold: Callable[[], ClockHold | None] = lambda: None,
+                 simulated: bool = False) -> Uplink:
+    """The real uplink of the ``run`` and ``sync`` commands, from a config with ``[uplink]``;
+    with ``simulated`` (``--simulate --deliver``) everything it sends is marked a rehearsal's."""
     settings = config.uplink
     if settings is None:
         raise ValueError("the configuration has no [uplink] section")
     from agent.metadata import build_commissioning  # it builds on this module
 
     env = dict(os.environ if environ is None else environ)
-    sink = build_sink(config, settings)
+    sink = build_sink(config, settings, simulated=simulated)
     with contextlib.suppress(OSError):
         data_dir.mkdir(parents=True, exist_ok=True)
     return Uplink(outbox, sink, settings, clock=clock,
                   token=lambda: load_token(settings.token_file, env),
-                  state_path=data_dir / STATE_FILE, held_boot=held_boot,
+                  state_path=data_dir / STATE_FILE, held_boot=held_boot, hold=hold,
                   commissioning=build_commissioning(config, settings, data_dir, clock,
-                                                    held_boot=held_boot))
+                                                    held_boot=held_boot, simulated=simulated))

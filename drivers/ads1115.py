@@ -179,6 +179,8 @@ def parse_channels(options: Mapping[str, Any]) -> tuple[list[Channel], list[tupl
         if get["gain"] not in GAINS:
             problems.append((keys["gain"], "expected one of " + ", ".join(map(str, GAINS))))
         scale, message = _scale(scale_points)
+        if not message and scale is not None and get["gain"] in GAINS:
+            message = _out_of_reach(n, scale, get["gain"])
         if message:
             problems.append((keys["scale"], message))
         elif scale is None and unit_ok and unit != VOLTS:
@@ -210,6 +212,27 @@ def _scale(points: object) -> tuple[LinearScale | None, str]:
     if value1 == value2:
         return None, "the two calibration points need different values"
     return LinearScale(v1, value1, v2, value2), ""
+
+
+def _out_of_reach(n: int, scale: LinearScale, gain: float) -> str:
+    """Why a calibration point's voltage can never be read on AINn at this gain; "" if it can.
+
+    A single-ended input reads 0 V to the full-scale range: the negative half of the codes is
+    for differential inputs (SBAS444 9.3.3), and the chip clips at full scale.
+    """
+    low, high = sorted((scale.v1, scale.v2))
+    if low < 0:
+        return (f"{low:g} V is below 0 V, which AIN{n} cannot read (it is measured against "
+                "GND); check the points")
+    if high <= gain:
+        return ""
+    key = f"channel{n}_gain"
+    where = f"{high:g} V is outside what AIN{n} can read at {key} = {gain:g} (0 to {gain:g} V)"
+    fits = [g for g in GAINS if g >= high]
+    if fits:
+        return f"{where}; set {key} = {min(fits):g}"
+    return (f"{where}, and outside every range the ADS1115 has; divide the probe's voltage "
+            "down, or check the points")
 
 
 def _finite(number: object) -> float:

@@ -60,6 +60,8 @@ class Driver(ABC):
     """
 
     name: ClassVar[str]
+    # Every address the chip can have, from its datasheet: the one declaration that
+    # `config check` holds a sensor's address to and `envagent scan` identifies chips at.
     addresses: ClassVar[tuple[int, ...]]
     quantities: ClassVar[Mapping[str, str]]  # quantity -> unit
     options: ClassVar[Mapping[str, Option]] = {}

@@ -100,7 +100,7 @@ class BoschForcedDriver(Driver):
     at the status register so one read tells whether the conversion has finished.
     """
 
-    addresses: ClassVar[tuple[int, ...]] = (0x76, 0x77)
+    addresses: ClassVar[tuple[int, ...]] = (0x76, 0x77)  # SDO to GND / VDDIO (datasheet 6.2)
     chip_ids: ClassVar[tuple[int, ...]]
     burst_end: ClassVar[int]  # the last data register read in the burst
 

@@ -12,6 +12,8 @@ holds while its channel is selected.
 from __future__ import annotations
 
 import errno
+import os
+import re
 import threading
 from typing import Protocol
 
@@ -82,3 +84,62 @@ class SMBus2Bus:
     def close(self) -> None:
         with self.lock:
             self._smbus.close()
+
+
+# --- errors, for people ---------------------------------------------------------------------------
+
+DEVICE = re.compile(r"/dev/i2c-(\d+)")
+NO_ANSWER = frozenset({errno.EREMOTEIO, errno.ENXIO})  # a NACK: i2c-bcm2835 / other adapters
+DENIED = frozenset({errno.EACCES, errno.EPERM})
+WIRING = "check wiring, power and address"
+
+
+def describe_error(exc: BaseException, where: str | None = None) -> str:
+    """One sentence for people: what happened, where and what to do -- never an errno's name.
+
+    For the kernel's ``OSError`` from opening ``/dev/i2c-N`` or from a transfer to the device at
+    ``where`` (``1:0x76``, ``1:0x70/2:0x44``: as log lines name it); any other exception is its
+    own message on one line. Documentation/i2c/fault-codes.rst says what each errno means.
+    """
+    if not isinstance(exc, OSError) or exc.errno is None or exc.strerror is None:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    opened = DEVICE.fullmatch(str(exc.filename or ""))
+    if opened is not None:
+        return _device_error(exc, opened.group(0), int(opened.group(1)))
+    device = where or "the device"
+    if exc.errno in NO_ANSWER:
+        return f"no answer at {where}: {WIRING}" if where else f"no answer: {WIRING}"
+    if exc.errno == errno.ETIMEDOUT:
+        return (f"the bus timed out talking to {device}: a device may be holding SDA or SCL "
+                "low; check the wiring, then power the sensors off and on")
+    if exc.errno == errno.EIO:
+        return (f"I/O error talking to {device}: a loose or noisy connection, or wires too "
+                f"long; {WIRING}")
+    return f"{_lower(exc.strerror)} talking to {device}"
+
+
+def _device_error(exc: OSError, path: str, number: int) -> str:
+    """Opening ``/dev/i2c-N`` failed: I2C not enabled, or this user not allowed."""
+    if exc.errno == errno.ENOENT:
+        enable = ("enable I2C (sudo raspi-config nonint do_i2c 0)" if number == 1 else
+                  "enable its adapter (a dtoverlay= line in /boot/firmware/config.txt)")
+        return f"no I2C bus {path}: {enable} and reboot"
+    if exc.errno in DENIED:
+        return (f"permission denied on {path}: add the user to the i2c group (sudo usermod "
+                f"-aG i2c {_user()}), then log in again")
+    return f"cannot open {path}: {_lower(exc.strerror or 'failed')}"
+
+
+def _lower(strerror: str) -> str:
+    """``Device or resource busy`` as it reads inside a sentence (``I2C ...`` stays)."""
+    return strerror[:1].lower() + strerror[1:] if strerror[1:2].islower() else strerror
+
+
+def _user() -> str:
+    """This process's user name, for the command to type."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return "$USER"

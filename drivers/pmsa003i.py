@@ -104,7 +104,7 @@ def identify(bus: Bus, address: int) -> str | None:
 
 class PMSA003I(Driver):
     name: ClassVar[str] = "pmsa003i"
-    addresses: ClassVar[tuple[int, ...]] = (ADDRESS,)
+    addresses: ClassVar[tuple[int, ...]] = (ADDRESS,)  # fixed
     quantities: ClassVar[dict[str, str]] = {"pm1": UNIT, "pm2_5": UNIT, "pm10": UNIT}
 
     def __init__(self, bus: Bus, address: int, **kwargs: Any) -> None:

@@ -97,7 +97,7 @@ def identify(bus: Bus, address: int, clock: Clock | None = None) -> str | None:
 
 class SCD4x(Driver):
     name: ClassVar[str] = "scd4x"
-    addresses: ClassVar[tuple[int, ...]] = (0x62,)
+    addresses: ClassVar[tuple[int, ...]] = (0x62,)  # fixed
     quantities: ClassVar[dict[str, str]] = {
         "co2": "ppm",
         "temperature": "°C",

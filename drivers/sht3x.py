@@ -63,7 +63,7 @@ def identify(bus: Bus, address: int, clock: Clock | None = None) -> str | None:
 
 class SHT3x(Driver):
     name: ClassVar[str] = "sht3x"
-    addresses: ClassVar[tuple[int, ...]] = (0x44, 0x45)
+    addresses: ClassVar[tuple[int, ...]] = (0x44, 0x45)  # ADDR pin low / high
     quantities: ClassVar[dict[str, str]] = {"temperature": "°C", "humidity": "%RH"}
     options: ClassVar[dict[str, Option]] = {
         "repeatability": Option(

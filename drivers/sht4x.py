@@ -76,6 +76,7 @@ def identify(bus: Bus, address: int, clock: Clock | None = None) -> str | None:
 
 class SHT4x(Driver):
     name: ClassVar[str] = "sht4x"
+    # Fixed by the part number (datasheet, ordering): SHT4x-AD1B 0x44, -BD1B 0x45, -CD1B 0x46.
     addresses: ClassVar[tuple[int, ...]] = (0x44, 0x45, 0x46)
     quantities: ClassVar[dict[str, str]] = {"temperature": "°C", "humidity": "%RH"}
     options: ClassVar[dict[str, Option]] = {

@@ -260,28 +260,30 @@ def test_channel_options_parse() -> None:
 @pytest.mark.parametrize(
     ("options", "line"),
     [
-        ({}, "sensor[0].channel0_quantity: no input is read; set channelN_quantity (N = 0..3)"),
+        ({}, "sensor 'soil': channel0_quantity: no input is read; set channelN_quantity (N = "
+             "0..3)"),
         ({"channel0_quantity": "Soil Moisture"},
-         'sensor[0].channel0_quantity = "Soil Moisture": expected a lowercase name'),
+         'sensor \'soil\': channel0_quantity = "Soil Moisture": expected a lowercase name'),
         ({"channel0_quantity": "v", "channel1_quantity": "v"},
-         "sensor[0].channel1_quantity = \"v\": channel0 already reports 'v'"),
+         "sensor 'soil': channel1_quantity = \"v\": channel0 already reports 'v'"),
         ({"channel0_quantity": "v", "channel0_unit": "%"},
-         'sensor[0].channel0_unit = "%": without channel0_scale AIN0 reports volts'),
+         'sensor \'soil\': channel0_unit = "%": without channel0_scale AIN0 reports volts'),
         ({"channel0_quantity": "v", "channel0_unit": "m s"},
-         'sensor[0].channel0_unit = "m s": expected a unit of 1 to 16 characters'),
+         'sensor \'soil\': channel0_unit = "m s": expected a unit of 1 to 16 characters'),
         ({"channel0_quantity": "v", "channel0_scale": [[1.0, 0.0]]},
-         "sensor[0].channel0_scale = [[1.0, 0.0]]: expected [] or two [volts, value] points"),
+         "sensor 'soil': channel0_scale = [[1.0, 0.0]]: expected [] or two [volts, value] points"),
         ({"channel0_quantity": "v", "channel0_scale": [[1.0, 0.0], [1.0, 5.0]]},
          "channel0_scale = [[1.0, 0.0], [1.0, 5.0]]: the two calibration points need different "
          "voltages"),
         ({"channel0_quantity": "v", "channel0_scale": [[1, 0], ["2", 5]]},
          "channel0_scale = [[1, 0], [\"2\", 5]]: expected [] or two"),
         ({"channel0_quantity": "v", "channel2_gain": 0.512},
-         "sensor[0].channel2_gain = 0.512: AIN2 is not read because channel2_quantity is empty"),
+         "sensor 'soil': channel2_gain = 0.512: AIN2 is not read because channel2_quantity is "
+         "empty"),
         ({"channel0_quantity": "v", "channel0_gain": 5.0},
-         "sensor[0].channel0_gain = 5.0: expected one of 6.144, 4.096, 2.048, 1.024, 0.512"),
+         "sensor 'soil': channel0_gain = 5.0: expected one of 6.144, 4.096, 2.048, 1.024, 0.512"),
         ({"channel0_quantity": "v", "channel0_scale": "2.8:0"},
-         'sensor[0].channel0_scale = "2.8:0": expected list'),
+         'sensor \'soil\': channel0_scale = "2.8:0": expected list'),
     ],
 )
 def test_channel_problems_are_one_line_each_before_anything_starts(

@@ -219,4 +219,4 @@ def test_a_bmp280_has_no_humidity_oversampling_option() -> None:
             "address = 0x76\noversampling_humidity = 1\n"
         ))
     (line,) = caught.value.problems
-    assert line.startswith("config: sensor[0].oversampling_humidity: unknown key")
+    assert line.startswith("config: sensor 'p': oversampling_humidity: unknown key")

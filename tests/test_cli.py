@@ -112,7 +112,7 @@ def test_bad_config_gives_one_line_per_problem_and_exit_2(tmp_path: Path) -> Non
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2, result.stderr
     assert any("unit.colour" in line for line in lines)
-    assert any("sensor[0].bus" in line and '"one"' in line for line in lines)
+    assert any("sensor 'air' (line 10): bus" in line and '"one"' in line for line in lines)
     assert "Traceback" not in result.stderr
 
 

@@ -36,7 +36,7 @@ class Probe(Driver):
     """A test-only driver with one option of each kind."""
 
     name = "probe"
-    addresses = (0x40, 0x41)
+    addresses: ClassVar[tuple[int, ...]] = (0x40, 0x41)
     quantities: ClassVar[Mapping[str, str]] = {"temperature": "°C"}
     options: ClassVar[Mapping[str, Option]] = {
         "gain": Option(int, 1, "amplifier gain", choices=(1, 2, 4)),
@@ -53,9 +53,10 @@ class Probe(Driver):
 
 
 class Bare(Probe):
-    """A test-only driver without options."""
+    """A test-only driver without options, at any address."""
 
     name = "bare"
+    addresses = tuple(range(0x08, 0x78))
     options: ClassVar[Mapping[str, Option]] = {}
 
 
@@ -135,10 +136,11 @@ def test_boundaries_are_inclusive() -> None:
         '[unit]\nid = "' + "a" * 64 + '"\nsite = "' + "é" * 200 + '"\n'
         "latitude = -90\nlongitude = 180\nelevation_m = 9000\n"
         '[storage]\nmax_bytes = "1MiB"\ncommit_interval = "5m"\n'
-        '[[sensor]]\nid = "a"\ndriver = "probe"\naddress = 0x08\ninterval = "24h"\nbus = 255\n'
+        '[[sensor]]\nid = "a"\ndriver = "probe"\naddress = 0x41\ninterval = "24h"\nbus = 255\n'
         'offset = 5.0\n[[sensor]]\nid = "b"\ndriver = "bare"\naddress = 0x77\ninterval = 1\n'
+        '[[sensor]]\nid = "c"\ndriver = "bare"\naddress = 0x08\n'
     )
-    assert [s.address for s in config.sensors] == [0x08, 0x77]
+    assert [s.address for s in config.sensors] == [0x41, 0x77, 0x08]
     assert config.storage.max_bytes == 1024**2 and config.storage.commit_interval == 300
 
 
@@ -157,7 +159,8 @@ CASES: list[tuple[str, str, str]] = [
     (
         "power pin on the I2C bus",
         UNIT + SENSOR + "power_pin = 3\n",
-        "sensor[0].power_pin = 3: GPIO3 is SCL of I2C bus 1, the sensors' bus; choose a free GPIO "
+        "sensor 's': power_pin = 3: GPIO3 is SCL of I2C bus 1, the sensors' bus; choose a free "
+        "GPIO "
         "such as 17",
     ),
     # (what is added to a valid config, the one expected line)
@@ -303,149 +306,150 @@ CASES: list[tuple[str, str, str]] = [
     (
         "sensor id missing",
         UNIT + '[[sensor]]\ndriver = "probe"\naddress = 0x40\n',
-        'sensor[0].id: missing; add it, such as id = "air"',
+        'sensor[0]: id: missing; add it, such as id = "air"',
     ),
     (
         "sensor driver missing",
         UNIT + '[[sensor]]\nid = "s"\naddress = 0x40\n',
-        'sensor[0].driver: missing; add it, such as driver = "bme280"',
+        'sensor \'s\': driver: missing; add it, such as driver = "bme280"',
     ),
     (
         "sensor address missing",
         UNIT + '[[sensor]]\nid = "s"\ndriver = "probe"\n',
-        "sensor[0].address: missing; add it, such as address = 0x76",
+        "sensor 's': address: missing; add it, such as address = 0x76",
     ),
     (
         "unknown driver",
         UNIT + SENSOR.replace('"probe"', '"bme28"'),
-        'sensor[0].driver = "bme28": unknown driver; expected one of "bare", "probe"',
+        'sensor \'s\': driver = "bme28": unknown driver; expected one of "bare", "probe"',
     ),
     (
         "sensor unknown key",
         UNIT + SENSOR + "colour = 1\n",
-        f"sensor[0].colour: unknown key; {SENSOR_KEYS}",
+        f"sensor 's': colour: unknown key; {SENSOR_KEYS}",
     ),
     (
         "unknown key, driver without options",
         UNIT + SENSOR.replace("probe", "bare") + "gain = 1\n",
-        "sensor[0].gain: unknown key; valid keys are id, driver, bus, address, interval, mux, "
+        "sensor 's': gain: unknown key; valid keys are id, driver, bus, address, interval, mux, "
         "channel, average, power_pin, calibration, plausible, and the bare options (none)",
     ),
     (
         "bus too big",
         UNIT + SENSOR + "bus = 256\n",
-        "sensor[0].bus = 256: expected an integer from 0 to 255 (the N of /dev/i2c-N)",
+        "sensor 's': bus = 256: expected an integer from 0 to 255 (the N of /dev/i2c-N)",
     ),
     (
         "bus quoted",
         UNIT + SENSOR + 'bus = "1"\n',
-        'sensor[0].bus = "1": expected an integer from 0 to 255 (the N of /dev/i2c-N); '
+        'sensor \'s\': bus = "1": expected an integer from 0 to 255 (the N of /dev/i2c-N); '
         "write 1 without quotes",
     ),
     (
         "address reserved low",
         UNIT + SENSOR.replace("0x40", "0x03"),
-        "sensor[0].address = 0x03: reserved I2C address (0x00-0x07 and 0x78-0x7F are reserved); "
+        "sensor 's': address = 0x03: reserved I2C address (0x00-0x07 and 0x78-0x7F are reserved); "
         "expected 0x08 to 0x77",
     ),
     (
         "address reserved high",
         UNIT + SENSOR.replace("0x40", "0x78"),
-        "sensor[0].address = 0x78: reserved I2C address (0x00-0x07 and 0x78-0x7F are reserved); "
+        "sensor 's': address = 0x78: reserved I2C address (0x00-0x07 and 0x78-0x7F are reserved); "
         "expected 0x08 to 0x77",
     ),
     (
         "address 8-bit",
         UNIT + SENSOR.replace("0x40", "0xEC"),
-        "sensor[0].address = 0xec: not a 7-bit I2C address (an 8-bit address as some datasheets "
+        "sensor 's': address = 0xec: not a 7-bit I2C address (an 8-bit address as some datasheets "
         "print it? Then write 0x76); expected 0x08 to 0x77",
     ),
     (
         "address too big",
         UNIT + SENSOR.replace("0x40", "0x400"),
-        "sensor[0].address = 0x400: not a 7-bit I2C address; expected 0x08 to 0x77",
+        "sensor 's': address = 0x400: not a 7-bit I2C address; expected 0x08 to 0x77",
     ),
     (
         "address negative",
         UNIT + SENSOR.replace("0x40", "-1"),
-        "sensor[0].address = -0x01: not a 7-bit I2C address; expected 0x08 to 0x77",
+        "sensor 's': address = -0x01: not a 7-bit I2C address; expected 0x08 to 0x77",
     ),
     (
         "address quoted",
         UNIT + SENSOR.replace("0x40", '"0x76"'),
-        'sensor[0].address = "0x76": expected an I2C address from 0x08 to 0x77; '
+        'sensor \'s\': address = "0x76": expected an I2C address from 0x08 to 0x77; '
         "write 0x76 without quotes",
     ),
     (
         "address words",
         UNIT + SENSOR.replace("0x40", '"seventy"'),
-        'sensor[0].address = "seventy": expected an I2C address from 0x08 to 0x77, '
+        'sensor \'s\': address = "seventy": expected an I2C address from 0x08 to 0x77, '
         "a number such as 0x76",
     ),
     (
         "interval unknown unit",
         UNIT + SENSOR + 'interval = "5x"\n',
-        f'sensor[0].interval = "5x": unknown unit "x" (use ms, s, m, h or d); {DURATION}',
+        f'sensor \'s\': interval = "5x": unknown unit "x" (use ms, s, m, h or d); {DURATION}',
     ),
     (
         "interval too long",
         UNIT + SENSOR + 'interval = "2d"\n',
-        'sensor[0].interval = "2d": expected a duration from 1s to 1d',
+        'sensor \'s\': interval = "2d": expected a duration from 1s to 1d',
     ),
     (
         "interval negative",
         UNIT + SENSOR + "interval = -5\n",
-        f"sensor[0].interval = -5: a duration cannot be negative; {DURATION}",
+        f"sensor 's': interval = -5: a duration cannot be negative; {DURATION}",
     ),
     (
         "interval infinite",
         UNIT + SENSOR + "interval = inf\n",
-        f"sensor[0].interval = inf: not a finite number; {DURATION}",
+        f"sensor 's': interval = inf: not a finite number; {DURATION}",
     ),
     (
         "option not a choice",
         UNIT + SENSOR + "gain = 3\n",
-        "sensor[0].gain = 3: expected one of 1, 2, 4",
+        "sensor 's': gain = 3: expected one of 1, 2, 4",
     ),
     (
         "bool is not an int",
         UNIT + SENSOR + "gain = true\n",
-        "sensor[0].gain = true: expected one of 1, 2, 4",
+        "sensor 's': gain = true: expected one of 1, 2, 4",
     ),
     (
         "option quoted",
         UNIT + SENSOR + 'gain = "2"\n',
-        'sensor[0].gain = "2": expected one of 1, 2, 4; write 2 without quotes',
+        'sensor \'s\': gain = "2": expected one of 1, 2, 4; write 2 without quotes',
     ),
     (
         "float option out of range",
         UNIT + SENSOR + "offset = 5.5\n",
-        "sensor[0].offset = 5.5: expected a number from -5 to 5",
+        "sensor 's': offset = 5.5: expected a number from -5 to 5",
     ),
     (
         "float option nan",
         UNIT + SENSOR + "offset = nan\n",
-        "sensor[0].offset = nan: expected a number from -5 to 5",
+        "sensor 's': offset = nan: expected a number from -5 to 5",
     ),
     (
         "bool option given an int",
         UNIT + SENSOR + "heater = 1\n",
-        "sensor[0].heater = 1: expected true or false",
+        "sensor 's': heater = 1: expected true or false",
     ),
     (
         "str option given a number",
         UNIT + SENSOR + "label = 1\n",
-        "sensor[0].label = 1: expected a string",
+        "sensor 's': label = 1: expected a string",
     ),
     (
         "duplicate id",
         UNIT + SENSOR + SENSOR.replace("0x40", "0x41"),
-        'sensor[1].id = "s": already used by sensor[0]; give each sensor its own id',
+        'sensor \'s\': id = "s": already used by an earlier [[sensor]]; give each sensor its '
+        "own id",
     ),
     (
         "duplicate address",
         UNIT + SENSOR.replace('"s"', '"air"') + SENSOR.replace('"s"', '"porch"'),
-        "sensor[1] ('porch'): bus 1 address 0x40 is already used by sensor 'air'; "
+        "sensor 'porch': bus 1 address 0x40 is already used by sensor 'air'; "
         "give each sensor its own address or bus",
     ),
 ]
@@ -459,7 +463,7 @@ def test_each_problem_is_one_exact_line(text: str, line: str) -> None:
 def test_wrong_type_and_unknown_key_give_exactly_two_lines() -> None:
     assert problems(UNIT + 'latitude = "north"\n' + SENSOR + "colour = 1\n") == [
         f'{SRC}: unit.latitude = "north": expected a number from -90 to 90 degrees',
-        f"{SRC}: sensor[0].colour: unknown key; {SENSOR_KEYS}",
+        f"{SRC}: sensor 's': colour: unknown key; {SENSOR_KEYS}",
     ]
 
 
@@ -470,23 +474,25 @@ def test_every_problem_is_reported_section_by_section() -> None:
         + 'interval = "1x"\ngain = 5\n'
         + '[[sensor]]\nid = "s"\ndriver = "nope"\naddress = 0x40\nwhatever = 1\n'
     )
-    assert [line.split(":")[1].strip().split(" ")[0] for line in lines] == [
+    keys = [re.match(r"(sensor '\w+': )?[^ :]+", line.removeprefix(f"{SRC}: ")) for line in lines]
+    assert [key[0] for key in keys if key] == [
         "colour",
         "unit.id",
         "unit.site",
         "storage.max_bytes",
-        "sensor[0].interval",
-        "sensor[0].gain",
-        "sensor[1].driver",
-        "sensor[1].id",
-        "sensor[1]",
+        "sensor 's': interval",
+        "sensor 's': gain",
+        "sensor 's': driver",
+        "sensor 's': id",
+        "sensor 's': bus",  # bus 1 address 0x40 is already used
     ]
 
 
 def test_duplicates_are_found_even_when_the_sensor_has_other_problems() -> None:
     lines = problems(UNIT + SENSOR + SENSOR + "gain = 3\n")
-    assert len(lines) == 3 and "already used by sensor[0]" in lines[1]
-    assert lines[2].startswith(f"{SRC}: sensor[1] ('s'): bus 1 address 0x40 is already used")
+    assert len(lines) == 3 and "already used by an earlier [[sensor]]" in lines[1]
+    assert lines[2].startswith(f"{SRC}: sensor 's': bus 1 address 0x40 is already used by "
+                               "sensor 's'")
 
 
 def test_hostile_strings_cannot_split_a_line() -> None:
@@ -835,50 +841,54 @@ FIELD_NAME_CASES: list[tuple[str, str, str]] = [
     (
         "a quality field's name",
         'channel0_quantity = "soil"\nchannel1_quantity = "soil_q"\n',
-        "sensor[0].channel1_quantity = \"soil_q\": must not end in _q: upstream that names the "
+        "sensor 'soil': channel1_quantity = \"soil_q\": must not end in _q: upstream that names "
+        "the "
         "quality flags of quantity 'soil'; choose a name that does not end in _q or _nonfinite",
     ),
     (
         "a non-finite field's name",
         'channel0_quantity = "x_nonfinite"\n',
-        "sensor[0].channel0_quantity = \"x_nonfinite\": must not end in _nonfinite: upstream that "
+        "sensor 'soil': channel0_quantity = \"x_nonfinite\": must not end in _nonfinite: upstream "
+        "that "
         "names the NaN or infinite values of quantity 'x'; choose a name that does not end in "
         "_q or _nonfinite",
     ),
     (
         "time",
         'channel2_quantity = "time"\n',
-        f'sensor[0].channel2_quantity = "time": reserved upstream for the time of each point; '
+        f'sensor \'soil\': channel2_quantity = "time": reserved upstream for the time of each '
+        f'point; '
         f"{RENAME}",
     ),
     (
         "QuestDB's timestamp",
         'channel0_quantity = "timestamp"\n',
-        f'sensor[0].channel0_quantity = "timestamp": reserved upstream for the time of each '
+        f'sensor \'soil\': channel0_quantity = "timestamp": reserved upstream for the time of each '
         f"point; {RENAME}",
     ),
     (
         "a tag key",
         'channel0_quantity = "unit"\n',
-        f'sensor[0].channel0_quantity = "unit": reserved upstream for the tag unit on every '
+        f'sensor \'soil\': channel0_quantity = "unit": reserved upstream for the tag unit on every '
         f"reading (a field of the same name would clash with it); {RENAME}",
     ),
     (
         "a commissioning tag key",
         'channel3_quantity = "shield"\n',
-        f'sensor[0].channel3_quantity = "shield": reserved upstream for the tag shield on every '
+        f'sensor \'soil\': channel3_quantity = "shield": reserved upstream for the tag shield on '
+        f'every '
         f"reading (a field of the same name would clash with it); {RENAME}",
     ),
     (
         "a health reading of the sensor",
         'channel1_quantity = "sensor_state"\n',
-        f'sensor[0].channel1_quantity = "sensor_state": reserved upstream for the agent\'s '
+        f'sensor \'soil\': channel1_quantity = "sensor_state": reserved upstream for the agent\'s '
         f"health reading of this sensor; {RENAME}",
     ),
     (
         "two inputs with one quantity",
         'channel0_quantity = "soil"\nchannel1_quantity = "soil"\n',
-        "sensor[0].channel1_quantity = \"soil\": channel0 already reports 'soil'; give each "
+        "sensor 'soil': channel1_quantity = \"soil\": channel0 already reports 'soil'; give each "
         "channel its own quantity",
     ),
 ]
@@ -904,7 +914,7 @@ def test_every_bad_quantity_name_of_a_sensor_is_reported_at_once() -> None:
                 'channel2_quantity = "site"\nchannel3_quantity = "b_nonfinite"\n')
     lines = real_problems(UNIT + ADS + channels)
     assert [line.split(" = ")[0] for line in lines] == [
-        f"{SRC}: sensor[0].channel{n}_quantity" for n in range(4)
+        f"{SRC}: sensor 'soil': channel{n}_quantity" for n in range(4)
     ]
 
 
@@ -920,7 +930,7 @@ def test_sensors_may_share_a_quantity_name_and_a_name_may_contain_a_suffix() -> 
 GOOD_NAMES = ["soil", "v", "temperature", "soil_quality", "time_of_wetness"]
 BAD_NAMES = ["soil_q", "soil_nonfinite", "v_q", "v_nonfinite", "temperature_q", "time",
              "timestamp", "unit", "sensor", "driver", "site", "shield", "mounting_height",
-             "sensor_state", "sensor_errors"]
+             "sensor_state", "sensor_errors", "simulated"]
 channel_names = st.lists(st.sampled_from(GOOD_NAMES) | st.sampled_from(BAD_NAMES) | st.just(""),
                          min_size=4, max_size=4)
 T0 = 1_767_225_600_000_000_000
@@ -952,8 +962,8 @@ def upstream_points(config: Config) -> dict[tuple[str, int], list[tuple[str, str
     for line in encoder.lines(readings):
         series, fields, stamp = line.split(" ")  # no spaces in these names and values
         for field in fields.split(","):
-            key, value = field.split("=", 1)
-            kind = "string" if value.startswith('"') else "integer" if value.endswith("i") \
+            key, text = field.split("=", 1)
+            kind = "string" if text.startswith('"') else "integer" if text.endswith("i") \
                 else "float"
             points.setdefault((series, int(stamp)), []).append((key, kind))
     return points
@@ -1054,6 +1064,198 @@ def test_a_reserved_name_from_an_option_of_another_name_is_reported_on_the_senso
     with pytest.raises(ConfigError) as caught:
         parse_config(tomllib.loads(text), source=SRC, drivers={"tuned": Tuned})
     assert caught.value.problems == [
-        f"{SRC}: sensor[0]: quantity 'time': reserved upstream for the time of each point; "
+        f"{SRC}: sensor 's': quantity 'time': reserved upstream for the time of each point; "
         f"{RENAME}"
     ]
+
+
+# --- each chip's addresses, the ADS1115's ranges, and where in the file a problem is ----------
+
+
+@pytest.mark.parametrize(
+    ("sensor", "line"),
+    [
+        ('driver = "bme280"\naddress = 76\n',
+         "sensor 'x': address = 0x4c: the bme280 answers only at 0x76 or 0x77; 76 is decimal: "
+         "write 0x76"),
+        ('driver = "bmp280"\naddress = 0x74\n',
+         "sensor 'x': address = 0x74: the bmp280 answers only at 0x76 or 0x77"),
+        ('driver = "sht4x"\naddress = 0x40\n',
+         "sensor 'x': address = 0x40: the sht4x answers only at 0x44, 0x45 or 0x46"),
+        ('driver = "sht3x"\naddress = 0x46\n',
+         "sensor 'x': address = 0x46: the sht3x answers only at 0x44 or 0x45"),
+        ('driver = "scd4x"\naddress = 62\n',
+         "sensor 'x': address = 0x3e: the scd4x answers only at 0x62; 62 is decimal: "
+         "write 0x62"),
+        ('driver = "bh1750"\naddress = 23\n',
+         "sensor 'x': address = 0x17: the bh1750 answers only at 0x23 or 0x5c; 23 is decimal: "
+         "write 0x23"),
+        ('driver = "pmsa003i"\naddress = 12\n',
+         "sensor 'x': address = 0x0c: the pmsa003i answers only at 0x12; 12 is decimal: "
+         "write 0x12"),
+        ('driver = "ads1115"\naddress = 0x47\nchannel0_quantity = "v"\n',
+         "sensor 'x': address = 0x47: the ads1115 answers only at 0x48, 0x49, 0x4a or 0x4b"),
+        ('driver = "bme280"\naddress = 0x76\nmux = 70\nchannel = 0\n',
+         "sensor 'x': mux = 0x46: expected the multiplexer's address, 0x70 to 0x77 (a TCA9548A); "
+         "70 is decimal: write 0x70"),
+    ],
+    ids=["bme280-decimal", "bmp280", "sht4x", "sht3x", "scd4x-decimal", "bh1750-decimal",
+         "pmsa003i-decimal", "ads1115", "mux-decimal"],
+)
+def test_an_address_the_chip_cannot_have_names_the_ones_it_can(sensor: str, line: str) -> None:
+    assert real_problems(UNIT + '[[sensor]]\nid = "x"\n' + sensor) == [f"{SRC}: {line}"]
+
+
+def test_every_address_the_chip_can_have_passes() -> None:
+    from drivers.registry import DRIVERS
+
+    for name, driver in DRIVERS.items():
+        extra = 'channel0_quantity = "v"\n' if name == "ads1115" else ""
+        for address in driver.addresses:
+            text = f'{UNIT}[[sensor]]\nid = "x"\ndriver = "{name}"\naddress = {address}\n{extra}'
+            assert parse_config(tomllib.loads(text), source=SRC).sensors[0].address == address
+
+
+def test_the_readme_lists_the_addresses_each_driver_declares() -> None:
+    from drivers import tca9548a
+    from drivers.registry import DRIVERS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| ([^|]+) \|", readme, re.MULTILINE))
+    assert set(rows) == set(DRIVERS)
+    for name, text in rows.items():
+        low, dash, high = text.strip().partition("–")
+        shown = (tuple(range(int(low, 16), int(high, 16) + 1)) if dash
+                 else tuple(int(a, 16) for a in text.split(",")))
+        assert shown == DRIVERS[name].addresses, name
+    mux = re.search(r"TCA9548A I2C switch \((0x\w\w)–(0x\w\w)", readme)
+    assert mux is not None
+    assert tuple(range(int(mux[1], 16), int(mux[2], 16) + 1)) == tca9548a.ADDRESSES
+
+
+ADS_X = UNIT + '[[sensor]]\nid = "x"\ndriver = "ads1115"\naddress = 0x48\n'
+
+
+@pytest.mark.parametrize(
+    ("channels", "line"),
+    [
+        ('channel0_quantity = "soil"\nchannel0_unit = "%"\n'
+         "channel0_scale = [[5.0, 0.0], [1.2, 100.0]]\n",
+         "sensor 'x': channel0_scale = [[5.0, 0.0], [1.2, 100.0]]: 5 V is outside what AIN0 can "
+         "read at channel0_gain = 4.096 (0 to 4.096 V); set channel0_gain = 6.144"),
+        ('channel1_quantity = "soil"\nchannel1_unit = "%"\nchannel1_gain = 1.024\n'
+         "channel1_scale = [[2.8, 0.0], [1.2, 100.0]]\n",
+         "sensor 'x': channel1_scale = [[2.8, 0.0], [1.2, 100.0]]: 2.8 V is outside what AIN1 "
+         "can read at channel1_gain = 1.024 (0 to 1.024 V); set channel1_gain = 4.096"),
+        ('channel0_quantity = "level"\nchannel0_unit = "m"\nchannel0_gain = 6.144\n'
+         "channel0_scale = [[0.6, 0.0], [7.5, 5.0]]\n",
+         "sensor 'x': channel0_scale = [[0.6, 0.0], [7.5, 5.0]]: 7.5 V is outside what AIN0 can "
+         "read at channel0_gain = 6.144 (0 to 6.144 V), and outside every range the ADS1115 "
+         "has; divide the probe's voltage down, or check the points"),
+        ('channel0_quantity = "level"\nchannel0_unit = "m"\n'
+         "channel0_scale = [[-0.5, 0.0], [3.0, 5.0]]\n",
+         "sensor 'x': channel0_scale = [[-0.5, 0.0], [3.0, 5.0]]: -0.5 V is below 0 V, which "
+         "AIN0 cannot read (it is measured against GND); check the points"),
+    ],
+    ids=["above-default-gain", "above-given-gain", "above-every-gain", "negative"],
+)
+def test_ads1115_scale_points_outside_the_inputs_range_are_one_line(
+    channels: str, line: str
+) -> None:
+    assert real_problems(ADS_X + channels) == [f"{SRC}: {line}"]
+
+
+def test_ads1115_ranges_are_checked_per_input() -> None:
+    lines = real_problems(
+        ADS_X + 'channel0_quantity = "a"\nchannel0_unit = "%"\nchannel0_gain = 0.256\n'
+        "channel0_scale = [[0.2, 0.0], [0.3, 100.0]]\n"
+        'channel1_quantity = "b"\nchannel1_unit = "%"\nchannel1_scale = [[0.2, 0.0], '
+        "[4.096, 100.0]]\n"
+        'channel2_quantity = "c"\nchannel2_unit = "%"\nchannel2_gain = 0.512\n'
+        "channel2_scale = [[0.2, 0.0], [0.6, 100.0]]\n"
+    )
+    assert [line.split(":")[2].split("=")[0].strip() for line in lines] == [
+        "channel0_scale", "channel2_scale"]
+    assert "set channel0_gain = 0.512" in lines[0] and "set channel2_gain = 1.024" in lines[1]
+
+
+LINES_CONFIG = """\
+[unit]
+id = "u1"
+site = "Roof"
+
+[[sensor]]
+id = "air"
+driver = "probe"
+address = 0x40
+intervall = "10s"   # line 9
+[sensor.calibration.temperature]
+id = "c1"
+ofset = 1           # line 12
+
+[[sensor]]
+# no id: named by its place
+driver = "probe"
+label = '''
+[[sensor]]
+id = "not a key"
+'''
+colour = [
+  [1, 2],
+  [3, 4],
+]
+address = 0x41
+gain = 3            # line 26
+
+[[sensor]]
+id = "air"
+driver = "probe"
+address = 0x40
+
+[[alert]]
+id = "hot"
+sensor = "air"
+quantity = "temperature"
+above = 30
+"""
+
+
+def test_problems_name_the_sensor_by_its_id_and_the_line_of_the_key(tmp_path: Path) -> None:
+    path = tmp_path / SRC
+    path.write_text(LINES_CONFIG, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, drivers=REGISTRY)
+    assert caught.value.problems == [
+        f"{path}: sensor 'air' (line 9): intervall: unknown key; {SENSOR_KEYS}",
+        f"{path}: sensor 'air' (line 12): calibration.temperature.ofset: unknown key; valid "
+        "keys are id, offset, scale, polynomial",
+        f"{path}: sensor[1] (line 21): colour: unknown key; {SENSOR_KEYS}",
+        f'{path}: sensor[1] (line 14): id: missing; add it, such as id = "air"',
+        f"{path}: sensor[1] (line 26): gain = 3: expected one of 1, 2, 4",
+        f'{path}: sensor \'air\' (line 29): id = "air": already used by an earlier [[sensor]] '
+        "(line 5); give each sensor its own id",
+        f"{path}: sensor 'air' (line 28): bus 1 address 0x40 is already used by sensor 'air' "
+        "(line 5); give each sensor its own address or bus",
+    ]
+
+
+def test_a_sensor_whose_keys_the_text_scan_cannot_place_gets_no_line(tmp_path: Path) -> None:
+    path = tmp_path / SRC
+    path.write_text(UNIT + '[[sensor]]\nid = "air"\ndriver = "probe"\naddress = 0x40\n'
+                    '"gain" = 3\n[[sensor]]\nid = "b"\ndriver = "probe"\naddress = 0x41\n'
+                    "gain = 5\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, drivers=REGISTRY)
+    assert caught.value.problems == [
+        f"{path}: sensor 'air': gain = 3: expected one of 1, 2, 4",
+        f"{path}: sensor 'b' (line 13): gain = 5: expected one of 1, 2, 4",
+    ]
+
+
+def test_sensor_tables_the_text_scan_cannot_count_get_no_lines(tmp_path: Path) -> None:
+    path = tmp_path / SRC
+    path.write_text(UNIT + '[["sensor"]]\nid = "air"\ndriver = "probe"\naddress = 0x40\n'
+                    "gain = 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, drivers=REGISTRY)
+    assert caught.value.problems == [f"{path}: sensor 'air': gain = 3: expected one of 1, 2, 4"]

@@ -33,13 +33,13 @@ def station(path: Path, url: str, *, commit_interval: str, alert: bool = False) 
 
 
 def run(config: Path, data: Path, seconds: float) -> float:
-    """``envagent run --simulate`` for ``seconds``; returns the monotonic time it ended (its
-    start-up takes longer on a loaded machine, its stop does not)."""
+    """``envagent run --simulate --deliver`` for ``seconds``; returns the monotonic time it
+    ended (its start-up takes longer on a loaded machine, its stop does not)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     done = subprocess.run(
-        [sys.executable, "-m", "agent", "run", "--simulate", "--config", str(config),
-         "--data-dir", str(data), "--duration", str(seconds)],
+        [sys.executable, "-m", "agent", "run", "--simulate", "--deliver", "--config",
+         str(config), "--data-dir", str(data), "--duration", str(seconds)],
         cwd=config.parent, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S,
         env={**env, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr

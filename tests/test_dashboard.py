@@ -1,15 +1,16 @@
 """The Grafana fleet dashboard (``config/grafana/envagent-fleet.json``): a valid dashboard model,
 and every query in it answered by a real VictoriaMetrics holding what the real agent delivered.
 
-How the store is filled: two simulated stations run as real ``envagent run --simulate``
-processes at once, delivering to the session's VictoriaMetrics over ``/write``. Their sites need
+How the store is filled: two simulated stations run as real ``envagent run --simulate
+--deliver`` processes at once, delivering to the session's VictoriaMetrics over ``/write`` (every
+series carries ``simulated="true"``). Their sites need
 regex escaping (parentheses, a dot) and one is not ASCII. Station A's light sensor starts
 answering NACK after 2 s (``--sim-fault``), so the store holds a failed sensor and a data gap;
 station B stays healthy. Station A is commissioned first, so its readings carry the
 ``mounting_height`` and ``shield`` tags and the store holds its ``envagent_commission_*`` point,
 which no panel may show as a sensor. Each runs 9 s: the first health report comes 5 s after the
 start (``agent.health.FIRST_SAMPLE_S``) and ``[health] interval`` cannot be under 30 s, so each
-unit sends one report. ``envagent sync`` then delivers what was left in the outboxes.
+unit sends one report. ``envagent sync --simulate --deliver`` then delivers what was left.
 
 How a query is evaluated: as Grafana would send it -- ``$site`` and ``$unit`` become ``.*`` (the
 dashboard's "All") or one real value escaped as Grafana's Prometheus data source escapes a value
@@ -278,9 +279,9 @@ def fleet(victoriametrics: VictoriaMetrics,
         directory.mkdir()
         config = str(_station(directory, unit=unit, site=site, url=vm.write_url))
         data = str(directory / "data")
-        runs.append(["run", "--simulate", "--config", config, "--data-dir", data,
+        runs.append(["run", "--simulate", "--deliver", "--config", config, "--data-dir", data,
                      "--duration", str(RUN_S), *faults])
-        syncs.append(["sync", "--config", config, "--data-dir", data])
+        syncs.append(["sync", "--simulate", "--deliver", "--config", config, "--data-dir", data])
         if unit == UNIT_A:  # its readings carry commissioning tags, the store its metadata
             visits.append(["commission", "--simulate", "--config", config, "--data-dir", data,
                            "--mounting-height", "2", "--radiation-shield", "Stevenson screen"])

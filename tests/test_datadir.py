@@ -72,7 +72,8 @@ def test_a_second_agent_on_the_same_data_directory_is_refused(tmp_path: Path) ->
         assert "Traceback" not in second.stderr
         assert "sampling" not in second.stderr  # refused before it touched anything
 
-        commands: list[list[str | Path]] = [["sync", "--config", online],
+        commands: list[list[str | Path]] = [["sync", "--simulate", "--deliver", "--config",
+                                             online],
                                             ["commission", "--simulate", "--config", plain]]
         for command in commands:
             refused = envagent(*command, "--data-dir", data, cwd=tmp_path)

@@ -4,25 +4,38 @@ count, and the exit code and ``--json`` are what scripts expect."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import grp
 import json
 import os
+import pwd
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
+import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from httpfaults import FaultServer, status
 
+from agent import datadir
 from agent.config import Config, parse_config
 from agent.doctor import Check, DiskUsage, Status, check_clock, check_device, worst
 from agent.doctor_sensors import check_sensors, spreads
-from agent.doctor_storage import check_backlog, check_database, check_free_space
+from agent.doctor_storage import (
+    check_backlog,
+    check_data_dir,
+    check_database,
+    check_free_space,
+    check_lock,
+)
 from agent.doctor_uplink import check_uplink
 from agent.outbox import Outbox
 from agent.processing import Processed
@@ -155,10 +168,11 @@ def test_a_chip_that_cannot_be_identified_but_sets_up_is_a_warning() -> None:
 
 
 class FlakyBus:
-    """A SimBus whose first ``failures`` BME280 data bursts fail with EIO (a noisy cable)."""
+    """A SimBus whose first ``failures`` BME280 data bursts fail with ``error`` (EIO: a noisy
+    cable)."""
 
-    def __init__(self, bus: Any, failures: int) -> None:
-        self._bus, self.failures = bus, failures
+    def __init__(self, bus: Any, failures: int, error: int = errno.EIO) -> None:
+        self._bus, self.failures, self.error = bus, failures, error
         self.number, self.lock = bus.number, bus.lock
 
     def write(self, address: int, data: bytes) -> None:
@@ -170,7 +184,7 @@ class FlakyBus:
     def write_read(self, address: int, data: bytes, length: int) -> bytes:
         if data[:1] == bytes([REG_STATUS]) and length > 1 and self.failures > 0:
             self.failures -= 1
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
+            raise OSError(self.error, os.strerror(self.error))
         return bytes(self._bus.write_read(address, data, length))
 
     def close(self) -> None:
@@ -185,7 +199,56 @@ def test_failed_samples_are_counted(failures: int, expected: Status) -> None:
     checks = by_name(check_sensors(config_of(UNIT + sensor_toml("bme280")), flaky, clock, 3))
     assert checks["sensor air"].status is Status.PASS
     assert checks["samples air"].status is expected
-    assert "EIO" in checks["samples air"].detail
+    assert "I/O error talking to 1:0x76" in checks["samples air"].detail
+    assert "EIO" not in checks["samples air"].detail
+
+
+def test_a_sensor_that_stops_answering_is_described_in_words() -> None:
+    clock = FakeClock()
+    buses = world(Placement(1, 0x76, "bme280", "air"), clock=clock)
+    flaky = {1: FlakyBus(buses[1], 3, errno.EREMOTEIO)}
+    checks = by_name(check_sensors(config_of(UNIT + sensor_toml("bme280")), flaky, clock, 3))
+    detail = checks["samples air"].detail
+    assert "no answer at 1:0x76: check wiring, power and address" in detail, detail
+    assert "EREMOTEIO" not in detail and "Remote I/O" not in detail
+
+
+class NackAfterProbe(FlakyBus):
+    """Acknowledges its address (the probe's empty write), then answers nothing more."""
+
+    def write(self, address: int, data: bytes) -> None:
+        if data:
+            raise OSError(errno.EREMOTEIO, os.strerror(errno.EREMOTEIO))
+        self._bus.write(address, data)
+
+    def write_read(self, address: int, data: bytes, length: int) -> bytes:
+        raise OSError(errno.EREMOTEIO, os.strerror(errno.EREMOTEIO))
+
+
+def test_a_sensor_that_stops_answering_during_setup_is_described_in_words() -> None:
+    clock = FakeClock()
+    buses = world(Placement(1, 0x48, "ads1115", "probes"), clock=clock)
+    toml = (UNIT + sensor_toml("ads1115", 0x48, "probes") + 'channel0_quantity = "soil"\n')
+    checks = by_name(check_sensors(config_of(toml), {1: NackAfterProbe(buses[1], 0)}, clock, 2))
+    detail = checks["sensor probes"].detail
+    assert "no answer at 1:0x48" in detail and "Errno" not in detail, detail
+
+
+CLIPPED_SOIL = ('[[sensor]]\nid = "soil"\ndriver = "ads1115"\naddress = 0x48\n'
+                'interval = "10s"\nchannel0_quantity = "soil_moisture"\nchannel0_unit = "%"\n'
+                'channel0_scale = [[0.0, 0.0], [0.2, 10.0]]\nchannel0_gain = 0.256\n')
+
+
+def test_a_clipped_adc_input_points_at_its_gain_not_the_wiring() -> None:
+    clock = FakeClock()
+    buses = world(Placement(1, 0x48, "ads1115", "soil"), clock=clock)
+    checks = by_name(check_sensors(config_of(UNIT + CLIPPED_SOIL), buses, clock, 2))
+    samples = checks["samples soil"]
+    assert samples.status is Status.WARN
+    assert "soil_moisture clipped" in samples.detail, samples.detail
+    hint = samples.hint or ""
+    assert "channel0_gain" in hint and "0.256" in hint, hint
+    assert "wire" not in hint
 
 
 def test_an_implausible_spread_is_a_warning() -> None:
@@ -230,6 +293,120 @@ def test_clock() -> None:
     unsynced = check_clock(FakeClock(synced=False))
     assert unsynced.status is Status.WARN and "timedatectl status" in (unsynced.hint or "")
     assert check_clock(FakeClock(synced=None)).status is Status.WARN
+
+
+def no_sensors(tmp_path: Path) -> Path:
+    config = tmp_path / "bare.toml"
+    config.write_text(UNIT)
+    return config
+
+
+def data_dir_check(tmp_path: Path, data: Path, *extra: str) -> dict[str, Any]:
+    result = envagent("doctor", "--config", str(no_sensors(tmp_path)), "--data-dir", str(data),
+                      "--json", *extra, cwd=tmp_path)
+    return {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+
+
+@contextlib.contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """``path`` made unwritable for this user: immutable for root (who may write anything
+    else), mode 0555 for anyone else."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(
+            ["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a directory immutable on this filesystem")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_data_directory_this_user_cannot_write_fails(tmp_path: Path) -> None:
+    """On a machine without the service's user (this one), doctor checks for whoever runs it
+    and says so."""
+    data = tmp_path / "d"
+    data.mkdir()
+    assert data_dir_check(tmp_path, data)["data directory"]["status"] == "PASS"
+    with unwritable(data):
+        check = data_dir_check(tmp_path, data)["data directory"]
+    assert check["status"] == "FAIL", check
+    assert str(data) in check["detail"] and "cannot write" in check["detail"]
+    assert "no user envagent on this machine" in check["detail"]
+    assert check["hint"]
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every user can reach (pytest's own are root's alone, 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="envagent-doctor-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can check as another user")
+def test_root_checks_the_data_directory_as_the_service_user(shared_dir: Path) -> None:
+    data = shared_dir / "data"
+    data.mkdir(mode=0o755)
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    refused = check_data_dir(data, "nobody")  # root's directory: nobody may not write it
+    assert refused.status is Status.FAIL, refused
+    assert "user nobody cannot write" in refused.detail and str(data) in refused.detail
+    assert refused.hint is not None and f"chown -R nobody:{group} {data}" in refused.hint
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    assert check_data_dir(data, "nobody").status is Status.PASS
+    (data / "outbox.sqlite").write_bytes(b"")  # left by `sudo envagent run`: root's, 0644
+    left = check_data_dir(data, "nobody")
+    assert left.status is Status.FAIL and str(data / "outbox.sqlite") in left.detail, left
+
+
+def test_a_data_directory_that_cannot_be_created_fails(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    assert check_data_dir(tmp_path / "new" / "data", None).status is Status.PASS
+    blocked = check_data_dir(tmp_path / "file" / "data", None)
+    assert blocked.status is Status.FAIL and str(tmp_path / "file") in blocked.detail, blocked
+
+
+def test_the_lock_is_free_held_by_the_agent_or_by_something_else(tmp_path: Path) -> None:
+    fresh = check_lock(tmp_path, lambda: None)
+    assert fresh.status is Status.PASS
+    assert not (tmp_path / datadir.LOCK_FILE).exists()  # doctor creates nothing
+    with datadir.hold(tmp_path):  # this test process: another envagent, not the running one
+        other = check_lock(tmp_path, lambda: None)
+        agent = check_lock(tmp_path, os.getpid)
+    assert other.status is Status.WARN and f"pid {os.getpid()}" in other.detail, other
+    assert other.hint is not None
+    assert agent.status is Status.PASS and f"pid {os.getpid()}" in agent.detail, agent
+    assert check_lock(tmp_path, lambda: None).status is Status.PASS
+
+
+def test_doctor_beside_a_running_agent_says_it_holds_the_data_directory(
+        tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--simulate", "--config",
+                             str(no_sensors(tmp_path)), "--data-dir", str(data)], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (data / "outbox.sqlite").exists():  # it holds the lock before it opens that
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        check = data_dir_check(tmp_path, data, "--simulate")["lock"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert check["status"] == "PASS", check
+    assert f"envagent run (pid {proc.pid})" in check["detail"], check
 
 
 @pytest.mark.parametrize(("free_mib", "expected"), [(50, Status.FAIL), (300, Status.WARN),
@@ -299,8 +476,9 @@ def test_uplink_answering_204_passes_every_step(token_file: Path) -> None:
     with FaultServer() as server:
         checks = uplink_checks(uplink_config(server.url(), token_file))
         (request,) = server.requests
-    assert [c.status for c in checks.values()] == [Status.PASS, Status.PASS, Status.SKIP,
-                                                  Status.PASS]
+    assert {n: c.status for n, c in checks.items()} == {
+        "uplink token": Status.PASS, "uplink dns": Status.PASS, "uplink tcp": Status.PASS,
+        "uplink tls": Status.SKIP, "uplink auth": Status.PASS}
     assert request.body == b"" and request.headers["authorization"] == f"Token {TOKEN}"
     assert "nothing was stored" in checks["uplink auth"].detail
 
@@ -396,6 +574,21 @@ def test_doctor_json_and_exit_code_against_a_refusing_server(tmp_path: Path,
     assert "FAIL uplink auth" in human.stdout
 
 
+@pytest.mark.parametrize(("mode", "expected"), [(0o600, Status.PASS), (0o644, Status.WARN),
+                                              (0o640, Status.WARN)])
+def test_a_token_file_other_users_can_read_is_a_warning(token_file: Path, mode: int,
+                                                        expected: Status) -> None:
+    token_file.chmod(mode)
+    with FaultServer() as server:
+        checks = uplink_checks(uplink_config(server.url(), token_file))
+    check = checks["uplink token"]
+    assert check.status is expected, check
+    assert str(token_file) in check.detail
+    if expected is Status.WARN:
+        assert f"mode {mode:04o}" in check.detail and "chmod 600" in (check.hint or "")
+    assert checks["uplink auth"].status is Status.PASS
+
+
 def test_worst() -> None:
     def c(s: Status) -> Check:
         return Check("x", s, "")
@@ -422,3 +615,14 @@ def test_the_service_credential_file_is_used_when_no_token_file_is_set(
         (request,) = server.requests
     assert request.headers["authorization"] == f"Token {TOKEN}"
     assert "LoadCredential" in checks["uplink auth"].detail
+
+
+def test_a_token_pasted_in_place_of_the_token_file_is_never_shown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / TOKEN).write_text("x\n")  # even where a file by that name exists, mode 0644
+    with FaultServer() as server:
+        checks = check_uplink(uplink_config(server.url(), Path(TOKEN)), {}, NO_TOKEN_SOURCE)
+    for check in checks:
+        assert TOKEN not in check.detail and TOKEN not in (check.hint or "")
+    assert caplog.records and all(TOKEN not in r.getMessage() for r in caplog.records)

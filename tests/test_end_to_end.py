@@ -7,7 +7,8 @@ What is compared with what:
   the outbox; the test reads them (read-only) as the truth, then ``envagent sync`` delivers them
   and VictoriaMetrics' ``/api/v1/export`` must hold exactly those points -- per series, timestamp
   for timestamp (ms, truncated), value for value (to the ~12 significant digits VictoriaMetrics
-  keeps), the unicode ``site`` label intact.
+  keeps), the unicode ``site`` label intact. The runs are rehearsals (``--simulate``), so they
+  deliver with ``--deliver`` and every series carries the label ``simulated="true"``.
 - Replays: the outbox copied before the sync is put back and synced again (the agent was told 2xx
   but died before its ack committed), and that batch is also POSTed once more by the test: the
   agent's second body is byte-identical to the first and the store still holds one point each
@@ -117,7 +118,8 @@ def forward_to(vm: VictoriaMetrics, *, fail: Iterable[int] = ()) -> Respond:
 def labels(measurement: str, field: str, unit: str, sensor: str) -> Labels:
     """A series' labels: the tags of its line (no ``driver`` for a sensor id the configuration
     does not name, such as the unit's own health readings) plus the metric name."""
-    metric = {"__name__": f"{measurement}_{field}", "unit": unit, "sensor": sensor, "site": SITE}
+    metric = {"__name__": f"{measurement}_{field}", "unit": unit, "sensor": sensor, "site": SITE,
+              "simulated": "true"}  # a rehearsal's (agent.rehearsal)
     if sensor in DRIVERS:
         metric["driver"] = DRIVERS[sensor]
     return tuple(sorted(metric.items()))
@@ -212,7 +214,8 @@ def test_an_offline_backlog_synced_later_lands_exactly_once(victoriametrics: Vic
     with RecordingServer(forward_to(vm)) as proxy:
         online = station(tmp_path / "online.toml", unit=unit, measurement=measurement,
                          url=proxy.url())
-        synced = envagent("sync", "--config", online, "--data-dir", data, "--json", cwd=tmp_path)
+        synced = envagent("sync", "--simulate", "--deliver", "--config", online, "--data-dir",
+                          data, "--json", cwd=tmp_path)
         assert synced.returncode == 0, synced.stderr
         report = json.loads(synced.stdout)
         assert (report["ok"], report["delivered"], report["backlog"]) == (True, len(stored), 0)
@@ -224,7 +227,8 @@ def test_an_offline_backlog_synced_later_lands_exactly_once(victoriametrics: Vic
         for end in ("-wal", "-shm"):
             Path(f"{data / 'outbox.sqlite'}{end}").unlink(missing_ok=True)
         shutil.copy2(tmp_path / "outbox-before-sync.sqlite", data / "outbox.sqlite")
-        again = envagent("sync", "--config", online, "--data-dir", data, "--json", cwd=tmp_path)
+        again = envagent("sync", "--simulate", "--deliver", "--config", online, "--data-dir",
+                         data, "--json", cwd=tmp_path)
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["delivered"] == len(stored)
         first, second = proxy.snapshot()
@@ -256,6 +260,7 @@ def points_in(bodies: Iterable[bytes], *, measurement: str, unit: str) -> Series
                 assert points.setdefault(point, float(value)) == float(value), (point, value)
                 assert tags.get("driver") == DRIVERS.get(tags["sensor"]), tags
                 assert tags["site"] == SITE and tags["unit"] == unit, tags
+                assert tags["simulated"] == "true", tags  # a rehearsal's, marked as such
     series: Series = {}
     for (key, ms), value in sorted(points.items()):
         series.setdefault(key, []).append((ms, value))
@@ -281,12 +286,13 @@ def test_sampling_while_delivering_lands_every_committed_reading_once(
     with RecordingServer(forward_to(vm, fail=[0])) as proxy:
         config = station(tmp_path / "live.toml", unit=unit, measurement=measurement,
                          url=proxy.url())
-        ran = envagent("run", "--simulate", "--config", config, "--data-dir", data,
+        ran = envagent("run", "--simulate", "--deliver", "--config", config, "--data-dir", data,
                        "--duration", "6", cwd=tmp_path)
         run_ended = time.monotonic()
         assert ran.returncode == 0, ran.stderr
         during_run = proxy.snapshot()
-        synced = envagent("sync", "--config", config, "--data-dir", data, "--json", cwd=tmp_path)
+        synced = envagent("sync", "--simulate", "--deliver", "--config", config, "--data-dir",
+                          data, "--json", cwd=tmp_path)
         assert synced.returncode == 0, synced.stderr
         exchanges = proxy.snapshot()
 

@@ -24,12 +24,12 @@ _LIST_MODULES = (
 )
 
 
-def loaded_by_run(tmp_path: Path, config_text: str) -> set[str]:
+def loaded_by_run(tmp_path: Path, config_text: str, *extra: str) -> set[str]:
     config = tmp_path / "envagent.toml"
     config.write_text(config_text)
     result = subprocess.run(
         [sys.executable, "-c", _LIST_MODULES, "run", "--simulate", "--config", str(config),
-         "--data-dir", str(tmp_path / "data"), "--duration", "1"],
+         "--data-dir", str(tmp_path / "data"), "--duration", "1", *extra],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
@@ -67,4 +67,5 @@ def test_requests_is_loaded_only_by_a_unit_that_delivers(tmp_path: Path) -> None
     offline = loaded_by_run(tmp_path / "offline", example)
     assert "agent.sampler" in offline and "requests" not in offline
     uplink = '\n[uplink]\nurl = "http://127.0.0.1:9/write"\nallow_insecure_http = true\n'
-    assert "requests" in loaded_by_run(tmp_path / "online", example + uplink)
+    # a rehearsal delivers only when asked (agent.rehearsal)
+    assert "requests" in loaded_by_run(tmp_path / "online", example + uplink, "--deliver")

@@ -320,7 +320,8 @@ def test_health_interval_defaults_to_five_minutes_and_is_bounded() -> None:
 def test_no_sensor_may_take_the_reserved_id() -> None:
     sensor = {**SENSORS[0], "id": HEALTH_SENSOR}
     assert config_problems({"sensor": [sensor]}) == [
-        "e.toml: sensor[0].id = \"envagent\": reserved for the agent's own health readings; "
+        "e.toml: sensor 'envagent': id = \"envagent\": reserved for the agent's own health "
+        "readings; "
         "choose another id"]
 
 

@@ -348,46 +348,48 @@ def test_muxed_sensors_are_placed_and_named_with_their_channel() -> None:
     [
         (
             sensor("a", extra="channel = 2\n"),
-            "sensor[0].channel = 2: needs mux, the multiplexer's address; add mux = 0x70 "
+            "sensor 'a': channel = 2: needs mux, the multiplexer's address; add mux = 0x70 "
             "(0x70 to 0x77)",
         ),
         (
             sensor("a", extra="mux = 0x71\n"),
-            "sensor[0].mux = 0x71: needs channel, the multiplexer channel the sensor is wired to; "
+            "sensor 'a': mux = 0x71: needs channel, the multiplexer channel the sensor is wired "
+            "to; "
             "add channel = 0 to 7",
         ),
         (
             sensor("a", extra="mux = 0x60\nchannel = 1\n"),
-            "sensor[0].mux = 0x60: expected the multiplexer's address, 0x70 to 0x77 (a TCA9548A)",
+            "sensor 'a': mux = 0x60: expected the multiplexer's address, 0x70 to 0x77 (a "
+            "TCA9548A)",
         ),
         (
             sensor("a", extra="mux = 0x70\nchannel = 8\n"),
-            "sensor[0].channel = 8: expected an integer from 0 to 7 (the multiplexer channel)",
+            "sensor 'a': channel = 8: expected an integer from 0 to 7 (the multiplexer channel)",
         ),
         (
             sensor("a", extra='mux = 0x70\nchannel = "2"\n'),
-            'sensor[0].channel = "2": expected an integer from 0 to 7 (the multiplexer channel); '
-            "write 2 without quotes",
+            'sensor \'a\': channel = "2": expected an integer from 0 to 7 (the multiplexer '
+            "channel); write 2 without quotes",
         ),
         (
             sensor("a", extra="mux = 0x70\nchannel = 3\n")
             + sensor("b", extra="mux = 0x70\nchannel = 3\n"),
-            "sensor[1] ('b'): bus 1 mux 0x70 channel 3 address 0x76 is already used by sensor "
+            "sensor 'b': bus 1 mux 0x70 channel 3 address 0x76 is already used by sensor "
             "'a'; give each sensor its own address or channel",
         ),
         (
-            sensor("a", 0x70) + sensor("b", extra="mux = 0x70\nchannel = 3\n"),
-            "sensor[0] ('a'): address 0x70 is where the multiplexer mux = 0x70 answers on bus 1; "
+            sensor("a", 0x76) + sensor("b", 0x77, extra="mux = 0x76\nchannel = 3\n"),
+            "sensor 'a': address 0x76 is where the multiplexer mux = 0x76 answers on bus 1; "
             "give the sensor or the multiplexer (its A0-A2 pins) another address",
         ),
         (
-            sensor("b", 0x71, extra="mux = 0x71\nchannel = 3\n"),
-            "sensor[0] ('b'): address 0x71 is where the multiplexer mux = 0x71 answers on bus 1; "
+            sensor("b", 0x77, extra="mux = 0x77\nchannel = 3\n"),
+            "sensor 'b': address 0x77 is where the multiplexer mux = 0x77 answers on bus 1; "
             "give the sensor or the multiplexer (its A0-A2 pins) another address",
         ),
         (
             sensor("a") + sensor("b", extra="mux = 0x70\nchannel = 3\n"),
-            "sensor[1] ('b'): address 0x76 behind mux 0x70 channel 3 is also used on bus 1 itself "
+            "sensor 'b': address 0x76 behind mux 0x70 channel 3 is also used on bus 1 itself "
             "by sensor 'a'; both would answer whenever channel 3 is selected, so move one",
         ),
     ],

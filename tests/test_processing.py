@@ -204,58 +204,68 @@ POLY = "expected 2 to 6 numbers [c0, c1, ...] for value = c0 + c1·x + c2·x² .
 @pytest.mark.parametrize(
     ("text", "line"),
     [
-        ("average = 0\n", "sensor[0].average = 0: expected an integer from 1 to 100 (driver reads "
+        ("average = 0\n", "sensor 'air': average = 0: expected an integer from 1 to 100 (driver "
+                          "reads "
          "per reading)"),
-        ("average = 101\n", "sensor[0].average = 101: expected an integer from 1 to 100 (driver "
+        ("average = 101\n", "sensor 'air': average = 101: expected an integer from 1 to 100 "
+                            "(driver "
          "reads per reading)"),
-        ("average = 2.5\n", "sensor[0].average = 2.5: expected an integer from 1 to 100 (driver "
+        ("average = 2.5\n", "sensor 'air': average = 2.5: expected an integer from 1 to 100 "
+                            "(driver "
          "reads per reading)"),
         ('[sensor.calibration.co2]\nid = "x"\noffset = 1\n',
-         f"sensor[0].calibration.co2: unknown quantity for driver bme280; {QUANTITIES}"),
+         f"sensor 'air': calibration.co2: unknown quantity for driver bme280; {QUANTITIES}"),
         ("[sensor.plausible.humidty]\nmax = 90\n",
-         f"sensor[0].plausible.humidty: unknown quantity for driver bme280; {QUANTITIES}"),
+         f"sensor 'air': plausible.humidty: unknown quantity for driver bme280; {QUANTITIES}"),
         ("calibration = 1\n",
-         "sensor[0].calibration = 1: expected tables such as [sensor.calibration.temperature]"),
+         "sensor 'air': calibration = 1: expected tables such as [sensor.calibration.temperature]"),
         ("plausible = { temperature = 5 }\n",
-         "sensor[0].plausible.temperature = 5: expected a table [sensor.plausible.temperature]"),
+         "sensor 'air': plausible.temperature = 5: expected a table "
+         "[sensor.plausible.temperature]"),
         (CAL + "offset = 1\n",
-         'sensor[0].calibration.temperature.id: missing; add it, such as id = "air-T-2026-03"'),
-        (CAL + 'id = "c"\n', "sensor[0].calibration.temperature: expected offset, scale or "
+         'sensor \'air\': calibration.temperature.id: missing; add it, such as id = '
+         '"air-T-2026-03"'),
+        (CAL + 'id = "c"\n', "sensor 'air': calibration.temperature: expected offset, scale or "
          "polynomial (offset = 0.0 records no correction)"),
         (CAL + 'id = "c"\npolynomial = []\n',
-         f"sensor[0].calibration.temperature.polynomial = []: {POLY}"),
+         f"sensor 'air': calibration.temperature.polynomial = []: {POLY}"),
         (CAL + 'id = "c"\npolynomial = [0.5]\n',  # a constant: every reading would be 0.5
-         "sensor[0].calibration.temperature.polynomial = [0.5]: a single number would replace "
+         "sensor 'air': calibration.temperature.polynomial = [0.5]: a single number would replace "
          "every value by that constant; to add it, write offset = 0.5 instead, or give "
          f"{POLY[9:]}"),
         (CAL + 'id = "c"\npolynomial = ["x"]\n',
-         f'sensor[0].calibration.temperature.polynomial = ["x"]: {POLY}'),
-        (CAL + 'id = "c"\npolynomial = [1, 2, 3, 4, 5, 6, 7]\n',
-         f"sensor[0].calibration.temperature.polynomial = [1, 2, 3, 4, 5]: {POLY}"),  # shown cut
+         f'sensor \'air\': calibration.temperature.polynomial = ["x"]: {POLY}'),
+        (CAL + 'id = "c"\npolynomial = [1, 2, 3, 4, 5, 6, 7]\n',  # shown cut
+         f"sensor 'air': calibration.temperature.polynomial = [1, 2, 3, 4, 5]: {POLY}"),
         (CAL + 'id = "c"\npolynomial = [1, "2"]\n',
-         f'sensor[0].calibration.temperature.polynomial = [1, "2"]: {POLY}'),
+         f'sensor \'air\': calibration.temperature.polynomial = [1, "2"]: {POLY}'),
         (CAL + 'id = "c"\npolynomial = [0, 1]\noffset = 1\n',
-         "sensor[0].calibration.temperature: polynomial replaces offset and scale; write them as "
+         "sensor 'air': calibration.temperature: polynomial replaces offset and scale; write them "
+         "as "
          "its c0 and c1"),
-        (CAL + 'id = "c"\nscale = 0\n', "sensor[0].calibration.temperature.scale = 0: expected a "
+        (CAL + 'id = "c"\nscale = 0\n', "sensor 'air': calibration.temperature.scale = 0: "
+                                        "expected a "
          "number other than 0 (a scale of 0 would erase every reading)"),
         (CAL + 'id = "c"\noffset = nan\n',
-         "sensor[0].calibration.temperature.offset = nan: expected a finite number"),
-        (CAL + 'id = "c"\noffset = "0.5"\n', 'sensor[0].calibration.temperature.offset = "0.5": '
+         "sensor 'air': calibration.temperature.offset = nan: expected a finite number"),
+        (CAL + 'id = "c"\noffset = "0.5"\n', 'sensor \'air\': calibration.temperature.offset = '
+                                             '"0.5": '
          "expected a number; write 0.5 without quotes"),
-        (CAL + 'id = "T 1"\noffset = 1\n', 'sensor[0].calibration.temperature.id = "T 1": expected '
+        (CAL + 'id = "T 1"\noffset = 1\n', 'sensor \'air\': calibration.temperature.id = "T 1": '
+                                           'expected '
          "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"),
-        (CAL + 'id = "c"\noffset = 1\ngain = 2\n', "sensor[0].calibration.temperature.gain: "
+        (CAL + 'id = "c"\noffset = 1\ngain = 2\n', "sensor 'air': calibration.temperature.gain: "
          "unknown key; valid keys are id, offset, scale, polynomial"),
         (PLAUS + "min = 90\n",
-         "sensor[0].plausible.temperature: min 90 must be below max 85 (built in)"),
+         "sensor 'air': plausible.temperature: min 90 must be below max 85 (built in)"),
         (PLAUS + "min = 10\nmax = 10\n",
-         "sensor[0].plausible.temperature: min 10 must be below max 10"),
+         "sensor 'air': plausible.temperature: min 10 must be below max 10"),
         (PLAUS + "spike = 0\n",
-         "sensor[0].plausible.temperature.spike = 0: expected a number above 0"),
-        (PLAUS + "stuck_after = 1\n", "sensor[0].plausible.temperature.stuck_after = 1: expected "
+         "sensor 'air': plausible.temperature.spike = 0: expected a number above 0"),
+        (PLAUS + "stuck_after = 1\n", "sensor 'air': plausible.temperature.stuck_after = 1: "
+                                      "expected "
          "an integer from 2 to 1000000"),
-        (PLAUS + "maximum = 1\n", "sensor[0].plausible.temperature.maximum: unknown key; valid "
+        (PLAUS + "maximum = 1\n", "sensor 'air': plausible.temperature.maximum: unknown key; valid "
          "keys are min, max, spike, stuck_after"),
     ],
 )

@@ -216,7 +216,7 @@ class Station:
         with self.log.open("ab") as log:
             log.write(f"--- round {round_no}\n".encode())
             return subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--simulate", "--config",
+                [sys.executable, "-m", "agent", "run", "--simulate", "--deliver", "--config",
                  str(self.config), "--data-dir", str(self.data)],
                 cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=log)
@@ -355,6 +355,7 @@ from agent.outbox import Outbox
 from agent.reading import Reading
 path, ns = Path({str(data / "outbox.sqlite")!r}), 1_000_000_000
 outbox = Outbox(path, max_bytes=1 << 28)
+outbox.mark_simulated(True)  # the runs below are rehearsals (agent.rehearsal)
 for i in range(100_000):
     outbox.append([Reading("air", q, 20.0 + i / 100, u, (1_767_225_600 + i) * ns, (5 + i) * ns,
                            "boot-before", True) for q, u in (("temperature", "°C"),
@@ -439,10 +440,10 @@ def kill_loop(tmp_path: Path, seed: int, rounds: int, upstream_answers: FlakyUps
             # One clean run after all that, then deliver whatever is left.
             if isinstance(upstream_answers, OfflineUpstream):
                 upstream_answers.online = True
-            clean = station.run("run", "--simulate", "--duration", "2")
+            clean = station.run("run", "--simulate", "--deliver", "--duration", "2")
             assert clean.returncode == 0, f"seed {seed}: {clean.stderr}"
             for _ in range(FINAL_SYNC_ATTEMPTS):
-                synced = station.run("sync", "--json")
+                synced = station.run("sync", "--simulate", "--deliver", "--json")
                 if synced.returncode == 0 and json.loads(synced.stdout)["backlog"] == 0:
                     break
             else:

@@ -55,8 +55,8 @@ def qualities(server: RecordingServer) -> list[int]:
 def test_simulate_is_synchronised_whatever_the_host_clock_says(tmp_path: Path) -> None:
     with RecordingServer(lambda exchange: 204) as server:
         config = station(tmp_path / "c.toml", server.url())
-        ran = envagent("run", "--simulate", "--config", config, "--data-dir", tmp_path / "d",
-                       "--duration", "4", cwd=tmp_path)
+        ran = envagent("run", "--simulate", "--deliver", "--config", config, "--data-dir",
+                       tmp_path / "d", "--duration", "4", cwd=tmp_path)
         assert ran.returncode == 0, ran.stderr
         sent = qualities(server)
     assert sent, ran.stderr
@@ -67,13 +67,14 @@ def test_an_unsynchronised_fresh_boot_holds_until_the_clock_syncs(tmp_path: Path
     booted = f"{time.time() - 60:.3f}"  # a unit that booted a minute ago
     with RecordingServer(lambda exchange: 204) as server:
         config = station(tmp_path / "c.toml", server.url())
-        ran = envagent("run", "--simulate", "--sim-clock", f"unsynced,booted={booted}",
+        ran = envagent("run", "--simulate", "--deliver", "--sim-clock", f"unsynced,booted={booted}",
                        "--config", config, "--data-dir", tmp_path / "d", "--duration", "4",
                        cwd=tmp_path)
         assert ran.returncode == 0, ran.stderr
         assert qualities(server) == []  # held for the clock, not sent with a wrong time
-        synced = envagent("sync", "--simulate", "--sim-clock", f"synced,booted={booted}",
-                          "--config", config, "--data-dir", tmp_path / "d", cwd=tmp_path)
+        synced = envagent("sync", "--simulate", "--deliver", "--sim-clock",
+                          f"synced,booted={booted}", "--config", config, "--data-dir",
+                          tmp_path / "d", cwd=tmp_path)
         assert synced.returncode == 0, synced.stderr
         sent = qualities(server)
     assert sent
@@ -84,7 +85,7 @@ def test_an_unsynchronised_old_boot_is_sent_flagged(tmp_path: Path) -> None:
     booted = f"{time.time() - 7200:.3f}"  # up for two hours: past the hold, never synchronised
     with RecordingServer(lambda exchange: 204) as server:
         config = station(tmp_path / "c.toml", server.url())
-        ran = envagent("run", "--simulate", "--sim-clock", f"unsynced,booted={booted}",
+        ran = envagent("run", "--simulate", "--deliver", "--sim-clock", f"unsynced,booted={booted}",
                        "--config", config, "--data-dir", tmp_path / "d", "--duration", "4",
                        cwd=tmp_path)
         assert ran.returncode == 0, ran.stderr

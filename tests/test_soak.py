@@ -53,8 +53,8 @@ def test_a_station_at_ten_times_its_pace_levels_off(tmp_path: Path) -> None:
                if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         seconds = WARM_UP_S + WINDOW_S + 10
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--simulate", "--config", str(config),
-             "--data-dir", str(tmp_path / "data"), "--duration", str(seconds),
+            [sys.executable, "-m", "agent", "run", "--simulate", "--deliver", "--config",
+             str(config), "--data-dir", str(tmp_path / "data"), "--duration", str(seconds),
              "--sim-fault", "screen=nack@10"],
             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**env, "PYTHONPATH": str(ROOT)})

@@ -323,7 +323,7 @@ def test_a_multiplexer_that_stops_answering_fails_the_sensors_behind_it_only(
                 w.sample()
         canopy, ground, screen = (w.health for w in workers)
         assert canopy.state is ground.state is State.WARNING
-        assert "EREMOTEIO" in (canopy.last_error or "")
+        assert "no answer: check wiring, power and address" in (canopy.last_error or "")
         assert screen.state is State.OK and screen.samples == 2
         stored = flush(agent)
     assert {r.sensor for r in stored} == {"screen"}
@@ -372,12 +372,12 @@ CO2 = '[[sensor]]\nid = "co2"\ndriver = "scd4x"\naddress = 0x62\npressure_from =
 @pytest.mark.parametrize(
     ("text", "line"),
     [
-        (AIR + LIGHT + CO2 + '"ari"\n', 'sensor[2].pressure_from = "ari": no sensor has this id; '
-         'expected the id of a sensor that reports pressure in hPa: "air"'),
-        (AIR + LIGHT + CO2 + '"light"\n', "sensor[2].pressure_from = \"light\": sensor 'light' "
+        (AIR + LIGHT + CO2 + '"ari"\n', 'sensor \'co2\': pressure_from = "ari": no sensor has '
+         'this id; expected the id of a sensor that reports pressure in hPa: "air"'),
+        (AIR + LIGHT + CO2 + '"light"\n', "sensor 'co2': pressure_from = \"light\": sensor 'light' "
          '(bh1750) reports no pressure in hPa; expected the id of a sensor that reports pressure '
          'in hPa: "air"'),
-        (CO2 + '"co2"\n', "sensor[0].pressure_from = \"co2\": sensor 'co2' (scd4x) reports no "
+        (CO2 + '"co2"\n', "sensor 'co2': pressure_from = \"co2\": sensor 'co2' (scd4x) reports no "
          "pressure in hPa; expected the id of a sensor that reports pressure in hPa, and this "
          "station has none; add one or leave pressure_from out"),
     ],
@@ -413,7 +413,7 @@ def test_calibration_and_plausibility_take_the_quantities_an_adc_is_configured_f
         parse_config(tomllib.loads(
             UNIT + ADS + "[sensor.plausible.voltage]\nmax = 3\n"), source="s.toml")
     assert caught.value.problems == [
-        "s.toml: sensor[0].plausible.voltage: unknown quantity for driver ads1115; "
+        "s.toml: sensor 'probes': plausible.voltage: unknown quantity for driver ads1115; "
         "expected soil_moisture"]
 
 
@@ -423,7 +423,8 @@ def test_bad_adc_options_are_reported_once_not_again_as_unknown_quantities() -> 
             UNIT + ADS.replace('"soil_moisture"', '"soil moisture"')
             + "[sensor.plausible.soil_moisture]\nspike = 20\n"), source="s.toml")
     (line,) = caught.value.problems  # the quantity's name, not also the plausible table
-    assert line.startswith('s.toml: sensor[0].channel0_quantity = "soil moisture": expected a')
+    assert line.startswith('s.toml: sensor \'probes\': channel0_quantity = "soil moisture": '
+                           "expected a")
 
 
 class Pair(Driver):
@@ -461,14 +462,14 @@ def test_config_asks_the_driver_class_for_option_rules_and_quantities() -> None:
                                        "address = 0x40\n" + text), drivers={"pair": Pair})
         return caught.value.problems
 
-    assert lines("low = 20\n") == ["config: sensor[0].low = 20: must be below high"]
+    assert lines("low = 20\n") == ["config: sensor 's': low = 20: must be below high"]
     good = 'measures = "depth"\n[sensor.plausible.depth]\nmax = 5\n'
     (sensor,) = parse_config(tomllib.loads(UNIT + '[[sensor]]\nid = "s"\ndriver = "pair"\n'
                                            "address = 0x40\n" + good),
                              drivers={"pair": Pair}).sensors
     assert sensor.plausible["depth"].max == 5
     assert lines('measures = "depth"\n[sensor.plausible.level]\nmax = 1\n') == [
-        "config: sensor[0].plausible.level: unknown quantity for driver pair; expected depth"]
+        "config: sensor 's': plausible.level: unknown quantity for driver pair; expected depth"]
 
 
 # --- where a sensor is, in log lines ------------------------------------------------------------

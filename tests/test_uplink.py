@@ -827,18 +827,19 @@ def simulated_station(tmp_path: Path, url: str) -> Path:
 def test_run_samples_and_delivers_then_sync_and_status_report(server: FaultServer,
                                                              tmp_path: Path) -> None:
     config, data = simulated_station(tmp_path, server.url()), tmp_path / "d"
-    ran = envagent("run", "--simulate", "--config", str(config), "--data-dir", str(data),
-                   "--duration", "4", cwd=tmp_path)
+    ran = envagent("run", "--simulate", "--deliver", "--config", str(config), "--data-dir",
+                   str(data), "--duration", "4", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert "uplink: delivering to" in ran.stderr and TOKEN not in ran.stderr
     delivered_by_run = sum(len(keys_in(body)) for body in server.committed)
     assert delivered_by_run >= 3  # at least one sample went out while sampling went on
     assert all(r.headers["authorization"] == f"Token {TOKEN}" for r in server.requests)
     first = parse_line(server.committed[0].decode("utf-8").splitlines()[0])
-    assert first[1] == {"driver": "bme280", "sensor": "air", "site": SITE, "unit": "t-1"}
+    assert first[1] == {"driver": "bme280", "sensor": "air", "site": SITE, "unit": "t-1",
+                        "simulated": "true"}  # a rehearsal's readings, marked
 
-    synced = envagent("sync", "--config", str(config), "--data-dir", str(data), "--json",
-                      cwd=tmp_path)
+    synced = envagent("sync", "--simulate", "--deliver", "--config", str(config), "--data-dir",
+                      str(data), "--json", cwd=tmp_path)
     assert synced.returncode == 0, synced.stderr
     report = json.loads(synced.stdout)
     assert (report["ok"], report["backlog"], report["error"]) == (True, 0, None)
@@ -860,11 +861,11 @@ def test_sync_reports_failure_with_exit_1_and_status_shows_the_error(tmp_path: P
     with FaultServer() as server:
         server.default = status(503, b"maintenance")
         config, data = simulated_station(tmp_path, server.url()), tmp_path / "d"
-        ran = envagent("run", "--simulate", "--config", str(config), "--data-dir", str(data),
-                       "--duration", "2", cwd=tmp_path)
+        ran = envagent("run", "--simulate", "--deliver", "--config", str(config), "--data-dir",
+                       str(data), "--duration", "2", cwd=tmp_path)
         assert ran.returncode == 0, ran.stderr
-        synced = envagent("sync", "--config", str(config), "--data-dir", str(data),
-                          cwd=tmp_path)
+        synced = envagent("sync", "--simulate", "--deliver", "--config", str(config),
+                          "--data-dir", str(data), cwd=tmp_path)
     assert synced.returncode == 1
     assert "could not deliver: HTTP 503: maintenance" in synced.stderr
     assert "0 left" not in synced.stdout and not server.committed

@@ -3,7 +3,7 @@ secrets (issue 11, points 6, 10 and 12).
 
 - A bound in bytes and time: a gzip bomb (1 MiB inflating to 1 GiB), an endless chunked body
   and a Content-Length that lies cost the real ``envagent sync`` process no more than a few KiB
-  of answer: its peak RSS (``wait4``'s ``ru_maxrss``) stays under ``RSS_LIMIT_MIB`` and it
+  of answer: its peak RSS (its own ``VmHWM``) stays under ``RSS_LIMIT_MIB`` and it
   finishes. The child runs under an address-space limit, so a regression fails the test
   instead of swapping the machine.
 - ``Retry-After``: RFC 9110's delay-seconds is ASCII digits only; anything else that is not an
@@ -86,20 +86,38 @@ def station(tmp_path: Path, url: str, token: str = TOKEN) -> Path:
     return config
 
 
+# The child's own peak RSS: VmHWM of its address space, written as it exits. Not wait4's
+# ru_maxrss: Linux carries the parent's peak into a child across fork and exec, so a child of a
+# large pytest process would report pytest's size.
+PEAK_WRAPPER = """
+import atexit, sys
+def peak(path=sys.argv[1]):
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    with open(path, "w") as out:
+        out.write(line.split()[1])
+atexit.register(peak)
+sys.argv = ["envagent", *sys.argv[2:]]
+from agent.cli import main
+sys.exit(main())
+"""
+
+
 def sync_measured(config: Path, tmp_path: Path) -> tuple[int, float, float, str, str]:
     """``envagent sync --json`` as a child: exit code, peak RSS (MiB), seconds, out, err."""
-    out, err = tmp_path / "sync.out", tmp_path / "sync.err"
+    out, err, peak = tmp_path / "sync.out", tmp_path / "sync.err", tmp_path / "sync.peak"
     env = {k: v for k, v in os.environ.items() if "TOKEN" not in k}
     started = time.monotonic()
     with out.open("wb") as stdout, err.open("wb") as stderr:
         child = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "agent", "sync", "--config", str(config), "--json"],
+            [sys.executable, "-c", PEAK_WRAPPER, str(peak), "sync", "--config", str(config),
+             "--json"],
             cwd=tmp_path, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
             env={**env, "PYTHONPATH": str(ROOT)})
     # before it has even imported requests; a regression then fails here, not the machine
     resource.prlimit(child.pid, resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
     while True:
-        pid, code, usage = os.wait4(child.pid, os.WNOHANG)
+        pid, code, _ = os.wait4(child.pid, os.WNOHANG)
         if pid:
             break
         if time.monotonic() - started > PROCESS_TIMEOUT_S:
@@ -109,7 +127,8 @@ def sync_measured(config: Path, tmp_path: Path) -> tuple[int, float, float, str,
         time.sleep(0.02)
     took = time.monotonic() - started
     child.returncode = os.waitstatus_to_exitcode(code)  # reaped here, not by Popen
-    return (child.returncode, usage.ru_maxrss / 1024, took,
+    assert peak.exists(), err.read_text(errors="replace")
+    return (child.returncode, int(peak.read_text()) / 1024, took,
             out.read_text(errors="replace"), err.read_text(errors="replace"))
 
 

@@ -127,7 +127,7 @@ def test_a_dead_upstream_does_not_stop_the_pings(tmp_path: Path) -> None:
         f'[uplink]\nurl = "http://127.0.0.1:{port}/write"\nallow_insecure_http = true\n'
         f'token_file = "{token}"\nflush_interval = "1s"\n'
     )
-    proc, notify = start(tmp_path, config)
+    proc, notify = start(tmp_path, config, "--deliver")  # a rehearsal delivers if asked
     notify.wait_for("READY=1", 60.0)
     notify.collect(6.0)
     stderr = stop(proc, notify)

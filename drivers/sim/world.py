@@ -5,7 +5,8 @@ A factory is called as ``factory(clock=clock, source=source)`` and returns a
 :class:`~drivers.sim.simbus.SimDevice`; registering a new chip is one line here.
 
 A placement with a ``mux`` address and a ``channel`` puts its model behind that channel of a
-simulated TCA9548A, created at the mux address on first use.
+simulated TCA9548A, created at the mux address on first use; a placement of the ``tca9548a``
+itself puts a multiplexer there even with nothing behind it (a wiring file, drivers.sim.wiring).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ MODELS: dict[str, Callable[..., SimDevice]] = {
     "pmsa003i": PMSA003IModel.running,
     "sht3x": SHT3xModel, "sht4x": SHT4xModel, "scd4x": SCD4xModel,
 }
+MUX = "tca9548a"  # the multiplexer's name in placements: it has no driver of its own
 
 
 def build_world(
@@ -55,17 +57,33 @@ def build_world(
     environment: Environment,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     log_length: int = LOG_LENGTH,
+    buses: Iterable[int] = (),
 ) -> dict[int, SimBus]:
     """Bus number -> SimBus with a model at every placement, each seeing ``environment`` through
     its own small per-sensor offsets (so two simulated sensors never read identically).
 
     ``options`` (sensor id -> driver options) reaches the factories that take an ``options``
     argument: the ADS1115's wiring depends on which probe each channel carries. ``log_length``:
-    how many transactions each bus keeps for ``SimBus.transactions`` (0: none, for a daemon)."""
-    buses: dict[int, SimBus] = {}
+    how many transactions each bus keeps for ``SimBus.transactions`` (0: none, for a daemon).
+    ``buses``: bus numbers that exist even with nothing on them, as /dev/i2c-1 does."""
+    world = {number: SimBus(number, clock=clock, log_length=log_length) for number in buses}
     muxes: dict[tuple[int, int], TCA9548AModel] = {}
+
+    def mux_at(bus: SimBus, address: int) -> TCA9548AModel:
+        mux = muxes.get((bus.number, address))
+        if mux is None:
+            mux = muxes[(bus.number, address)] = TCA9548AModel()
+            bus.attach_mux(address, mux)
+        return mux
+
     for placement in placements:
         bus_number, address, driver, sensor_id, mux_address, channel = Placement(*placement)
+        bus = world.get(bus_number)
+        if bus is None:
+            bus = world[bus_number] = SimBus(bus_number, clock=clock, log_length=log_length)
+        if driver == MUX:
+            mux_at(bus, address)
+            continue
         factory = MODELS.get(driver)
         if factory is None:
             known = ", ".join(sorted(MODELS))
@@ -73,22 +91,15 @@ def build_world(
                 f"no simulated model for driver {driver!r} (sensor {sensor_id!r} at "
                 f"{bus_number}:0x{address:02x}); simulated drivers: {known}"
             )
-        bus = buses.get(bus_number)
-        if bus is None:
-            bus = buses[bus_number] = SimBus(bus_number, clock=clock, log_length=log_length)
         extra = {}
         if options is not None and sensor_id in options and _takes_options(factory):
             extra = {"options": options[sensor_id]}
         model = factory(clock=clock, source=environment.source_for(sensor_id), **extra)
         if mux_address is None or channel is None:
             bus.attach(address, model)
-            continue
-        mux = muxes.get((bus_number, mux_address))
-        if mux is None:
-            mux = muxes[(bus_number, mux_address)] = TCA9548AModel()
-            bus.attach_mux(mux_address, mux)
-        mux.attach(channel, address, model)
-    return buses
+        else:
+            mux_at(bus, mux_address).attach(channel, address, model)
+    return world
 
 
 def _takes_options(factory: Callable[..., SimDevice]) -> bool:
