@@ -53,6 +53,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from agent.atomic import write_new
 from agent.errors import StorageError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"  # https://sqlite.org/fileformat.html#the_database_header
@@ -553,7 +554,7 @@ def _split_partial_page(aside: Path) -> None:
             partial = size % _page_size(header)
             if partial:
                 f.seek(size - partial)
-                _sibling(aside, "-partial-page").write_bytes(f.read())
+                write_new(_sibling(aside, "-partial-page"), f.read())
                 f.truncate(size - partial)
     except OSError:
         return  # nothing to salvage from a file that cannot be read
@@ -758,11 +759,13 @@ def _rebuild_header(aside: Path) -> bool:
         with aside.open("r+b") as f:
             header = f.read(HEADER_BYTES)
             size = f.seek(0, os.SEEK_END)
-            if kept.exists() and kept.read_bytes() != header:
+            saved = kept.read_bytes() if kept.is_file() and not kept.is_symlink() else None
+            if saved is not None and saved != header:
                 return True  # rebuilt by a salvage that was killed before it put it back
             if _valid_header(header) or len(header) < HEADER_BYTES:
                 return False
-            kept.write_bytes(header)
+            if saved is None:  # never through a link planted at the name (agent.atomic)
+                write_new(kept, header)
             for page_size in _page_size_candidates(aside, header):
                 if size % page_size == 0:
                     f.seek(0)

@@ -686,3 +686,17 @@ def test_a_read_only_database_file_is_moved_aside_and_salvaged(shared_tmp: Path)
     assert (backlog, salvaged) == (500, 500)
     assert reason.startswith("cannot open it for writing (Permission denied)")
     assert len(asides(path)) == 1
+
+
+def test_the_saved_header_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    # issue 11 point 9: the header saved beside the evidence has a name others can predict
+    # (outbox.sqlite.damaged-<time>-header); a root agent must not create a file through it
+    aside = tmp_path / "outbox.sqlite.damaged-20261206T120000Z"
+    fill(aside, 0, 50)
+    with aside.open("r+b") as f:
+        f.write(bytes(100))
+    victim = tmp_path / "victim"
+    Path(f"{aside}-header").symlink_to(victim)
+    assert not salvage._rebuild_header(aside)  # salvaged as it is, rather than through the link
+    assert not victim.exists()
+    assert Path(f"{aside}-header").is_symlink()
