@@ -811,7 +811,8 @@ def build_parser() -> argparse.ArgumentParser:
     _refuse_token_option(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("sync", help="deliver the outbox to [uplink] now, and report")
+    p = sub.add_parser("sync", help="deliver the outbox to [uplink] now, and report; exit 1 "
+                       "unless all of it went")
     add_common(p, "config", "simulate", "deliver", "sim_clock", "data_dir", "json")
     _refuse_token_option(p)
     p.set_defaults(func=cmd_sync)
@@ -871,8 +872,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="check this unit: PASS, WARN or FAIL, and what to do",
                        description="Checks the I2C buses, each sensor (the right chip? a few "
-                       "samples), the clock, free space, the outbox and its backlog, and the "
-                       "uplink (DNS, TCP, TLS, token). Each check: PASS, WARN or FAIL, and "
+                       "samples), the clock (and how to get it synchronised), the data "
+                       "directory (writable by the service's user? held by another agent?), "
+                       "free space, the outbox and its backlog, and the uplink (the token "
+                       "file's mode, DNS, TCP, TLS, token). Each check: PASS, WARN or FAIL, and "
                        "what to do next. Writes nothing.")
     add_common(p, "config", "simulate", "sim_clock", "sim_wiring", "data_dir", "json")
     p.add_argument("--samples", type=sample_count, default=3, metavar="N",
