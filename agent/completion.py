@@ -27,6 +27,7 @@ class _Command:
     words: list[str] = field(default_factory=list)
     subcommands: list[str] = field(default_factory=list)
     values: dict[str, str] = field(default_factory=dict)  # option -> "file", "dir", "none", words
+    optional: list[str] = field(default_factory=list)  # options whose value may be left out
 
 
 def _commands(parser: argparse.ArgumentParser, path: str = "") -> Iterator[tuple[str, _Command]]:
@@ -43,7 +44,9 @@ def _commands(parser: argparse.ArgumentParser, path: str = "") -> Iterator[tuple
             command.words += [str(c) for c in action.choices or ()]
             continue
         command.words += action.option_strings
-        if action.nargs != 0:
+        if action.nargs == "?":  # its value may be left out: the next word may be an option
+            command.optional += action.option_strings
+        elif action.nargs != 0:
             kind = _value_kind(action)
             command.values.update(dict.fromkeys(action.option_strings, kind))
     command.words = command.subcommands + command.words
@@ -75,6 +78,8 @@ def bash_script(parser: argparse.ArgumentParser) -> str:
             for path, c in commands.items() for sub in c.subcommands]
     step += [f'            "{path}/{option}") skip=1 ;;'
              for path, c in commands.items() for option in c.values]
+    step += [f'            "{path}/{option}") skip=maybe ;;'
+             for path, c in commands.items() for option in c.optional]
     values = []
     for path, c in commands.items():
         for option, kind in c.values.items():
@@ -96,12 +101,16 @@ def bash_script(parser: argparse.ArgumentParser) -> str:
         '    if ((COMP_CWORD > 0)); then prev="${COMP_WORDS[COMP_CWORD-1]}"; fi',
         "    for ((i = 1; i < COMP_CWORD; i++)); do",
         '        word="${COMP_WORDS[i]}"',
-        '        if [[ -n "$skip" ]]; then skip=""; continue; fi',
+        # an optional value ("maybe") is skipped only when the word is not an option
+        '        if [[ -n "$skip" && ! ("$skip" == maybe && "$word" == -*) ]]; then',
+        '            skip=""; continue',
+        '        fi',
+        '        skip=""',
         '        case "$path/$word" in',
         *step,
         "        esac",
         "    done",
-        '    if [[ -z "$skip" ]]; then prev=""; fi',
+        '    if [[ "$skip" != 1 ]]; then prev=""; fi',
         '    case "$path/$prev" in',
         *values,
         "    esac",

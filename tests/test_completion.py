@@ -62,6 +62,9 @@ def test_the_script_is_valid_bash(script: Path) -> None:
     ("envagent status --data-dir /tmp --j", ["--json"]),  # the option's value is skipped
     ("envagent doctor --samples ", []),  # a number: nothing to offer
     ("envagent config check --s", ["--simulate"]),
+    ("envagent status --watch --d", ["--data-dir"]),  # an optional value left out
+    ("envagent status --watch 5 --d", ["--data-dir"]),  # ... or given
+    ("envagent status --watch --data-dir /tmp --j", ["--json"]),
 ])
 def test_completes_subcommands_and_options(script: Path, line: str, expected: list[str]) -> None:
     assert sorted(complete(script, line)) == sorted(expected)
