@@ -122,6 +122,8 @@ class Service:
             if state.last_success_ns:
                 ago = time.time() - state.last_success_ns / 1e9
                 text += f", delivered {_ago(ago)} ago"
+            if self.uplink.holding:
+                text += f", {self.uplink.held} held for the clock"
             parts.append(text)
         return "; ".join(parts)
 

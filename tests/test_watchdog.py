@@ -226,3 +226,20 @@ def test_a_start_salvaging_a_damaged_outbox_asks_systemd_for_time_before_ready(
     messages = [m for _, m in notify.messages]
     assert "salvaged " in stderr, stderr
     assert messages.index("EXTEND_TIMEOUT_USEC=60000000") < messages.index("READY=1")
+
+
+def test_the_status_line_says_readings_are_held_for_the_clock(tmp_path: Path) -> None:
+    # issue 12: the hold is visible everywhere a technician looks, systemctl status included
+    booted = f"{time.time() - 60:.3f}"  # a unit that booted a minute ago, NTP unreachable
+    config = FAST + ('[uplink]\nurl = "http://127.0.0.1:9/write"\nallow_insecure_http = true\n'
+                     'flush_interval = "1s"\n')
+    proc, notify = start(tmp_path, config, "--deliver", "--sim-clock", f"unsynced,booted={booted}")
+    notify.wait_for("READY=1", 60.0)
+    end = time.monotonic() + 60.0
+    while not any("held for the clock" in m for _, m in notify.messages):
+        assert time.monotonic() < end, notify.messages
+        notify.collect(0.2)
+    stderr = stop(proc, notify)
+    assert proc.returncode == 0, stderr
+    held = [m for _, m in notify.messages if "held for the clock" in m]
+    assert held[-1].startswith("STATUS=1/1 sensors ok; backlog "), held
