@@ -338,7 +338,7 @@ def main() -> None:
         config = station_config(example, server.write_url, Path(tmp))
         data, naive_db = Path(tmp) / "data", Path(tmp) / "naive.db"
         outbox = data / "outbox.sqlite"
-        ours = Child("agent", ["run", "--simulate", "--config", str(config),
+        ours = Child("agent", ["run", "--simulate", "--deliver", "--config", str(config),
                                "--data-dir", str(data)], Path(quiet),
                      lambda report: count_rows(outbox, "SELECT added FROM counters"))
         naive = Child("naive", ["--url", server.write_url, "--db", str(naive_db),
@@ -381,6 +381,8 @@ def main() -> None:
                     child.process.wait()
         if whole[ours.name][1] != 0:
             ours.fail(f"exited with {whole[ours.name][1]} after SIGTERM")
+    refuse_short_counts(held, total_added, left, per_commit=(
+        last[ours.name].readings - first[ours.name].readings) / periods)
 
     print(f"station: {example.name} + [uplink] to VictoriaMetrics on 127.0.0.1; window "
           f"{window:.0f} s ({periods} commits x {commit_s:g} s) after {args.warmup:g} s warm-up; "
@@ -426,6 +428,20 @@ def main() -> None:
                 (f"disk <= {DISK_BUDGET} B/reading", disk <= DISK_BUDGET)]
     print("budgets (envagent, window): "
           + "; ".join(f"{what}: {'met' if ok else 'MISSED'}" for what, ok in verdicts))
+
+
+def refuse_short_counts(held: int, added: int, left: int, *, per_commit: float) -> None:
+    """No figures from a run whose delivery did not happen: per-reading costs of a daemon that
+    held every reading back (an unsynchronised clock) or lost some would be wrong, not slow."""
+    problems = []
+    if held != added - left:
+        problems.append(f"VictoriaMetrics holds {held:,} envagent readings, the outbox counts "
+                        f"{added - left:,} delivered")
+    if left > 2 * per_commit:  # a clean stop leaves its last commit, nothing more
+        problems.append(f"{left:,} of {added:,} readings were never delivered (a commit holds "
+                        f"~{per_commit:.0f}): delivery was held back")
+    if problems:
+        sys.exit("bench_daemon: no figures from this run: " + "; ".join(problems))
 
 
 if __name__ == "__main__":
