@@ -409,20 +409,10 @@ def salvage_into(conn: sqlite3.Connection, damage: Damage, aside: Path,
     ``progress`` is called after every :data:`COPY_BATCH` rows copied.
     """
     _split_partial_page(aside)
-    rebuilt = _rebuild_header(aside)
-    try:
-        found = _read_source(conn, damage, aside, rebuilt, progress)
-    finally:
-        if rebuilt:
-            _restore_header(aside)
+    found = _read_damaged(conn, damage, aside, progress)
     _drop_orphans(conn)
     (readings,) = conn.execute("SELECT count(*) FROM readings").fetchone()
-    lost = _set_counters(conn, found, readings)
-    estimated = found.counters is None and found.top_id > 0
-    recovery = Recovery(time.time_ns(), damage.reason + (ESTIMATED if estimated else ""),
-                        str(aside), readings, lost, found.count + 1)
-    record(conn, recovery)
-    return recovery
+    return _record_found(conn, found, damage.reason, aside, readings)
 
 
 def record_failure(conn: sqlite3.Connection, damage: Damage, aside: Path,
@@ -430,20 +420,32 @@ def record_failure(conn: sqlite3.Connection, damage: Damage, aside: Path,
     """Record a salvage that failed (a bug in it) in ``conn``'s empty outbox: nothing was
     copied, yet the counters and ids go on above what the damaged set shows, as far as that
     can be read without copying, and all it held is counted as lost."""
-    found = _Found()
     try:
-        rebuilt = _rebuild_header(aside)
-        try:
-            found = _read_source(None, damage, aside, rebuilt, None)
-        finally:
-            if rebuilt:
-                _restore_header(aside)
+        found = _read_damaged(None, damage, aside, None)
     except Exception:  # the bug may be here too: then nothing is known
         found = _Found()
-    lost = _set_counters(conn, found, 0)
+    return _record_found(conn, found, f"{damage.reason}; salvage failed: {error}", aside, 0)
+
+
+def _read_damaged(conn: sqlite3.Connection | None, damage: Damage, aside: Path,
+                  progress: Progress | None) -> _Found:
+    """:func:`_read_source` with the header rebuilt where it is damaged, and put back after:
+    the moved-aside file stays the evidence, as it was."""
+    rebuilt = _rebuild_header(aside)
+    try:
+        return _read_source(conn, damage, aside, rebuilt, progress)
+    finally:
+        if rebuilt:
+            _restore_header(aside)
+
+
+def _record_found(conn: sqlite3.Connection, found: _Found, reason: str, aside: Path,
+                  salvaged: int) -> Recovery:
+    """Counters and ids above all ``found`` shows, the loss counted, the recovery recorded."""
+    lost = _set_counters(conn, found, salvaged)
     estimated = found.counters is None and found.top_id > 0
-    recovery = Recovery(time.time_ns(), f"{damage.reason}; salvage failed: {error}"
-                        + (ESTIMATED if estimated else ""), str(aside), 0, lost, found.count + 1)
+    recovery = Recovery(time.time_ns(), reason + (ESTIMATED if estimated else ""), str(aside),
+                        salvaged, lost, found.count + 1)
     record(conn, recovery)
     return recovery
 
