@@ -10,14 +10,13 @@ it are marked; a real run refuses a rehearsal's outbox and a rehearsal a real on
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
+import agent_process
 import pytest
 from httpfaults import parse_line
 from recording_server import RecordingServer
@@ -28,18 +27,12 @@ from agent.outbox import Outbox
 from agent.reading import Reading
 from agent.sinks import JsonEncoder
 
-ROOT = Path(__file__).resolve().parents[1]
 PROCESS_TIMEOUT_S = 90
 UNIT = "pole-017"
 MAX_BYTES = 1024 * 1024
 
 
-def envagent(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    return subprocess.run([sys.executable, "-m", "agent", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S,
-                          env={**env, "PYTHONPATH": str(ROOT)})
+envagent = functools.partial(agent_process.envagent, timeout=PROCESS_TIMEOUT_S)
 
 
 def station(tmp_path: Path, url: str, fmt: str = "influx") -> tuple[Path, Path]:

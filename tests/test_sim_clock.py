@@ -10,12 +10,11 @@ depends on -- synchronised or not, and how long ago the unit booted. These run t
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
+import functools
 import time
 from pathlib import Path
 
+import agent_process
 import pytest
 from httpfaults import parse_line
 from recording_server import RecordingServer
@@ -23,16 +22,10 @@ from recording_server import RecordingServer
 from agent.cli import SimClock
 from drivers.base import Quality
 
-ROOT = Path(__file__).resolve().parents[1]
 PROCESS_TIMEOUT_S = 60
 
 
-def envagent(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    return subprocess.run([sys.executable, "-m", "agent", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S,
-                          env={**env, "PYTHONPATH": str(ROOT)})
+envagent = functools.partial(agent_process.envagent, timeout=PROCESS_TIMEOUT_S)
 
 
 def station(path: Path, url: str) -> Path:

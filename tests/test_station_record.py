@@ -7,20 +7,18 @@ subprocesses; the ones that need "no config file" skip where this machine has on
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
+import agent_process
 import pytest
 
 from agent import station
 from agent.cli import DEFAULT_CONFIG
 from agent.config import parse_config
 
-ROOT = Path(__file__).resolve().parents[1]
 PROCESS_TIMEOUT_S = 90
 UNIT = "wet-042"
 SITE = "汉中 wetland, east"
@@ -28,12 +26,7 @@ no_config_file = pytest.mark.skipif(DEFAULT_CONFIG.exists(),
                                     reason=f"{DEFAULT_CONFIG} exists on this machine")
 
 
-def envagent(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    return subprocess.run([sys.executable, "-m", "agent", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S,
-                          env={**env, "PYTHONPATH": str(ROOT)})
+envagent = functools.partial(agent_process.envagent, timeout=PROCESS_TIMEOUT_S)
 
 
 CONFIG = (

@@ -1,0 +1,23 @@
+"""The real ``envagent`` as a separate process, for the tests that drive the CLI.
+
+Without systemd's notify variables in its environment (a test running under a service manager
+must not have its child talk to it), with this checkout first on the import path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def envagent(*args: str | Path, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m agent ARGS`` in ``cwd``; its exit code, stdout and stderr as text."""
+    env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}
+    return subprocess.run([sys.executable, "-m", "agent", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**env, "PYTHONPATH": str(ROOT)})
