@@ -27,7 +27,7 @@ are its voluntary context switches (``getrusage``), every thread included.
 The simulated sensors (register models behind the SimBus) run inside each process and their CPU
 counts against it. Each process times its SimBus transfers with ``time.thread_time`` (a hook
 installed by this script before the agent's own code runs, costing ~1 µs per transfer) and the
-figures show that share apart. The agent runs through ``agent.cli.main``, exactly as
+figures show that share apart. The agent runs through ``agent.cli.main.main``, exactly as
 ``python -m agent run``.
 
 Run:  .venv/bin/python bench/bench_daemon.py [--seconds 180] [--warmup 20] [--config PATH]
@@ -142,7 +142,7 @@ def child_floor(modules_file: Path) -> int:
 
 def child_agent(argv: list[str]) -> int:
     time_models()
-    from agent.cli import main
+    from agent.cli.main import main
 
     return main(argv)
 
@@ -324,7 +324,7 @@ def main() -> None:
 
     from _vm import count_points, running
 
-    from agent.cli import example_config_path
+    from agent.cli.main import example_config_path
     from agent.config import load_config
 
     example = args.config or example_config_path()

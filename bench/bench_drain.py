@@ -3,7 +3,8 @@
 The backlog is what a station leaves after ~10 days offline: ``--sensors`` BME280s (3
 quantities each) sampled every 10 s, appended through ``Outbox.append`` in commit-sized batches
 (``--commit-readings``, default one 10 s commit of the station), on the real disk under
-/var/tmp. ``agent.uplink.Uplink.flush`` then drains it (take -> line protocol -> gzip -> POST ->
+/var/tmp. ``agent.uplink.worker.Uplink.flush`` then drains it (take -> line protocol -> gzip ->
+POST ->
 ack, ``batch_size`` readings per request) into victoria-metrics started on 127.0.0.1 with a
 fresh storage directory (tests/victoriametrics.py's harness).
 
@@ -40,11 +41,12 @@ from _vm import SCRATCH, count_points, running
 from requests.adapters import HTTPAdapter
 
 from agent.config import UplinkConfig
-from agent.lineprotocol import LineProtocolEncoder
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.sinks import HttpSink, make_session
-from agent.uplink import Uplink
+from agent.core.reading import Reading
+from agent.core.timebase import NS
+from agent.store.outbox import Outbox
+from agent.uplink.lineprotocol import LineProtocolEncoder
+from agent.uplink.sinks import HttpSink, make_session
+from agent.uplink.worker import Uplink
 from drivers.clock import SystemClock
 
 UNIT, SITE = "demo-001", "Hanzhong wetland, east boardwalk"  # config/envagent.example.toml
@@ -55,7 +57,6 @@ BOOT_ID = "6f1c2b9e-5a57-4e1b-9d2c-3b8e0f4a7c11"
 MAX_BYTES = 1 << 30  # the backlog must not hit the byte bound
 TARGET_RATE = 100_000  # readings/s (the issue)
 TARGET_CPU_US = 5.0  # client CPU per reading (the issue)
-NS = 1_000_000_000
 DEFAULT_BATCH = UplinkConfig(url="http://127.0.0.1/").batch_size  # the config default
 
 

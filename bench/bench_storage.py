@@ -33,19 +33,19 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from agent.cli import example_config_path, open_buses
+from agent.cli.main import example_config_path, open_buses
 from agent.config import Config, load_config
-from agent.daemon import make_drivers
-from agent.outbox import Outbox
-from agent.processing import Processed, Processor
-from agent.reading import Reading
+from agent.core.reading import Reading
+from agent.core.timebase import NS
+from agent.sampling.daemon import make_drivers
+from agent.sampling.processing import Processed, Processor
+from agent.store.outbox import Outbox
 from drivers.registry import DRIVERS
 from drivers.sim.clock import FakeClock
 
 SCRATCH = Path("/var/tmp")  # the real disk (ext4 here)
 BUDGET = 300  # bytes written per stored reading (DESIGN.md)
 BOOT_ID = "6f1c2b9e-5a57-4e1b-9d2c-3b8e0f4a7c11"
-NS = 1_000_000_000
 T0 = 1_767_225_600 * NS
 
 

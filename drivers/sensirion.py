@@ -40,6 +40,17 @@ SHT4X_RH_SPAN = 125.0
 RH_MIN = 0.0
 RH_MAX = 100.0
 
+# The read-only commands that tell the two humidity families apart (each driver's identify, and
+# its "found the other chip" explanation): SHT3x-DIS table 9 status register; SHT4x serial number.
+SHT3X_ADDRESSES = (0x44, 0x45)  # ADDR pin low / high
+SHT3X_READ_STATUS = 0xF32D
+SHT3X_COMMAND_S = 0.001  # the 1 ms pause table 9 asks for between a command and the next transfer
+# Fixed by the part number (datasheet, ordering): SHT4x-AD1B 0x44, -BD1B 0x45, -CD1B 0x46.
+SHT4X_ADDRESSES = (0x44, 0x45, 0x46)
+SHT4X_READ_SERIAL = 0x89
+# Not in the SHT4x timing table; Sensirion's and Adafruit's drivers wait 10 ms before reading it.
+SHT4X_SERIAL_S = 0.01
+
 POLL_INTERVAL_S = 0.001  # between reads the chip NACKed because it is still converting
 DEADLINE_MARGIN_S = 0.1  # beyond the data sheet's maximum before a conversion counts as hung
 
@@ -196,6 +207,38 @@ def identify_by(probe: Callable[[Bus, int, Clock, str], object], name: str,
             return None  # the command or its answer was refused: another chip
         raise
     return name
+
+
+def read_sht3x_status(bus: Bus, address: int, clock: Clock, where: str) -> int:
+    """The SHT3x status register; any answer with a good CRC comes from an SHT3x."""
+    words = read_words(bus, address, command(SHT3X_READ_STATUS), 1, clock=clock,
+                       wait=SHT3X_COMMAND_S, where=where)
+    return words[0]
+
+
+def read_sht4x_serial(bus: Bus, address: int, clock: Clock, where: str) -> int:
+    """The SHT4x's 32-bit serial number; any answer with two good CRCs comes from an SHT4x."""
+    high, low = read_words(bus, address, bytes([SHT4X_READ_SERIAL]), 2, clock=clock,
+                           wait=SHT4X_SERIAL_S, where=where)
+    return high << 16 | low
+
+
+def identify_sht3x(bus: Bus, address: int, clock: Clock | None = None) -> str | None:
+    """``"sht3x"`` when the chip at ``address`` answers the SHT3x status command with a good CRC.
+
+    Safe on any chip: it only reads. An SHT4x does not know the command and NACKs it; an answer
+    with a bad CRC is not an SHT3x.
+    """
+    return identify_by(read_sht3x_status, "sht3x", SHT3X_ADDRESSES, bus, address, clock)
+
+
+def identify_sht4x(bus: Bus, address: int, clock: Clock | None = None) -> str | None:
+    """``"sht4x"`` when the chip at ``address`` answers the serial-number command with good CRCs.
+
+    Safe on any chip: an SHT3x takes the lone byte as an incomplete command, flags it in its status
+    register and has nothing to read (it NACKs, which ``envagent scan`` takes as "not this chip").
+    """
+    return identify_by(read_sht4x_serial, "sht4x", SHT4X_ADDRESSES, bus, address, clock)
 
 
 def scan_clock(bus: Bus, clock: Clock | None) -> Clock:

@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 from drivers import sensirion
 from drivers.base import Driver, Measurement, Option
 from drivers.bus import Bus
-from drivers.clock import Clock
 from drivers.errors import SensorError, WrongChipError
 
 log = logging.getLogger("envagent.driver")
@@ -31,39 +30,26 @@ MEASURE_MAX_S = {"high": 0.0155, "medium": 0.0065, "low": 0.0045}
 SOFT_RESET = 0x30A2
 HEATER_ON = 0x306D
 HEATER_OFF = 0x3066
-READ_STATUS = 0xF32D
 CLEAR_STATUS = 0x3041
 
 STATUS_HEATER_ON = 1 << 13  # table 18
 STATUS_COMMAND_FAILED = 1 << 1
 
 SOFT_RESET_S = 0.0015  # t_SR max (table 4)
-COMMAND_S = 0.001  # the 1 ms pause table 9 asks for between a command and the next transfer
+COMMAND_S = sensirion.SHT3X_COMMAND_S
 
 # Specified operating range (table 1, 2): outside it the value is stored but flagged.
 T_MIN_C = -40.0
 T_MAX_C = 125.0
 
 
-def read_status(bus: Bus, address: int, clock: Clock, where: str) -> int:
-    """The status register; any answer with a good CRC comes from an SHT3x."""
-    request = sensirion.command(READ_STATUS)
-    words = sensirion.read_words(bus, address, request, 1, clock=clock, wait=COMMAND_S, where=where)
-    return words[0]
-
-
-def identify(bus: Bus, address: int, clock: Clock | None = None) -> str | None:
-    """``"sht3x"`` when the chip at ``address`` answers the SHT3x status command with a good CRC.
-
-    Safe on any chip: it only reads. An SHT4x does not know the command and NACKs it; an answer
-    with a bad CRC is not an SHT3x.
-    """
-    return sensirion.identify_by(read_status, "sht3x", SHT3x.addresses, bus, address, clock)
+read_status = sensirion.read_sht3x_status
+identify = sensirion.identify_sht3x
 
 
 class SHT3x(Driver):
     name: ClassVar[str] = "sht3x"
-    addresses: ClassVar[tuple[int, ...]] = (0x44, 0x45)  # ADDR pin low / high
+    addresses: ClassVar[tuple[int, ...]] = sensirion.SHT3X_ADDRESSES
     quantities: ClassVar[dict[str, str]] = {"temperature": "°C", "humidity": "%RH"}
     options: ClassVar[dict[str, Option]] = {
         "repeatability": Option(
@@ -107,12 +93,10 @@ class SHT3x(Driver):
 
     def _explain_identity(self, exc: Exception) -> None:
         """Raise a WrongChipError when another Sensirion chip answers instead."""
-        from drivers import sht4x  # late: sht4x imports this module
-
         if isinstance(exc, OSError) and exc.errno != errno.EREMOTEIO:
             return
         try:
-            other = sht4x.identify(self.bus, self.address, self.clock)
+            other = sensirion.identify_sht4x(self.bus, self.address, self.clock)
         except OSError:
             return
         if other:

@@ -26,18 +26,14 @@ from typing import Any, ClassVar
 from drivers import sensirion
 from drivers.base import Driver, Measurement, Option, Quality
 from drivers.bus import Bus
-from drivers.clock import Clock
 from drivers.errors import SensorError, WrongChipError
 
 log = logging.getLogger("envagent.driver")
 
 MEASURE = {"high": 0xFD, "medium": 0xF6, "low": 0xE0}
 MEASURE_MAX_S = {"high": 0.0083, "medium": 0.0045, "low": 0.0016}
-READ_SERIAL = 0x89
 SOFT_RESET = 0x94
 SOFT_RESET_S = 0.001
-# Not in the timing table; Sensirion's and Adafruit's drivers wait 10 ms before reading it.
-SERIAL_S = 0.01
 # Heater setting -> (command, maximum on-time in s); the chip measures at high precision after it.
 HEATERS = {
     "200mW-1s": (0x39, 1.1),
@@ -57,27 +53,13 @@ T_MIN_C = -40.0  # specified operating range
 T_MAX_C = 125.0
 
 
-def read_serial(bus: Bus, address: int, clock: Clock, where: str) -> int:
-    """The 32-bit serial number; any answer with two good CRCs comes from an SHT4x."""
-    high, low = sensirion.read_words(
-        bus, address, bytes([READ_SERIAL]), 2, clock=clock, wait=SERIAL_S, where=where
-    )
-    return high << 16 | low
-
-
-def identify(bus: Bus, address: int, clock: Clock | None = None) -> str | None:
-    """``"sht4x"`` when the chip at ``address`` answers the serial-number command with good CRCs.
-
-    Safe on any chip: an SHT3x takes the lone byte as an incomplete command, flags it in its status
-    register and has nothing to read (it NACKs, which ``envagent scan`` takes as "not this chip").
-    """
-    return sensirion.identify_by(read_serial, "sht4x", SHT4x.addresses, bus, address, clock)
+read_serial = sensirion.read_sht4x_serial
+identify = sensirion.identify_sht4x
 
 
 class SHT4x(Driver):
     name: ClassVar[str] = "sht4x"
-    # Fixed by the part number (datasheet, ordering): SHT4x-AD1B 0x44, -BD1B 0x45, -CD1B 0x46.
-    addresses: ClassVar[tuple[int, ...]] = (0x44, 0x45, 0x46)
+    addresses: ClassVar[tuple[int, ...]] = sensirion.SHT4X_ADDRESSES
     quantities: ClassVar[dict[str, str]] = {"temperature": "°C", "humidity": "%RH"}
     options: ClassVar[dict[str, Option]] = {
         "repeatability": Option(
@@ -121,12 +103,10 @@ class SHT4x(Driver):
 
     def _explain_identity(self, exc: Exception) -> None:
         """Raise a WrongChipError when an SHT3x answers instead."""
-        from drivers import sht3x
-
         if isinstance(exc, OSError) and exc.errno != errno.EREMOTEIO:
             return
         try:
-            other = sht3x.identify(self.bus, self.address, self.clock)
+            other = sensirion.identify_sht3x(self.bus, self.address, self.clock)
         except OSError:
             return
         if other:

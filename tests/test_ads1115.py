@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from agent.config import ConfigError, parse_config
-from agent.outbox import Outbox
-from agent.sampler import SensorWorker, State
+from agent.sampling.sampler import SensorWorker, State
+from agent.store.outbox import Outbox
 from drivers.ads1115 import (
     ADS1115,
     LinearScale,

@@ -1,4 +1,5 @@
-"""Early warning (agent.alerts): threshold rules from config, a state machine with hysteresis
+"""Early warning (agent.sampling.alerts): threshold rules from config, a state machine with
+hysteresis
 on the readings' own time, alert readings under ``envagent`` that the uplink sends ahead of any
 backlog, and the status LED."""
 
@@ -12,19 +13,20 @@ from pathlib import Path
 import pytest
 from recording_server import RecordingServer
 
-from agent.alerts import ALERT_SENSOR, ALERT_UNIT, Alerts, Phase
+from agent.cli.statusview import firing_alerts
 from agent.config import AlertConfig, Config, UplinkConfig, parse_config
-from agent.daemon import Agent
-from agent.errors import ConfigError
-from agent.indicator import PATTERNS, Condition, condition
-from agent.notify import Notifier
-from agent.outbox import LatestValue, Outbox
-from agent.reading import Reading
-from agent.service import Service
-from agent.sinks import HttpSink, make_encoder, make_session
-from agent.statusview import firing_alerts
-from agent.storage import ReopeningOutbox
-from agent.uplink import Uplink
+from agent.core.errors import ConfigError
+from agent.core.reading import Reading
+from agent.core.timebase import NS
+from agent.runtime.indicator import PATTERNS, Condition, condition
+from agent.runtime.notify import Notifier
+from agent.runtime.service import Service
+from agent.sampling.alerts import ALERT_SENSOR, ALERT_UNIT, Alerts, Phase
+from agent.sampling.daemon import Agent
+from agent.store.outbox import LatestValue, Outbox
+from agent.store.storage import ReopeningOutbox
+from agent.uplink.sinks import HttpSink, make_encoder, make_session
+from agent.uplink.worker import Uplink
 from drivers.base import Driver, Quality
 from drivers.pmsa003i import PMSA003I
 from drivers.sim.clock import FakeClock
@@ -34,7 +36,6 @@ from drivers.sim.simbus import SimBus
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "envagent.example.toml"
 SRC = "envagent.toml"
-NS = 1_000_000_000
 BASE = """
 [unit]
 id = "demo-001"
@@ -326,7 +327,8 @@ def test_an_alert_that_ended_while_the_agent_was_down_clears_at_its_first_good_s
     assert run_until_stopped(tmp_path, rule, pm2_5=150.0) == [1.0]
     agent, outbox, clock, model = dust_agent(tmp_path, rule)
     with outbox:
-        assert agent.alerts.firing_ids() == ["pm25_high"]  # as status and upstream last heard
+        # as status and upstream last heard
+        assert agent.alerts.firing_ids() == ["pm25_high"]
         service = Service(agent.config.with_storage_path(tmp_path), agent, outbox, None,
                           clock=clock, notifier=Notifier({}))
         assert service.condition() is Condition.ALERT  # the LED agrees with `envagent status`

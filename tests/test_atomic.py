@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import commission, datadir
-from agent.atomic import atomic_file, write_json
-from agent.commission import FILE, Facts, history, make_record
 from agent.config import parse_config
+from agent.core.atomic import atomic_file, write_json
+from agent.store import commission, datadir
+from agent.store.commission import FILE, Facts, history, make_record
 
 ROOT = Path(__file__).resolve().parents[1]
 STATION = ('[unit]\nid = "sym-001"\nsite = "roof"\n'

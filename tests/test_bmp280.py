@@ -8,7 +8,7 @@ from typing import ClassVar
 import pytest
 
 from agent.config import parse_config
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 from drivers.bme280 import BME280, REG_CTRL_HUM, max_measurement_time
 from drivers.bmp280 import (
     BMP280,

@@ -25,18 +25,17 @@ import pytest
 from httpfaults import parse_line
 from recording_server import RecordingServer
 
+from agent.cli.statusview import clock_words, holding
 from agent.config import UplinkConfig, parse_config
-from agent.indicator import PATTERNS, Condition, condition
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.sinks import HttpSink, make_encoder, make_session
-from agent.statusview import clock_words, holding
-from agent.timekeeping import HOLD_UNSYNCED_S, UNSYNCED_REASON, TimeKeeper
-from agent.uplink import STATE_FILE, Outcome, Uplink, UplinkState
+from agent.core.reading import Reading
+from agent.core.timebase import HOLD_UNSYNCED_S, NS, UNSYNCED_REASON
+from agent.runtime.indicator import PATTERNS, Condition, condition
+from agent.sampling.timekeeping import TimeKeeper
+from agent.store.outbox import Outbox
+from agent.uplink.sinks import HttpSink, make_encoder, make_session
+from agent.uplink.worker import STATE_FILE, Outcome, Uplink, UplinkState
 from drivers.base import Quality
 from drivers.sim.clock import FakeClock
-
-NS = 1_000_000_000
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESS_TIMEOUT_S = 120
@@ -270,7 +269,7 @@ def test_the_worker_writes_the_hold_at_most_once_a_minute_and_ends_it_re_stamped
         assert saved is not None
         return saved.hold_count
 
-    caplog.set_level(logging.INFO, logger="agent.uplink")
+    caplog.set_level(logging.INFO, logger="envagent.uplink")
     with RecordingServer(lambda exchange: 204) as server, \
             Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 24) as outbox:
         settings = UplinkConfig(url=server.url(), format="json", allow_insecure_http=True)

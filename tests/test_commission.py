@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 
-from agent import commission, datadir, metadata
-from agent.commission import (
+from agent.config import parse_config
+from agent.core.timebase import NS
+from agent.sampling.daemon import make_drivers
+from agent.store import commission, datadir
+from agent.store.commission import (
     FILE,
     FORMAT,
     Facts,
@@ -26,8 +29,7 @@ from agent.commission import (
     reading_tags,
     unsent,
 )
-from agent.config import parse_config
-from agent.daemon import make_drivers
+from agent.uplink import metadata
 from drivers.bme280 import BME280
 from drivers.clock import SystemClock
 from drivers.registry import DRIVERS
@@ -245,7 +247,6 @@ def test_a_sensor_that_does_not_answer_is_recorded_with_its_error(tmp_path: Path
     assert any("synchronised is unknown: that date may be wrong" in line for line in lines)
 
 
-NS = 1_000_000_000
 STALE_NS = 1_600_000_000 * NS  # what fake-hwclock restores: a date long past
 TRUE_NS = 1_767_225_600 * NS  # the true time at boot
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser
-from agent.completion import EXAMPLES, bash_script, wrap_groups
+from agent.cli.completion import EXAMPLES, bash_script, wrap_groups
+from agent.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 BASH = shutil.which("bash")

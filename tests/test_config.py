@@ -23,8 +23,8 @@ from agent.config import (
     load_config,
     parse_config,
 )
-from agent.errors import ConfigError
-from agent.units import format_duration, format_size, parse_duration, parse_size
+from agent.core.errors import ConfigError
+from agent.core.units import format_duration, format_size, parse_duration, parse_size
 from drivers.base import Driver, Measurement, Option
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -830,7 +830,8 @@ def test_packaged_example_is_the_shipped_example() -> None:
 
 
 # --- field names upstream: a quantity never takes another field's key --------------------------
-# The line protocol (agent.lineprotocol) sends a quantity q as the field q, its quality flags as
+# The line protocol (agent.uplink.lineprotocol) sends a quantity q as the field q, its quality
+# flags as
 # q_q and a NaN or infinity as the string q_nonfinite, on a line tagged driver, sensor, site,
 # unit (and the commissioning tags); the agent's health of a sensor goes on the same series.
 
@@ -940,9 +941,9 @@ def upstream_points(config: Config) -> dict[tuple[str, int], list[tuple[str, str
     """What the line protocol makes of a sample of every quantity of every sensor of ``config``
     -- once flagged, once NaN, with the sensors' health and commissioning tags: (series, time)
     -> [(field key, type)] in the order sent."""
-    from agent.commission import reading_tags
-    from agent.lineprotocol import LineProtocolEncoder
-    from agent.reading import Reading
+    from agent.core.reading import Reading
+    from agent.store.commission import reading_tags
+    from agent.uplink.lineprotocol import LineProtocolEncoder
     from drivers.base import Quality
     from drivers.registry import DRIVERS
 
@@ -957,7 +958,7 @@ def upstream_points(config: Config) -> dict[tuple[str, int], list[tuple[str, str
             readings += [Reading(sensor.id, quantity, value, unit, time_ns, 0, "b00t", True,
                                  Quality.STUCK) for quantity, unit in quantities.items()]
             readings += [Reading(sensor.id, quantity, 0.0, "code", time_ns, 0, "b00t", True)
-                         for quantity in ("sensor_state", "sensor_errors")]  # agent.health
+                         for quantity in ("sensor_state", "sensor_errors")]  # agent.runtime.health
     points: dict[tuple[str, int], list[tuple[str, str]]] = {}
     for line in encoder.lines(readings):
         series, fields, stamp = line.split(" ")  # no spaces in these names and values
@@ -997,7 +998,7 @@ def test_no_valid_config_sends_two_fields_under_one_key(channels: list[list[str]
 
 
 def test_the_reserved_tags_are_the_tags_the_encoder_sends() -> None:
-    from agent.lineprotocol import EPOCH_TAG_KEYS, TAG_KEYS
+    from agent.uplink.lineprotocol import EPOCH_TAG_KEYS, TAG_KEYS
 
     config = parse_config(tomllib.loads(UNIT + ADS + 'channel0_quantity = "soil"\n'), source=SRC)
     (series, _), *_ = upstream_points(config)  # with the commissioning facts that become tags
@@ -1007,9 +1008,9 @@ def test_the_reserved_tags_are_the_tags_the_encoder_sends() -> None:
 
 def test_the_reserved_health_names_are_the_ones_agent_health_sends(tmp_path: Path) -> None:
     from agent.config import SENSOR_HEALTH_QUANTITIES, quantity_name_problem
-    from agent.daemon import Agent
-    from agent.health import HEALTH_SENSOR, HealthReporter
-    from agent.outbox import Outbox
+    from agent.runtime.health import HEALTH_SENSOR, HealthReporter
+    from agent.sampling.daemon import Agent
+    from agent.store.outbox import Outbox
     from drivers.bme280 import BME280
     from drivers.sim.bme280 import BME280Model
     from drivers.sim.clock import FakeClock
@@ -1032,8 +1033,8 @@ def test_the_reserved_health_names_are_the_ones_agent_health_sends(tmp_path: Pat
 
 
 def test_the_reserved_commissioning_tags_are_the_ones_agent_commission_makes() -> None:
-    from agent.commission import reading_tags
-    from agent.lineprotocol import EPOCH_TAG_KEYS
+    from agent.store.commission import reading_tags
+    from agent.uplink.lineprotocol import EPOCH_TAG_KEYS
 
     record = {"mounting_height_m": 2.0, "radiation_shield": "louvred", "technician": "ana"}
     assert sorted(reading_tags(record)) == sorted(EPOCH_TAG_KEYS)

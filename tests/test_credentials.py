@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from httpfaults import FaultServer, Handler, Received
 
-from agent.credentials import (
+from agent.core.credentials import (
     CREDENTIAL_NAME,
     CredentialError,
     Secret,
@@ -29,9 +29,9 @@ from agent.credentials import (
     redact,
     token_path,
 )
-from agent.errors import ConfigError
-from agent.outbox import Outbox
-from agent.reading import Reading
+from agent.core.errors import ConfigError
+from agent.core.reading import Reading
+from agent.store.outbox import Outbox
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "tok-SECRET-4b7e0a91c2"

@@ -1,6 +1,7 @@
 """The writer's pace seen from upstream: what is committed goes out at once, alerts do not wait.
 
-The writer sleeps from one commit to the next and tells delivery after each one (agent.daemon,
+The writer sleeps from one commit to the next and tells delivery after each one
+(agent.sampling.daemon,
 ``Uplink.nudge``); an alert brings the commit forward. These run the real ``envagent run`` on
 the simulated bus against a recording server, with a ``flush_interval`` of an hour: anything
 that reaches the server during the run got there because of a commit, not a poll.

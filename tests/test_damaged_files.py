@@ -20,23 +20,25 @@ from pathlib import Path
 import pytest
 from recording_server import RecordingServer
 
-from agent import commission, metadata, statusfile
-from agent.atomic import DamagedFileError, read_bounded, read_json
-from agent.commission import FILE
 from agent.config import load_config, parse_config
-from agent.daemon import Agent, make_drivers
-from agent.errors import ConfigError
-from agent.history import HISTORY_FILE
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.uplink import build_uplink
+from agent.core.atomic import DamagedFileError, read_bounded, read_json
+from agent.core.errors import ConfigError
+from agent.core.reading import Reading
+from agent.core.timebase import NS
+from agent.runtime import statusfile
+from agent.runtime.history import HISTORY_FILE
+from agent.sampling.daemon import Agent, make_drivers
+from agent.store import commission
+from agent.store.commission import FILE
+from agent.store.outbox import Outbox
+from agent.uplink import metadata
+from agent.uplink.worker import build_uplink
 from drivers.registry import DRIVERS
 from drivers.sim.bme280 import BME280Model
 from drivers.sim.clock import FakeClock
 from drivers.sim.simbus import SimBus
 
 ROOT = Path(__file__).resolve().parents[1]
-NS = 1_000_000_000
 T0 = 1_767_225_600
 STATION = ('[unit]\nid = "dmg-001"\nsite = "roof"\n'
            '[[sensor]]\nid = "air"\ndriver = "bme280"\naddress = 0x76\ninterval = "10s"\n')
@@ -106,7 +108,7 @@ def test_a_damaged_commission_file_never_stops_delivery(damaged: Path, tmp_path:
         outbox.append([Reading("air", "temperature", 20.0 + i, "°C", (T0 + i) * NS, i * NS,
                                "boot-0", True) for i in range(3)])
         uplink = build_uplink(config, outbox, FakeClock(), damaged, environ={})
-        with caplog.at_level(logging.WARNING, "agent.metadata"):
+        with caplog.at_level(logging.WARNING, "envagent.metadata"):
             first = uplink.flush()
             outbox.append([Reading("air", "temperature", 30.0, "°C", (T0 + 9) * NS, 9 * NS,
                                    "boot-0", True)])

@@ -9,7 +9,8 @@ answering NACK after 2 s (``--sim-fault``), so the store holds a failed sensor a
 station B stays healthy. Station A is commissioned first, so its readings carry the
 ``mounting_height`` and ``shield`` tags and the store holds its ``envagent_commission_*`` point,
 which no panel may show as a sensor. Each runs 9 s: the first health report comes 5 s after the
-start (``agent.health.FIRST_SAMPLE_S``) and ``[health] interval`` cannot be under 30 s, so each
+start (``agent.runtime.health.FIRST_SAMPLE_S``) and ``[health] interval`` cannot be under 30 s, so
+each
 unit sends one report. ``envagent sync --simulate --deliver`` then delivers what was left.
 
 How a query is evaluated: as Grafana would send it -- ``$site`` and ``$unit`` become ``.*`` (the
@@ -41,9 +42,9 @@ import pytest
 import requests
 from victoriametrics import VictoriaMetrics
 
-from agent.credentials import CREDENTIALS_DIRECTORY, REFUSED_VARIABLES
-from agent.health import SENSOR_STATE, UPLINK_STATE
-from agent.sampler import State
+from agent.core.credentials import CREDENTIALS_DIRECTORY, REFUSED_VARIABLES
+from agent.runtime.health import SENSOR_STATE, UPLINK_STATE
+from agent.sampling.sampler import State
 from drivers.base import Quality
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +197,8 @@ def test_the_template_variables() -> None:
 
 
 def test_the_state_mappings_are_the_agents_codes() -> None:
-    """The words the dashboard shows for sensor_state and uplink_state are agent.health's."""
+    """The words the dashboard shows for sensor_state and uplink_state are
+    agent.runtime.health's."""
     def mapped(p: dict[str, Any]) -> set[int]:
         return {int(k) for m in p["fieldConfig"]["defaults"]["mappings"] for k in m["options"]}
 
@@ -212,7 +214,8 @@ def test_the_quality_flags_panel_has_every_flag() -> None:
 
 
 def test_the_threshold_alert_panel_shows_what_the_agent_sends() -> None:
-    """agent.alerts: the metric envagent_alert_<id>; no alert at all is said, not left blank."""
+    """agent.sampling.alerts: the metric envagent_alert_<id>; no alert at all is said, not left
+    blank."""
     alerts = panel("Threshold alerts")
     assert alerts["fieldConfig"]["defaults"]["noValue"]
     assert all('"envagent_alert_.+"' in t["expr"] for t in alerts["targets"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import datadir
+from agent.store import datadir
 
 ROOT = Path(__file__).resolve().parents[1]
 STATION = ('[unit]\nid = "lock-001"\nsite = "roof"\n[storage]\ncommit_interval = "1s"\n'

@@ -25,21 +25,22 @@ from typing import Any
 import pytest
 from httpfaults import FaultServer, status
 
-from agent import datadir
 from agent.config import Config, parse_config
-from agent.doctor import Check, DiskUsage, Status, check_clock, check_device, worst
-from agent.doctor_sensors import check_sensors, spreads
-from agent.doctor_storage import (
+from agent.core.reading import Reading
+from agent.doctor.checkup import check_clock, check_device
+from agent.doctor.report import Check, DiskUsage, Status, worst
+from agent.doctor.sensors import check_sensors, spreads
+from agent.doctor.storage import (
     check_backlog,
     check_data_dir,
     check_database,
     check_free_space,
     check_lock,
 )
-from agent.doctor_uplink import check_uplink
-from agent.outbox import Outbox
-from agent.processing import Processed
-from agent.reading import Reading
+from agent.doctor.uplink import check_uplink
+from agent.sampling.processing import Processed
+from agent.store import datadir
+from agent.store.outbox import Outbox
 from drivers.base import Quality
 from drivers.bme280 import REG_STATUS
 from drivers.sim.clock import FakeClock

@@ -37,9 +37,9 @@ from httpfaults import parse_line
 from recording_server import Exchange, RecordingServer, Respond
 from victoriametrics import VictoriaMetrics
 
-from agent.credentials import CREDENTIALS_DIRECTORY, REFUSED_VARIABLES
-from agent.outbox import Outbox, OutboxStats
-from agent.reading import Reading
+from agent.core.credentials import CREDENTIALS_DIRECTORY, REFUSED_VARIABLES
+from agent.core.reading import Reading
+from agent.store.outbox import Outbox, OutboxStats
 from drivers.base import Quality
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def labels(measurement: str, field: str, unit: str, sensor: str) -> Labels:
     """A series' labels: the tags of its line (no ``driver`` for a sensor id the configuration
     does not name, such as the unit's own health readings) plus the metric name."""
     metric = {"__name__": f"{measurement}_{field}", "unit": unit, "sensor": sensor, "site": SITE,
-              "simulated": "true"}  # a rehearsal's (agent.rehearsal)
+              "simulated": "true"}  # a rehearsal's (agent.store.rehearsal)
     if sensor in DRIVERS:
         metric["driver"] = DRIVERS[sensor]
     return tuple(sorted(metric.items()))

@@ -17,17 +17,17 @@ import pytest
 import requests
 from victoriametrics import VictoriaMetrics
 
-from agent.export import COLUMNS, atomic_file, iso_ns, parse_time
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.sinks import JsonEncoder, reading_id
+from agent.core.reading import Reading
+from agent.core.timebase import NS, iso_ns
+from agent.store.outbox import Outbox
+from agent.uplink.export import COLUMNS, atomic_file, parse_time
+from agent.uplink.sinks import JsonEncoder, reading_id
 from drivers.base import Quality
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = "exp-001"
 SITE = "汉中 wetland, east"
 DRIVERS = {"air": "bme280", "soil": "sht4x"}
-NS = 1_000_000_000
 T0 = parse_time("2026-11-21T06:00:00Z")
 BOOT = "0b0b0b0b-old-boot"  # never this machine's boot: nothing is held or re-stamped
 NS_PER_MS = 1_000_000
@@ -82,8 +82,8 @@ def fill(data: Path, readings: list[Reading]) -> Path:
 
 
 def expected(r: Reading, *, simulated: bool = False) -> dict[str, Any]:
-    """One reading as the export must show it, worked out independently of agent.export
-    (``simulated``: a rehearsal's, agent.rehearsal)."""
+    """One reading as the export must show it, worked out independently of agent.uplink.export
+    (``simulated``: a rehearsal's, agent.store.rehearsal)."""
     finite = math.isfinite(r.value)
     quality = int(r.quality) | (int(Quality.CLOCK_UNSYNCED) if r.synced is False else 0)
     item: dict[str, Any] = {
@@ -347,7 +347,7 @@ def test_what_a_simulated_run_stored_is_exported_whole(tmp_path: Path) -> None:
     result = run_export(tmp_path, data, "--format", "csv", "--output", tmp_path / "run.csv")
     rows = from_csv((tmp_path / "run.csv").read_text(encoding="utf-8"))
     # If this machine's clock were synchronised now but not when sampled, the agent would
-    # re-stamp those readings, and the export leaves them out (see agent.export).
+    # re-stamp those readings, and the export leaves them out (see agent.uplink.export).
     held = "left out" in result.stderr
     assert held or rows == [expected(r, simulated=True) for r in stored]  # marked a rehearsal's
     assert f"exported {len(rows)} reading(s)" in result.stderr

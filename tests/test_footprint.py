@@ -12,14 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.cli import example_config_path
+from agent.cli.main import example_config_path
 from drivers.clock import SystemClock
 
 # Runs the command exactly as ``python -m agent`` does, then lists every module it loaded.
 _LIST_MODULES = (
     "import atexit, sys\n"
     "atexit.register(lambda: print(' '.join(sorted(sys.modules))))\n"
-    "from agent.cli import main\n"
+    "from agent.cli.main import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
@@ -40,7 +40,7 @@ def test_a_unit_without_led_or_power_switches_never_loads_gpiozero(tmp_path: Pat
     example = example_config_path().read_text()
     assert "\n[indicator]" not in example and "\npower_pin" not in example
     modules = loaded_by_run(tmp_path, example)
-    assert "agent.sampler" in modules  # it did run
+    assert "agent.sampling.sampler" in modules  # it did run
     # gpiozero (and the statistics and fractions it pulls in) only with an
     # [indicator] or a power_pin; subprocess only came with ctypes.util.find_library, which
     # SystemClock no longer needs; decimal only came with the config's durations and sizes.
@@ -65,7 +65,7 @@ def test_requests_is_loaded_only_by_a_unit_that_delivers(tmp_path: Path) -> None
     for place in ("offline", "online"):
         (tmp_path / place).mkdir()
     offline = loaded_by_run(tmp_path / "offline", example)
-    assert "agent.sampler" in offline and "requests" not in offline
+    assert "agent.sampling.sampler" in offline and "requests" not in offline
     uplink = '\n[uplink]\nurl = "http://127.0.0.1:9/write"\nallow_insecure_http = true\n'
-    # a rehearsal delivers only when asked (agent.rehearsal)
+    # a rehearsal delivers only when asked (agent.store.rehearsal)
     assert "requests" in loaded_by_run(tmp_path / "online", example + uplink, "--deliver")

@@ -19,14 +19,20 @@ import requests
 from httpfaults import FaultServer, parse_line
 
 from agent.config import HealthConfig, UplinkConfig, parse_config
-from agent.daemon import Agent
-from agent.errors import ConfigError
-from agent.health import HEALTH_SENSOR, HealthReporter, read_cpu_temperature, read_write_bytes
-from agent.lineprotocol import LineProtocolEncoder
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.sinks import HttpSink, make_encoder, make_session
-from agent.uplink import Uplink
+from agent.core.errors import ConfigError
+from agent.core.reading import Reading
+from agent.core.timebase import NS
+from agent.runtime.health import (
+    HEALTH_SENSOR,
+    HealthReporter,
+    read_cpu_temperature,
+    read_write_bytes,
+)
+from agent.sampling.daemon import Agent
+from agent.store.outbox import Outbox
+from agent.uplink.lineprotocol import LineProtocolEncoder
+from agent.uplink.sinks import HttpSink, make_encoder, make_session
+from agent.uplink.worker import Uplink
 from drivers.base import Driver
 from drivers.bme280 import BME280
 from drivers.sim.bme280 import BME280Model
@@ -45,7 +51,6 @@ CONFIG = parse_config({"unit": UNIT, "sensor": SENSORS}, source="test.toml")
 DRIVERS = {"air": "bme280", "porch-2": "bme280"}
 PROC_IO = "rchar: 9\nwchar: 9\nsyscr: 1\nsyscw: 1\nread_bytes: 0\nwrite_bytes: 1310720\n" \
           "cancelled_write_bytes: 4096\n"
-NS = 1_000_000_000
 SAFE_NAME = re.compile(r"[a-z][a-z0-9_]*")  # a QuestDB column, a bare MetricsQL metric name
 
 

@@ -20,7 +20,7 @@ from gpiozero import LED, Button
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from agent.config import ConfigError, IndicatorConfig, parse_config
-from agent.indicator import (
+from agent.runtime.indicator import (
     PATTERNS,
     Condition,
     Pattern,
@@ -28,7 +28,7 @@ from agent.indicator import (
     StatusLED,
     condition,
 )
-from agent.sampler import State
+from agent.sampling.sampler import State
 from drivers.clock import SystemClock
 from drivers.sim.clock import FakeClock
 

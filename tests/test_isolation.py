@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.config import parse_config
-from agent.daemon import Agent, make_drivers
-from agent.outbox import Outbox
-from agent.sampler import State
+from agent.sampling.daemon import Agent, make_drivers
+from agent.sampling.sampler import State
+from agent.store.outbox import Outbox
 from drivers.clock import SystemClock
 from drivers.registry import DRIVERS
 from drivers.sim.environment import Environment

@@ -10,15 +10,14 @@ from httpfaults import parse_line
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.config import RESERVED_SENSOR_ID
-from agent.lineprotocol import (
+from agent.core.reading import RESERVED_SENSOR_ID, Reading
+from agent.uplink.lineprotocol import (
     LineProtocolEncoder,
     escape_key,
     escape_measurement,
     escape_string_field,
     quality_of,
 )
-from agent.reading import Reading
 from drivers.base import Quality
 
 T0 = 1_767_225_600_000_000_000

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from httpfaults import FaultServer, hang, reset_mid_response
 
-from agent import quality
-from agent.errors import describe
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.sinks import HttpSink, JsonEncoder, Reply, make_session
+from agent.core import quality
+from agent.core.errors import describe
+from agent.core.reading import Reading
+from agent.store.outbox import Outbox
+from agent.uplink.sinks import HttpSink, JsonEncoder, Reply, make_session
 from drivers.base import Quality
 from drivers.bus import describe_error
 

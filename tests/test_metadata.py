@@ -19,18 +19,19 @@ from httpfaults import parse_line
 from recording_server import Exchange, RecordingServer
 from victoriametrics import VictoriaMetrics
 
-from agent import commission, metadata
-from agent.commission import FILE, FORMAT, Facts, history, make_record
 from agent.config import Config, parse_config
-from agent.export import Station, export, iso_ns
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.timekeeping import TimeKeeper
-from agent.uplink import Outcome, Uplink, build_uplink
+from agent.core.reading import Reading
+from agent.core.timebase import NS, iso_ns
+from agent.sampling.timekeeping import TimeKeeper
+from agent.store import commission
+from agent.store.commission import FILE, FORMAT, Facts, history, make_record
+from agent.store.outbox import Outbox
+from agent.uplink import metadata
+from agent.uplink.export import Station, export
+from agent.uplink.worker import Outcome, Uplink, build_uplink
 from drivers.sim.clock import FakeClock
 
 T0 = 1_767_225_600_000_000_000
-NS = 1_000_000_000
 SITE = "汉中 wetland, east"
 SERIALS = [{"id": "soil", "driver": "sht4x", "bus": 1, "address": 0x44, "serial": "0x01020304"},
            {"id": "air", "driver": "bme280", "bus": 1, "address": 0x76}]  # a BME280 has none
@@ -127,7 +128,7 @@ def test_a_5xx_leaves_the_record_unsent_readings_go_on_and_it_is_sent_after_the_
         commissioned(data, cfg, T0 - 3600 * NS, mounting_height_m=2.0)
         outbox.append(samples(0, 3))
         uplink = uplink_for(cfg, outbox, data, clock)
-        with caplog.at_level(logging.WARNING, "agent.metadata"):
+        with caplog.at_level(logging.WARNING, "envagent.metadata"):
             report = uplink.flush()
         assert report.ok and report.delivered == 6  # the readings did not wait
         assert uplink.state.state == "ok"
@@ -157,7 +158,7 @@ def test_a_backend_that_refuses_the_document_gets_it_once_per_start_readings_go_
         cfg = config(server.url("/ingest"), fmt="json")
         commissioned(data, cfg, T0 - 3600 * NS, mounting_height_m=2.0)
         uplink = uplink_for(cfg, outbox, data, clock)
-        with caplog.at_level(logging.WARNING, "agent.metadata"):
+        with caplog.at_level(logging.WARNING, "envagent.metadata"):
             for second in range(0, 600, 10):  # ten minutes of commits, past any backoff
                 outbox.append(samples(second, 1))
                 assert uplink.flush().ok
@@ -284,7 +285,7 @@ def test_a_damaged_file_stops_nothing(tmp_path: Path, outbox: Outbox,
     with RecordingServer() as server:
         outbox.append(samples(0, 2))
         uplink = uplink_for(config(server.url()), outbox, data, FakeClock())
-        with caplog.at_level(logging.WARNING, "agent.metadata"):
+        with caplog.at_level(logging.WARNING, "envagent.metadata"):
             report = uplink.flush()
             outbox.append(samples(5, 2))
             assert uplink.flush().ok
@@ -323,7 +324,8 @@ def stale_boot(boottime_s: float = 100.0) -> FakeClock:
 
 def commissioned_on(data: Path, cfg: Config, clock: FakeClock, boot_id: str,
                     **facts: Any) -> dict[str, Any]:
-    """A record as ``envagent commission`` takes it (agent.commission.record_now) on ``clock``."""
+    """A record as ``envagent commission`` takes it (agent.store.commission.record_now) on
+    ``clock``."""
     record = make_record(cfg, Facts(**facts), SERIALS, time_ns=round(clock.time() * 1e6) * 1000,
                          clock_synced=clock.synchronized(), boot_id=boot_id,
                          boot_ns=int(clock.boottime() * NS))

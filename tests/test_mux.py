@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config, parse_config
-from agent.daemon import make_drivers
-from agent.errors import ConfigError
-from agent.reading import Reading
-from agent.sampler import SensorWorker
+from agent.core.errors import ConfigError
+from agent.core.reading import Reading
+from agent.sampling.daemon import make_drivers
+from agent.sampling.sampler import SensorWorker
 from drivers.registry import DRIVERS, IDENTIFIERS
 from drivers.scan import Found, scan
 from drivers.sim import BME280Model, BusIOError, Environment, FakeClock, Nack, SimBus, build_world

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.notify import START_EXTEND_EVERY_S, START_EXTEND_S, Notifier
+from agent.runtime.notify import START_EXTEND_EVERY_S, START_EXTEND_S, Notifier
 
 
 @pytest.fixture
@@ -186,7 +186,7 @@ def test_send_failure_never_raises_and_warns_once(
         {"NOTIFY_SOCKET": str(tmp_path / "gone"), "WATCHDOG_USEC": "30000000"}, pid=7
     )
 
-    with caplog.at_level(logging.DEBUG, logger="agent.notify"):
+    with caplog.at_level(logging.DEBUG, logger="envagent.notify"):
         assert notifier.ready() is False
         assert notifier.watchdog() is False
         assert notifier.watchdog() is False

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from agent.errors import StorageError, StorageFullError
-from agent.outbox import MIN_BYTES, PAGE_SIZE, Outbox
-from agent.reading import Reading
+from agent.core.errors import StorageError, StorageFullError
+from agent.core.reading import Reading
+from agent.store.outbox import MIN_BYTES, PAGE_SIZE, Outbox
 from drivers.base import Quality
 
 T0 = 1_700_000_000_000_000_000  # ns since the epoch, November 2023
@@ -233,7 +233,7 @@ def test_a_full_outbox_deletes_quarantined_rows_before_readings(tmp_path: Path) 
 
 
 def test_a_schema_1_outbox_is_upgraded_in_place(tmp_path: Path) -> None:
-    from agent import outbox as module
+    from agent.store import outbox as module
 
     path = tmp_path / "outbox.sqlite"
     with sqlite3.connect(path) as conn:
@@ -298,8 +298,8 @@ def test_a_batch_that_fails_midway_leaves_nothing(outbox: Outbox, bad: dict[str,
 CHILD = """
 import os, signal, sys
 from pathlib import Path
-from agent.outbox import Outbox
-from agent.reading import Reading
+from agent.store.outbox import Outbox
+from agent.core.reading import Reading
 box = Outbox(Path(sys.argv[1]), max_bytes=64 * 1024**2)
 box.append([Reading("soil", "moisture", i / 10, "%", i, i, "child", i % 2 == 0, i, None)
             for i in range(50)])
@@ -465,8 +465,8 @@ def test_a_really_full_filesystem_stores_nothing_then_recovers(small_disk: Path)
 def test_the_agent_holds_readings_while_the_disk_is_full(
         outbox: Outbox, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    from agent import daemon
     from agent.config import Config, UnitConfig
+    from agent.sampling import daemon
     from drivers.clock import SystemClock
 
     monkeypatch.setattr(daemon, "MAX_HELD_READINGS", 100)

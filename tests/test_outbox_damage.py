@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from agent import salvage
-from agent.errors import StorageError
-from agent.outbox import CHECK_PROGRESS_S, Outbox
-from agent.reading import Reading
+from agent.core.errors import StorageError
+from agent.core.reading import Reading
+from agent.store import salvage
+from agent.store.outbox import CHECK_PROGRESS_S, Outbox
 
 BIG = 256 * 1024**2
 NOBODY = 65534  # uid and gid of `nobody` on Debian
@@ -48,8 +48,8 @@ def fill(path: Path, start: int, stop: int, batch: int = 100) -> None:
 KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
-from agent.outbox import Outbox
-from agent.reading import Reading
+from agent.store.outbox import Outbox
+from agent.core.reading import Reading
 path, start, stop, batch, sensor = Path(sys.argv[1]), *map(int, sys.argv[2:5]), sys.argv[5]
 box = Outbox(path, max_bytes=256 * 1024**2)
 for b in range(start, stop, batch):
@@ -78,7 +78,7 @@ def reopen(path: Path, caplog: pytest.LogCaptureFixture, salvaged: int,
            lost: int | None = None) -> salvage.Recovery:
     """Open as the daemon does; check the warning, the record, and that sampling works."""
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="agent.outbox"), Outbox(path,
+    with caplog.at_level(logging.WARNING, logger="envagent.outbox"), Outbox(path,
                                                                          max_bytes=BIG) as box:
         recovery = box.recovery()
         assert recovery is not None
@@ -118,7 +118,8 @@ def test_a_healthy_outbox_and_a_killed_writers_wal_are_left_alone(tmp_path: Path
 
 def test_opening_shows_progress_all_along(tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    # Salvaging a full outbox takes minutes on a Pi Zero; systemd must see it moving (agent.notify)
+    # Salvaging a full outbox takes minutes on a Pi Zero; systemd must see it moving
+    # (agent.runtime.notify)
     path = tmp_path / "outbox.sqlite"
     fill(path, 0, 12_000, batch=1000)
     os.truncate(path, path.stat().st_size // 2 // 1024 * 1024)

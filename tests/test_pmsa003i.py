@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from agent.config import parse_config
-from agent.outbox import Outbox
-from agent.sampler import SensorWorker, State
+from agent.sampling.sampler import SensorWorker, State
+from agent.store.outbox import Outbox
 from drivers.base import Quality
 from drivers.errors import SensorError, WrongChipError
 from drivers.pmsa003i import (

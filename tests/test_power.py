@@ -12,9 +12,9 @@ from pathlib import Path
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from agent.config import parse_config
-from agent.power import PowerSwitch
-from agent.reading import Reading
-from agent.sampler import SensorWorker, State
+from agent.core.reading import Reading
+from agent.sampling.power import PowerSwitch
+from agent.sampling.sampler import SensorWorker, State
 from drivers.bme280 import BME280
 from drivers.sim.bme280 import BME280Model
 from drivers.sim.clock import FakeClock

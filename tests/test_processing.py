@@ -15,12 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import cli
+from agent.cli import main as cli
 from agent.config import Config, parse_config
-from agent.errors import ConfigError
-from agent.processing import PHYSICAL_RANGES, Calibration, Plausible, Processor
-from agent.reading import Reading
-from agent.sampler import SensorWorker
+from agent.config.processing import PHYSICAL_RANGES, Calibration, Plausible
+from agent.core.errors import ConfigError
+from agent.core.reading import Reading
+from agent.sampling.processing import Processor
+from agent.sampling.sampler import SensorWorker
 from drivers.base import Driver, Measurement, Quality
 from drivers.bme280 import BME280
 from drivers.errors import SensorError

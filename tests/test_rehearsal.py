@@ -1,4 +1,4 @@
-"""A rehearsal (``--simulate``) never leaks into production (agent.rehearsal).
+"""A rehearsal (``--simulate``) never leaks into production (agent.store.rehearsal).
 
 Through the real ``envagent`` in subprocesses, with a config whose ``storage.path`` is a temporary
 directory and whose uplink is a recording server: a rehearsal keeps its outbox in ``simulated/``
@@ -21,11 +21,11 @@ import pytest
 from httpfaults import parse_line
 from recording_server import RecordingServer
 
-from agent.cli import DEFAULT_CONFIG
-from agent.lineprotocol import LineProtocolEncoder
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.sinks import JsonEncoder
+from agent.cli.main import DEFAULT_CONFIG
+from agent.core.reading import Reading
+from agent.store.outbox import Outbox
+from agent.uplink.lineprotocol import LineProtocolEncoder
+from agent.uplink.sinks import JsonEncoder
 
 PROCESS_TIMEOUT_S = 90
 UNIT = "pole-017"

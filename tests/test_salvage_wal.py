@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent import salvage
-from agent.outbox import Outbox
-from agent.reading import Reading
+from agent.core.reading import Reading
+from agent.store import salvage
+from agent.store.outbox import Outbox
 
 BIG = 256 * 1024**2
 T0 = 1_700_000_000_000_000_000
@@ -68,7 +68,7 @@ REWOUND_WRITER = """
 import os, signal, struct, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from agent.outbox import Outbox
+from agent.store.outbox import Outbox
 from test_salvage_wal import reading, stale_commit_after_the_log
 path, mode = Path(sys.argv[1]), sys.argv[2]
 wal = Path(f"{path}-wal")

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from agent.config import parse_config
-from agent.reading import Reading
-from agent.sampler import FAILURES_BEFORE_FAILED, SensorWorker, State
+from agent.core.reading import Reading
+from agent.sampling.sampler import FAILURES_BEFORE_FAILED, SensorWorker, State
 from drivers.bme280 import BME280
 from drivers.sim.bme280 import BME280Model
 from drivers.sim.clock import FakeClock

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import parse_config
-from agent.daemon import make_drivers
-from agent.outbox import Outbox
-from agent.sampler import SensorWorker, State
+from agent.sampling.daemon import make_drivers
+from agent.sampling.sampler import SensorWorker, State
+from agent.store.outbox import Outbox
 from drivers import scd4x
 from drivers.base import Quality
 from drivers.errors import DriverConfigError, SensorError, SensorTimeoutError

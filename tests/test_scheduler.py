@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.scheduler import Schedule
+from agent.sampling.scheduler import Schedule
 from drivers.sim.clock import FakeClock
 
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from agent.config import parse_config
-from agent.daemon import make_drivers
-from agent.outbox import Outbox
-from agent.sampler import SensorWorker, State
-from drivers import sht3x, sht4x
+from agent.sampling.daemon import make_drivers
+from agent.sampling.sampler import SensorWorker, State
+from agent.store.outbox import Outbox
+from drivers import sensirion, sht3x, sht4x
 from drivers.base import Driver, Quality
 from drivers.errors import SensorError, SensorTimeoutError, WrongChipError
 from drivers.registry import DRIVERS, IDENTIFIERS
@@ -251,7 +251,8 @@ def test_identify_tells_sht3x_from_sht4x_without_changing_either() -> None:
     assert (sht3x.identify(bus, 0x44), sht4x.identify(bus, 0x44)) == ("sht3x", None)
     assert (sht3x.identify(bus, 0x45), sht4x.identify(bus, 0x45)) == (None, "sht4x")
     assert sht3x.identify(bus, 0x46) is None  # not an SHT3x address: not even asked
-    assert old.commands == [] and not old.heater_on and new.commands == [sht4x.READ_SERIAL]
+    assert old.commands == [] and not old.heater_on
+    assert new.commands == [sensirion.SHT4X_READ_SERIAL]
     found = {f.address: f.chip for f in scan(bus, IDENTIFIERS)}
     assert found == {0x44: "sht3x", 0x45: "sht4x"}
 

@@ -57,10 +57,10 @@ from pathlib import Path
 import pytest
 from recording_server import DROP, Exchange, RecordingServer
 
-from agent.credentials import CREDENTIALS_DIRECTORY, REFUSED_VARIABLES
-from agent.outbox import Outbox, OutboxStats
-from agent.reading import Reading
-from agent.sinks import JSON_FORMAT, JsonEncoder, batch_id, reading_id
+from agent.core.credentials import CREDENTIALS_DIRECTORY, REFUSED_VARIABLES
+from agent.core.reading import Reading
+from agent.store.outbox import Outbox, OutboxStats
+from agent.uplink.sinks import JSON_FORMAT, JsonEncoder, batch_id, reading_id
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = int(os.environ.get("ENVAGENT_SIGKILL_ROUNDS", "200"))
@@ -351,11 +351,11 @@ def prefill(data: Path) -> None:
     code = f"""
 import os, sys
 from pathlib import Path
-from agent.outbox import Outbox
-from agent.reading import Reading
+from agent.store.outbox import Outbox
+from agent.core.reading import Reading
 path, ns = Path({str(data / "outbox.sqlite")!r}), 1_000_000_000
 outbox = Outbox(path, max_bytes=1 << 28)
-outbox.mark_simulated(True)  # the runs below are rehearsals (agent.rehearsal)
+outbox.mark_simulated(True)  # the runs below are rehearsals (agent.store.rehearsal)
 for i in range(100_000):
     outbox.append([Reading("air", q, 20.0 + i / 100, u, (1_767_225_600 + i) * ns, (5 + i) * ns,
                            "boot-before", True) for q, u in (("temperature", "°C"),

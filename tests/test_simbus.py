@@ -9,7 +9,7 @@ import threading
 import pytest
 from adafruit_bme280.basic import Adafruit_BME280_I2C
 
-from agent.cli import example_config_path, open_buses
+from agent.cli.main import example_config_path, open_buses
 from agent.config import load_config
 from drivers.busio_adapter import BusioI2C
 from drivers.clock import SystemClock

@@ -24,13 +24,13 @@ from typing import Any, ClassVar
 
 import pytest
 
-from agent import cli
+from agent.cli import main as cli
 from agent.config import Config, SensorConfig, load_config, parse_config
-from agent.daemon import Agent, make_drivers
-from agent.errors import ConfigError
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.sampler import FAILURES_BEFORE_FAILED, SensorWorker, State
+from agent.core.errors import ConfigError
+from agent.core.reading import Reading
+from agent.sampling.daemon import Agent, make_drivers
+from agent.sampling.sampler import FAILURES_BEFORE_FAILED, SensorWorker, State
+from agent.store.outbox import Outbox
 from drivers.base import Driver, Measurement, Option, Quality
 from drivers.bus import Bus
 from drivers.clock import Clock
@@ -78,7 +78,7 @@ def example(text: str | None = None) -> Config:
 
 
 def environment(config: Config) -> Environment:
-    """The weather ``--simulate`` puts in front of the sensors (agent.cli.open_buses)."""
+    """The weather ``--simulate`` puts in front of the sensors (agent.cli.main.open_buses)."""
     unit = config.unit
     return Environment(latitude=unit.latitude, longitude=unit.longitude,
                        elevation_m=unit.elevation_m or 0.0)

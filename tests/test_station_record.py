@@ -1,4 +1,4 @@
-"""``status``, ``export`` and ``doctor`` with ``--data-dir`` alone (agent.station).
+"""``status``, ``export`` and ``doctor`` with ``--data-dir`` alone (agent.store.station).
 
 The running agent leaves a station record in its data directory; with no config file, these
 read-only commands use it, and say so in one line on stderr. Through the real ``envagent`` in
@@ -15,9 +15,9 @@ from pathlib import Path
 import agent_process
 import pytest
 
-from agent import station
-from agent.cli import DEFAULT_CONFIG
+from agent.cli.main import DEFAULT_CONFIG
 from agent.config import parse_config
+from agent.store import station
 
 PROCESS_TIMEOUT_S = 90
 UNIT = "wet-042"

@@ -14,20 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.config import Config, SensorConfig, parse_config
-from agent.daemon import read_boot_id
-from agent.history import POINTS, RESOLUTION_S, Accumulator, History, Series, bucket_of
-from agent.outbox import LatestValue, OutboxStats
-from agent.sampler import Health, State
-from agent.statusfile import (
-    MIN_WRITE_S,
-    REFRESH_S,
-    SENSORS_FILE,
-    SensorsFile,
-    StatusFiles,
-    load_history,
-)
-from agent.statusview import (
+from agent.cli.statusview import (
     clip,
     clock_time,
     cols,
@@ -37,7 +24,20 @@ from agent.statusview import (
     sync_words,
     wrap,
 )
-from agent.uplink import STATE_FILE, UplinkState
+from agent.config import Config, SensorConfig, parse_config
+from agent.core.timebase import read_boot_id
+from agent.runtime.history import POINTS, RESOLUTION_S, Accumulator, History, Series, bucket_of
+from agent.runtime.statusfile import (
+    MIN_WRITE_S,
+    REFRESH_S,
+    SENSORS_FILE,
+    SensorsFile,
+    StatusFiles,
+    load_history,
+)
+from agent.sampling.sampler import Health, State
+from agent.store.outbox import LatestValue, OutboxStats
+from agent.uplink.worker import STATE_FILE, UplinkState
 from drivers.sim.clock import FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,8 +254,8 @@ def test_status_fits_the_terminal(tmp_path: Path, columns: int) -> None:
 
 def test_the_daemons_own_workers_fit_the_writer(tmp_path: Path) -> None:
     """What agent/service.py hands over on each supervisor tick: Agent.workers, outbox.latest."""
-    from agent.daemon import Agent, make_drivers
-    from agent.outbox import Outbox
+    from agent.sampling.daemon import Agent, make_drivers
+    from agent.store.outbox import Outbox
     from drivers.registry import DRIVERS
     from drivers.sim.environment import Environment
     from drivers.sim.world import build_world

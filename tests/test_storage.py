@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from agent.config import parse_config
-from agent.daemon import Agent, make_drivers
-from agent.outbox import Outbox
-from agent.storage import ReopeningOutbox
+from agent.sampling.daemon import Agent, make_drivers
+from agent.store.outbox import Outbox
+from agent.store.storage import ReopeningOutbox
 from drivers.clock import SystemClock
 from drivers.registry import DRIVERS
 from drivers.sim.environment import Environment

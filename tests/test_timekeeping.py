@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 
 from agent.config import parse_config
-from agent.lineprotocol import LineProtocolEncoder, quality_of
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.sampler import SensorWorker
-from agent.timekeeping import HOLD_UNSYNCED_S, TimeKeeper
+from agent.core.reading import Reading
+from agent.core.timebase import HOLD_UNSYNCED_S, NS
+from agent.sampling.sampler import SensorWorker
+from agent.sampling.timekeeping import TimeKeeper
+from agent.store.outbox import Outbox
+from agent.uplink.lineprotocol import LineProtocolEncoder, quality_of
 from drivers.base import Quality
 from drivers.bme280 import BME280
 from drivers.sim.bme280 import BME280Model
 from drivers.sim.clock import FakeClock
 from drivers.sim.simbus import SimBus
 
-NS = 1_000_000_000
 TRUE_EPOCH = 1_767_225_600.0  # true wall time at boot (2026-01-01)
 STALE_EPOCH = 1_600_000_000.0  # what the clock believes at boot (last shutdown, 2020)
 CONFIG = parse_config(

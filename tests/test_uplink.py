@@ -45,12 +45,12 @@ from httpfaults import (
 )
 
 from agent.config import UplinkConfig, parse_config
-from agent.credentials import Secret
-from agent.errors import ConfigError
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.sinks import Failure, HttpSink, Reply, make_encoder, make_session
-from agent.uplink import (
+from agent.core.credentials import Secret
+from agent.core.errors import ConfigError
+from agent.core.reading import Reading
+from agent.store.outbox import Outbox
+from agent.uplink.sinks import Failure, HttpSink, Reply, make_encoder, make_session
+from agent.uplink.worker import (
     STATE_FILE,
     Outcome,
     Step,
@@ -392,7 +392,7 @@ def test_401_pauses_delivery_and_a_fixed_token_file_resumes_it(
     server.default = authenticating(good)
     appended = samples(50)
     outbox.append(appended)
-    from agent.credentials import load_token
+    from agent.core.credentials import load_token
 
     uplink = make_uplink(server.url(), outbox, tmp_path,
                          token=lambda: load_token(token_file, {}))
@@ -418,7 +418,7 @@ def test_401_pauses_delivery_and_a_fixed_token_file_resumes_it(
 
 def test_a_missing_token_file_blocks_without_sending_until_it_appears(
         server: FaultServer, outbox: Outbox, tmp_path: Path) -> None:
-    from agent.credentials import load_token
+    from agent.core.credentials import load_token
 
     token_file = tmp_path / "upload-token"
     server.default = authenticating(TOKEN)

@@ -39,11 +39,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_uplink import FAST, T0, make_uplink, samples
 
-from agent import sinks
-from agent.credentials import Secret, redact
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.uplink import STATE_FILE, Outcome, retry_after_seconds
+from agent.core.credentials import Secret, redact
+from agent.core.reading import Reading
+from agent.store.outbox import Outbox
+from agent.uplink import sinks
+from agent.uplink.worker import STATE_FILE, Outcome, retry_after_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "Qv7Kp2-SECRET-0d9e4c1b"  # a prefix no message holds by chance
@@ -98,7 +98,7 @@ def peak(path=sys.argv[1]):
         out.write(line.split()[1])
 atexit.register(peak)
 sys.argv = ["envagent", *sys.argv[2:]]
-from agent.cli import main
+from agent.cli.main import main
 sys.exit(main())
 """
 

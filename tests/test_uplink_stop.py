@@ -40,15 +40,15 @@ from test_uplink import make_uplink, samples
 from victoriametrics import VictoriaMetrics, find_binary
 from victoriametrics import stop as stop_victoriametrics
 
-from agent.cli import open_buses
+from agent.cli.main import open_buses
 from agent.config import parse_config
-from agent.daemon import Agent, make_drivers
-from agent.notify import Notifier
-from agent.outbox import Outbox
-from agent.reading import Reading
-from agent.service import Service
-from agent.storage import ReopeningOutbox
-from agent.uplink import STOP_GRACE_S, build_uplink
+from agent.core.reading import Reading
+from agent.runtime.notify import Notifier
+from agent.runtime.service import Service
+from agent.sampling.daemon import Agent, make_drivers
+from agent.store.outbox import Outbox
+from agent.store.storage import ReopeningOutbox
+from agent.uplink.worker import STOP_GRACE_S, build_uplink
 from drivers.clock import SystemClock
 from drivers.registry import DRIVERS
 from drivers.sim.clock import FakeClock, SimulatedClock

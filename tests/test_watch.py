@@ -24,7 +24,7 @@ from typing import IO
 
 from recording_server import RecordingServer
 
-from agent.watch import Look, changes
+from agent.cli.watch import Look, changes
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT_ID = "watch-007"

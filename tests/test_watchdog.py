@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox
-from agent.reading import Reading
+from agent.core.reading import Reading
+from agent.store.outbox import Outbox
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = (
@@ -149,8 +149,8 @@ def test_bad_sim_fault_is_a_usage_error(tmp_path: Path, spec: str) -> None:
 
 def test_the_status_line_is_built_only_for_systemd(tmp_path: Path) -> None:
     """STATUS= costs outbox queries every tick; without a notify socket nobody reads it."""
-    from agent.notify import Notifier
-    from agent.supervisor import Supervisor
+    from agent.runtime.notify import Notifier
+    from agent.runtime.supervisor import Supervisor
     from drivers.sim.clock import FakeClock
 
     clock, built = FakeClock(), []
@@ -177,8 +177,8 @@ def test_the_status_line_is_built_only_for_systemd(tmp_path: Path) -> None:
 def test_nothing_follows_stopping_not_even_a_tick_under_way(tmp_path: Path) -> None:
     """systemd takes STOPPING=1 as the last word; a status line sent after it would say the
     unit is sampling while it shuts down."""
-    from agent.notify import Notifier
-    from agent.supervisor import Supervisor
+    from agent.runtime.notify import Notifier
+    from agent.runtime.supervisor import Supervisor
     from drivers.sim.clock import FakeClock
 
     in_tick, release, calls = threading.Event(), threading.Event(), []

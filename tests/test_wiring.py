@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import WiredDevice, load_wiring, parse_wiring
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNCED = ("--sim-clock", "synced")  # this machine's own clock facts never matter

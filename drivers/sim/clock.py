@@ -64,7 +64,8 @@ class SimulatedClock(SystemClock):
     rehearsal or a test sets instead of the host's.
 
     Whether the clock is synchronised and how long ago the unit booted decide what the agent
-    holds back and how it stamps readings (agent.timekeeping). A simulated unit must not take
+    holds back and how it stamps readings (agent.sampling.timekeeping). A simulated unit must not
+    take
     them from the host it happens to run on -- a freshly booted CI machine whose clock is not
     synchronised would make every simulated run hold its readings -- so they come from here:
 

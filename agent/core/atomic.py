@@ -1,0 +1,139 @@
+"""Files that are replaced whole or not at all, and files read with a size bound.
+
+Writing (the state files, exports, commissioning records): a temporary file beside the target,
+fsync it, rename it over the target, fsync the directory. A power cut or a yanked USB stick
+leaves the old file or the new, complete one -- at worst a hidden ``.NAME.<random>.tmp``, never a
+half file under the real name. The temporary file is created new (``O_CREAT|O_EXCL|O_NOFOLLOW``)
+under a random name: a symlink or a file planted at a predictable name (the agent often runs as
+root for ``sudo envagent commission``) is never followed or written through.
+
+Reading (the config, commissioning records, uplink state, status files): :func:`read_bounded`
+reads at most ``limit`` bytes of a regular file, so a damaged or planted file (a FIFO, a link to
+``/dev/zero``, gigabytes of garbage) costs an error, never the agent's memory or a hung thread;
+:func:`read_json` adds UTF-8 and JSON. Every kind of damage is one :class:`DamagedFileError`, a
+ValueError, which the readers log once and survive.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO, Any
+
+from agent.core.errors import AgentError
+
+_RANDOM_BYTES = 6  # 48 bits in the temporary file's name: never guessed, never a collision
+_ATTEMPTS = 100  # names tried before giving up (each collision is a 2**-48 event, or an attack)
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO must not wait for a writer; a regular file ignores it.
+_READ = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+_JSON_ERRORS = (ValueError, RecursionError)  # RecursionError: "[[[[..." nested too deeply
+
+
+class DamagedFileError(AgentError, ValueError):
+    """A file is not what the agent wrote: too large, not a regular file, not UTF-8 or JSON."""
+
+
+def _new_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty file beside ``path``, created by us alone (mode 0666 less the umask, as
+    ``open(..., "w")`` would give)."""
+    for _ in range(_ATTEMPTS):
+        tmp = path.with_name(f".{path.name}.{os.urandom(_RANDOM_BYTES).hex()}.tmp")
+        try:
+            return os.open(tmp, _NEW_FILE, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file beside {path}")
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` with ``data``; FileExistsError when anything (a symlink too) is there.
+
+    For files beside evidence at names others can predict (agent.store.salvage): never followed,
+    never written through."""
+    fd = os.open(path, _NEW_FILE, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[IO[str]]:
+    """A text file that becomes ``path`` only once complete and on disk; errors propagate."""
+    fd, tmp = _new_temporary(path)
+    try:
+        with open(fd, "w", encoding="utf-8", newline="") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)  # replaces a symlink at ``path`` itself, never its target
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+    with suppress(OSError):  # vfat may refuse a directory fsync; the file itself is on disk
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_json(path: Path, data: Any, *, indent: int | None = None) -> None:
+    """``data`` as UTF-8 JSON in ``path``, atomically."""
+    with atomic_file(path) as file:
+        separators = None if indent is not None else (",", ":")
+        json.dump(data, file, ensure_ascii=False, indent=indent, separators=separators)
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The content of the regular file ``path``, at most ``limit`` bytes.
+
+    OSError when it cannot be opened or read (FileNotFoundError when missing);
+    DamagedFileError when it is not a regular file or is larger than ``limit``.
+    """
+    fd = os.open(path, _READ)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):  # as open() says it
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise DamagedFileError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise DamagedFileError(f"{path} is larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def read_json(path: Path, limit: int) -> Any:
+    """The JSON document in ``path`` (UTF-8, at most ``limit`` bytes).
+
+    OSError when it cannot be read; DamagedFileError for any damage, its message naming the
+    file and what is wrong.
+    """
+    raw = read_bounded(path, limit)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DamagedFileError(f"{path} is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
+                               f"{exc.start})") from None
+    except _JSON_ERRORS as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise DamagedFileError(f"{path} is not valid JSON ({reason})") from None

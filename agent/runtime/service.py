@@ -1,0 +1,177 @@
+"""``envagent run``: sampling, delivery, watchdog and status LED, composed and torn down in order.
+
+Start-up: outbox open (salvaged if damaged), the station record written (agent.store.station; only
+when it changed), sensor threads started, READY=1 once every sensor has tried its first setup.
+Shutdown (SIGTERM, SIGINT, ``--duration``): STOPPING=1, delivery starts no new POST, sensors
+stop, everything sampled is committed, and delivery stops once the POST in flight, if any, is
+acknowledged -- or after ``uplink.STOP_GRACE_S``, cut short with its batch still in the outbox.
+A clean stop replays nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from agent.config import Config, IndicatorConfig
+from agent.core.errors import StorageError
+from agent.runtime.health import HealthReporter
+from agent.runtime.indicator import Condition, ServiceButton, StatusLED, condition
+from agent.runtime.notify import Notifier
+from agent.runtime.statusfile import StatusFiles
+from agent.runtime.supervisor import HUNG_READ_S, Supervisor
+from agent.sampling.daemon import Agent
+from agent.store import station
+from agent.store.storage import Store
+from agent.uplink.worker import Uplink
+from drivers.clock import Clock
+
+log = logging.getLogger("envagent")
+
+# How long READY=1 waits for the sensors' first setup: a chip that does not answer fails fast,
+# but an SCD4x needs ~0.5 s to stop a measurement it was left in.
+SETUP_WAIT_S = 10.0
+# The uplink states, as the status LED groups them.
+_LED_UPLINK = {"starting": "ok", "ok": "ok", "retrying": "offline", "failing": "offline",
+               "auth_blocked": "auth"}
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        agent: Agent,
+        outbox: Store,
+        uplink: Uplink | None,
+        *,
+        clock: Clock,
+        notifier: Notifier,
+        pin_factory: Any = None,
+        simulated: bool = False,
+    ) -> None:
+        self.config = config
+        # a rehearsal (agent.store.rehearsal): said in the station record
+        self.simulated = simulated
+        self.agent = agent
+        self.outbox = outbox
+        self.uplink = uplink
+        self.clock = clock
+        self.notifier = notifier
+        timeout = notifier.watchdog_interval()
+        self.supervisor = Supervisor(
+            notifier, clock, agent.workers,
+            writer_beat=lambda: agent.last_cycle,
+            writer_timeout=max(15.0, 3 * config.storage.commit_interval),
+            # A read stuck longer than the watchdog's own timeout (but never under 10 s, the
+            # longest any driver waits) is hung.
+            hung_after=HUNG_READ_S if timeout is None else max(10.0, 2 * timeout),
+            status=self.status_line,
+            on_tick=self._on_tick,
+        )
+        self.led, self.button = _indicator(config.indicator, clock, pin_factory, self)
+        self.health = HealthReporter(agent, outbox, uplink, clock=clock, boot_id=agent.boot_id)
+        # sensors-state.json and history.json, for `envagent status` in another process
+        self.status_files = StatusFiles(config.storage.path, clock, latest=outbox.latest,
+                                        boot_id=agent.boot_id)
+
+    def run(self, duration: float | None) -> None:
+        self._save_station()
+        if self.uplink is not None:
+            self.agent.on_commit = self.uplink.nudge
+            self.agent.on_stop = self.uplink.request_stop  # before the final commit's nudge
+            self.uplink.start()
+        self.agent.start()
+        self.agent.wait_for_setup(SETUP_WAIT_S)
+        self.supervisor.start()
+        self.health.start(self.config.health.interval)
+        try:
+            self.agent.run(duration=duration)
+        finally:
+            self.health.stop()
+            self.supervisor.stop()
+            self.status_files.close(self.agent.workers)
+            if self.uplink is not None:
+                self.uplink.stop()
+            for device in (self.button, self.led):
+                if device is not None:
+                    device.close()
+
+    def _save_station(self) -> None:
+        """What status, export and doctor need with --data-dir alone (agent.store.station). Never
+        fatal: the readings matter more than a record of the config."""
+        data_dir = self.config.storage.path
+        try:
+            if station.save(data_dir, station.describe(self.config, simulated=self.simulated)):
+                log.info("station record written to %s", data_dir / station.FILE)
+        except OSError as exc:
+            log.warning("cannot write the station record %s: %s; status, export and doctor "
+                        "there need --config", data_dir / station.FILE, exc.strerror or exc)
+
+    def status_line(self) -> str:
+        """What ``systemctl status`` shows: sensors, backlog, delivery -- in one line."""
+        states = [w.health.state.value for w in self.agent.workers]
+        ok = states.count("ok")
+        parts = [f"{ok}/{len(states)} sensors ok"]
+        try:
+            parts.append(f"backlog {self.outbox.stats().backlog}")
+        except StorageError as exc:
+            parts.append(f"STORAGE FAILING: {exc}")
+        if self.uplink is not None:
+            state = self.uplink.state
+            text = f"uplink {state.state}"
+            if state.last_success_ns:
+                ago = time.time() - state.last_success_ns / 1e9
+                text += f", delivered {_ago(ago)} ago"
+            if self.uplink.holding:
+                text += f", {self.uplink.held} held for the clock"
+            parts.append(text)
+        return "; ".join(parts)
+
+    def condition(self) -> Condition:
+        uplink = "disabled" if self.uplink is None else _LED_UPLINK[self.uplink.state.state]
+        states = [w.health.state.value for w in self.agent.workers]
+        return condition(states, uplink, storage_ok=not self.agent.storage_failing,
+                         alert=self.agent.alerts.firing,
+                         holding=self.uplink is not None and self.uplink.holding)
+
+    def _on_tick(self) -> None:
+        self.status_files.tick(self.agent.workers)
+        if self.led is not None:
+            self.led.show(self.condition())
+
+    def sync_now(self) -> None:
+        if self.uplink is not None:
+            self.uplink.sync_now()
+
+    def identify(self) -> None:
+        if self.led is not None:
+            self.led.identify()
+
+
+def _indicator(
+    settings: IndicatorConfig | None, clock: Clock, pin_factory: Any, service: Service
+) -> tuple[StatusLED | None, ServiceButton | None]:
+    """The LED and button, when configured; a GPIO that cannot be claimed is logged, not fatal."""
+    if settings is None:
+        return None, None
+    led = button = None
+    try:
+        led = StatusLED(settings.led_pin, pin_factory=pin_factory, clock=clock)
+        if settings.button_pin is not None:
+            button = ServiceButton(
+                settings.button_pin, pin_factory=pin_factory, hold_time=settings.hold_time,
+                on_short_press=service.sync_now, on_long_press=service.identify,
+            )
+    except Exception as exc:  # noqa: BLE001 - gpiozero raises many kinds; the LED is optional
+        log.error("status LED/button unavailable (GPIO%s): %s; running without it",
+                  settings.led_pin, exc)
+    return led, button
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(0, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,306 @@
+"""The sampling half of the agent: sensor threads feed one writer that commits in batches.
+
+Readings wait in memory for at most ``storage.commit_interval`` and are then committed in one
+transaction -- the trade-off between SD-card wear (every commit rewrites at least a page) and what
+a power cut can take. A clean stop (SIGTERM, SIGINT, ``--duration``) commits everything sampled.
+
+The writer sleeps from one commit to the next: the sensor threads queue their readings without
+waking it (a wake-up costs more CPU than the readings it would move), and only an alert
+(``submit(..., urgent=True)``) or a stop brings the commit forward. After each commit
+``on_commit`` tells delivery there is something new.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from agent.config import Config, SensorConfig
+from agent.core.errors import StorageError, StorageFullError
+from agent.core.reading import Reading
+from agent.sampling.alerts import Alerts
+from agent.sampling.power import PowerSwitch
+from agent.sampling.sampler import SensorWorker
+from agent.sampling.timekeeping import TimeKeeper
+from agent.store.storage import Store
+from drivers.base import Driver, Quality
+from drivers.bus import Bus
+from drivers.clock import Clock
+from drivers.tca9548a import MuxChannel
+
+log = logging.getLogger("envagent")
+
+# How long a stop waits for a sensor thread stuck in a read before leaving it behind.
+JOIN_TIMEOUT_S = 2.0
+# Readings held in memory while the disk is full; beyond it the oldest are given up. A held
+# reading costs ~220 bytes (measured), so this is ~4 MiB of the 35 MiB budget: hours of data.
+MAX_HELD_READINGS = 20_000
+
+
+def make_drivers(
+    config: Config, buses: Mapping[int, Bus], clock: Clock, registry: Mapping[str, type[Driver]]
+) -> list[Driver]:
+    """One driver per sensor; a sensor behind a multiplexer gets the MuxChannel of its
+    (bus, mux, channel), one shared by every sensor on that channel."""
+    channels: dict[tuple[int, int, int], Bus] = {}
+
+    def bus_of(s: SensorConfig) -> Bus:
+        if s.mux is None or s.channel is None:
+            return buses[s.bus]
+        key = (s.bus, s.mux, s.channel)
+        if key not in channels:
+            channels[key] = MuxChannel(buses[s.bus], s.mux, s.channel)
+        return channels[key]
+
+    return [
+        registry[s.driver](bus_of(s), s.address, clock=clock, options=s.options)
+        for s in config.sensors
+    ]
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        drivers: list[Driver],
+        *,
+        outbox: Store,
+        clock: Clock,
+        boot_id: str,
+        power: Mapping[int, PowerSwitch] | None = None,
+        commission_dir: Path | None = None,
+    ) -> None:
+        """``power`` maps a GPIO to the load switch of the sensors with that ``power_pin``;
+        ``commission_dir`` holds the commissioning records re-stamped with the readings."""
+        self.config = config
+        self.outbox = outbox
+        self.clock = clock
+        self.boot_id = boot_id
+        self.stop = threading.Event()
+        self._wake = threading.Event()  # set by a stop or an urgent submission
+        self.on_commit: Callable[[], None] | None = None  # after each commit that stored readings
+        # as a stop begins, before the final commit: delivery starts nothing new from then on
+        self.on_stop: Callable[[], None] | None = None
+        self._queue: queue.SimpleQueue[list[Reading]] = queue.SimpleQueue()
+        self._pending: list[Reading] = []
+        self._given_up = 0  # readings dropped from _pending while the disk was full
+        self._storage_error: StorageError | None = None  # while commits fail
+        self.workers = [
+            SensorWorker(
+                sensor, driver, clock=clock, deliver=self._queue.put, boot_id=boot_id,
+                stop=self.stop, power=(power or {}).get(sensor.power_pin or -1),
+            )
+            for sensor, driver in zip(config.sensors, drivers, strict=True)
+        ]
+        self._feed_pressure()
+        # [[alert]] (agent.sampling.alerts): committed at once, so delivery can send them ahead of
+        # all
+        self.alerts = Alerts(config.alerts, functools.partial(self.submit, urgent=True))
+        if self.alerts.rules:
+            self._resume_alerts()
+        for worker in self.workers:
+            if self.alerts.watches(worker.sensor.id):
+                worker.deliver = self.alerts.feed(worker.deliver)
+        self.committed = 0
+        self.timekeeper = TimeKeeper(clock, boot_id, commission_dir=commission_dir)
+        self.last_cycle = clock.monotonic()  # the writer's heartbeat, for the watchdog
+
+    def _resume_alerts(self) -> None:
+        """Each alert starts as its last stored reading says (agent.sampling.alerts, ``resume``)."""
+        try:
+            latest = self.outbox.latest()
+        except StorageError as exc:  # the outbox logs why; sampling starts regardless
+            log.warning("alerts start as not firing: their last state could not be read (%s)",
+                        exc)
+            return
+        self.alerts.resume(latest)
+
+    def wait_for_setup(self, timeout: float) -> None:
+        """Block until every sensor has tried its first setup (or ``timeout`` passes)."""
+        deadline = self.clock.monotonic() + timeout
+        for worker in self.workers:
+            worker.first_setup.wait(max(0.0, deadline - self.clock.monotonic()))
+
+    def submit(self, readings: Sequence[Reading], *, urgent: bool = False) -> None:
+        """Hand readings sampled elsewhere (health, alerts) to the writer, as a sensor does;
+        ``urgent`` ones are committed at once instead of at the next commit interval."""
+        self._queue.put(list(readings))
+        if urgent:
+            self._wake.set()
+
+    def request_stop(self) -> None:
+        """Ask ``run`` to finish: safe from a signal handler or another thread."""
+        self.stop.set()
+        self._wake.set()
+
+    @property
+    def storage_failing(self) -> bool:
+        """True while commits fail (a full disk, an unwritable directory); readings are held."""
+        return self._storage_error is not None
+
+    def start(self) -> None:
+        """Start the sensor threads (``run`` does it too, if nobody did)."""
+        for worker in self.workers:
+            if not worker.thread.is_alive() and worker.thread.ident is None:
+                worker.thread.start()
+
+    def run(self, duration: float | None = None) -> None:
+        """Sample until ``stop`` is set (or ``duration`` seconds pass), then commit and return."""
+        clock = self.clock
+        started = clock.monotonic()
+        end = None if duration is None else started + duration
+        commit_interval = self.config.storage.commit_interval
+        next_commit = started + commit_interval
+        self.start()
+        log.info(
+            "sampling %d sensor(s); committing every %gs to %s",
+            len(self.workers), commit_interval, self.outbox.path,
+        )
+        try:
+            while not self.stop.is_set():
+                now = self.last_cycle = clock.monotonic()
+                if end is not None and now >= end:
+                    break
+                wake = next_commit if end is None else min(next_commit, end)
+                if clock.wait(self._wake, max(0.0, wake - now)):
+                    self._wake.clear()
+                    if not self.stop.is_set():
+                        self._commit_cycle()  # an urgent submission: the schedule stays
+                    continue
+                if clock.monotonic() < next_commit:
+                    continue  # the end of --duration
+                self._commit_cycle()
+                next_commit += commit_interval
+                if next_commit <= clock.monotonic():  # a commit overran: no burst to catch up
+                    next_commit = clock.monotonic() + commit_interval
+        finally:
+            self.stop.set()
+            if self.on_stop is not None:
+                self.on_stop()
+            for worker in self.workers:
+                worker.thread.join(JOIN_TIMEOUT_S)
+                if worker.thread.is_alive():
+                    log.warning("%s: still busy in a read at shutdown; left behind", worker.label)
+            self._commit_cycle()
+
+    def _commit_cycle(self) -> None:
+        self._drain()
+        stored = self.commit()
+        self._keep_time()
+        if stored and self.on_commit is not None:
+            self.on_commit()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._pending.extend(self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def commit(self) -> bool:
+        """Store what was sampled; when storing fails keep it (bounded) and try again next time.
+        Returns whether readings were stored.
+
+        Readings given up meanwhile are counted into the outbox's ``dropped`` by the first
+        commit that succeeds, in that same transaction.
+        """
+        if not self._pending and not self._given_up:
+            return False
+        try:
+            self.outbox.append(self._pending, dropped_before=self._given_up)
+        except StorageError as exc:  # a full disk, an unwritable directory, an I/O error
+            self._hold(exc)
+            return False
+        if self._storage_error is not None:
+            self._storage_error = None
+            log.warning("outbox %s: storing again; %d reading(s) were given up meanwhile",
+                        self.outbox.path, self._given_up)
+        self.committed += len(self._pending)
+        self.timekeeper.appended(any(r.synced is False for r in self._pending))
+        stored = bool(self._pending)
+        self._pending, self._given_up = [], 0
+        return stored
+
+    def _keep_time(self) -> None:
+        try:
+            self.timekeeper.maintain(self.outbox)
+        except StorageError as exc:  # the next cycle tries again; sampling goes on regardless
+            log.warning("re-stamping readings failed: %s", exc)
+
+    def _hold(self, exc: StorageError) -> None:
+        if self._storage_error is None:
+            log.warning("%s; holding up to %d reading(s) in memory and retrying every commit",
+                        exc.strerror if isinstance(exc, StorageFullError) else exc,
+                        MAX_HELD_READINGS)
+        self._storage_error = exc
+        excess = len(self._pending) - MAX_HELD_READINGS
+        if excess > 0:  # the outbox's own policy: the oldest go first
+            del self._pending[:excess]
+            self._given_up += excess
+        if self.stop.is_set():
+            log.error("outbox %s: stopping unable to store; %d held reading(s) are lost",
+                      self.outbox.path, len(self._pending) + self._given_up)
+
+    def _feed_pressure(self) -> None:
+        """``pressure_from``: every pressure reading of the named sensor goes to the driver."""
+        by_id = {worker.sensor.id: worker for worker in self.workers}
+        for worker in self.workers:
+            source_id = worker.sensor.options.get("pressure_from")
+            if not source_id:
+                continue
+            source = by_id.get(source_id)
+            set_pressure = getattr(worker.driver, "set_ambient_pressure", None)
+            if source is None or set_pressure is None:  # config validation rules this out
+                log.warning("%s: cannot take pressure from %r", worker.label, source_id)
+                continue
+            label = f"pressure of {source.label} for {worker.label}"
+            source.deliver = PressureFeed(source.deliver, set_pressure, label)
+
+
+# A pressure reading flagged with any of these is not passed on to compensate another sensor.
+UNFIT_PRESSURE = Quality.OUT_OF_RANGE | Quality.SPIKE | Quality.STUCK | Quality.CLIPPED
+
+
+class PressureFeed:
+    """A sensor's ``deliver`` that also passes each of its pressure readings (hPa) on to a
+    driver that compensates for pressure (the scd4x's ``set_ambient_pressure``).
+
+    It runs on the source sensor's thread, which is safe because drivers hold the bus lock for
+    each exchange. The readings are handed on first, and a failure to pass the pressure is only
+    logged, on transitions: the compensated sensor never costs the source a reading.
+    """
+
+    def __init__(
+        self,
+        deliver: Callable[[list[Reading]], None],
+        set_pressure: Callable[[float], None],
+        label: str,
+    ) -> None:
+        self.deliver = deliver
+        self.set_pressure = set_pressure
+        self.label = label
+        self.failing = False
+
+    def __call__(self, readings: list[Reading]) -> None:
+        self.deliver(readings)
+        for r in readings:
+            fit = math.isfinite(r.value) and not r.quality & UNFIT_PRESSURE
+            if r.quantity == "pressure" and r.unit == "hPa" and fit:
+                self._pass(r.value)
+
+    def _pass(self, hpa: float) -> None:
+        try:
+            self.set_pressure(hpa)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the source sensor goes on
+            if not self.failing:
+                log.warning("%s: passing %.1f hPa failed: %s", self.label, hpa, exc)
+            self.failing = True
+            return
+        if self.failing:
+            log.info("%s: passed on again", self.label)
+        self.failing = False
