@@ -128,14 +128,17 @@ def _wait_healthy(server: VictoriaMetrics) -> None:
                        f"(exit code {server.process.poll()}); its log ends:\n{log}")
 
 
-def start(binary: str, directory: Path) -> VictoriaMetrics:
-    """Start a server with its data and log in ``directory``; wait until /health answers."""
-    port = _free_port()
+def start(binary: str, directory: Path, *, port: int | None = None,
+          flags: tuple[str, ...] = FLAGS) -> VictoriaMetrics:
+    """Start a server with its data and log in ``directory``; wait until /health answers.
+
+    ``port``: the same one again restarts a stopped server where its clients expect it."""
+    port = _free_port() if port is None else port
     log_path = directory / "victoria-metrics.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [binary, f"-httpListenAddr=127.0.0.1:{port}",
-             f"-storageDataPath={directory / 'data'}", *FLAGS],
+             f"-storageDataPath={directory / 'data'}", *flags],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = VictoriaMetrics(f"http://127.0.0.1:{port}", log_path, process)
     try:
@@ -155,15 +158,21 @@ def stop(server: VictoriaMetrics) -> None:
         server.process.wait()
 
 
-@pytest.fixture(scope="session")
-def victoriametrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
-    """One VictoriaMetrics for the session; skipped locally without the binary, failed in CI."""
+def require_binary() -> str:
+    """The binary's path; skips the test locally without it, fails it in CI."""
     binary = find_binary()
     if binary is None:
         if os.environ.get("CI") == "true":
             pytest.fail(MISSING, pytrace=False)
         pytest.skip("victoria-metrics is not installed (apt-get install victoria-metrics, or set "
                     f"{BINARY_ENV}); with CI=true this fails")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def victoriametrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
+    """One VictoriaMetrics for the session; skipped locally without the binary, failed in CI."""
+    binary = require_binary()
     directory = tmp_path_factory.mktemp("victoriametrics")
     for attempt in range(3):  # the free port may be taken between choosing and binding it
         try:
