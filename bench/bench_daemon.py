@@ -324,7 +324,7 @@ def main() -> None:
 
     from _vm import count_points, running
 
-    from agent.cli.main import example_config_path
+    from agent.cli.context import example_config_path
     from agent.config import load_config
 
     example = args.config or example_config_path()

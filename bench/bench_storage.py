@@ -33,7 +33,8 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from agent.cli.main import example_config_path, open_buses
+from agent.cli.context import example_config_path
+from agent.cli.hardware import open_buses
 from agent.config import Config, load_config
 from agent.core.reading import Reading
 from agent.core.timebase import NS

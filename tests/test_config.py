@@ -998,7 +998,7 @@ def test_no_valid_config_sends_two_fields_under_one_key(channels: list[list[str]
 
 
 def test_the_reserved_tags_are_the_tags_the_encoder_sends() -> None:
-    from agent.uplink.lineprotocol import EPOCH_TAG_KEYS, TAG_KEYS
+    from agent.core.wire import EPOCH_TAG_KEYS, TAG_KEYS
 
     config = parse_config(tomllib.loads(UNIT + ADS + 'channel0_quantity = "soil"\n'), source=SRC)
     (series, _), *_ = upstream_points(config)  # with the commissioning facts that become tags
@@ -1033,8 +1033,8 @@ def test_the_reserved_health_names_are_the_ones_agent_health_sends(tmp_path: Pat
 
 
 def test_the_reserved_commissioning_tags_are_the_ones_agent_commission_makes() -> None:
+    from agent.core.wire import EPOCH_TAG_KEYS
     from agent.store.commission import reading_tags
-    from agent.uplink.lineprotocol import EPOCH_TAG_KEYS
 
     record = {"mounting_height_m": 2.0, "radiation_shield": "louvred", "technician": "ana"}
     assert sorted(reading_tags(record)) == sorted(EPOCH_TAG_KEYS)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.cli.main import example_config_path
+from agent.cli.context import example_config_path
 from drivers.clock import SystemClock
 
 # Runs the command exactly as ``python -m agent`` does, then lists every module it loaded.

@@ -21,7 +21,7 @@ import pytest
 from httpfaults import parse_line
 from recording_server import RecordingServer
 
-from agent.cli.main import DEFAULT_CONFIG
+from agent.cli.context import DEFAULT_CONFIG
 from agent.core.reading import Reading
 from agent.store.outbox import Outbox
 from agent.uplink.lineprotocol import LineProtocolEncoder

@@ -19,7 +19,7 @@ import pytest
 from httpfaults import parse_line
 from recording_server import RecordingServer
 
-from agent.cli.main import SimClock
+from agent.cli.context import SimClock
 from drivers.base import Quality
 
 PROCESS_TIMEOUT_S = 60

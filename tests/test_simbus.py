@@ -9,7 +9,8 @@ import threading
 import pytest
 from adafruit_bme280.basic import Adafruit_BME280_I2C
 
-from agent.cli.main import example_config_path, open_buses
+from agent.cli.context import example_config_path
+from agent.cli.hardware import open_buses
 from agent.config import load_config
 from drivers.busio_adapter import BusioI2C
 from drivers.clock import SystemClock

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from recording_server import Exchange, RecordingServer
 
-from agent.cli.main import example_config_path
+from agent.cli.context import example_config_path
 
 ROOT = Path(__file__).resolve().parents[1]
 WARM_UP_S = 90.0

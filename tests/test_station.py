@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 import pytest
 
 from agent.cli import main as cli
+from agent.cli.context import OUTBOX_NAME
+from agent.cli.hardware import open_buses
 from agent.config import Config, SensorConfig, load_config, parse_config
 from agent.core.errors import ConfigError
 from agent.core.reading import Reading
@@ -33,7 +35,7 @@ from agent.sampling.sampler import FAILURES_BEFORE_FAILED, SensorWorker, State
 from agent.store.outbox import Outbox
 from drivers.base import Driver, Measurement, Option, Quality
 from drivers.bus import Bus
-from drivers.clock import Clock
+from drivers.clock import Clock, SystemClock
 from drivers.registry import DRIVERS
 from drivers.scd4x import SET_AMBIENT_PRESSURE
 from drivers.sim import (
@@ -78,7 +80,7 @@ def example(text: str | None = None) -> Config:
 
 
 def environment(config: Config) -> Environment:
-    """The weather ``--simulate`` puts in front of the sensors (agent.cli.main.open_buses)."""
+    """The weather ``--simulate`` puts in front of the sensors (agent.cli.hardware.open_buses)."""
     unit = config.unit
     return Environment(latitude=unit.latitude, longitude=unit.longitude,
                        elevation_m=unit.elevation_m or 0.0)
@@ -168,8 +170,8 @@ def test_scan_of_the_simulated_station_names_every_chip(tmp_path: Path) -> None:
 def station(config: Config, clock: Clock, data: Path) -> Iterator[tuple[Agent, dict[int, Bus]]]:
     """The agent of ``envagent run --simulate`` (without delivery), on ``clock``."""
     with (
-        cli.open_buses(config, clock, simulate=True) as buses,
-        Outbox(data / cli.OUTBOX_NAME, max_bytes=config.storage.max_bytes) as outbox,
+        open_buses(config, clock, simulate=True) as buses,
+        Outbox(data / OUTBOX_NAME, max_bytes=config.storage.max_bytes) as outbox,
     ):
         drivers = make_drivers(config, buses, clock, DRIVERS)
         yield Agent(config, drivers, outbox=outbox, clock=clock, boot_id="b00t"), buses
@@ -193,7 +195,7 @@ def test_every_sensor_reads_the_weather_through_sampler_outbox_and_status(
         base.storage, commit_interval=1.0))
     data = tmp_path / "data"
     data.mkdir()
-    with station(config, cli.SystemClock(), data) as (agent, buses):
+    with station(config, SystemClock(), data) as (agent, buses):
         runner = threading.Thread(target=agent.run, daemon=True)
         runner.start()
         deadline = time.monotonic() + 30.0  # the SCD4x has its first result after 5 s
@@ -478,7 +480,7 @@ def test_config_asks_the_driver_class_for_option_rules_and_quantities() -> None:
 def test_a_driver_behind_the_multiplexer_names_its_path() -> None:
     config = example()
     clock = FakeClock()
-    with cli.open_buses(config, clock, simulate=True) as buses:
+    with open_buses(config, clock, simulate=True) as buses:
         drivers = dict(zip((s.id for s in config.sensors),
                            make_drivers(config, buses, clock, DRIVERS), strict=True))
     assert drivers["air"].where == "1:0x76"

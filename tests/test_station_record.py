@@ -15,7 +15,7 @@ from pathlib import Path
 import agent_process
 import pytest
 
-from agent.cli.main import DEFAULT_CONFIG
+from agent.cli.context import DEFAULT_CONFIG
 from agent.config import parse_config
 from agent.store import station
 

@@ -40,7 +40,7 @@ from test_uplink import make_uplink, samples
 from victoriametrics import VictoriaMetrics, find_binary
 from victoriametrics import stop as stop_victoriametrics
 
-from agent.cli.main import open_buses
+from agent.cli.hardware import open_buses
 from agent.config import parse_config
 from agent.core.reading import Reading
 from agent.runtime.notify import Notifier

@@ -22,7 +22,7 @@ from agent.store import datadir
 from agent.store.outbox import SCHEMA_VERSION, Outbox
 from drivers.clock import Clock
 
-OUTBOX_NAME = "outbox.sqlite"  # as agent.cli.main.OUTBOX_NAME
+OUTBOX_NAME = "outbox.sqlite"  # as agent.cli.context.OUTBOX_NAME
 # Besides the outbox's own bound: its -wal between checkpoints, the state files, logs and
 # package updates. Less free space than this beyond the bound is a WARN.
 RESERVE_BYTES = 64 * 1024**2
