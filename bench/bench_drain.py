@@ -20,6 +20,12 @@ line and headers separately; server CPU is victoria-metrics' utime+stime from /p
 the bench asks VictoriaMetrics how many points it holds (one ``count_over_time`` query), so the
 figure counts only readings that really arrived.
 
+Several upstreams: the outbox keeps a cursor per upstream. The one-upstream drain goes through
+the cursor of "default"; then the same backlog, built again, is drained by two upstreams at
+once (two workers, two threads, each to its own measurement in the same VictoriaMetrics), and
+the bench prints each one's readings/s beside the single upstream's: the cost of a second
+cursor, measured in the same run.
+
 Run:  .venv/bin/python bench/bench_drain.py [--readings N] [--batch-size N] [--naive-readings N]
 """
 
@@ -30,6 +36,7 @@ import math
 import os
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,9 +50,10 @@ from requests.adapters import HTTPAdapter
 from agent.config import UplinkConfig
 from agent.core.reading import Reading
 from agent.core.timebase import NS
-from agent.store.outbox import Outbox
+from agent.store.outbox import Outbox, Subscriber
+from agent.uplink.http import HttpSink
+from agent.uplink.httpwire import make_session
 from agent.uplink.lineprotocol import LineProtocolEncoder
-from agent.uplink.sinks import HttpSink, make_session
 from agent.uplink.worker import Uplink
 from drivers.clock import SystemClock
 
@@ -144,24 +152,41 @@ class Result:
 
 
 def drain(outbox: Outbox, url: str, sensors: int, batch_size: int, server_pid: int,
-          backlog: int) -> Result:
-    settings = UplinkConfig(url=url, allow_insecure_http=True, batch_size=batch_size)
-    encoder = LineProtocolEncoder(unit=UNIT, site=SITE,
-                                  drivers={name: "bme280" for name in SENSOR_NAMES[:sensors]})
-    session = make_session()
-    adapter = CountingAdapter()
-    session.mount("http://", adapter)
-    sink = HttpSink(url, encoder, session, deadline=60.0)
-    uplink = Uplink(outbox, sink, settings, clock=SystemClock(), token=lambda: None)
+          backlog: int, names: tuple[str, ...] = ("default",)) -> list[Result]:
+    """Each upstream of ``names`` drains the whole backlog, all at once (one thread each), to
+    its own measurement; one Result per upstream, CPU and server CPU shared among them."""
+    adapters, uplinks, reports = [], [], {}
+    for name in names:
+        settings = UplinkConfig(url=url, name=name, allow_insecure=True, batch_size=batch_size,
+                                measurement="envagent" if name == "default" else f"two_{name}")
+        encoder = LineProtocolEncoder(unit=UNIT, site=SITE, measurement=settings.measurement,
+                                      drivers={s: "bme280" for s in SENSOR_NAMES[:sensors]})
+        session = make_session()
+        adapters.append(CountingAdapter())
+        session.mount("http://", adapters[-1])
+        sink = HttpSink(url, encoder, session, deadline=60.0, name=name)
+        uplinks.append(Uplink(outbox, sink, settings, clock=SystemClock(), token=lambda: None))
+
+    def flush(uplink: Uplink) -> None:
+        reports[uplink.name] = uplink.flush()
+
+    threads = [threading.Thread(target=flush, args=(u,)) for u in uplinks]
     server0, cpu0, wall0 = cpu_of(server_pid), time.process_time(), time.perf_counter()
-    report = uplink.flush()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     server = cpu_of(server_pid) - server0
-    sink.close()
-    if not report.ok or report.delivered != backlog:
-        raise SystemExit(f"the drain failed: {report}")
-    return Result(report.delivered, wall, cpu, server, adapter.requests, adapter.body_bytes,
-                  adapter.head_bytes)
+    results = []
+    for uplink, adapter in zip(uplinks, adapters, strict=True):
+        uplink.sink.close()
+        report = reports.get(uplink.name)
+        if report is None or not report.ok or report.delivered != backlog:
+            raise SystemExit(f"the drain to {uplink.name} failed: {report}")
+        results.append(Result(report.delivered, wall, cpu / len(names), server / len(names),
+                              adapter.requests, adapter.body_bytes, adapter.head_bytes))
+    return results
 
 
 def naive(url: str, sample: list[Reading], server_pid: int) -> Result:
@@ -201,7 +226,8 @@ def main() -> None:
     start_ns = (time.time_ns() // INTERVAL_NS - samples - 360) * INTERVAL_NS  # ends ~1 h ago
     with tempfile.TemporaryDirectory(prefix="envagent-bench-drain-", dir=SCRATCH) as tmp, \
             running() as server:
-        outbox = Outbox(Path(tmp) / "outbox.sqlite", max_bytes=MAX_BYTES)
+        outbox = Outbox(Path(tmp) / "outbox.sqlite", max_bytes=MAX_BYTES,
+                        subscribers=[Subscriber("default")])
         built = time.perf_counter()
         build_backlog(outbox, args.readings, args.sensors, commit, start_ns)
         built = time.perf_counter() - built
@@ -210,11 +236,22 @@ def main() -> None:
               f"apart, {commit} per commit) in {built:.1f} s; outbox "
               f"{stats.backlog_bytes / 2**20:.1f} MiB live under {SCRATCH}")
 
-        ours = drain(outbox, server.write_url, args.sensors, args.batch_size,
-                     server.process.pid, stats.backlog)
+        (ours,) = drain(outbox, server.write_url, args.sensors, args.batch_size,
+                        server.process.pid, stats.backlog)
         end_s = (start_ns + samples * INTERVAL_NS) / NS
         held = count_points(server, "envagent_.*", start_ns / NS, end_s)
         left = outbox.stats().backlog
+        outbox.close()
+
+        pair = ("a", "b")
+        outbox = Outbox(Path(tmp) / "two.sqlite", max_bytes=MAX_BYTES,
+                        subscribers=[Subscriber(name) for name in pair])
+        build_backlog(outbox, args.readings, args.sensors, commit, start_ns)
+        two = drain(outbox, server.write_url, args.sensors, args.batch_size,
+                    server.process.pid, stats.backlog, pair)
+        held_two = [count_points(server, f"two_{name}_.*", start_ns / NS, end_s)
+                    for name in pair]
+        left_two = outbox.stats().backlog
         outbox.close()
 
         sample = list(readings(args.naive_readings, args.sensors, start_ns, random.Random(2)))
@@ -239,10 +276,19 @@ def main() -> None:
     print(f"VictoriaMetrics holds {held:,} envagent readings (expected {ours.readings:,}), "
           f"{held_naive:,} naive readings (expected {theirs.readings:,}); outbox backlog left: "
           f"{left}")
+    print(f"\ntwo upstreams draining the same {stats.backlog:,} readings at once, each to its "
+          "own measurement:")
+    for name, r, got in zip(pair, two, held_two, strict=True):
+        print(f"  upstream {name}: {r.rate:,.0f} readings/s ({r.rate / ours.rate:.2f}x the single "
+              f"upstream's), {r.per_reading(r.cpu_s, 1e6):.2f} client CPU µs/reading; "
+              f"VictoriaMetrics holds {got:,}")
+    print(f"  together: {sum(r.readings for r in two) / two[0].wall_s:,.0f} readings/s; outbox "
+          f"backlog left: {left_two}")
     rate_ok, cpu_ok = ours.rate >= TARGET_RATE, cpu_ours * 1e6 <= TARGET_CPU_US
     print(f"target readings/s >= {TARGET_RATE:,}: {'met' if rate_ok else 'MISSED'}; "
           f"client CPU <= {TARGET_CPU_US} µs/reading: {'met' if cpu_ok else 'MISSED'}")
-    if held != ours.readings or held_naive != theirs.readings:
+    if held != ours.readings or held_naive != theirs.readings or left or left_two or any(
+            got != stats.backlog for got in held_two):
         raise SystemExit("VictoriaMetrics does not hold every reading: the figures are not honest")
 
 

@@ -23,15 +23,20 @@ from agent.runtime.notify import Notifier
 from agent.runtime.service import Service
 from agent.sampling.alerts import ALERT_SENSOR, ALERT_UNIT, Alerts, Phase
 from agent.sampling.daemon import Agent
-from agent.store.outbox import LatestValue, Outbox
+from agent.store.outbox import LatestValue, Outbox, Subscriber
 from agent.store.storage import ReopeningOutbox
-from agent.uplink.sinks import HttpSink, make_encoder, make_session
+from agent.uplink.encoders import make_encoder
+from agent.uplink.http import HttpSink
+from agent.uplink.httpwire import make_session
 from agent.uplink.worker import Uplink
 from drivers.base import Driver, Quality
 from drivers.pmsa003i import PMSA003I
 from drivers.sim.clock import FakeClock
 from drivers.sim.pmsa003i import PMSA003IModel
 from drivers.sim.simbus import SimBus
+
+ONE = [Subscriber("default")]  # the one upstream of these tests
+
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "envagent.example.toml"
@@ -284,7 +289,7 @@ def test_a_high_pm25_through_the_agent_stores_an_alert_reading(tmp_path: Path) -
         assert [(r.quantity, r.value, r.unit) for r in alerts] == [
             ("alert_pm25_high", 1.0, "state")]
         assert any(r.quantity == "pm2_5" and r.value > 75 for r in stored)  # the data too
-        service = Service(agent.config.with_storage_path(tmp_path), agent, outbox, None,
+        service = Service(agent.config.with_storage_path(tmp_path), agent, outbox, (),
                           clock=clock, notifier=Notifier({}))
         assert service.condition() is Condition.ALERT  # what the status LED is given
         model.pm2_5 = 20.0
@@ -329,7 +334,7 @@ def test_an_alert_that_ended_while_the_agent_was_down_clears_at_its_first_good_s
     with outbox:
         # as status and upstream last heard
         assert agent.alerts.firing_ids() == ["pm25_high"]
-        service = Service(agent.config.with_storage_path(tmp_path), agent, outbox, None,
+        service = Service(agent.config.with_storage_path(tmp_path), agent, outbox, (),
                           clock=clock, notifier=Notifier({}))
         assert service.condition() is Condition.ALERT  # the LED agrees with `envagent status`
         (worker,) = agent.workers
@@ -450,7 +455,8 @@ def test_an_alert_raised_behind_a_large_backlog_reaches_the_server_first(
         agent._drain()
         agent.commit()
         assert outbox.stats().backlog > 50_000
-        settings = UplinkConfig(url=server.url(), allow_insecure_http=True, batch_size=5000)
+        outbox.subscribe(ONE)  # the one upstream below
+        settings = UplinkConfig(url=server.url(), allow_insecure=True, batch_size=5000)
         encoder = make_encoder("influx", unit="demo-001", site="roof",
                                drivers={"dust": "pmsa003i"}, measurement=settings.measurement)
         sink = HttpSink(settings.url, encoder, make_session(), connect_timeout=2.0, deadline=5.0)
@@ -474,10 +480,10 @@ def test_an_alert_is_not_held_back_for_an_unsynchronised_clock(tmp_path: Path) -
     alert = Reading(ALERT_SENSOR, "alert_pm25_high", 1.0, ALERT_UNIT, 5 * NS, 5 * NS, "now",
                     False)
     waiting = Reading("dust", "pm2_5", 80.0, "µg/m³", 5 * NS, 5 * NS, "now", False)
-    with Outbox(tmp_path / "o.sqlite", max_bytes=4 * 1024**2) as outbox, \
+    with Outbox(tmp_path / "o.sqlite", max_bytes=4 * 1024**2, subscribers=ONE) as outbox, \
             RecordingServer() as server:
         outbox.append([waiting, alert])
-        settings = UplinkConfig(url=server.url(), allow_insecure_http=True)
+        settings = UplinkConfig(url=server.url(), allow_insecure=True)
         encoder = make_encoder("influx", unit="demo-001", site="roof",
                                drivers={"dust": "pmsa003i"}, measurement=settings.measurement)
         sink = HttpSink(settings.url, encoder, make_session(), connect_timeout=2.0, deadline=5.0)

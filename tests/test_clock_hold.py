@@ -31,11 +31,16 @@ from agent.core.reading import Reading
 from agent.core.timebase import HOLD_UNSYNCED_S, NS, UNSYNCED_REASON
 from agent.runtime.indicator import PATTERNS, Condition, condition
 from agent.sampling.timekeeping import TimeKeeper
-from agent.store.outbox import Outbox
-from agent.uplink.sinks import HttpSink, make_encoder, make_session
+from agent.store.outbox import Outbox, Subscriber
+from agent.uplink.encoders import make_encoder
+from agent.uplink.http import HttpSink
+from agent.uplink.httpwire import make_session
 from agent.uplink.worker import STATE_FILE, Outcome, Uplink, UplinkState
 from drivers.base import Quality
 from drivers.sim.clock import FakeClock
+
+ONE = [Subscriber("default")]  # the one upstream of these tests
+
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESS_TIMEOUT_S = 120
@@ -271,8 +276,8 @@ def test_the_worker_writes_the_hold_at_most_once_a_minute_and_ends_it_re_stamped
 
     caplog.set_level(logging.INFO, logger="envagent.uplink")
     with RecordingServer(lambda exchange: 204) as server, \
-            Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 24) as outbox:
-        settings = UplinkConfig(url=server.url(), format="json", allow_insecure_http=True)
+            Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 24, subscribers=ONE) as outbox:
+        settings = UplinkConfig(url=server.url(), format="json", allow_insecure=True)
         sink = HttpSink(settings.url, make_encoder("json", unit="u", site="s", drivers={},
                                                    measurement=settings.measurement),
                         make_session(), auth=settings.auth, connect_timeout=1.0,

@@ -203,6 +203,22 @@ def test_unsent_until_marked_sent(tmp_path: Path, config: Path) -> None:
     assert mark_sent(tmp_path / "never-commissioned", ["x"]) == 0
 
 
+def test_each_upstream_gets_every_record_once(tmp_path: Path, config: Path) -> None:
+    """Sent to one upstream is not sent to another: each has its own mark, and a record the
+    release before several upstreams marked ``sent`` counts as sent to "default" only."""
+    data = tmp_path / "data"
+    commissioned(tmp_path, config, *FLAGS)
+    (record,) = history(data)
+    assert mark_sent(data, [record["id"]], "network") == 1
+    assert unsent(history(data), "network") == [] and len(unsent(history(data), "bureau")) == 1
+    assert len(unsent(history(data))) == 1  # the default upstream has not had it either
+    assert mark_sent(data, [record["id"]], "bureau") == 1
+    assert history(data)[0]["sent_to"] == ["network", "bureau"]
+    old = {k: v for k, v in record.items() if k != "sent_to"} | {"sent": True}
+    assert unsent([old]) == [] and unsent([old], "network") == [old]
+    assert all("sent_to" not in r for r in metadata_document("com-001", history(data))["records"])
+
+
 def test_tags_are_the_mounting_height_and_the_shield(tmp_path: Path, config: Path) -> None:
     commissioned(tmp_path, config, *FLAGS)
     (record,) = history(tmp_path / "data")
@@ -297,7 +313,8 @@ def test_restamp_gives_only_this_boots_unsynced_unsent_records_their_true_time(
                                 "time_ns": TRUE_NS + 20 * NS, "clock_synced": True,
                                 "clock_restamped": True, "unsynced_time": due["time"],
                                 "unsynced_time_ns": due["time_ns"]}
-    assert records[:1] + records[2:] == [sent | {"sent": True}, other_boot, synced, unknown]
+    assert records[:1] + records[2:] == [sent | {"sent": True, "sent_to": ["default"]},
+                                        other_boot, synced, unknown]
 
     seen = os.stat(data / FILE)
     assert commission.restamp(data, "b1", TRUE_NS + 200 * NS, 200 * NS) == 0  # done already

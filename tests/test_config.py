@@ -1024,7 +1024,7 @@ def test_the_reserved_health_names_are_the_ones_agent_health_sends(tmp_path: Pat
     with Outbox(tmp_path / "outbox.sqlite", max_bytes=4 * 1024**2) as outbox:
         agent = Agent(config, [BME280(bus, 0x76, clock=clock)], outbox=outbox, clock=clock,
                       boot_id="b00t")
-        readings = HealthReporter(agent, outbox, None, clock=clock, boot_id="b00t",
+        readings = HealthReporter(agent, outbox, (), clock=clock, boot_id="b00t",
                                   io_path=tmp_path / "io", thermal_path=tmp_path / "temp").sample()
     assert sorted(r.quantity for r in readings if r.sensor == "s") == sorted(
         SENSOR_HEALTH_QUANTITIES)

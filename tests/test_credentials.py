@@ -104,6 +104,22 @@ def test_a_missing_token_file_that_looks_like_a_path_is_named(tmp_path: Path) ->
             read_token(path)
 
 
+def test_each_upstream_has_its_own_systemd_credential(tmp_path: Path) -> None:
+    """The single [uplink] keeps LoadCredential=upload-token; another upstream reads
+    upload-token-<name>, so the network's token never goes to the partner's server."""
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    write(credentials / "upload-token", TOKEN)
+    write(credentials / "upload-token-partner", "partner-" + TOKEN)
+    systemd = {"CREDENTIALS_DIRECTORY": str(credentials)}
+    assert token_path(None, systemd, "partner") == credentials / "upload-token-partner"
+    default, partner = load_token(None, systemd), load_token(None, systemd, "partner")
+    assert default is not None and default.reveal() == TOKEN
+    assert partner is not None and partner.reveal() == "partner-" + TOKEN
+    with pytest.raises(CredentialError):  # no credential of its own: never another's
+        load_token(None, systemd, "bureau")
+
+
 def test_where_the_token_comes_from(tmp_path: Path) -> None:
     explicit = tmp_path / "mine"
     systemd = {"CREDENTIALS_DIRECTORY": "/run/credentials/envagent.service"}

@@ -30,13 +30,16 @@ from agent.runtime.history import HISTORY_FILE
 from agent.sampling.daemon import Agent, make_drivers
 from agent.store import commission
 from agent.store.commission import FILE
-from agent.store.outbox import Outbox
+from agent.store.outbox import Outbox, Subscriber
 from agent.uplink import metadata
 from agent.uplink.worker import build_uplink
 from drivers.registry import DRIVERS
 from drivers.sim.bme280 import BME280Model
 from drivers.sim.clock import FakeClock
 from drivers.sim.simbus import SimBus
+
+ONE = [Subscriber("default")]  # the one upstream of these tests
+
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_767_225_600
@@ -81,7 +84,7 @@ def test_a_damaged_commission_file_never_stops_the_writer_on_a_synced_clock(
     bus = SimBus(1, clock=clock)
     bus.attach(0x76, BME280Model(clock=clock))
     drivers = make_drivers(config, {1: bus}, clock, DRIVERS)
-    with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 24) as outbox, \
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 24, subscribers=ONE) as outbox, \
             caplog.at_level(logging.WARNING):
         agent = Agent(config, drivers, outbox=outbox, clock=clock, boot_id="boot-1",
                       commission_dir=damaged)
@@ -91,7 +94,7 @@ def test_a_damaged_commission_file_never_stops_the_writer_on_a_synced_clock(
         agent.run(duration=5.0)  # its commits re-stamp what the synced clock allows
         agent.timekeeper.appended(any_unsynced=True)  # a second pass: logged only once
         agent.timekeeper.maintain(outbox)
-        assert reading in [s.reading for s in outbox.take(1000)]
+        assert reading in [s.reading for s in outbox.take(1000, upstream="default")]
     assert caplog.text.count("cannot re-stamp the commissioning record(s)") == 1
     assert str(damaged / FILE) in caplog.text
 
@@ -102,12 +105,12 @@ def test_a_damaged_commission_file_never_stops_the_writer_on_a_synced_clock(
 def test_a_damaged_commission_file_never_stops_delivery(damaged: Path, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     with RecordingServer() as server, \
-            Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 24) as outbox:
+            Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 24, subscribers=ONE) as outbox:
         config = parse_config(tomllib.loads(
             STATION + f'[uplink]\nurl = "{server.url()}"\nallow_insecure_http = true\n'))
         outbox.append([Reading("air", "temperature", 20.0 + i, "°C", (T0 + i) * NS, i * NS,
                                "boot-0", True) for i in range(3)])
-        uplink = build_uplink(config, outbox, FakeClock(), damaged, environ={})
+        uplink = build_uplink(config, config.uplinks[0], outbox, FakeClock(), damaged, environ={})
         with caplog.at_level(logging.WARNING, "envagent.metadata"):
             first = uplink.flush()
             outbox.append([Reading("air", "temperature", 30.0, "°C", (T0 + 9) * NS, 9 * NS,
@@ -122,7 +125,7 @@ def test_a_damaged_commission_file_never_stops_delivery(damaged: Path, tmp_path:
 def test_export_goes_on_past_a_damaged_commission_file(damaged: Path, tmp_path: Path) -> None:
     config = tmp_path / "station.toml"
     config.write_text(STATION, encoding="utf-8")
-    with Outbox(damaged / "outbox.sqlite", max_bytes=1 << 24) as outbox:
+    with Outbox(damaged / "outbox.sqlite", max_bytes=1 << 24, subscribers=ONE) as outbox:
         outbox.append([Reading("air", "temperature", 21.0, "°C", T0 * NS, 5 * NS, "boot-0",
                                True)])
     result = envagent("export", "--config", config, "--data-dir", damaged, "--format", "jsonl",
@@ -141,7 +144,7 @@ def test_sync_goes_on_past_a_damaged_commission_file(damaged: Path, tmp_path: Pa
         config.write_text(STATION + f'[uplink]\nurl = "{server.url()}"\n'
                           f'allow_insecure_http = true\ntoken_file = "{token}"\n',
                           encoding="utf-8")
-        with Outbox(damaged / "outbox.sqlite", max_bytes=1 << 24) as outbox:
+        with Outbox(damaged / "outbox.sqlite", max_bytes=1 << 24, subscribers=ONE) as outbox:
             outbox.append([Reading("air", "temperature", 21.0, "°C", T0 * NS, 5 * NS, "boot-0",
                                    True)])
         result = envagent("sync", "--config", config, "--data-dir", damaged, "--json",
@@ -268,7 +271,7 @@ def test_a_damaged_uplink_state_is_no_state_in_status(tmp_path: Path, content: b
     config.write_text(STATION + '[uplink]\nurl = "http://127.0.0.1:9/write"\n'
                       'allow_insecure_http = true\n', encoding="utf-8")
     data = tmp_path / "data"
-    with Outbox(data / "outbox.sqlite", max_bytes=1 << 24) as outbox:
+    with Outbox(data / "outbox.sqlite", max_bytes=1 << 24, subscribers=ONE) as outbox:
         outbox.append([Reading("air", "temperature", 21.0, "°C", T0 * NS, 5 * NS, "boot-0",
                                True)])
     (data / "uplink-state.json").write_bytes(content)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from agent.doctor.storage import (
     check_free_space,
     check_lock,
 )
-from agent.doctor.uplink import check_uplink
+from agent.doctor.uplink import check_upstream
 from agent.sampling.processing import Processed
 from agent.store import datadir
 from agent.store.outbox import Outbox
@@ -52,6 +52,12 @@ TOKEN = "s3cret-T0KEN-never-shown"
 UNIT = '[unit]\nid = "t-1"\nsite = "roof"\n'
 FAST_UPLINK = 'connect_timeout = "2s"\nread_timeout = "2s"\ndeadline = "5s"\n'
 NO_TOKEN_SOURCE = Path("/nonexistent/upload-token")
+
+
+def check_uplink(config: Config, environ: Mapping[str, str], token_source: Path) -> list[Check]:
+    """The doctor's checks of ``config``'s one upstream."""
+    (settings,) = config.uplinks
+    return check_upstream(config, settings, environ, token_source)
 
 
 def envagent(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -447,7 +453,7 @@ def test_backlog_age(tmp_path: Path, age_h: float, uplink: bool, expected: Statu
     with Outbox(tmp_path / "outbox.sqlite", max_bytes=10 * 1024**2) as outbox:
         outbox.append([reading(clock.time() - age_h * 3600)])
     text = UNIT + ('[uplink]\nurl = "https://tsdb.example.org/write"\n' if uplink else "")
-    check = check_backlog(config_of(text), tmp_path, clock)
+    (check,) = check_backlog(config_of(text), tmp_path, clock)
     assert check.status is expected, check
     assert "1 reading(s) waiting" in check.detail
 

@@ -20,8 +20,8 @@ from victoriametrics import VictoriaMetrics
 from agent.core.reading import Reading
 from agent.core.timebase import NS, iso_ns
 from agent.store.outbox import Outbox
+from agent.uplink.encoders import JsonEncoder, reading_id
 from agent.uplink.export import COLUMNS, atomic_file, parse_time
-from agent.uplink.sinks import JsonEncoder, reading_id
 from drivers.base import Quality
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from httpfaults import FaultServer, parse_line
 
 from agent.config import HealthConfig, UplinkConfig, parse_config
 from agent.core.errors import ConfigError
-from agent.core.reading import Reading
+from agent.core.reading import Reading, upstream_sensor
 from agent.core.timebase import NS
 from agent.runtime.health import (
     HEALTH_SENSOR,
@@ -29,15 +29,20 @@ from agent.runtime.health import (
     read_write_bytes,
 )
 from agent.sampling.daemon import Agent
-from agent.store.outbox import Outbox
+from agent.store.outbox import Outbox, Subscriber
+from agent.uplink.encoders import make_encoder
+from agent.uplink.http import HttpSink
+from agent.uplink.httpwire import make_session
 from agent.uplink.lineprotocol import LineProtocolEncoder
-from agent.uplink.sinks import HttpSink, make_encoder, make_session
 from agent.uplink.worker import Uplink
 from drivers.base import Driver
 from drivers.bme280 import BME280
 from drivers.sim.bme280 import BME280Model
 from drivers.sim.clock import FakeClock
 from drivers.sim.simbus import Nack, SimBus
+
+ONE = [Subscriber("default")]  # the one upstream of these tests
+
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "envagent.example.toml"
@@ -79,9 +84,9 @@ def make_station(tmp_path: Path, *, synced: bool | None = True,
     (tmp_path / "io").write_text(PROC_IO)
     if thermal is not None:
         (tmp_path / "temp").write_text(thermal)
-    with Outbox(tmp_path / "outbox.sqlite", max_bytes=4 * 1024**2) as outbox:
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=4 * 1024**2, subscribers=ONE) as outbox:
         agent = Agent(CONFIG, drivers, outbox=outbox, clock=clock, boot_id="b00t")
-        reporter = HealthReporter(agent, outbox, None, clock=clock, boot_id="b00t",
+        reporter = HealthReporter(agent, outbox, (), clock=clock, boot_id="b00t",
                                   io_path=tmp_path / "io", thermal_path=tmp_path / "temp")
         yield Station(agent, outbox, bus, clock, reporter)
 
@@ -152,9 +157,9 @@ def test_sensor_failures_are_counted_and_change_the_state(station: Station) -> N
 def test_backlog_values_equal_the_outbox_stats(station: Station) -> None:
     now_ns = int(station.clock.time() * NS)
     station.outbox.append(old_readings(10, start_ns=now_ns - 3600 * NS), dropped_before=4)
-    taken = station.outbox.take(3)
-    station.outbox.ack([taken[0].id])
-    station.outbox.quarantine([taken[1].id, taken[2].id], "HTTP 400: bad")
+    taken = station.outbox.take(3, upstream="default")
+    station.outbox.ack([taken[0].id], upstream="default")
+    station.outbox.quarantine([taken[1].id, taken[2].id], "HTTP 400: bad", upstream="default")
     stats = station.outbox.stats()
     health = values(station.reporter.sample())
     assert health[(HEALTH_SENSOR, "backlog")] == stats.backlog == 7
@@ -195,7 +200,7 @@ def test_the_readers_of_proc_and_sysfs(tmp_path: Path) -> None:
 
 
 def make_uplink(url: str, outbox: Outbox) -> Uplink:
-    settings = UplinkConfig(url=url, allow_insecure_http=True, connect_timeout=1.0,
+    settings = UplinkConfig(url=url, allow_insecure=True, connect_timeout=1.0,
                             deadline=2.0)
     encoder = make_encoder("influx", unit="demo-001", site=SITE, drivers=DRIVERS,
                            measurement=settings.measurement)
@@ -204,15 +209,22 @@ def make_uplink(url: str, outbox: Outbox) -> Uplink:
                   rng=random.Random(1))
 
 
-def test_the_uplink_state_is_reported_when_there_is_an_uplink(station: Station) -> None:
-    assert (HEALTH_SENSOR, "uplink_state") not in values(station.reporter.sample())
+def test_each_upstream_reports_its_state_and_its_share_of_the_backlog(station: Station) -> None:
+    """Per upstream, as sensor envagent@<name> (sent tagged uplink=<name>): its state, and from
+    its cursor its own backlog -- the unit's backlog stays the outbox's as a whole."""
+    own = upstream_sensor("default")
+    assert not any(s == own for s, _ in values(station.reporter.sample()))  # no upstream
     with FaultServer() as closed:
         url = closed.url()
-    station.reporter.uplink = uplink = make_uplink(url, station.outbox)
-    assert values(station.reporter.sample())[(HEALTH_SENSOR, "uplink_state")] == 3.0  # starting
-    station.outbox.append(old_readings(1, start_ns=0))
+    uplink = make_uplink(url, station.outbox)
+    station.reporter.uplinks = (uplink,)
+    assert values(station.reporter.sample())[(own, "uplink_state")] == 3.0  # starting
+    station.outbox.append(old_readings(4, start_ns=0))
     uplink.step()  # connection refused
-    assert values(station.reporter.sample())[(HEALTH_SENSOR, "uplink_state")] == 1.0  # retrying
+    health = values(station.reporter.sample())
+    assert health[(own, "uplink_state")] == 1.0  # retrying
+    assert health[(own, "backlog")] == health[(HEALTH_SENSOR, "backlog")] == 4
+    assert (health[(own, "dropped")], health[(own, "quarantined")]) == (0, 0)
 
 
 # --- the durable path --------------------------------------------------------------------------
@@ -222,7 +234,7 @@ def test_reports_go_through_the_writer_into_the_outbox(station: Station) -> None
     assert station.reporter.report()
     station.agent.request_stop()
     station.agent.run()  # stops at once: drains what was submitted and commits it
-    stored = [s.reading for s in station.outbox.take(100)]
+    stored = [s.reading for s in station.outbox.take(100, upstream="default")]
     assert station.agent.committed == len(stored) == 14
     assert values(stored).keys() == values(station.reporter.sample()).keys()
 

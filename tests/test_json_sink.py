@@ -12,7 +12,7 @@ import pytest
 
 from agent.core.reading import Reading
 from agent.store.outbox import Outbox
-from agent.uplink.sinks import JSON_FORMAT, JsonEncoder, batch_id, reading_id
+from agent.uplink.encoders import JSON_FORMAT, JsonEncoder, batch_id, reading_id
 from drivers.base import Quality
 
 T0 = 1_767_225_600_000_000_000

@@ -20,10 +20,15 @@ from httpfaults import FaultServer, hang, reset_mid_response
 from agent.core import quality
 from agent.core.errors import describe
 from agent.core.reading import Reading
-from agent.store.outbox import Outbox
-from agent.uplink.sinks import HttpSink, JsonEncoder, Reply, make_session
+from agent.store.outbox import Outbox, Subscriber
+from agent.uplink.encoders import JsonEncoder
+from agent.uplink.http import HttpSink
+from agent.uplink.httpwire import Reply, make_session
 from drivers.base import Quality
 from drivers.bus import describe_error
+
+ONE = [Subscriber("default")]  # the one upstream of these tests
+
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = '[unit]\nid = "t-1"\nsite = "roof"\n'
@@ -167,7 +172,7 @@ def test_sync_to_a_closed_port_says_the_connection_was_refused(tmp_path: Path) -
     config = tmp_path / "online.toml"
     config.write_text(UNIT + AIR + f'[uplink]\nurl = "http://127.0.0.1:{port}/write"\n'
                       'allow_insecure_http = true\nconnect_timeout = "1s"\n', encoding="utf-8")
-    with Outbox(tmp_path / "d" / "outbox.sqlite", max_bytes=1024**2) as outbox:
+    with Outbox(tmp_path / "d" / "outbox.sqlite", max_bytes=1024**2, subscribers=ONE) as outbox:
         outbox.append([Reading("air", "temperature", 21.5, "°C", 1_700_000_000 * 10**9, 1,
                                "boot-a", True, 0, None)])
     result = envagent("sync", "--config", str(config), "--data-dir", str(tmp_path / "d"),

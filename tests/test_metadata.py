@@ -25,11 +25,14 @@ from agent.core.timebase import NS, iso_ns
 from agent.sampling.timekeeping import TimeKeeper
 from agent.store import commission
 from agent.store.commission import FILE, FORMAT, Facts, history, make_record
-from agent.store.outbox import Outbox
+from agent.store.outbox import Outbox, Subscriber
 from agent.uplink import metadata
 from agent.uplink.export import Station, export
 from agent.uplink.worker import Outcome, Uplink, build_uplink
 from drivers.sim.clock import FakeClock
+
+ONE = [Subscriber("default")]  # the one upstream of these tests
+
 
 T0 = 1_767_225_600_000_000_000
 SITE = "汉中 wetland, east"
@@ -63,7 +66,7 @@ def samples(start_s: int, count: int) -> list[Reading]:
 
 @pytest.fixture
 def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    with Outbox(tmp_path / "outbox.sqlite", max_bytes=64 * 1024**2) as box:
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=64 * 1024**2, subscribers=ONE) as box:
         yield box
 
 
@@ -71,8 +74,9 @@ def uplink_for(cfg: Config, outbox: Outbox, data: Path, clock: FakeClock,
                timekeeper: TimeKeeper | None = None) -> Uplink:
     """No token (the server wants none); with ``timekeeper``, wired as ``envagent run`` does."""
     if timekeeper is None:
-        return build_uplink(cfg, outbox, clock, data, environ={})
-    return build_uplink(cfg, outbox, clock, data, environ={}, held_boot=timekeeper.held_boot)
+        return build_uplink(cfg, cfg.uplinks[0], outbox, clock, data, environ={})
+    return build_uplink(cfg, cfg.uplinks[0], outbox, clock, data, environ={},
+                        held_boot=timekeeper.held_boot)
 
 
 def is_metadata(exchange: Exchange) -> bool:
@@ -108,7 +112,7 @@ def test_each_record_goes_upstream_once_as_one_point(tmp_path: Path, outbox: Out
 
         outbox.append(samples(10, 2))
         assert uplink.flush().ok  # the same process: nothing more to send
-        again = build_uplink(cfg, outbox, FakeClock(), data, environ={})
+        again = uplink_for(cfg, outbox, data, FakeClock())
         outbox.append(samples(20, 2))
         assert again.flush().ok  # a restart: the file says sent
         assert not any(is_metadata(e) for e in server.snapshot()[len(first):])
@@ -410,7 +414,8 @@ def test_a_record_of_a_boot_that_never_synchronised_goes_as_recorded_flagged(
         ntp_syncs(clock)
         timekeeper.maintain(outbox)
         first, second = history(data)
-        assert first == old | {"sent": True}  # never re-stamped with another boot's anchor
+        # never re-stamped with another boot's anchor
+        assert first == old | {"sent": True, "sent_to": ["default"]}
         assert second["time_ns"] == T0 + 100 * NS and second["unsynced_time_ns"] == new["time_ns"]
 
 

@@ -24,8 +24,8 @@ from recording_server import RecordingServer
 from agent.cli.context import DEFAULT_CONFIG
 from agent.core.reading import Reading
 from agent.store.outbox import Outbox
+from agent.uplink.encoders import JsonEncoder
 from agent.uplink.lineprotocol import LineProtocolEncoder
-from agent.uplink.sinks import JsonEncoder
 
 PROCESS_TIMEOUT_S = 90
 UNIT = "pole-017"

@@ -60,7 +60,7 @@ from recording_server import DROP, Exchange, RecordingServer
 from agent.core.credentials import CREDENTIALS_DIRECTORY, REFUSED_VARIABLES
 from agent.core.reading import Reading
 from agent.store.outbox import Outbox, OutboxStats
-from agent.uplink.sinks import JSON_FORMAT, JsonEncoder, batch_id, reading_id
+from agent.uplink.encoders import JSON_FORMAT, JsonEncoder, batch_id, reading_id
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = int(os.environ.get("ENVAGENT_SIGKILL_ROUNDS", "200"))

@@ -48,20 +48,17 @@ from agent.config import UplinkConfig, parse_config
 from agent.core.credentials import Secret
 from agent.core.errors import ConfigError
 from agent.core.reading import Reading
-from agent.store.outbox import Outbox
-from agent.uplink.sinks import Failure, HttpSink, Reply, make_encoder, make_session
-from agent.uplink.worker import (
-    STATE_FILE,
-    Outcome,
-    Step,
-    Uplink,
-    UplinkState,
-    backoff_delay,
-    classify,
-    retry_after_seconds,
-)
+from agent.store.outbox import Outbox, Subscriber
+from agent.uplink.encoders import make_encoder
+from agent.uplink.http import HttpSink, answer_of, classify, retry_after_seconds
+from agent.uplink.httpwire import Failure, Reply, make_session
+from agent.uplink.policy import backoff_delay
+from agent.uplink.worker import STATE_FILE, Outcome, Step, Uplink, UplinkState
 from drivers.clock import SystemClock
 from drivers.sim.clock import FakeClock
+
+ONE = [Subscriber("default")]  # the one upstream of these tests
+
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_767_225_600_000_000_000
@@ -80,7 +77,7 @@ Key = tuple[str, str, int]
 
 @pytest.fixture
 def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    with Outbox(tmp_path / "outbox.sqlite", max_bytes=64 * 1024**2) as box:
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=64 * 1024**2, subscribers=ONE) as box:
         yield box
 
 
@@ -100,16 +97,25 @@ def samples(count: int, *, sensor: str = "air", start: int = 0) -> list[Reading]
 def make_uplink(url: str, outbox: Outbox, tmp_path: Path, *, fmt: str = "json",
                 token: Callable[[], Secret | None] = lambda: Secret(TOKEN),
                 clock: Any = None, **overrides: Any) -> Uplink:
-    settings = UplinkConfig(url=url, format=fmt, allow_insecure_http=True,
+    settings = UplinkConfig(url=url, format=fmt, allow_insecure=True,
                             **{"batch_size": 500, **FAST, **overrides})
     encoder = make_encoder(fmt, unit="demo-001", site=SITE,
                            drivers={"air": "bme280", "probe": "sim"},
                            measurement=settings.measurement)
+    clock = clock or FakeClock()
     sink = HttpSink(settings.url, encoder, make_session(ca_file=settings.ca_file),
                     auth=settings.auth, connect_timeout=settings.connect_timeout,
-                    read_timeout=settings.read_timeout, deadline=settings.deadline)
-    return Uplink(outbox, sink, settings, clock=clock or FakeClock(), token=token,
+                    read_timeout=settings.read_timeout, deadline=settings.deadline,
+                    name=settings.name, wall=clock.time)  # Retry-After dates: the test's time
+    return Uplink(outbox, sink, settings, clock=clock, token=token,
                   state_path=tmp_path / STATE_FILE, rng=random.Random(7))
+
+
+def said(step: Step) -> str:
+    """What the answer said first, as the log and ``status`` show it: ``HTTP 503``,
+    ``connect timeout``, ``total deadline exceeded``..."""
+    assert step.answer is not None, step
+    return step.answer.detail.split(":")[0]
 
 
 def key(r: Reading) -> Key:
@@ -186,7 +192,7 @@ class Appender:
 
 def timed_posts(uplink: Uplink) -> list[float]:
     """How long each of the sink's POSTs takes: what the deadline bounds, without the state
-    saves (fsync'd) around it."""
+    saves (fsync'd) around it. (HttpSink.send answers what its ``post`` got.)"""
     took: list[float] = []
     post = uplink.sink.post
 
@@ -265,9 +271,8 @@ def test_fault_matrix(fault: Fault, fmt: str, outbox: Outbox, tmp_path: Path,
         posts = timed_posts(uplink)
         with Appender(outbox) as sampling:
             first = uplink.step()
-        assert first.reply is not None
-        assert (first.outcome, first.reply.failure, first.reply.status) == (
-            fault.outcome, fault.failure, fault.status), first.reply
+        expected = fault.failure.value if fault.failure else f"HTTP {fault.status}"
+        assert (first.outcome, said(first)) == (fault.outcome, expected), first.answer
         assert fault.wait[0] <= first.wait <= fault.wait[1]
         assert posts[0] < FAST["deadline"] + 0.5  # the total deadline holds for every fault
         assert uplink.state.state == "retrying"
@@ -301,7 +306,7 @@ def test_a_slow_drip_is_cut_off_at_the_total_deadline(server: FaultServer, outbo
     uplink = make_uplink(server.url(), outbox, tmp_path, deadline=0.8, read_timeout=0.5)
     posts = timed_posts(uplink)
     step = uplink.step()
-    assert step.reply is not None and step.reply.failure is Failure.DEADLINE
+    assert said(step) == Failure.DEADLINE.value
     assert 0.75 <= posts[0] < 1.3
     assert outbox.stats().backlog == 30  # nothing acknowledged on a cut-off answer
 
@@ -312,8 +317,8 @@ def test_connection_refused_and_dns_failure_are_retried(outbox: Outbox, tmp_path
         url = closed.url()
     for target in (url, "https://envagent-test.invalid/write"):
         step = make_uplink(target, outbox, tmp_path).step()
-        assert step.outcome is Outcome.RETRY and step.reply is not None
-        assert step.reply.failure is Failure.CONNECTION, step.reply
+        assert step.outcome is Outcome.RETRY
+        assert said(step) == Failure.CONNECTION.value, step.answer
     assert outbox.stats().backlog == 9
 
 
@@ -425,7 +430,7 @@ def test_a_missing_token_file_blocks_without_sending_until_it_appears(
     outbox.append(samples(5))
     uplink = make_uplink(server.url(), outbox, tmp_path, token=lambda: load_token(token_file, {}))
     step = uplink.step()
-    assert step.outcome is Outcome.AUTH and step.reply is None and not server.requests
+    assert step.outcome is Outcome.AUTH and step.answer is None and not server.requests
     assert str(token_file) in (uplink.state.last_error or "")
     token_file.write_text(TOKEN)
     drain(uplink)
@@ -473,7 +478,7 @@ def test_tls_verification_failure_is_never_answered_by_turning_it_off(
     with FaultServer(tls=context) as server:
         untrusting = make_uplink(server.url(), outbox, tmp_path)
         step = untrusting.step()
-        assert step.reply is not None and step.reply.failure is Failure.TLS_VERIFY
+        assert said(step) == Failure.TLS_VERIFY.value
         assert (step.outcome, step.wait) == (Outcome.FAILED, FAST["backoff_max"])
         assert not server.requests
         assert "set uplink.ca_file" in (untrusting.state.last_error or "")
@@ -511,7 +516,7 @@ def test_a_missing_ca_file_is_a_loud_misconfiguration(outbox: Outbox, tmp_path: 
     uplink = make_uplink("https://127.0.0.1:9/write", outbox, tmp_path,
                          ca_file=tmp_path / "missing-ca.pem")
     step = uplink.step()
-    assert step.reply is not None and step.reply.failure is Failure.INVALID, step.reply
+    assert said(step) == Failure.INVALID.value, step.answer
     assert step.outcome is Outcome.FAILED and uplink.state.state == "failing"
     assert "check uplink.url, ca_file" in (uplink.state.last_error or "")
 
@@ -529,7 +534,7 @@ def test_delivered_to_a_real_victoriametrics_exactly_once(victoriametrics: Any, 
                          measurement="uplinkit")
     body = uplink.sink.encode(readings)
     assert uplink.step().outcome is Outcome.DELIVERED
-    assert uplink.sink.post(body, None).status == 204  # a replay of the same bytes
+    assert uplink.sink.send(body, None).outcome is Outcome.DELIVERED  # a replay, same bytes
     victoriametrics.flush()
     tags = {"driver": "bme280", "sensor": "air", "site": SITE, "unit": "demo-001"}
     series = {s["metric"]["__name__"]: s for s in
@@ -554,7 +559,7 @@ def test_mutual_tls_with_a_client_certificate(certificate: tuple[Path, Path], ou
     with FaultServer(tls=context) as server:
         anonymous = make_uplink(server.url(), outbox, tmp_path, ca_file=cert).step()
         assert anonymous.outcome is not Outcome.DELIVERED and not server.requests
-        settings = UplinkConfig(url=server.url(), allow_insecure_http=True, ca_file=cert,
+        settings = UplinkConfig(url=server.url(), allow_insecure=True, ca_file=cert,
                                 client_cert=client_cert, client_key=client_key, **FAST)
         encoder = make_encoder("json", unit="demo-001", site=SITE, drivers={},
                                measurement="envagent")
@@ -665,12 +670,56 @@ def test_classify(code: int, outcome: Outcome) -> None:
 
 
 @pytest.mark.parametrize(("failure", "outcome"), [
-    (Failure.CONNECT_TIMEOUT, Outcome.RETRY), (Failure.DEADLINE, Outcome.RETRY),
+    (Failure.CONNECT_TIMEOUT, Outcome.RETRY), (Failure.READ_TIMEOUT, Outcome.RETRY),
+    (Failure.DEADLINE, Outcome.RETRY), (Failure.CONNECTION, Outcome.RETRY),
     (Failure.TLS, Outcome.RETRY), (Failure.TLS_VERIFY, Outcome.FAILED),
-    (Failure.INVALID, Outcome.FAILED),
+    (Failure.INVALID, Outcome.FAILED), (Failure.STOPPED, Outcome.STOPPED),
 ])
 def test_classify_failures(failure: Failure, outcome: Outcome) -> None:
     assert classify(Reply(None, failure)) is outcome
+
+
+NOW = T0 / 1e9
+# What the HTTP transport answers the worker (agent.uplink.http): the status or failure becomes
+# an outcome, the text a detail for people, the fix a hint, Retry-After a parsed delay (only
+# where the batch is retried) -- the worker never sees a status code.
+HTTP_ANSWERS = [
+    (Reply(204), Outcome.DELIVERED, "HTTP 204", "", None),
+    (Reply(503, None, "maintenance", "120"), Outcome.RETRY, "HTTP 503: maintenance",
+     "retries by itself", 120.0),
+    (Reply(429, None, "", "Thu, 01 Jan 2026 00:00:30 GMT"), Outcome.RETRY, "HTTP 429",
+     "retries by itself", 30.0),
+    (Reply(503, None, "", "²"), Outcome.RETRY, "HTTP 503", "retries by itself", None),
+    (Reply(400, None, "unparsable", "60"), Outcome.REJECTED, "HTTP 400: unparsable", "", None),
+    (Reply(422), Outcome.REJECTED, "HTTP 422", "", None),
+    (Reply(413, None, "too big", "60"), Outcome.TOO_LARGE, "HTTP 413: too big", "", None),
+    (Reply(401, None, f"bad token {TOKEN}"), Outcome.AUTH, "HTTP 401: bad token <redacted>",
+     "put a valid token", None),
+    (Reply(403), Outcome.AUTH, "HTTP 403", "put a valid token", None),
+    (Reply(308, None, "", None, "https://x.org/w"), Outcome.FAILED,
+     "HTTP 308 to https://x.org/w", "redirects writes, which are never followed", None),
+    (Reply(404, None, "database not found"), Outcome.FAILED, "HTTP 404: database not found",
+     "check uplink.url and the server", None),
+    (Reply(None, Failure.TLS_VERIFY, "self-signed"), Outcome.FAILED,
+     "TLS certificate verification failed: self-signed", "set uplink.ca_file", None),
+    (Reply(None, Failure.INVALID, "no such file"), Outcome.FAILED,
+     "invalid request: no such file", "check uplink.url, ca_file", None),
+    (Reply(None, Failure.CONNECT_TIMEOUT, "cannot connect to x:443: timed out after 1 s"),
+     Outcome.RETRY, "connect timeout: cannot connect to x:443: timed out after 1 s",
+     "retries by itself", None),
+    (Reply(None, Failure.STOPPED), Outcome.STOPPED, "stopped", "", None),
+]
+
+
+@pytest.mark.parametrize(("reply", "outcome", "detail", "hint", "retry_after"), HTTP_ANSWERS,
+                         ids=[a[2] for a in HTTP_ANSWERS])
+def test_the_http_transport_answers_in_the_workers_words(
+        reply: Reply, outcome: Outcome, detail: str, hint: str,
+        retry_after: float | None) -> None:
+    answer = answer_of(reply, Secret(TOKEN), NOW)
+    assert (answer.outcome, answer.detail, answer.retry_after, answer.accepted) == (
+        outcome, detail, retry_after, None)
+    assert hint in answer.hint and (answer.hint != "") == (hint != "")
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
@@ -699,8 +748,8 @@ GOOD_URL = "https://influx.example.org:8086/api/v2/write?org=eco&bucket=field"
 
 def uplink_config(body: str) -> UplinkConfig:
     config = parse_config(tomllib.loads(UNIT + "[uplink]\n" + body), source="e.toml", drivers={})
-    assert config.uplink is not None
-    return config.uplink
+    (settings,) = config.uplinks
+    return settings
 
 
 def uplink_problems(body: str) -> list[str]:
@@ -710,7 +759,7 @@ def uplink_problems(body: str) -> list[str]:
 
 
 def test_no_uplink_section_means_no_delivery() -> None:
-    assert parse_config(tomllib.loads(UNIT), drivers={}).uplink is None
+    assert parse_config(tomllib.loads(UNIT), drivers={}).uplinks == ()
 
 
 def test_a_minimal_uplink_takes_the_defaults() -> None:
@@ -728,10 +777,10 @@ def test_plain_http_to_loopback_with_the_switch_is_allowed(url: str) -> None:
 CONFIG_ERRORS = [
     ('url = "http://127.0.0.1:8428/write"',
      'uplink.url = "http://127.0.0.1:8428/write": plain http sends readings and the token '
-     "unencrypted; use https://, or for a collector on this machine set allow_insecure_http = "
+     "unencrypted; use https://, or for a collector on this machine set allow_insecure = "
      "true and a loopback host"),
-    ('url = "http://10.0.0.5:8428/write"\nallow_insecure_http = true',
-     'uplink.url = "http://10.0.0.5:8428/write": allow_insecure_http allows plain http only to '
+    ('url = "http://10.0.0.5:8428/write"\nallow_insecure_http = true',  # the older name
+     'uplink.url = "http://10.0.0.5:8428/write": allow_insecure allows plain http only to '
      "this machine (127.0.0.1, ::1 or localhost); use https:// for any other host"),
     ('url = "http://localhost.example.org/write"\nallow_insecure_http = true',
      "allows plain http only to this machine"),
@@ -784,7 +833,8 @@ def test_every_uplink_mistake_is_one_clear_line(body: str, expected: str) -> Non
 def test_uplink_must_be_a_table() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(tomllib.loads("uplink = 1\n" + UNIT), source="e.toml", drivers={})
-    assert caught.value.problems == ["e.toml: uplink = 1: expected a table [uplink]"]
+    assert caught.value.problems == ["e.toml: uplink = 1: expected [[uplink]] tables, one per "
+                                     "upstream (or a single table [uplink])"]
 
 
 def test_the_examples_uplink_section_uncommented_is_valid_and_shows_the_defaults() -> None:

@@ -37,13 +37,14 @@ import pytest
 from httpfaults import Action, FaultServer, Handler, Received, endless, gzip_bomb, ok, status
 from hypothesis import given
 from hypothesis import strategies as st
-from test_uplink import FAST, T0, make_uplink, samples
+from test_uplink import FAST, T0, make_uplink, said, samples
 
 from agent.core.credentials import Secret, redact
 from agent.core.reading import Reading
-from agent.store.outbox import Outbox
-from agent.uplink import sinks
-from agent.uplink.worker import STATE_FILE, Outcome, retry_after_seconds
+from agent.store.outbox import Outbox, Subscriber
+from agent.uplink import httpwire
+from agent.uplink.http import retry_after_seconds
+from agent.uplink.worker import STATE_FILE, Outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "Qv7Kp2-SECRET-0d9e4c1b"  # a prefix no message holds by chance
@@ -53,10 +54,12 @@ CHILD_ADDRESS_SPACE = 2 << 30  # a safety net for the machine, far above RSS_LIM
 PROCESS_TIMEOUT_S = 60.0
 MIN_LEAK = 4  # no run of this many characters of a secret may show
 
+ONE = [Subscriber("default")]  # the one upstream of these tests
+
 
 @pytest.fixture
 def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    with Outbox(tmp_path / "outbox.sqlite", max_bytes=64 * 1024**2) as box:
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=64 * 1024**2, subscribers=ONE) as box:
         yield box
 
 
@@ -75,7 +78,7 @@ def station(tmp_path: Path, url: str, token: str = TOKEN) -> Path:
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
     data = tmp_path / "data"
-    with Outbox(data / "outbox.sqlite", max_bytes=1 << 20) as box:
+    with Outbox(data / "outbox.sqlite", max_bytes=1 << 20, subscribers=ONE) as box:
         box.append([Reading("air", "temperature", 21.5, "°C", T0 + i, i, "another-boot", True)
                     for i in range(5)])
     config = tmp_path / "envagent.toml"
@@ -99,6 +102,7 @@ def peak(path=sys.argv[1]):
 atexit.register(peak)
 sys.argv = ["envagent", *sys.argv[2:]]
 from agent.cli.main import main
+
 sys.exit(main())
 """
 
@@ -151,7 +155,7 @@ def test_a_hostile_answer_costs_the_sync_process_a_few_kib(answer: str, tmp_path
     assert "Traceback" not in err and "MemoryError" not in err, err
     report = json.loads(out)
     assert report["ok"] is False and report["error"].startswith("HTTP 503"), report
-    assert len(report["error"]) <= 2 * sinks.REPLY_TEXT_CHARS
+    assert len(report["error"]) <= 2 * httpwire.REPLY_TEXT_CHARS
 
 
 def test_a_hostile_answer_is_read_bounded_in_bytes_and_time(outbox: Outbox,
@@ -165,9 +169,10 @@ def test_a_hostile_answer_is_read_bounded_in_bytes_and_time(outbox: Outbox,
             started = time.monotonic()
             step = uplink.step()
             took = time.monotonic() - started
-            assert step.reply is not None and step.reply.status in (200, 429, 503), step.reply
-            assert step.reply.text.isprintable()
-            assert len(step.reply.text) <= sinks.REPLY_TEXT_CHARS
+            assert said(step) in ("HTTP 200", "HTTP 429", "HTTP 503"), step.answer
+            assert step.answer is not None and step.answer.detail.isprintable()
+            text = step.answer.detail.partition(": ")[2]  # the server's, after the status
+            assert len(text) <= httpwire.REPLY_TEXT_CHARS
             assert took < FAST["deadline"], took  # cut by the bound, not by the deadline
     assert step.outcome is Outcome.DELIVERED and outbox.stats().delivered == 9
 
@@ -191,7 +196,8 @@ def test_small_answers_keep_the_connection_alive(outbox: Outbox, tmp_path: Path)
         server.then(noting(status(503, b'{"error":"busy"}' * 20)))
         steps = [uplink.step() for _ in range(3)]
     assert [s.outcome for s in steps] == [Outcome.RETRY, Outcome.DELIVERED, Outcome.DELIVERED]
-    assert steps[0].reply is not None and steps[0].reply.text.startswith('{"error":"busy"}')
+    assert steps[0].answer is not None
+    assert steps[0].answer.detail.startswith('HTTP 503: {"error":"busy"}')
     assert len(set(ports)) == 1, ports
 
 
@@ -260,14 +266,14 @@ def everything_shown(caplog: pytest.LogCaptureFixture, tmp_path: Path, reply_tex
 ECHOES = {
     "after 1,190 spaces": lambda: b" " * 1190 + TOKEN.encode(),
     "after 100,000 spaces": lambda: b" " * 100_000 + TOKEN.encode(),
-    "cut where the answer is cut": lambda: b" " * (sinks.REPLY_KEEP_BYTES - 7)
+    "cut where the answer is cut": lambda: b" " * (httpwire.REPLY_KEEP_BYTES - 7)
     + TOKEN.encode() * 2,
     "spread over lines": lambda: f"token {TOKEN[:9]}\r\n\t{TOKEN[9:]} refused".encode(),
     "between control characters": lambda: f"\x1b[2J{TOKEN[:5]}\x00{TOKEN[5:]}\x07".encode(),
     "JSON-escaped": lambda: json.dumps({"token": TOKEN.replace("-", "/")}).replace(
         "/", "\\/").encode(),
     "gzip, cut by the inflate bound": lambda: gzip.compress(
-        b" " * (sinks.REPLY_KEEP_BYTES - 6) + TOKEN.encode() * 3),
+        b" " * (httpwire.REPLY_KEEP_BYTES - 6) + TOKEN.encode() * 3),
 }
 
 
@@ -282,8 +288,8 @@ def test_no_piece_of_the_token_is_logged_or_saved(name: str, outbox: Outbox, tmp
         server.then(status(401, ECHOES[name](), headers))
         uplink = make_uplink(server.url(), outbox, tmp_path, token=lambda: Secret(token))
         step = uplink.step()
-    assert step.outcome is Outcome.AUTH and step.reply is not None
-    shown = everything_shown(caplog, tmp_path, step.reply.describe())
+    assert step.outcome is Outcome.AUTH and step.answer is not None
+    shown = everything_shown(caplog, tmp_path, step.answer.detail)
     assert not leaks(token, shown), leaks(token, shown)
     assert "<redacted>" in shown or name == "after 100,000 spaces"  # beyond what is read
     assert not any(c in shown for c in "\x00\x07\x1b\r\t")
@@ -300,8 +306,8 @@ def test_a_basic_auth_password_echoed_alone_is_removed(outbox: Outbox, tmp_path:
         uplink = make_uplink(server.url(), outbox, tmp_path, auth="basic",
                              token=lambda: Secret(user_pass))
         step = uplink.step()
-    assert step.reply is not None
-    shown = everything_shown(caplog, tmp_path, step.reply.describe())
+    assert step.answer is not None
+    shown = everything_shown(caplog, tmp_path, step.answer.detail)
     assert not leaks(BASIC_PASSWORD, shown) and encoded[:-3] not in shown, shown
     assert BASIC_USER in shown  # a user name is no secret: it helps find the mistake
 
@@ -311,9 +317,9 @@ def test_a_redirect_location_is_redacted_and_stripped(outbox: Outbox, tmp_path: 
     with FaultServer() as server:
         server.then(status(308, headers={"Location": f"https://x.org/w?\x1b[31mt={TOKEN}"}))
         step = make_uplink(server.url(), outbox, tmp_path, token=lambda: Secret(TOKEN)).step()
-    assert step.outcome is Outcome.FAILED and step.reply is not None
+    assert step.outcome is Outcome.FAILED and step.answer is not None
     state = (tmp_path / STATE_FILE).read_text(encoding="utf-8")
-    for shown in (step.reply.describe(), state):
+    for shown in (step.answer.detail, step.answer.hint, state):
         assert not leaks(TOKEN, shown) and "\x1b" not in shown and "\\u001b" not in shown
 
 

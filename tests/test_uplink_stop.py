@@ -46,12 +46,15 @@ from agent.core.reading import Reading
 from agent.runtime.notify import Notifier
 from agent.runtime.service import Service
 from agent.sampling.daemon import Agent, make_drivers
-from agent.store.outbox import Outbox
+from agent.store.outbox import Outbox, Subscriber
 from agent.store.storage import ReopeningOutbox
-from agent.uplink.worker import STOP_GRACE_S, build_uplink
+from agent.uplink.worker import STOP_GRACE_S, Outcome, build_uplink
 from drivers.clock import SystemClock
 from drivers.registry import DRIVERS
 from drivers.sim.clock import FakeClock, SimulatedClock
+
+ONE = [Subscriber("default")]  # the one upstream of these tests
+
 
 SLOW_ANSWER_S = 1.0  # the deterministic tests' server answers after this long
 PROXY_DELAY_S = 2.5  # end to end: each POST stays in flight this long, well inside the grace
@@ -67,7 +70,7 @@ VM_FLAGS = (  # tests/victoriametrics.py's, less -dedup.minScrapeInterval: repla
 
 @pytest.fixture
 def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    with Outbox(tmp_path / "outbox.sqlite", max_bytes=64 * 1024**2) as box:
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=64 * 1024**2, subscribers=ONE) as box:
         yield box
 
 
@@ -137,14 +140,14 @@ def test_no_post_starts_once_the_stop_was_asked(outbox: Outbox, tmp_path: Path) 
         uplink.nudge()  # the final commit's nudge, racing the stop
         uplink.stop()
         assert not server.snapshot()
-        assert uplink.sink.post(b"x", None).failure is not None
+        assert uplink.sink.send(b"x", None).outcome is Outcome.STOPPED
     assert outbox.stats().backlog == 15
 
 
 def test_the_writer_asks_delivery_to_stop_before_its_final_commit(tmp_path: Path) -> None:
     config = parse_config(tomllib.loads('[unit]\nid = "u"\nsite = "s"\n'), drivers={})
     calls: list[str] = []
-    with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20) as box:
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20, subscribers=ONE) as box:
         agent = Agent(config, [], outbox=box, clock=FakeClock(), boot_id="b")
         agent.on_stop = lambda: calls.append("stop")
         agent.on_commit = lambda: calls.append("commit")
@@ -229,10 +232,11 @@ def run_service(config: Any, data: Path, clock: SystemClock, seconds: float,
     gets the time delivery was asked to stop."""
     with (open_buses(config, clock, simulate=True) as buses,
           ReopeningOutbox(data / "outbox.sqlite", max_bytes=config.storage.max_bytes,
-                          clock=clock) as box):
+                          clock=clock, subscribers=ONE) as box):
         agent = Agent(config, make_drivers(config, buses, clock, DRIVERS), outbox=box,
                       clock=clock, boot_id="boot-of-the-clean-stop", commission_dir=data)
-        uplink = build_uplink(config, box, clock, data, held_boot=agent.timekeeper.held_boot)
+        uplink = build_uplink(config, config.uplinks[0], box, clock, data,
+                              held_boot=agent.timekeeper.held_boot)
         request_stop = uplink.request_stop
 
         def noting() -> None:
@@ -241,16 +245,15 @@ def run_service(config: Any, data: Path, clock: SystemClock, seconds: float,
                 asked.append(time.monotonic())
 
         uplink.request_stop = noting  # type: ignore[method-assign]
-        Service(config, agent, box, uplink, clock=clock,
+        Service(config, agent, box, [uplink], clock=clock,
                 notifier=Notifier({})).run(duration=seconds)
 
 
 def sync(config: Any, data: Path, url: str, clock: SystemClock) -> None:
     """``envagent sync``, straight to the store."""
-    assert config.uplink is not None
-    direct = dataclasses.replace(config, uplink=dataclasses.replace(config.uplink, url=url))
-    with Outbox(data / "outbox.sqlite", max_bytes=config.storage.max_bytes) as box:
-        uplink = build_uplink(direct, box, clock, data)
+    direct = dataclasses.replace(config.uplinks[0], url=url)
+    with Outbox(data / "outbox.sqlite", max_bytes=config.storage.max_bytes, subscribers=ONE) as box:
+        uplink = build_uplink(config, direct, box, clock, data)
         try:
             report = uplink.flush()
         finally:
@@ -298,7 +301,7 @@ def test_a_clean_stop_then_sync_puts_every_point_in_once(
     assert not [e for e in exchanges if e.received > asked[0] + STOP_SLACK_S]
     assert stopped - asked[0] < STOP_GRACE_S + 2 * STOP_SLACK_S + 2.0  # + sensor joins
 
-    with Outbox(data / "outbox.sqlite", max_bytes=1 << 26) as box:
+    with Outbox(data / "outbox.sqlite", max_bytes=1 << 26, subscribers=ONE) as box:
         sent = {(r.sensor, r.quantity, r.time_ns) for r in _lines(exchanges)}
         assert box.stats().delivered == len(sent)  # every batch the proxy saw was acked
     sync(config, data, vm.write_url, clock)
@@ -308,7 +311,7 @@ def test_a_clean_stop_then_sync_puts_every_point_in_once(
     twice = {s["metric"]["__name__"]: [t for t, n in Counter(s["timestamps"]).items() if n > 1]
              for s in series}
     assert not {name: ts for name, ts in twice.items() if ts}, "replayed points"
-    with Outbox(data / "outbox.sqlite", max_bytes=1 << 26) as box:
+    with Outbox(data / "outbox.sqlite", max_bytes=1 << 26, subscribers=ONE) as box:
         stats = box.stats()
     assert stats.delivered == stats.added and stats.backlog == 0
 

@@ -24,7 +24,7 @@ from typing import IO
 
 from recording_server import RecordingServer
 
-from agent.cli.watch import Look, changes
+from agent.cli.watch import Look, Upstream, changes
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT_ID = "watch-007"
@@ -206,40 +206,60 @@ def test_follow_says_when_upstream_stops_taking_readings(tmp_path: Path) -> None
 
 def test_changes_name_what_happened_between_two_looks() -> None:
     before = Look(added=100, delivered=40, dropped=0, rejected=0, held=0, synced=True,
-                  uplink=("ok", None), sensors=(("air", "ok", None),), agent=4242)
+                  uplinks=(Upstream("default", "ok", None, 40),),
+                  sensors=(("air", "ok", None),), agent=4242)
     after = Look(added=160, delivered=100, dropped=0, rejected=3, held=0, synced=True,
-                 uplink=("retrying", "HTTP 503 from upstream"),
+                 uplinks=(Upstream("default", "retrying", "HTTP 503 from upstream", 100),),
                  sensors=(("air", "warning", "read failed: no answer at 1:0x76"),), agent=4242)
-    assert changes(before, after, target="db.example:8086") == [
+    targets = {"default": "db.example:8086"}
+    assert changes(before, after, targets=targets) == [
         "committed 60 readings",
         "delivered 60 readings to db.example:8086",
         "quarantined 3 readings: upstream refused them for good",
         "uplink retrying: HTTP 503 from upstream",
         "sensor air warning: read failed: no answer at 1:0x76",
     ]
-    assert changes(after, before, target=None)[-2:] == ["uplink ok", "sensor air ok"]
-    assert changes(after, after, target=None) == []
+    assert changes(after, before, targets=targets)[-2:] == ["uplink ok", "sensor air ok"]
+    assert changes(after, after, targets=targets) == []
+
+
+def test_changes_tell_several_upstreams_apart() -> None:
+    """Each upstream's deliveries come from its own cursor: one down shows as not delivering,
+    the other as delivering, each by name."""
+    before = Look(added=100, delivered=40, dropped=0, rejected=0, held=0, synced=True,
+                  uplinks=(Upstream("network", "ok", None, 90),
+                           Upstream("bureau", "ok", None, 40)), sensors=(), agent=7)
+    after = Look(added=130, delivered=40, dropped=0, rejected=0, held=0, synced=True,
+                 uplinks=(Upstream("network", "ok", None, 120),
+                          Upstream("bureau", "retrying", "connection refused", 40)),
+                 sensors=(), agent=7)
+    targets = {"network": "tsdb.example:8428", "bureau": "hj.example:8086"}
+    assert changes(before, after, targets=targets) == [
+        "committed 30 readings",
+        "delivered 30 readings to network (tsdb.example:8428)",
+        "uplink bureau retrying: connection refused",
+    ]
 
 
 def test_changes_never_count_backwards_when_the_outbox_is_replaced() -> None:
     before = Look(added=5000, delivered=4000, dropped=0, rejected=0, held=0, synced=True,
-                  uplink=None, sensors=(), agent=None)
+                  uplinks=(), sensors=(), agent=None)
     after = Look(added=20, delivered=0, dropped=0, rejected=0, held=0, synced=True,
-                 uplink=None, sensors=(), agent=None)
-    said = changes(before, after, target=None)
+                 uplinks=(), sensors=(), agent=None)
+    said = changes(before, after, targets={})
     assert len(said) == 1 and "outbox" in said[0] and "-" not in said[0], said
 
 
 def test_changes_say_when_the_hold_ends_and_why() -> None:
     holding = Look(added=100, delivered=0, dropped=0, rejected=0, held=100, synced=False,
-                   uplink=None, sensors=(), agent=1)
+                   uplinks=(), sensors=(), agent=1)
     synced = Look(added=100, delivered=0, dropped=0, rejected=0, held=0, synced=True,
-                  uplink=None, sensors=(), agent=1)
-    assert changes(holding, synced, target=None) == [
+                  uplinks=(), sensors=(), agent=1)
+    assert changes(holding, synced, targets={}) == [
         "clock synchronised", "no longer holding: 100 readings re-stamped with their true time"]
     expired = Look(added=100, delivered=0, dropped=0, rejected=0, held=0, synced=False,
-                   uplink=None, sensors=(), agent=1, hold_expired=True)
-    said = changes(holding, expired, target=None)
+                   uplinks=(), sensors=(), agent=1, hold_expired=True)
+    said = changes(holding, expired, targets={})
     assert said and "flagged" in said[-1] and "100" in said[-1], said
 
 

@@ -84,7 +84,7 @@ def context_of(args: argparse.Namespace) -> Context:
         config = load_config(args.config or DEFAULT_CONFIG)
         data_dir = given or (config.storage.path / rehearsal.SIMULATED_DIR if simulate
                              else config.storage.path)
-    if getattr(args, "deliver", False) and config.uplink is None:
+    if getattr(args, "deliver", False) and not config.uplinks:
         raise ConfigError([f"{config.source}: uplink: missing; --deliver needs an [uplink] "
                            "section with the url to deliver to"])
     if command in WRITING_COMMANDS:
@@ -251,7 +251,7 @@ def iso(time_ns: int | None) -> str | None:
 
 
 def refuse_token_environment(config: Config) -> None:
-    if config.uplink is not None:
+    if config.uplinks:
         from agent.core.credentials import check_environment
 
         check_environment(os.environ)

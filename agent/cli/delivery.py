@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from agent.cli.context import (
     EXIT_FAILURE,
@@ -21,7 +22,13 @@ from agent.cli.context import (
     refuse_token_environment,
 )
 from agent.cli.hardware import mock_pin_factory, open_buses, uses_gpio
+from agent.config import Config, UplinkConfig
 from agent.core.errors import ConfigError
+from drivers.clock import Clock
+
+if TYPE_CHECKING:  # loaded by the commands that use them, not by --help (start-up memory)
+    from agent.sampling.timekeeping import TimeKeeper
+    from agent.store.outbox import Outbox, Subscriber
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -44,7 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         open_buses(ctx.config, clock, simulate=ctx.simulate, faults=args.sim_fault,
                    wiring=args.sim_wiring) as buses,
         ReopeningOutbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes,
-                        clock=clock, progress=notifier.still_starting) as outbox,
+                        clock=clock, progress=notifier.still_starting,
+                        subscribers=subscribers(ctx.config)) as outbox,
     ):
         rehearsal.mark(outbox, simulate=ctx.simulate)  # whose readings these are
         drivers = make_drivers(ctx.config, buses, clock, DRIVERS)
@@ -53,16 +61,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                                pin_factory=pin_factory)
         agent = Agent(ctx.config, drivers, outbox=outbox, clock=clock, boot_id=read_boot_id(),
                       power=power, commission_dir=ctx.data_dir)
-        uplink = None
-        if ctx.config.uplink is not None and (args.deliver or not ctx.simulate):
+        uplinks = []
+        if args.deliver or not ctx.simulate:
             from agent.uplink.worker import build_uplink
 
-            uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir,
-                                  held_boot=agent.timekeeper.held_boot,
-                                  hold=agent.timekeeper.holding, simulated=ctx.simulate)
+            uplinks = [build_uplink(ctx.config, settings, outbox, clock, ctx.data_dir,
+                                    held_boot=agent.timekeeper.held_boot,
+                                    hold=agent.timekeeper.holding, simulated=ctx.simulate)
+                       for settings in ctx.config.uplinks]
         if ctx.simulate:
-            _log_rehearsal(ctx, None if uplink is None else uplink.sink.where)
-        service = Service(ctx.config, agent, outbox, uplink, clock=clock, notifier=notifier,
+            _log_rehearsal(ctx, [u.sink.where for u in uplinks])
+        service = Service(ctx.config, agent, outbox, uplinks, clock=clock, notifier=notifier,
                           pin_factory=pin_factory, simulated=ctx.simulate)
         with _stop_on_signals(agent.request_stop):
             service.run(duration=args.duration)
@@ -77,12 +86,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _log_rehearsal(ctx: Context, delivering_to: str | None) -> None:
+def subscribers(config: Config) -> list[Subscriber]:
+    """The configured upstreams as the outbox keeps their cursors (agent.store.outbox)."""
+    from agent.store.outbox import Subscriber
+
+    return [Subscriber(u.name, u.takes, u.start) for u in config.uplinks]
+
+
+def _log_rehearsal(ctx: Context, delivering_to: list[str]) -> None:
     """Where a rehearsal's readings go (agent.store.rehearsal): one line at the start of ``run``."""
-    if delivering_to is not None:
+    if delivering_to:
         log.info("rehearsal: readings are kept in %s and delivered to %s, marked simulated",
-                 ctx.data_dir, delivering_to)
-    elif ctx.config.uplink is not None:
+                 ctx.data_dir, " and ".join(delivering_to))
+    elif ctx.config.uplinks:
         log.info("rehearsal: readings are kept in %s and not delivered; add --deliver to send "
                  "them, marked simulated", ctx.data_dir)
     else:
@@ -107,19 +123,19 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    """Deliver the backlog now; exit 1, saying why, unless all of it went: readings held for
-    the clock, refused by the server (quarantined) or left by a failure all count."""
-    from agent.cli import statusview
+    """Deliver the backlog now, to every upstream (or the one ``--uplink`` names); exit 1,
+    saying why, unless all of it went: readings held for the clock, refused by a server
+    (quarantined) or left by a failure all count."""
     from agent.core.timebase import read_boot_id
     from agent.sampling.timekeeping import TimeKeeper
     from agent.store import datadir
     from agent.store.outbox import Outbox
-    from agent.uplink.worker import build_uplink
 
     ctx = context_of(args)
-    if ctx.config.uplink is None:
+    if not ctx.config.uplinks:
         raise ConfigError([f"{ctx.config.source}: uplink: missing; add an [uplink] section "
                            "with the url to deliver to"])
+    chosen = _chosen(ctx.config, args.uplink)
     refuse_token_environment(ctx.config)
     if not ctx.outbox_path.exists():
         print(f"no outbox at {ctx.outbox_path}: has the agent run with this data directory?",
@@ -128,29 +144,61 @@ def cmd_sync(args: argparse.Namespace) -> int:
     clock = clock_of(args)
     with (
         datadir.hold(ctx.data_dir, hint=datadir.SYNC_HINT),  # not beside a running agent
-        Outbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes) as outbox,
+        Outbox(ctx.outbox_path, max_bytes=ctx.config.storage.max_bytes,
+               subscribers=subscribers(ctx.config)) as outbox,
     ):
         timekeeper = TimeKeeper(clock, read_boot_id(), commission_dir=ctx.data_dir)
         timekeeper.maintain(outbox)  # re-stamp what the clock's sync allows before sending
-        uplink = build_uplink(ctx.config, outbox, clock, ctx.data_dir,
-                              held_boot=timekeeper.held_boot, hold=timekeeper.holding,
-                              simulated=ctx.simulate)
-        try:
-            flushed = uplink.flush()
-        finally:
-            uplink.sink.close()
+        reports = [_flush(ctx, settings, outbox, clock, timekeeper) for settings in chosen]
         backlog = outbox.stats().backlog
-    reason = statusview.sync_left(uplink.state, uplink.sink.where, failed=not flushed.ok,
-                                  quarantined=flushed.quarantined, backlog=backlog,
-                                  now=clock.time())
-    report = {"url": uplink.sink.where, "delivered": flushed.delivered,
-              "quarantined": flushed.quarantined, "held": flushed.held, "backlog": backlog,
-              "ok": reason is None, "reason": reason, "error": flushed.error}
+    reasons = [r["reason"] if len(reports) == 1 else f"{r['name']}: {r['reason']}"
+               for r in reports if r["reason"] is not None]
+    report = {"url": reports[0]["url"] if len(reports) == 1 else None,
+              "delivered": sum(r["delivered"] for r in reports),
+              "quarantined": sum(r["quarantined"] for r in reports),
+              "held": max(r["held"] for r in reports), "backlog": backlog,
+              "ok": not reasons, "reason": "; ".join(reasons) or None,
+              "error": next((r["error"] for r in reports if r["error"]), None),
+              "uplinks": reports}
     if args.json:
         print_json(report)
     else:
-        print(f"delivered {flushed.delivered} reading(s) to {uplink.sink.where}, quarantined "
-              f"{flushed.quarantined}; {backlog} left in the outbox")
-        if reason is not None:
-            print(f"envagent: not all of it went: {reason}", file=sys.stderr)
-    return EXIT_OK if reason is None else EXIT_FAILURE
+        for r in reports:
+            print(f"delivered {r['delivered']} reading(s) to {r['url']}, quarantined "
+                  f"{r['quarantined']}; {r['backlog']} left for it")
+        print(f"{backlog} reading(s) left in the outbox")
+        if reasons:
+            print(f"envagent: not all of it went: {report['reason']}", file=sys.stderr)
+    return EXIT_OK if not reasons else EXIT_FAILURE
+
+
+def _chosen(config: Config, name: str | None) -> tuple[UplinkConfig, ...]:
+    if name is None:
+        return config.uplinks
+    found = tuple(u for u in config.uplinks if u.name == name)
+    if not found:
+        raise ConfigError([f"--uplink {name}: no such upstream in {config.source}; configured: "
+                           + ", ".join(u.name for u in config.uplinks)])
+    return found
+
+
+def _flush(ctx: Context, settings: UplinkConfig, outbox: Outbox, clock: Clock,
+           timekeeper: TimeKeeper) -> dict[str, Any]:
+    """One upstream's part of a sync, as its report."""
+    from agent.cli import statusview
+    from agent.uplink.worker import build_uplink
+
+    uplink = build_uplink(ctx.config, settings, outbox, clock, ctx.data_dir,
+                          held_boot=timekeeper.held_boot, hold=timekeeper.holding,
+                          simulated=ctx.simulate)
+    try:
+        flushed = uplink.flush()
+    finally:
+        uplink.sink.close()
+    left = next((c.backlog for c in outbox.upstreams() if c.name == settings.name), 0)
+    reason = statusview.sync_left(uplink.state, uplink.sink.where, failed=not flushed.ok,
+                                  quarantined=flushed.quarantined, backlog=left,
+                                  now=clock.time())
+    return {"name": settings.name, "url": uplink.sink.where, "delivered": flushed.delivered,
+            "quarantined": flushed.quarantined, "held": flushed.held, "backlog": left,
+            "ok": reason is None, "reason": reason, "error": flushed.error}

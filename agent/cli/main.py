@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     _refuse_token_option(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("sync", help="deliver the outbox to [uplink] now, and report; exit 1 "
-                       "unless all of it went")
+    p = sub.add_parser("sync", help="deliver the outbox to every upstream now, and report; "
+                       "exit 1 unless all of it went")
+    p.add_argument("--uplink", metavar="NAME", help="only this upstream (its name in the config)")
     add_common(p, "config", "simulate", "deliver", "sim_clock", "data_dir", "json")
     _refuse_token_option(p)
     p.set_defaults(func=cmd_sync)

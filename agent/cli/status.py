@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from agent.cli.context import (
     EXIT_FAILURE,
@@ -17,17 +18,43 @@ from agent.cli.context import (
     print_json,
 )
 
+if TYPE_CHECKING:
+    from agent.store.outbox import UpstreamStats
 
-def _uplink_status(ctx: Context) -> dict[str, Any] | None:
-    """What the delivery worker last recorded in the data directory, if it ever ran."""
-    from agent.uplink.worker import STATE_FILE, UplinkState
 
-    state = UplinkState.load(ctx.data_dir / STATE_FILE)
-    if state is None:
+def _uplinks_status(ctx: Context, cursors: Sequence[UpstreamStats]) -> list[dict[str, Any]]:
+    """Each configured upstream: what its delivery worker last recorded in the data directory
+    (``state`` None when it never ran) and its share of the outbox (its cursor)."""
+    from agent.uplink.worker import UplinkState, state_file
+
+    found = {c.name: c for c in cursors}
+    report = []
+    for settings in ctx.config.uplinks:
+        state = UplinkState.load(ctx.data_dir / state_file(settings.name))
+        cursor = found.get(settings.name)
+        report.append({
+            "name": settings.name,
+            "state": None if state is None else state.state,
+            "since": None if state is None else iso(state.since_ns),
+            "last_success": None if state is None else iso(state.last_success_ns),
+            "last_error": None if state is None else state.last_error,
+            "last_error_time": None if state is None else iso(state.last_error_ns),
+            "backlog": None if cursor is None else cursor.backlog,
+            "oldest": None if cursor is None else iso(cursor.oldest_ns),
+            "delivered": None if cursor is None else cursor.delivered,
+            "dropped": None if cursor is None else cursor.dropped,
+            "quarantined": None if cursor is None else cursor.rejected,
+        })
+    return report
+
+
+def _first_uplink(uplinks: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """``uplink`` as it was before several upstreams, for scripts that read it: the first
+    upstream's state, None when its worker never ran."""
+    if not uplinks or uplinks[0]["state"] is None:
         return None
-    return {"state": state.state, "since": iso(state.since_ns),
-            "last_success": iso(state.last_success_ns), "last_error": state.last_error,
-            "last_error_time": iso(state.last_error_ns)}
+    keys = ("state", "since", "last_success", "last_error", "last_error_time")
+    return {k: uplinks[0][k] for k in keys}
 
 
 def _status_live(args: argparse.Namespace) -> int:
@@ -65,6 +92,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         latest = outbox.latest()
         recovery = outbox.recovery()
         simulated = outbox.simulated()  # a rehearsal's (agent.store.rehearsal); None: not marked
+        uplinks = _uplinks_status(ctx, outbox.upstreams())
     report: dict[str, Any] = {
         "unit": ctx.config.unit.id,
         "simulated": simulated,
@@ -77,7 +105,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "delivered": stats.delivered,
         "dropped": stats.dropped,
         "quarantined": stats.rejected,
-        "uplink": _uplink_status(ctx),
+        "uplink": _first_uplink(uplinks),
+        "uplinks": uplinks,
         "clock_synchronized": clock_of(args).synchronized(),
         "recovered": None if recovery is None else {
             "at": iso(recovery.at_ns), "reason": recovery.reason, "moved_to": recovery.moved_to,
@@ -97,7 +126,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     report["sensors"] = statusview.sensors_json(ctx.data_dir, read_boot_id())
     report["alerts"] = [a.to_json() for a in statusview.firing_alerts(ctx.config, latest)]
     report["clock"] = statusview.clock_json(report["clock_synchronized"], statusview.held_in(
-        ctx.data_dir, read_boot_id(), stats.backlog, clock_of(args).time()))
+        ctx.config, ctx.data_dir, read_boot_id(), stats.backlog, clock_of(args).time()))
     if args.json:
         print_json(report)
         return EXIT_OK
@@ -106,7 +135,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             ctx.config, ctx.data_dir, stats, latest, recovery=recovery,
             synced=report["clock_synchronized"], boot_id=read_boot_id(),
             now=clock_of(args).time(), width=shutil.get_terminal_size().columns, bars=bars,
-            hold_ends=hold_ends(clock_of(args)))
+            hold_ends=hold_ends(clock_of(args)),
+            backlogs={u["name"]: u["backlog"] for u in uplinks if u["backlog"] is not None})
     if simulated:  # a rehearsal's outbox (agent.store.rehearsal): said first, on the unit's line
         lines[0] = statusview.clip(f"REHEARSAL (simulated) · {lines[0]}",
                                    max(statusview.MIN_WIDTH, shutil.get_terminal_size().columns))

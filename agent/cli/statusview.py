@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +35,7 @@ from agent.runtime.statusfile import HEALTH_QUANTITIES, SENSORS_FILE, SensorsFil
 from agent.sampling.alerts import ALERT_SENSOR, FIRING, alert_quantity
 from agent.store.outbox import LatestValue, OutboxStats
 from agent.store.salvage import Recovery
-from agent.uplink.worker import STATE_FILE, UplinkState
+from agent.uplink.worker import UplinkState, state_file
 
 BARS = "▁▂▃▄▅▆▇█"
 ASCII_BARS = "_.-=+*#@"
@@ -101,11 +101,9 @@ def clock_time(time_ns: int, now: float) -> str:
     return when.strftime("%H:%M" if when.date() == today.date() else "%d %b %H:%M")
 
 
-def sync_words(config: Config, state: UplinkState | None, backlog: int, now: float) -> str:
-    """"delivered 2 min ago, 0 waiting", "not delivering: ...", "no uplink configured, ..."."""
+def sync_words(state: UplinkState | None, backlog: int, now: float) -> str:
+    """"delivered 2 min ago, 0 waiting", "not delivering: ...", "not started: ..."."""
     waiting = count(backlog)
-    if config.uplink is None:
-        return f"no uplink configured, {waiting} kept"
     if state is None:
         return f"not started: the agent has not run with this uplink yet, {waiting} waiting"
     if state.state in ("ok", "starting"):
@@ -157,9 +155,21 @@ def holding(state: UplinkState | None, boot_id: str, backlog: int,
                    state.hold_reason or UNSYNCED_REASON)
 
 
-def held_in(data_dir: Path, boot_id: str, backlog: int, now: float) -> Holding | None:
-    """:func:`holding`, from the state the worker left in ``data_dir``."""
-    return holding(UplinkState.load(data_dir / STATE_FILE), boot_id, backlog, now)
+def uplink_states(config: Config, data_dir: Path) -> list[tuple[str, UplinkState | None]]:
+    """Each configured upstream's name and the state its worker left in ``data_dir`` (None:
+    it never ran there)."""
+    return [(u.name, UplinkState.load(data_dir / state_file(u.name))) for u in config.uplinks]
+
+
+def held_in(config: Config, data_dir: Path, boot_id: str, backlog: int,
+            now: float) -> Holding | None:
+    """:func:`holding`, from the states the workers left in ``data_dir``: the clock holds the
+    same readings back from every upstream, so the first that says so tells it."""
+    for _, state in uplink_states(config, data_dir):
+        held = holding(state, boot_id, backlog, now)
+        if held is not None:
+            return held
+    return None
 
 
 def clock_json(synced: bool | None, held: Holding | None) -> dict[str, Any]:
@@ -186,7 +196,7 @@ def clock_words(config: Config, synced: bool | None, held: Holding | None, now: 
         return "unknown: cannot tell whether it is synchronised"
     if synced:
         return "synchronised"
-    if config.uplink is None:
+    if not config.uplinks:
         effect = "readings are stored flagged, re-stamped if it synchronises before a reboot"
     elif hold_ends is not None and hold_ends > now:
         effect = (f"new readings are held for it until {clock_time(int(hold_ends * 1e9), now)} "
@@ -296,9 +306,12 @@ def sparkline(points: Sequence[float | None], width: int, bars: str = BARS) -> s
 
 def render(config: Config, data_dir: Path, stats: OutboxStats, latest: Sequence[LatestValue],
            *, recovery: Recovery | None, synced: bool | None, boot_id: str, now: float,
-           width: int, bars: str = BARS, hold_ends: float | None = None) -> list[str]:
+           width: int, bars: str = BARS, hold_ends: float | None = None,
+           backlogs: Mapping[str, int] | None = None) -> list[str]:
     """The human status, every line at most ``width`` columns; ``hold_ends``: the wall time
-    this boot's hold for the clock ends (agent.sampling.timekeeping), None when unknown."""
+    this boot's hold for the clock ends (agent.sampling.timekeeping), None when unknown;
+    ``backlogs``: each upstream's share of the backlog by name (its cursor in the outbox)."""
+    backlogs = backlogs or {}
     width = max(MIN_WIDTH, width)
     unit = config.unit
     lines = [clip(f"{unit.id} · {unit.site}", width)]
@@ -308,14 +321,19 @@ def render(config: Config, data_dir: Path, stats: OutboxStats, latest: Sequence[
 
     for alert in firing_alerts(config, latest):  # first: what a technician must see
         row("ALERT", alert.describe(now))
-    uplink = UplinkState.load(data_dir / STATE_FILE)
-    row("sync", sync_words(config, uplink, stats.backlog, now))
-    if uplink is not None and config.uplink is not None:
-        since = f" since {clock_time(uplink.since_ns, now)}" if uplink.since_ns else ""
-        row("uplink", f"{uplink.state}{since}")
-        if uplink.state not in ("ok", "starting") and uplink.last_error:
-            row("", uplink.last_error)
-    held = holding(uplink, boot_id, stats.backlog, now)
+    states = uplink_states(config, data_dir)
+    if not states:
+        row("sync", f"no uplink configured, {count(stats.backlog)} kept")
+    for name, uplink in states:  # one upstream: as it always was; several: each by name
+        who = "" if len(states) == 1 else f"{name}: "
+        cursor = backlogs.get(name)
+        row("sync", who + sync_words(uplink, stats.backlog if cursor is None else cursor, now))
+        if uplink is not None:
+            since = f" since {clock_time(uplink.since_ns, now)}" if uplink.since_ns else ""
+            row("uplink", f"{who}{uplink.state}{since}")
+            if uplink.state not in ("ok", "starting") and uplink.last_error:
+                row("", uplink.last_error)
+    held = held_in(config, data_dir, boot_id, stats.backlog, now)
     row("clock", clock_words(config, synced, held, now, hold_ends))
     oldest = "" if stats.oldest_ns is None else \
         f", oldest {ago(now - stats.oldest_ns / 1e9)} old"

@@ -36,11 +36,11 @@ import os
 import shutil
 import sys
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 from urllib.parse import urlsplit
 
 from agent.cli.statusview import clip, holding
@@ -49,7 +49,7 @@ from agent.core.errors import ConfigError, StorageError
 from agent.core.timebase import HOLD_UNSYNCED_S, NS
 from agent.runtime.statusfile import SENSORS_FILE, SensorsFile
 from agent.store.outbox import Outbox
-from agent.uplink.worker import STATE_FILE, UplinkState
+from agent.uplink.worker import UplinkState, state_file
 from drivers.clock import Clock
 
 POLL_S = 0.5  # --follow looks this often: a commit is seen within half a second
@@ -139,7 +139,7 @@ class Look:
     rejected: int
     held: int  # readings waiting for the clock (agent.sampling.timekeeping)
     synced: bool | None  # the clock, as this process sees it
-    uplink: tuple[str, str | None] | None  # state and last error; None: no state file
+    uplinks: tuple[Upstream, ...]  # each configured upstream, in the config's order
     sensors: tuple[tuple[str, str, str | None], ...]  # id, state, last error
     agent: int | None  # pid of the running agent; None: not running
     hold_expired: bool = False  # the hold ran out before the clock synchronised
@@ -150,6 +150,15 @@ class Look:
         return (self.added or 0) - self.delivered - self.dropped - self.rejected
 
 
+class Upstream(NamedTuple):
+    """One upstream as ``--follow`` sees it."""
+
+    name: str
+    state: str | None  # None: its worker left no state file
+    error: str | None  # the last error
+    delivered: int | None  # readings it acknowledged, from its cursor; None: no cursor
+
+
 @dataclass(frozen=True, slots=True)
 class Station:
     """What ``--follow`` needs to know of the unit: where to look, what to call things."""
@@ -157,18 +166,16 @@ class Station:
     unit: str
     data_dir: Path
     outbox_path: Path
-    target: str | None  # the uplink's host[:port], for "delivered 60 readings to ..."
+    targets: dict[str, str]  # name -> host[:port], for "delivered 60 readings to ..."
     boot_id: str
 
     @classmethod
     def of(cls, config: Config, outbox_path: Path, boot_id: str) -> Station:
         return cls(config.unit.id, outbox_path.parent, outbox_path,
-                   _target(config.uplink), boot_id)
+                   {u.name: _target(u) for u in config.uplinks}, boot_id)
 
 
-def _target(uplink: UplinkConfig | None) -> str | None:
-    if uplink is None:
-        return None
+def _target(uplink: UplinkConfig) -> str:
     parts = urlsplit(uplink.url)
     host = parts.hostname or ""
     host = f"[{host}]" if ":" in host else host  # an IPv6 address, as in a URL
@@ -193,7 +200,7 @@ def follow(station: Station, clock: Clock, out: TextIO | None = None) -> int:
         while True:
             clock.sleep(POLL_S)
             current = look(station, clock, previous)
-            for text in changes(previous, current, target=station.target,
+            for text in changes(previous, current, targets=station.targets,
                                 outbox=station.outbox_path):
                 say(text)
             previous = current
@@ -210,7 +217,8 @@ def _opening(station: Station, now: Look) -> str:
                 "for the agent to start; Ctrl-C to stop")
     held = f" ({now.held} held for the clock)" if now.held else ""
     agent = f"agent running (pid {now.agent})" if now.agent else "agent not running"
-    uplink = f", uplink {now.uplink[0]}" if now.uplink else ""
+    uplink = "".join(f", uplink {_named(u.name, now.uplinks)}{u.state}" for u in now.uplinks
+                     if u.state is not None)
     return (f"following {station.unit} in {station.data_dir}: {now.backlog} readings "
             f"waiting{held}, {agent}{uplink}; Ctrl-C to stop")
 
@@ -224,38 +232,48 @@ def look(station: Station, clock: Clock, previous: Look | None) -> Look:
     depends on this process's own idea of the clock.
     """
     now = clock.time()
-    added, delivered, dropped, rejected = _counters(station, previous)
-    uplink = UplinkState.load(station.data_dir / STATE_FILE)
+    (added, delivered, dropped, rejected), cursors = _counters(station, previous)
+    states = {name: UplinkState.load(station.data_dir / state_file(name))
+              for name in station.targets}
     backlog = (added or 0) - delivered - dropped - rejected
-    held = holding(uplink, station.boot_id, backlog, now)
+    held = next((h for h in (holding(state, station.boot_id, backlog, now)
+                             for state in states.values()) if h is not None), None)
     ran_out = (held is None and previous is not None and previous.hold_until is not None
                and now >= previous.hold_until)
     daemon = SensorsFile.load(station.data_dir / SENSORS_FILE)
     return Look(
         added, delivered, dropped, rejected, held=0 if held is None else held.count,
         synced=clock.synchronized(),
-        uplink=None if uplink is None else (uplink.state, uplink.last_error),
+        uplinks=tuple(Upstream(name, None if state is None else state.state,
+                               None if state is None else state.last_error, cursors.get(name))
+                      for name, state in states.items()),
         sensors=() if daemon is None else tuple(
             (s.id, s.state, s.last_error) for s in daemon.sensors),
         agent=daemon.pid if daemon is not None and daemon.running(station.boot_id) else None,
         hold_expired=ran_out, hold_until=None if held is None else held.until_ns / NS)
 
 
-def _counters(station: Station, previous: Look | None) -> tuple[int | None, int, int, int]:
-    """added, delivered, dropped, rejected; added None when there is no outbox."""
+Counters = tuple[int | None, int, int, int]
+
+
+def _counters(station: Station, previous: Look | None) -> tuple[Counters, dict[str, int]]:
+    """(added, delivered, dropped, rejected), added None when there is no outbox; and what
+    each upstream has acknowledged, by name, from its cursor."""
     if not station.outbox_path.is_file():
-        return None, 0, 0, 0
+        return (None, 0, 0, 0), {}
     try:
         with Outbox.open_readonly(station.outbox_path) as outbox:
-            stats = outbox.stats()
+            stats, cursors = outbox.stats(), outbox.upstreams()
     except StorageError:
         if previous is None:
-            return None, 0, 0, 0
-        return previous.added, previous.delivered, previous.dropped, previous.rejected
-    return stats.added, stats.delivered, stats.dropped, stats.rejected
+            return (None, 0, 0, 0), {}
+        return ((previous.added, previous.delivered, previous.dropped, previous.rejected),
+                {u.name: u.delivered for u in previous.uplinks if u.delivered is not None})
+    return ((stats.added, stats.delivered, stats.dropped, stats.rejected),
+            {c.name: c.delivered for c in cursors})
 
 
-def changes(before: Look, after: Look, *, target: str | None,
+def changes(before: Look, after: Look, *, targets: Mapping[str, str],
             outbox: Path | None = None) -> list[str]:
     """What happened between two looks, one sentence per event, in the order a technician
     reads cause and effect: the agent, the outbox, the clock, readings in, held, out, the
@@ -264,9 +282,12 @@ def changes(before: Look, after: Look, *, target: str | None,
     if after.agent is not None and after.agent != before.agent:
         said.append(f"agent running (pid {after.agent})")
     said += _clock(before, after)
-    said += _flow(before, after, target, outbox)
-    if after.uplink is not None and after.uplink != before.uplink:
-        said.append(f"uplink {_uplink(*after.uplink)}")
+    said += _flow(before, after, targets, outbox)
+    known_uplinks = {u.name: u for u in before.uplinks}
+    for u in after.uplinks:
+        was = known_uplinks.get(u.name)
+        if u.state is not None and (was is None or (was.state, was.error) != (u.state, u.error)):
+            said.append(f"uplink {_named(u.name, after.uplinks)}{_uplink(u.state, u.error)}")
     known = {s[0]: s for s in before.sensors}
     for sensor in after.sensors:
         if known.get(sensor[0]) != sensor:
@@ -278,7 +299,8 @@ def changes(before: Look, after: Look, *, target: str | None,
     return said
 
 
-def _flow(before: Look, after: Look, target: str | None, outbox: Path | None) -> list[str]:
+def _flow(before: Look, after: Look, targets: Mapping[str, str],
+          outbox: Path | None) -> list[str]:
     where = f" at {outbox}" if outbox is not None else ""
     if after.added is None:
         return [f"the outbox{where} is gone (moved or deleted)"] if before.added is not None \
@@ -299,8 +321,7 @@ def _flow(before: Look, after: Look, target: str | None, outbox: Path | None) ->
         said.append(f"dropped {_readings(dropped)} (the outbox was full or damaged: "
                     "envagent status says which)")
     said += _held(before, after)
-    if delivered > 0:
-        said.append(f"delivered {_readings(delivered)}" + (f" to {target}" if target else ""))
+    said += _delivered(before, after, targets, delivered)
     if rejected > 0:
         said.append(f"quarantined {_readings(rejected)}: upstream refused them for good")
     return said
@@ -324,6 +345,30 @@ def _held(before: Look, after: Look) -> list[str]:
                     "synchronised"]
         return [f"no longer holding: {_readings(before.held)} re-stamped with their true time"]
     return []
+
+
+def _delivered(before: Look, after: Look, targets: Mapping[str, str],
+               removed: int) -> list[str]:
+    """"delivered 60 readings to host:port", per upstream from its cursor; from the outbox's
+    own count (readings every upstream has) where no cursor says (an outbox without any)."""
+    was = {u.name: u.delivered for u in before.uplinks}
+    said = []
+    for u in after.uplinks:
+        old = was.get(u.name)
+        if u.delivered is None or old is None or u.delivered <= old:
+            continue
+        where = targets.get(u.name, u.name)
+        to = where if len(after.uplinks) == 1 else f"{u.name} ({where})"
+        said.append(f"delivered {_readings(u.delivered - old)} to {to}")
+    if not said and removed > 0 and not any(u.delivered is not None for u in after.uplinks):
+        target = next(iter(targets.values())) if len(targets) == 1 else None
+        said.append(f"delivered {_readings(removed)}" + (f" to {target}" if target else ""))
+    return said
+
+
+def _named(name: str, uplinks: Sequence[Upstream]) -> str:
+    """An upstream's name before its state, where there are several to tell apart."""
+    return f"{name} " if len(uplinks) > 1 else ""
 
 
 def _uplink(state: str, error: str | None) -> str:

@@ -9,7 +9,7 @@ quoted key, a construct the scan does not follow) it gives no lines rather than 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 # Only bare keys (A-Z a-z 0-9 _ -) are followed; anything else makes the check below fail.
 _NAME = r"[A-Za-z0-9_-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*"
@@ -41,10 +41,45 @@ def array_table_lines(
     return found
 
 
+def mixed_tables(text: str) -> tuple[str, int, int] | None:
+    """The first name written both as a table ``[name]`` and as ``[[name]]`` tables, with the
+    line of the first header of each kind: tomllib refuses such a file with a message that
+    names neither (``Cannot overwrite a value``), so the config names them instead."""
+    tables: dict[str, int] = {}
+    arrays: dict[str, int] = {}
+    for kind, dotted, number in _structure(text):
+        if kind != "key" and "." not in dotted:
+            (arrays if kind == "array" else tables).setdefault(dotted, number)
+    both = [(max(tables[n], arrays[n]), n) for n in tables.keys() & arrays.keys()]
+    if not both:
+        return None
+    _, name = min(both)
+    return name, tables[name], arrays[name]
+
+
 def _scan(text: str, name: str) -> list[TableLines]:
     found: list[TableLines] = []
     current: TableLines | None = None
     prefix = ""
+    for kind, dotted, number in _structure(text):
+        parts = dotted.split(".")
+        if kind == "key":
+            if current is not None:
+                _record(current, ".".join(filter(None, [prefix, dotted])), number)
+        elif kind == "array" and parts == [name]:
+            current, prefix = {"": number}, ""
+            found.append(current)
+        elif current is not None and len(parts) > 1 and parts[0] == name:
+            prefix = ".".join(parts[1:])
+            _record(current, prefix, number)
+        else:
+            current = None
+    return found
+
+
+def _structure(text: str) -> Iterator[tuple[str, str, int]]:
+    """The headers (``"array"``, ``"table"``) and ``key =`` lines (``"key"``) of ``text``, each
+    with its dotted name (spaces around the dots removed) and its line number."""
     depth = 0  # brackets still open: the lines of a multi-line array
     quote: str | None = None  # the delimiter of a multi-line string still open
     for number, line in enumerate(text.split("\n"), 1):
@@ -57,26 +92,17 @@ def _scan(text: str, name: str) -> list[TableLines]:
             continue
         header = _ARRAY_HEADER.fullmatch(line) or _TABLE_HEADER.fullmatch(line)
         if header is not None:
-            parts = _parts(header[1])
-            if header.re is _ARRAY_HEADER and parts == [name]:
-                current, prefix = {"": number}, ""
-                found.append(current)
-            elif current is not None and len(parts) > 1 and parts[0] == name:
-                prefix = ".".join(parts[1:])
-                _record(current, prefix, number)
-            else:
-                current = None
+            kind = "array" if header.re is _ARRAY_HEADER else "table"
+            yield kind, ".".join(_parts(header[1])), number
             continue
         key = _KEY.match(line)
         if key is None:
             continue
-        if current is not None:
-            _record(current, ".".join(filter(None, [prefix, *_parts(key[1])])), number)
+        yield "key", ".".join(_parts(key[1])), number
         value = line[key.end():]
         quote = next((q for q in _MULTILINE_QUOTES if value.count(q) % 2), None)
         if quote is None:
             depth = max(0, _brackets(value))
-    return found
 
 
 def _parts(dotted: str) -> list[str]:

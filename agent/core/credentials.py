@@ -3,10 +3,12 @@
 Where it comes from, in order: ``uplink.token_file``; else ``$CREDENTIALS_DIRECTORY/upload-token``,
 which systemd provides for ``LoadCredential=upload-token:/etc/envagent/upload-token`` (a copy
 readable only by the service, on a non-swappable tmpfs); else no token (a loopback Telegraf
-listener may need none). Never from the config file (the config module refuses a ``token``
-key), the command line (the CLI refuses ``--token``) or the environment (:func:`check_environment`
-refuses the usual variables): all three leak to other users through ``ps``, ``/proc``, backups
-and support tickets.
+listener may need none). Each upstream has its own credential: ``upload-token`` is the one of
+the upstream named ``default`` (the single ``[uplink]`` table), ``upload-token-<name>`` any
+other's -- so a token is never sent to a server it was not made for. Never from the config
+file (the config module refuses a ``token`` key), the command line (the CLI refuses
+``--token``) or the environment (:func:`check_environment` refuses the usual variables): all
+three leak to other users through ``ps``, ``/proc``, backups and support tickets.
 
 The token is a :class:`Secret`, whose ``str`` and ``repr`` are a placeholder, so an accidental
 ``log.info("%s", token)`` shows nothing; only :func:`authorization` reveals it, for the one
@@ -32,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from agent.core.errors import AgentError, ConfigError
+from agent.core.reading import DEFAULT_UPSTREAM
 
 log = logging.getLogger("envagent.credentials")
 
@@ -103,12 +106,18 @@ def check_environment(environ: Mapping[str, str]) -> None:
         ])
 
 
-def token_path(token_file: Path | None, environ: Mapping[str, str]) -> Path | None:
-    """The file the token is read from, or None when none is configured."""
+def credential_name(upstream: str) -> str:
+    """The systemd credential holding upstream ``upstream``'s token (see the module docstring)."""
+    return CREDENTIAL_NAME if upstream == DEFAULT_UPSTREAM else f"{CREDENTIAL_NAME}-{upstream}"
+
+
+def token_path(token_file: Path | None, environ: Mapping[str, str],
+               upstream: str = DEFAULT_UPSTREAM) -> Path | None:
+    """The file upstream ``upstream``'s token is read from, or None when none is configured."""
     if token_file is not None:
         return token_file
     directory = environ.get(CREDENTIALS_DIRECTORY)
-    return Path(directory) / CREDENTIAL_NAME if directory else None
+    return Path(directory) / credential_name(upstream) if directory else None
 
 
 def looks_like_token(path: Path) -> bool:
@@ -162,9 +171,10 @@ def exposure(path: Path, mode: int) -> str | None:
     return None
 
 
-def load_token(token_file: Path | None, environ: Mapping[str, str]) -> Secret | None:
+def load_token(token_file: Path | None, environ: Mapping[str, str],
+               upstream: str = DEFAULT_UPSTREAM) -> Secret | None:
     """Read the configured token now (the file may have been fixed since the last call)."""
-    path = token_path(token_file, environ)
+    path = token_path(token_file, environ, upstream)
     return None if path is None else read_token(path)
 
 

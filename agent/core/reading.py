@@ -6,7 +6,26 @@ from typing import NamedTuple
 
 RESERVED_SENSOR_ID = "envagent"  # the agent's own readings: health (agent.runtime.health), alerts
 # the quantity of an alert reading is alert_<rule id> (agent.sampling.alerts)
+# The agent's readings about one upstream: sensor id "envagent@<upstream name>", sent as the tags
+# sensor=envagent and uplink=<name> (agent.uplink encoders), so one query groups them by upstream.
+UPSTREAM_SEPARATOR = "@"
+DEFAULT_UPSTREAM = "default"  # the name of the single [uplink] table's upstream
 ALERT_PREFIX = "alert_"
+
+
+def upstream_sensor(name: str) -> str:
+    """The sensor id of the agent's readings about upstream ``name``."""
+    return RESERVED_SENSOR_ID + UPSTREAM_SEPARATOR + name
+
+
+def agent_sensor(sensor: str) -> tuple[bool, str | None]:
+    """Whether ``sensor`` is one of the agent's own, and which upstream it is about, if any."""
+    if sensor == RESERVED_SENSOR_ID:
+        return True, None
+    head, separator, name = sensor.partition(UPSTREAM_SEPARATOR)
+    if separator and head == RESERVED_SENSOR_ID and name:
+        return True, name
+    return False, None
 
 
 class Reading(NamedTuple):

@@ -13,6 +13,8 @@ DERIVED_FIELDS = {QUALITY_SUFFIX: "the quality flags",
                   NONFINITE_SUFFIX: "the NaN or infinite values"}
 TAG_KEYS = ("driver", "sensor", "site", "unit")  # of every line, besides its epoch's
 EPOCH_TAG_KEYS = ("mounting_height", "shield")  # agent.store.commission.reading_tags
+# on the agent's readings about one upstream (sensor id envagent@<name>, agent.core.reading)
+UPSTREAM_TAG = "uplink"
 SIMULATED_TAG = ("simulated", "true")  # on every line of a rehearsal (agent.store.rehearsal)
 # Field keys a backend keeps for the time of a point: InfluxDB refuses a field called time (since
 # 1.2.4); a QuestDB table made from line protocol has its designated "timestamp" column.

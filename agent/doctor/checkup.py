@@ -20,6 +20,7 @@ Exit code: 0 when nothing FAILs (WARNs allowed), 1 when a check FAILs (cli.py do
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -84,14 +85,16 @@ class Doctor:
         checks += _guarded("free space", lambda: [doctor_storage.check_free_space(
             self.config, self.data_dir, self.disk_usage)])
         checks += _guarded("database", lambda: [doctor_storage.check_database(self.data_dir)])
-        checks += _guarded("backlog", lambda: [doctor_storage.check_backlog(
-            self.config, self.data_dir, self.clock)])
-        if self.config.uplink is not None and self.without_config is not None:
+        checks += _guarded("backlog", lambda: doctor_storage.check_backlog(
+            self.config, self.data_dir, self.clock))
+        if self.config.uplinks and self.without_config is not None:
             checks.append(Check("uplink", Status.SKIP, f"not checked: {self.without_config}; "
                                 "pass --config PATH to check DNS, TCP, TLS and the token"))
-        elif self.config.uplink is not None:
-            checks += _guarded("uplink", lambda: doctor_uplink.check_uplink(
-                self.config, self.environ, self.token_source))
+        elif self.without_config is None:
+            for settings in self.config.uplinks:
+                checks += _guarded("uplink", functools.partial(
+                    doctor_uplink.check_upstream, self.config, settings, self.environ,
+                    self.token_source))
         return checks
 
     @contextlib.contextmanager

@@ -97,29 +97,45 @@ def readonly_uri(path: Path) -> str:
     return path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
 
 
-def check_backlog(config: Config, data_dir: Path, clock: Clock) -> Check:
-    """How long the oldest undelivered reading has waited; only a problem with an uplink."""
+def check_backlog(config: Config, data_dir: Path, clock: Clock) -> list[Check]:
+    """How long the oldest undelivered reading has waited -- for each upstream, from its cursor
+    in the outbox, so the one that is stuck is named; only a problem with an uplink."""
     path = data_dir / OUTBOX_NAME
     if not path.exists():
-        return Check("backlog", Status.PASS, "no outbox yet: nothing waiting")
+        return [Check("backlog", Status.PASS, "no outbox yet: nothing waiting")]
     try:
         with Outbox.open_readonly(path) as outbox:
-            stats = outbox.stats()
+            stats, cursors = outbox.stats(), {c.name: c for c in outbox.upstreams()}
     except StorageError as exc:
-        return Check("backlog", Status.SKIP, f"not read: {exc}")
-    if stats.oldest_ns is None:
-        return Check("backlog", Status.PASS, "nothing waiting")
-    age = max(0.0, clock.time() - stats.oldest_ns / 1e9)
-    detail = f"{stats.backlog} reading(s) waiting, the oldest for {human_age(age)}"
-    if config.uplink is None:
-        return Check("backlog", Status.PASS, f"{detail}; no uplink configured, so they are kept")
+        return [Check("backlog", Status.SKIP, f"not read: {exc}")]
+    if not config.uplinks:
+        if stats.oldest_ns is None:
+            return [Check("backlog", Status.PASS, "nothing waiting")]
+        age = max(0.0, clock.time() - stats.oldest_ns / 1e9)
+        return [Check("backlog", Status.PASS, f"{stats.backlog} reading(s) waiting, the oldest "
+                      f"for {human_age(age)}; no uplink configured, so they are kept")]
+    checks = []
+    for uplink in config.uplinks:
+        name = "backlog" if len(config.uplinks) == 1 else f"backlog {uplink.name}"
+        cursor = cursors.get(uplink.name)
+        backlog, oldest_ns = ((stats.backlog, stats.oldest_ns) if cursor is None
+                              else (cursor.backlog, cursor.oldest_ns))
+        checks.append(_backlog(name, backlog, oldest_ns, clock.time()))
+    return checks
+
+
+def _backlog(name: str, backlog: int, oldest_ns: int | None, now: float) -> Check:
+    if oldest_ns is None or backlog == 0:
+        return Check(name, Status.PASS, "nothing waiting")
+    age = max(0.0, now - oldest_ns / 1e9)
+    detail = f"{backlog} reading(s) waiting, the oldest for {human_age(age)}"
     hint = ("see the uplink checks below and `envagent status`; `envagent sync` delivers now "
             "and says why it cannot")
     if age > BACKLOG_FAIL_S:
-        return Check("backlog", Status.FAIL, f"{detail}: delivery is stuck", hint)
+        return Check(name, Status.FAIL, f"{detail}: delivery is stuck", hint)
     if age > BACKLOG_WARN_S:
-        return Check("backlog", Status.WARN, f"{detail}: delivery is behind", hint)
-    return Check("backlog", Status.PASS, detail)
+        return Check(name, Status.WARN, f"{detail}: delivery is behind", hint)
+    return Check(name, Status.PASS, detail)
 
 
 def human_bytes(size: int) -> str:

@@ -1,20 +1,13 @@
-"""Doctor's uplink checks: DNS, TCP, TLS and authentication, each on its own, so the first one
-that fails says where the path to the server breaks.
+"""Doctor's uplink checks: the token file, then DNS, TCP, TLS and authentication, each on its own,
+so the first one that fails says where the path to the server breaks.
 
-The authentication check sends a real write that stores nothing: the configured encoder's
-encoding of zero readings (an empty body for line protocol, a ``count: 0`` batch for JSON),
-through the product's own HttpSink -- same session (``trust_env`` off, TLS verified, redirects
-never followed), same Authorization header, same token loading. What the servers answer to it
-(read in their sources, and VictoriaMetrics tried):
-
-- VictoriaMetrics ``/write`` and ``/api/v2/write``: 204; 401 with ``-httpAuth.*`` or vmauth and a
-  wrong or missing token.
-- InfluxDB 1.x ``/write``: 204 (nothing parsed, nothing written) after the database lookup (404
-  "database not found") and the authorisation (401 bad credentials, 403 no or unauthorised user).
-- InfluxDB 2.x ``/api/v2/write``: 400 ``{"code":"invalid","message":"writing requires points"}``,
-  but only after the token (401), the org and bucket (404) and the write permission (403) were
-  checked -- so that 400 is a PASS.
-- Telegraf ``http_listener_v2`` / ``influxdb_listener``: 204 (no metrics), 401 with basic auth.
+Every transport is checked through the registry (agent.uplink.transports) by its URL's scheme:
+the transport says where it connects and whether TLS is checked there (its ``endpoint``), and
+runs the authentication check itself -- an exchange that stores nothing, judged by what that
+kind of server answers (its ``check_write``; for HTTP, agent.uplink.http says what each server
+answers to an empty write). The token, DNS, TCP and TLS checks are the same for every transport.
+Checks are named ``uplink dns`` and so on for the upstream named "default", ``uplink <name>
+dns`` for any other.
 """
 
 from __future__ import annotations
@@ -37,54 +30,61 @@ from agent.core.credentials import (
     CredentialError,
     Secret,
     check_environment,
+    credential_name,
     exposure,
     looks_like_token,
     read_token,
     token_path,
 )
 from agent.core.errors import ConfigError, describe
+from agent.core.reading import DEFAULT_UPSTREAM
 from agent.doctor.report import Check, Status
-from agent.uplink.sinks import Failure, Reply
-from agent.uplink.worker import build_sink
+from agent.uplink.sink import Transport
+from agent.uplink.transports import transport_for
 
 Address = tuple[int, Any]  # (family, sockaddr) from getaddrinfo
 CERT_WARN_DAYS = 14  # a certificate expiring sooner is a WARN: someone must renew it
-INFLUX2_EMPTY = "writing requires points"  # InfluxDB 2's answer to an empty write, after auth
 
 
-def check_uplink(config: Config, environ: Mapping[str, str], token_source: Path) -> list[Check]:
-    settings = config.uplink
-    assert settings is not None
-    parts = urlsplit(settings.url)
-    host, https = parts.hostname or "", parts.scheme.lower() == "https"
-    port = parts.port or (443 if https else 80)
+def check_upstream(config: Config, settings: UplinkConfig, environ: Mapping[str, str],
+                   token_source: Path) -> list[Check]:
+    """The checks of one upstream, through its transport (see the module docstring)."""
+    label = "uplink" if settings.name == DEFAULT_UPSTREAM else f"uplink {settings.name}"
+    try:
+        transport = transport_for(settings)
+    except ConfigError as exc:
+        return [Check(label, Status.FAIL, exc.problems[0], "fix uplink.url, then run "
+                      "envagent config check")]
+    endpoint = transport.endpoint(settings.url)
+    host, port = endpoint.host, endpoint.port
     path, origin = _token_source(settings, environ, token_source)
-    token = None if path is None else check_token_file(path, origin)
-    dns, addresses = _dns(host, port)
+    token = None if path is None else check_token_file(path, origin, label=label)
+    dns, addresses = _dns(label, host, port)
     checks = ([] if token is None else [token]) + [dns]
     if not addresses:
-        return checks + _skipped(("tcp", "tls", "auth"), "name resolution failed")
-    tcp, sock = _tcp(host, port, addresses, settings.connect_timeout)
+        return checks + _skipped(label, ("tcp", "tls", "auth"), "name resolution failed")
+    tcp, sock = _tcp(label, host, port, addresses, settings.connect_timeout)
     checks.append(tcp)
     if sock is None:
-        return checks + _skipped(("tls", "auth"), "no TCP connection")
+        return checks + _skipped(label, ("tls", "auth"), "no TCP connection")
     with sock:
-        if https:
-            tls = _tls(sock, host, settings)
+        if endpoint.tls:
+            tls = _tls(label, sock, host, settings)
         else:
-            tls = Check("uplink tls", Status.SKIP, "plain http to this machine "
-                        "(allow_insecure_http): nothing to check")
+            scheme = urlsplit(settings.url).scheme.lower()
+            tls = Check(f"{label} tls", Status.SKIP, f"plain {scheme} to this machine "
+                        "(allowed for a loopback host only): nothing to check")
     checks.append(tls)
     if tls.status is Status.FAIL:
-        return checks + _skipped(("auth",), "no TLS session")
-    return checks + [_auth(config, settings, environ, token_source)]
+        return checks + _skipped(label, ("auth",), "no TLS session")
+    return checks + [_auth(label, transport, config, settings, environ, token_source)]
 
 
-def _skipped(names: tuple[str, ...], why: str) -> list[Check]:
-    return [Check(f"uplink {n}", Status.SKIP, f"not tried: {why}") for n in names]
+def _skipped(label: str, names: tuple[str, ...], why: str) -> list[Check]:
+    return [Check(f"{label} {n}", Status.SKIP, f"not tried: {why}") for n in names]
 
 
-def _dns(host: str, port: int) -> tuple[Check, list[Address]]:
+def _dns(label: str, host: str, port: int) -> tuple[Check, list[Address]]:
     try:
         ipaddress.ip_address(host)
         literal = True
@@ -94,19 +94,19 @@ def _dns(host: str, port: int) -> tuple[Check, list[Address]]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        return Check("uplink dns", Status.FAIL, f"cannot resolve {host}: {reason}",
+        return Check(f"{label} dns", Status.FAIL, f"cannot resolve {host}: {reason}",
                      "check the host name in uplink.url, and this unit's DNS: "
                      "resolvectl status (or /etc/resolv.conf)"), []
     addresses: list[Address] = list(dict.fromkeys(
         (int(family), sockaddr) for family, _, _, _, sockaddr in infos))
     if literal:
-        return Check("uplink dns", Status.PASS, f"{host} is an address: no lookup needed"), \
+        return Check(f"{label} dns", Status.PASS, f"{host} is an address: no lookup needed"), \
             addresses
     shown = ", ".join(str(a[1][0]) for a in addresses[:3])
-    return Check("uplink dns", Status.PASS, f"{host} is {shown}"), addresses
+    return Check(f"{label} dns", Status.PASS, f"{host} is {shown}"), addresses
 
 
-def _tcp(host: str, port: int, addresses: list[Address],
+def _tcp(label: str, host: str, port: int, addresses: list[Address],
          timeout: float) -> tuple[Check, socket.socket | None]:
     errors: list[str] = []
     for family, sockaddr in addresses:
@@ -121,18 +121,18 @@ def _tcp(host: str, port: int, addresses: list[Address],
             errors.append(f"{sockaddr[0]}: {exc.strerror or exc}")
         else:
             took = (time.monotonic() - started) * 1000
-            return Check("uplink tcp", Status.PASS, f"connected to {sockaddr[0]} port {port} "
+            return Check(f"{label} tcp", Status.PASS, f"connected to {sockaddr[0]} port {port} "
                          f"in {took:.0f} ms"), sock
         sock.close()
     refused = any("refused" in e.lower() for e in errors)
     hint = (f"is the server running and listening on port {port}?" if refused else
             f"a firewall may drop port {port}, or the server is down; check the port in "
             "uplink.url")
-    return Check("uplink tcp", Status.FAIL, f"cannot connect to {host} port {port}: "
+    return Check(f"{label} tcp", Status.FAIL, f"cannot connect to {host} port {port}: "
                  + "; ".join(errors), hint), None
 
 
-def _tls(sock: socket.socket, host: str, settings: UplinkConfig) -> Check:
+def _tls(label: str, sock: socket.socket, host: str, settings: UplinkConfig) -> Check:
     """A verified handshake, as the uplink's session does it (requests' CA bundle unless
     uplink.ca_file), and the certificate's expiry."""
     try:
@@ -141,27 +141,27 @@ def _tls(sock: socket.socket, host: str, settings: UplinkConfig) -> Check:
         if settings.client_cert is not None:
             context.load_cert_chain(settings.client_cert, settings.client_key)
     except (OSError, ssl.SSLError) as exc:
-        return Check("uplink tls", Status.FAIL, f"cannot load the CA or client certificate: "
+        return Check(f"{label} tls", Status.FAIL, f"cannot load the CA or client certificate: "
                      f"{_ssl_reason(exc)}", "check uplink.ca_file, client_cert and client_key")
     try:
         with context.wrap_socket(sock, server_hostname=host) as tls:
             cert, version = tls.getpeercert() or {}, tls.version()
     except ssl.SSLCertVerificationError as exc:
-        return Check("uplink tls", Status.FAIL, f"the server's certificate is not trusted: "
+        return Check(f"{label} tls", Status.FAIL, f"the server's certificate is not trusted: "
                      f"{exc.verify_message}", "set uplink.ca_file to the CA that signed it "
                      "(verification is never turned off)")
     except (OSError, ssl.SSLError) as exc:
-        return Check("uplink tls", Status.FAIL, f"TLS handshake failed: {_ssl_reason(exc)}",
+        return Check(f"{label} tls", Status.FAIL, f"TLS handshake failed: {_ssl_reason(exc)}",
                      "is the port in uplink.url an https port?")
     expires = cert.get("notAfter")
     if not isinstance(expires, str):
-        return Check("uplink tls", Status.PASS, f"{version}, certificate verified")
+        return Check(f"{label} tls", Status.PASS, f"{version}, certificate verified")
     days = (ssl.cert_time_to_seconds(expires) - time.time()) / 86400
     detail = f"{version}, certificate verified, valid until {expires}"
     if days < CERT_WARN_DAYS:
-        return Check("uplink tls", Status.WARN, f"{detail} ({days:.0f} days left)",
+        return Check(f"{label} tls", Status.WARN, f"{detail} ({days:.0f} days left)",
                      "ask the server's administrator to renew its certificate")
-    return Check("uplink tls", Status.PASS, detail)
+    return Check(f"{label} tls", Status.PASS, detail)
 
 
 def _ssl_reason(exc: OSError) -> str:
@@ -172,12 +172,12 @@ def _ssl_reason(exc: OSError) -> str:
     return describe(exc)
 
 
-def _auth(config: Config, settings: UplinkConfig, environ: Mapping[str, str],
-          token_source: Path) -> Check:
+def _auth(label: str, transport: Transport, config: Config, settings: UplinkConfig,
+          environ: Mapping[str, str], token_source: Path) -> Check:
     try:
         check_environment(environ)  # `envagent run` refuses to start with a token there
     except ConfigError as exc:
-        return Check("uplink auth", Status.FAIL, exc.problems[0], None)
+        return Check(f"{label} auth", Status.FAIL, exc.problems[0], None)
     path, origin = _token_source(settings, environ, token_source)
     token: Secret | None = None
     # a token pasted in place of the file's name is never repeated (credentials.read_token)
@@ -185,29 +185,33 @@ def _auth(config: Config, settings: UplinkConfig, environ: Mapping[str, str],
                                        "here)" if looks_like_token(path) else f"{path} ({origin})")
     if path is not None:
         if path.exists() and not os.access(path, os.R_OK):
-            return Check("uplink auth", Status.WARN, f"cannot read the token file {named} as "
+            return Check(f"{label} auth", Status.WARN, f"cannot read the token file {named} as "
                          "this user: authentication not tested",
                          "run it as root: sudo envagent doctor")
         try:
             token = read_token(path)
         except CredentialError as exc:
-            return Check("uplink auth", Status.FAIL, str(exc), None)
-    reply = _probe(config, settings, token)
-    return judge(reply, named)
+            return Check(f"{label} auth", Status.FAIL, str(exc), None)
+    verdict = transport.check_write(config, settings, token, named)
+    return Check(f"{label} auth", Status(verdict.level), verdict.detail, verdict.hint)
 
 
 def _token_source(settings: UplinkConfig, environ: Mapping[str, str],
                   token_source: Path) -> tuple[Path | None, str]:
-    """The token file the agent would read, and where that name comes from."""
-    path, origin = token_path(settings.token_file, environ), "uplink.token_file"
+    """The token file the agent would read, and where that name comes from: ``token_source``
+    is the default upstream's LoadCredential= file; another upstream's sits beside it under its
+    own credential's name (agent.core.credentials.credential_name)."""
+    path, origin = token_path(settings.token_file, environ, settings.name), "uplink.token_file"
     if settings.token_file is None and path is not None:
         origin = "$CREDENTIALS_DIRECTORY"
-    if path is None and token_source.exists():
-        path, origin = token_source, "the service's LoadCredential= file"
+    source = token_source.with_name(credential_name(settings.name)) \
+        if settings.name != DEFAULT_UPSTREAM else token_source
+    if path is None and source.exists():
+        path, origin = source, "the service's LoadCredential= file"
     return path, origin
 
 
-def check_token_file(path: Path, origin: str) -> Check | None:
+def check_token_file(path: Path, origin: str, *, label: str = "uplink") -> Check | None:
     """WARN when other users can read the token file, by the rule ``run`` warns with
     (credentials.exposure); None when it is missing, or when its name looks like the token
     itself (the auth check says so, without repeating it)."""
@@ -218,51 +222,12 @@ def check_token_file(path: Path, origin: str) -> Check | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return Check("uplink token", Status.SKIP, f"not checked: cannot look at {path} "
+        return Check(f"{label} token", Status.SKIP, f"not checked: cannot look at {path} "
                      f"({origin}): {exc.strerror or type(exc).__name__}")
     exposed = exposure(path, mode)
     if exposed is not None:
-        return Check("uplink token", Status.WARN, f"{exposed} ({origin})",
+        return Check(f"{label} token", Status.WARN, f"{exposed} ({origin})",
                      f"sudo chmod 600 {path}: the service reads it as its owner (or through "
                      "LoadCredential=, as root)")
-    return Check("uplink token", Status.PASS, f"{path} ({origin}) can be read by its owner "
+    return Check(f"{label} token", Status.PASS, f"{path} ({origin}) can be read by its owner "
                  f"only (mode {stat.S_IMODE(mode):04o})")
-
-
-def _probe(config: Config, settings: UplinkConfig, token: Secret | None) -> Reply:
-    sink = build_sink(config, settings)
-    try:
-        return sink.post(sink.encode([]), token)
-    finally:
-        sink.close()
-
-
-def judge(reply: Reply, token: str | None) -> Check:
-    """What the answer to the empty write says; ``token`` names where the token came from."""
-    name, status, said = "uplink auth", reply.status, reply.describe()
-    with_token = f"with the token from {token}" if token else "without a token"
-    if status is None:
-        hint = ("set uplink.ca_file to the CA that signed it" if reply.failure is
-                Failure.TLS_VERIFY else "see the tcp and tls checks; is it the right URL?")
-        return Check(name, Status.FAIL, f"the empty write got no answer: {said}", hint)
-    if 200 <= status < 300 or (status == 400 and INFLUX2_EMPTY in reply.text):
-        return Check(name, Status.PASS, f"an empty write {with_token} was accepted ({said}); "
-                     "nothing was stored")
-    if status in (401, 403):
-        hint = ("put a valid token with write permission in that file; the agent re-reads "
-                "it every uplink.auth_retry, no restart needed") if token else (
-                "install the token: /etc/envagent/upload-token (the service's credential) "
-                "or uplink.token_file")
-        return Check(name, Status.FAIL, f"the server refused a write {with_token}: {said}",
-                     hint)
-    if status == 404:
-        return Check(name, Status.FAIL, f"no such write endpoint, database or bucket: {said}",
-                     "check the path and the db=, bucket= and org= of uplink.url")
-    if 300 <= status < 400:
-        return Check(name, Status.FAIL, f"the server redirects writes, which are never "
-                     f"followed: {said}", "set uplink.url to the final address")
-    if status >= 500 or status in (408, 429):
-        return Check(name, Status.WARN, f"the server is in trouble: {said}",
-                     "delivery retries by itself; if this lasts, check the server")
-    return Check(name, Status.WARN, f"unexpected answer to an empty write: {said}",
-                 "check uplink.url and uplink.format against the server's documentation")

@@ -7,12 +7,16 @@ and never given up before the data is. The backlog a sample reports is the outbo
 that sample was appended.
 
 Every reading of one sample carries the same wall time, boot time, boot id and synced flag.
-Two kinds:
+Three kinds:
 
 - the unit's, under the reserved sensor id ``envagent`` (config refuses it for a real sensor):
-  ``uptime``, ``backlog``, ``backlog_bytes``, ``backlog_age``, ``dropped``, ``quarantined``,
-  ``clock_synced``, ``storage_failing``, and where known ``uplink_state``, ``disk_written`` and
-  ``cpu_temperature``;
+  ``uptime``, ``backlog``, ``backlog_bytes``, ``backlog_age``, ``dropped``, ``quarantined``
+  (the outbox as a whole), ``clock_synced``, ``storage_failing``, and where known
+  ``disk_written`` and ``cpu_temperature``;
+- each upstream's, under ``envagent@<name>`` (sent with the tags ``sensor=envagent`` and
+  ``uplink=<name>``): ``uplink_state``, and from its cursor in the outbox ``backlog``,
+  ``backlog_age``, ``dropped`` and ``quarantined`` -- so every upstream also learns how the
+  others fare;
 - each sensor's, under that sensor's own id, so upstream they carry its ``sensor`` and
   ``driver`` tags and one query returns every sensor: ``sensor_state`` and ``sensor_errors``.
 
@@ -27,19 +31,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from agent.core.reading import RESERVED_SENSOR_ID, Reading
+from agent.core.reading import RESERVED_SENSOR_ID, Reading, upstream_sensor
 from agent.core.timebase import NS
+from agent.sampling.daemon import Agent
 from agent.sampling.sampler import State
 from agent.store.storage import Store
+from agent.uplink.worker import Uplink
 from drivers.clock import Clock
-
-if TYPE_CHECKING:
-    from agent.sampling.daemon import Agent
-    from agent.uplink.worker import Uplink
 
 log = logging.getLogger("envagent.health")
 
@@ -90,7 +91,7 @@ class HealthReporter:
         self,
         agent: Agent,
         outbox: Store,
-        uplink: Uplink | None,
+        uplinks: Sequence[Uplink],
         *,
         clock: Clock,
         boot_id: str,
@@ -98,7 +99,7 @@ class HealthReporter:
         io_path: Path = PROC_IO,
         thermal_path: Path = THERMAL_ZONE,
     ) -> None:
-        self.agent, self.outbox, self.uplink, self.clock = agent, outbox, uplink, clock
+        self.agent, self.outbox, self.uplinks, self.clock = agent, outbox, tuple(uplinks), clock
         self.boot_id = boot_id
         self.submit = agent.submit if submit is None else submit
         self.io_path, self.thermal_path = io_path, thermal_path
@@ -131,8 +132,6 @@ class HealthReporter:
         ]
         if synced is not None:
             unit.append(("clock_synced", synced, "bool"))
-        if self.uplink is not None:
-            unit.append(("uplink_state", UPLINK_STATE.get(self.uplink.state.state, -1), "code"))
         written = read_write_bytes(self.io_path)
         if written is not None:
             unit.append(("disk_written", written, "B"))
@@ -140,6 +139,19 @@ class HealthReporter:
         if temperature is not None:
             unit.append(("cpu_temperature", temperature, "°C"))
         readings = [reading(HEALTH_SENSOR, q, value, u) for q, value, u in unit]
+        cursors = {c.name: c for c in self.outbox.upstreams()} if self.uplinks else {}
+        for uplink in self.uplinks:
+            sensor = upstream_sensor(uplink.name)
+            readings.append(reading(sensor, "uplink_state",
+                                    UPLINK_STATE.get(uplink.state.state, -1), "code"))
+            cursor = cursors.get(uplink.name)
+            if cursor is None:  # not subscribed (yet): nothing known of its share
+                continue
+            waited = 0 if cursor.oldest_ns is None else max(0, time_ns - cursor.oldest_ns)
+            readings += [reading(sensor, "backlog", cursor.backlog, "readings"),
+                         reading(sensor, "backlog_age", round(waited / NS, 3), "s"),
+                         reading(sensor, "dropped", cursor.dropped, "readings"),
+                         reading(sensor, "quarantined", cursor.rejected, "readings")]
         for worker in self.agent.workers:
             health, sensor = worker.health, worker.sensor.id
             readings.append(reading(sensor, "sensor_state", SENSOR_STATE[health.state], "code"))

@@ -2,16 +2,20 @@
 
 Start-up: outbox open (salvaged if damaged), the station record written (agent.store.station; only
 when it changed), sensor threads started, READY=1 once every sensor has tried its first setup.
-Shutdown (SIGTERM, SIGINT, ``--duration``): STOPPING=1, delivery starts no new POST, sensors
-stop, everything sampled is committed, and delivery stops once the POST in flight, if any, is
-acknowledged -- or after ``uplink.STOP_GRACE_S``, cut short with its batch still in the outbox.
-A clean stop replays nothing.
+Shutdown (SIGTERM, SIGINT, ``--duration``): STOPPING=1, delivery starts no new send, sensors
+stop, everything sampled is committed, and each upstream's delivery stops once the send in
+flight, if any, is acknowledged -- or after ``STOP_GRACE_S``, cut short with its batch still in
+the outbox. A clean stop replays nothing.
+
+Several upstreams: one delivery worker each, started and stopped together; each commit nudges
+all of them, and one that is down holds back no other (they share only the outbox).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from agent.config import Config, IndicatorConfig
@@ -24,7 +28,7 @@ from agent.runtime.supervisor import HUNG_READ_S, Supervisor
 from agent.sampling.daemon import Agent
 from agent.store import station
 from agent.store.storage import Store
-from agent.uplink.worker import Uplink
+from agent.uplink.worker import STOP_GRACE_S, Uplink
 from drivers.clock import Clock
 
 log = logging.getLogger("envagent")
@@ -43,7 +47,7 @@ class Service:
         config: Config,
         agent: Agent,
         outbox: Store,
-        uplink: Uplink | None,
+        uplinks: Sequence[Uplink],
         *,
         clock: Clock,
         notifier: Notifier,
@@ -55,7 +59,7 @@ class Service:
         self.simulated = simulated
         self.agent = agent
         self.outbox = outbox
-        self.uplink = uplink
+        self.uplinks = tuple(uplinks)
         self.clock = clock
         self.notifier = notifier
         timeout = notifier.watchdog_interval()
@@ -70,17 +74,18 @@ class Service:
             on_tick=self._on_tick,
         )
         self.led, self.button = _indicator(config.indicator, clock, pin_factory, self)
-        self.health = HealthReporter(agent, outbox, uplink, clock=clock, boot_id=agent.boot_id)
+        self.health = HealthReporter(agent, outbox, self.uplinks, clock=clock,
+                                     boot_id=agent.boot_id)
         # sensors-state.json and history.json, for `envagent status` in another process
         self.status_files = StatusFiles(config.storage.path, clock, latest=outbox.latest,
                                         boot_id=agent.boot_id)
 
     def run(self, duration: float | None) -> None:
         self._save_station()
-        if self.uplink is not None:
-            self.agent.on_commit = self.uplink.nudge
-            self.agent.on_stop = self.uplink.request_stop  # before the final commit's nudge
-            self.uplink.start()
+        self.agent.on_commit = self._nudge
+        self.agent.on_stop = self._request_stop  # before the final commit's nudge
+        for uplink in self.uplinks:
+            uplink.start()
         self.agent.start()
         self.agent.wait_for_setup(SETUP_WAIT_S)
         self.supervisor.start()
@@ -91,11 +96,27 @@ class Service:
             self.health.stop()
             self.supervisor.stop()
             self.status_files.close(self.agent.workers)
-            if self.uplink is not None:
-                self.uplink.stop()
+            self._stop_uplinks()
             for device in (self.button, self.led):
                 if device is not None:
                     device.close()
+
+    def _nudge(self) -> None:
+        for uplink in self.uplinks:
+            uplink.nudge()
+
+    def _request_stop(self) -> None:
+        for uplink in self.uplinks:
+            uplink.request_stop()
+
+    def _stop_uplinks(self) -> None:
+        """The sends in flight share one grace: asked all at once (request_stop), they finish in
+        parallel, and each worker's stop waits only what is left of it -- three upstreams stop
+        within STOP_GRACE_S, not three times it (the unit's TimeoutStopSec is 20 s)."""
+        self._request_stop()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for uplink in self.uplinks:
+            uplink.stop(grace=max(0.0, deadline - time.monotonic()))
 
     def _save_station(self) -> None:
         """What status, export and doctor need with --data-dir alone (agent.store.station). Never
@@ -117,23 +138,26 @@ class Service:
             parts.append(f"backlog {self.outbox.stats().backlog}")
         except StorageError as exc:
             parts.append(f"STORAGE FAILING: {exc}")
-        if self.uplink is not None:
-            state = self.uplink.state
-            text = f"uplink {state.state}"
+        for uplink in self.uplinks:
+            state = uplink.state
+            text = f"uplink {uplink.name} {state.state}"
             if state.last_success_ns:
                 ago = time.time() - state.last_success_ns / 1e9
                 text += f", delivered {_ago(ago)} ago"
-            if self.uplink.holding:
-                text += f", {self.uplink.held} held for the clock"
+            if uplink.holding:
+                text += f", {uplink.held} held for the clock"
             parts.append(text)
         return "; ".join(parts)
 
     def condition(self) -> Condition:
-        uplink = "disabled" if self.uplink is None else _LED_UPLINK[self.uplink.state.state]
+        """The LED shows the worst upstream: one refusing our credentials is FATAL, one
+        unreachable OFFLINE, whatever the others do."""
+        grouped = {_LED_UPLINK[u.state.state] for u in self.uplinks}
+        uplink = next((g for g in ("auth", "offline", "ok") if g in grouped), "disabled")
         states = [w.health.state.value for w in self.agent.workers]
         return condition(states, uplink, storage_ok=not self.agent.storage_failing,
                          alert=self.agent.alerts.firing,
-                         holding=self.uplink is not None and self.uplink.holding)
+                         holding=any(u.holding for u in self.uplinks))
 
     def _on_tick(self) -> None:
         self.status_files.tick(self.agent.workers)
@@ -141,8 +165,8 @@ class Service:
             self.led.show(self.condition())
 
     def sync_now(self) -> None:
-        if self.uplink is not None:
-            self.uplink.sync_now()
+        for uplink in self.uplinks:
+            uplink.sync_now()
 
     def identify(self) -> None:
         if self.led is not None:

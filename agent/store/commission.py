@@ -50,6 +50,7 @@ from agent import __version__
 from agent.config import Config
 from agent.core.atomic import DamagedFileError, read_json, write_json
 from agent.core.errors import AgentError
+from agent.core.reading import DEFAULT_UPSTREAM
 from agent.core.timebase import HOLD_UNSYNCED_S, NS, current_boot, iso_ns
 from drivers.base import Driver
 from drivers.bus import describe_error
@@ -60,7 +61,8 @@ FILE = "commission.json"
 # damaged file costs at most this much memory before it is refused.
 MAX_BYTES = 1024 * 1024
 FORMAT = "envagent-commission/1"
-ID_HEX_DIGITS = 32  # as agent.uplink.sinks.reading_id
+SENT_KEYS = ("sent", "sent_to")  # where a record went: the unit's own bookkeeping, never sent
+ID_HEX_DIGITS = 32  # as agent.uplink.encoders.reading_id
 
 
 class CommissionError(AgentError, OSError):
@@ -122,7 +124,7 @@ def make_record(config: Config, facts: Facts, sensors: list[dict[str, Any]], *, 
         "mounting_height_m": facts.mounting_height_m,
         "radiation_shield": facts.radiation_shield, "technician": facts.technician,
         "note": facts.note, "sensors": sensors, "config": config.source,
-        "agent_version": __version__, "sent": False,
+        "agent_version": __version__, "sent": False, "sent_to": [],
     }
     return {k: v for k, v in record.items() if v is not None or k == "clock_synced"}
 
@@ -198,7 +200,7 @@ def restampable(record: object, boot_id: str) -> bool:
         return False
     boot_ns = record.get("boot_ns")
     return (record.get("boot_id") == boot_id and record.get("clock_synced") is False
-            and not record.get("sent") and isinstance(boot_ns, int)
+            and not _sent_anywhere(record) and isinstance(boot_ns, int)
             and not isinstance(boot_ns, bool) and isinstance(record.get("time_ns"), int))
 
 
@@ -243,25 +245,44 @@ def _update(data_dir: Path, change: Callable[[dict[str, Any]], bool]) -> int:
 # --- upstream ---------------------------------------------------------------------------------
 
 
-def unsent(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records not yet sent upstream, in file order."""
-    return [r for r in records if not r.get("sent")]
+def _sent_to(record: dict[str, Any], upstream: str) -> bool:
+    """Whether ``record`` went to ``upstream``: named in ``sent_to``; a record the release
+    before several upstreams marked has only ``sent``, which meant the one upstream there was."""
+    names = record.get("sent_to")
+    if isinstance(names, list):
+        return upstream in names
+    return upstream == DEFAULT_UPSTREAM and record.get("sent") is True
+
+
+def _sent_anywhere(record: dict[str, Any]) -> bool:
+    """``sent``: whether the record went upstream at all, so its time is what upstream has."""
+    return record.get("sent") is True
+
+
+def unsent(records: Iterable[dict[str, Any]],
+           upstream: str = DEFAULT_UPSTREAM) -> list[dict[str, Any]]:
+    """The records not yet sent to ``upstream``, in file order."""
+    return [r for r in records if not _sent_to(r, upstream)]
 
 
 def metadata_document(unit: str, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The body to POST (as JSON) for ``records``: the record format, with ``sent`` removed."""
+    """The body to POST (as JSON) for ``records``: the record format, without the marks of
+    where it went."""
     return {"format": FORMAT, "unit": unit, "count": len(records),
-            "records": [{k: v for k, v in r.items() if k != "sent"} for r in records]}
+            "records": [{k: v for k, v in r.items() if k not in SENT_KEYS} for r in records]}
 
 
-def mark_sent(data_dir: Path, ids: Iterable[str]) -> int:
-    """Flag the records with these ids as sent; return how many changed."""
+def mark_sent(data_dir: Path, ids: Iterable[str], upstream: str = DEFAULT_UPSTREAM) -> int:
+    """Flag the records with these ids as sent to ``upstream``; return how many changed."""
     wanted = set(ids)
 
     def sent(r: dict[str, Any]) -> bool:
-        if r.get("id") not in wanted or r.get("sent"):
+        if r.get("id") not in wanted or _sent_to(r, upstream):
             return False
-        r["sent"] = True
+        names = r.get("sent_to")
+        if not isinstance(names, list):  # marked by the release before: sent meant "default"
+            names = [DEFAULT_UPSTREAM] if r.get("sent") is True else []
+        r["sent"], r["sent_to"] = True, [*names, upstream]
         return True
 
     return _update(data_dir, sent)

@@ -24,6 +24,13 @@ them first, silently, before it drops any undelivered reading. ``meta`` (key/val
 events that outlive a process, such as a recovery from a damaged database (see agent.store.salvage).
 A schema 1 database is upgraded in place when the agent opens it for writing.
 
+Several upstreams (schema 3): each has a delivery cursor (agent.store.cursors); a reading is
+deleted when every upstream that takes it has acknowledged or quarantined it. ``upstream=None``
+is the one-queue outbox of before, for an outbox without cursors (tests, tools): ``ack``
+deletes. A reading one upstream quarantines is copied to ``quarantine`` at once and stays in
+``readings`` while others need it; when it goes it counts as rejected, not delivered. The byte
+bound then deletes only copies whose reading is gone.
+
 Write volume: WAL appends every page a commit touches (readings, latest, counters), so new
 databases use 1 KiB pages (~3x fewer bytes per commit than 4 KiB), and row ids come from the
 ``added`` counter instead of AUTOINCREMENT's ``sqlite_sequence`` page. Such ids are never
@@ -58,12 +65,13 @@ from typing import Any
 from agent.core.errors import StorageError, StorageFullError
 from agent.core.reading import ALERT_PREFIX, Reading, StoredReading
 from agent.core.reading import RESERVED_SENSOR_ID as ALERT_SENSOR
-from agent.store import salvage
+from agent.store import cursors, salvage
+from agent.store.cursors import Cursor, Fold, Subscriber, UpstreamStats
 from drivers.base import Quality
 
 log = logging.getLogger("envagent.outbox")
 
-SCHEMA_VERSION = 2  # PRAGMA user_version of a database this module created
+SCHEMA_VERSION = 3  # PRAGMA user_version of a database this module created
 PAGE_SIZE = 1024  # bytes; applies to new databases only (SQLite fixes it at creation)
 BUSY_TIMEOUT_S = 5.0  # wait this long for another connection's lock before failing
 LOW_WATER = 0.9  # a full outbox drops down to this fraction of max_bytes
@@ -104,6 +112,7 @@ _UPGRADES = {
         "UPDATE counters SET database_id = lower(hex(randomblob(8)))",
         "PRAGMA user_version = 2",
     ),
+    2: (*cursors.UPGRADE, "PRAGMA user_version = 3"),
 }
 # lookup table -> its key columns; the hot path caches (table, *key) -> id
 _LOOKUPS = {"series": ("sensor", "quantity", "unit"), "boots": ("boot_id",),
@@ -132,16 +141,24 @@ _RESTAMP = """UPDATE readings SET time_ns = boot_ns + ?, synced = 1, quality = q
     WHERE synced = 0 AND boot = (SELECT id FROM boots WHERE boot_id = ?)"""
 _TAKE_ROWS = """SELECT id, series, value, time_ns, boot_ns, boot, synced, quality, calibration
     FROM readings {where} ORDER BY id LIMIT ?"""
-_TAKE_ROWS_HOLDING = _TAKE_ROWS.format(where="WHERE NOT (boot = ? AND synced = 0)")
+_NOT_HELD = "NOT (boot = ? AND synced = 0)"
+_TAKE_ROWS_HOLDING = _TAKE_ROWS.format(where=f"WHERE {_NOT_HELD}")
+# one upstream's: above its high-water mark (in a window, for a filtered one)
+_TAKE_AFTER = _TAKE_ROWS.format(where="WHERE id > ?")
+_TAKE_AFTER_HOLDING = _TAKE_ROWS.format(where=f"WHERE id > ? AND {_NOT_HELD}")
+_TAKE_WINDOW = _TAKE_ROWS.format(where="WHERE id > ? AND id <= ?{series}{held}")
+_ROWS_BY_ID = _TAKE_ROWS.replace("{where} ORDER BY id LIMIT ?", "WHERE id IN ({marks}) ORDER BY id")
 _TAKE_ROWS = _TAKE_ROWS.format(where="")
 _QUARANTINED = _SELECT.format(table="quarantine", extra=", r.reason, r.quarantined_ns")
 _READING_COLUMNS = "id, series, time_ns, boot_ns, boot, value, quality, synced, calibration"
 _QUARANTINE = f"""INSERT INTO quarantine SELECT {_READING_COLUMNS}, ?, ?
     FROM readings WHERE id = ?"""
-_DROP_QUARANTINED = """DELETE FROM quarantine
-    WHERE id IN (SELECT id FROM quarantine ORDER BY id LIMIT ?)"""
+_QUARANTINE_COPY = _QUARANTINE.replace("INSERT", "INSERT OR IGNORE")  # the first reason stays
+# a copy whose reading is still stored (quarantined by one upstream, needed by another) stays
+_DROP_QUARANTINED = """DELETE FROM quarantine WHERE id IN (SELECT q.id FROM quarantine q
+    WHERE NOT EXISTS (SELECT 1 FROM readings r WHERE r.id = q.id) ORDER BY q.id LIMIT ?)"""
 _DELETE_RUN = "DELETE FROM readings WHERE id BETWEEN ? AND ?"
-_DROP_OLDEST = "DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT ?)"
+_OLDEST_STEP = "SELECT max(id) FROM (SELECT id FROM readings ORDER BY id LIMIT ?)"
 _ENDS = """SELECT (SELECT time_ns FROM readings ORDER BY id LIMIT 1),
     (SELECT time_ns FROM readings ORDER BY id DESC LIMIT 1)"""
 _LATEST = """SELECT s.sensor, s.quantity, s.unit, l.time_ns, l.value, l.quality
@@ -165,7 +182,9 @@ class OutboxStats:
     delivered: int
     dropped: int
     rejected: int
-    quarantined: int = 0  # rows kept in quarantine for inspection, already counted in rejected
+    # rows kept in quarantine for inspection, counted in rejected (a copy of a reading another
+    # upstream still needs: once that one is done with it too)
+    quarantined: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,14 +213,18 @@ class Outbox:
     """The durable, bounded queue between sampling and delivery; see the module docstring."""
 
     def __init__(self, path: Path, *, max_bytes: int,
-                 progress: salvage.Progress | None = None) -> None:
+                 progress: salvage.Progress | None = None,
+                 subscribers: Sequence[Subscriber] | None = None) -> None:
         """Open (creating, upgrading, or moving aside and salvaging) the outbox at ``path``.
 
         ``progress`` is called as the opening goes on: while the integrity check runs and during
-        a salvage, which takes minutes on a Pi Zero for a full outbox.
+        a salvage, which takes minutes on a Pi Zero for a full outbox. ``subscribers``: the
+        upstreams to keep cursors for (:meth:`subscribe`); None leaves the cursors as they are.
         """
         if max_bytes < MIN_BYTES:
             raise ValueError(f"outbox max_bytes must be at least {MIN_BYTES}, got {max_bytes}")
+        if subscribers is not None:
+            subscribers = cursors.check(subscribers)  # before anything is opened
         self.path = path
         self.max_bytes: int | None = max_bytes
         try:
@@ -224,6 +247,8 @@ class Outbox:
             unfinished = salvage.pending(self._conn)  # also one a kill interrupted
         if unfinished is not None:
             self._recover(*unfinished, progress)
+        if subscribers is not None:
+            self.subscribe(subscribers)
 
     @classmethod
     def open_readonly(cls, path: Path) -> Outbox:
@@ -252,6 +277,7 @@ class Outbox:
         self._calibration_names: dict[int | None, str] = {}
         self._warned_full = False
         self._alert_ids: set[int] | None = None  # rows of alert readings; None: not looked yet
+        self._cursors: dict[str, Cursor] = {}  # replaced, never changed: see cursors.Cursor
         conn = None
         try:
             conn = connect()
@@ -270,6 +296,7 @@ class Outbox:
             if version != SCHEMA_VERSION:
                 raise StorageError(f"{self.path} has outbox schema {version}, this agent reads "
                                    f"{SCHEMA_VERSION}: is it an outbox, from this agent version?")
+            self._cursors = cursors.load(conn)
             (self._page_size,) = conn.execute("PRAGMA page_size").fetchone()
         except BaseException as exc:
             if conn is not None:
@@ -285,13 +312,18 @@ class Outbox:
                  progress: salvage.Progress | None) -> None:
         """Salvage the moved-aside database into this fresh one, in one transaction that also
         clears the pending mark: a kill midway leaves the mark, and the next start does it again."""
+        # Salvage copies readings, not cursors: every upstream is then sent every salvaged
+        # reading again (a byte-identical replay), whatever its ``start``.
+        reset = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, 1)"
         try:
             with self._lock, self._transaction() as conn:
                 recovery = salvage.salvage_into(conn, damage, aside, progress)
+                conn.execute(reset, (cursors.RESET_KEY,))
         except Exception as exc:  # a salvage bug must not stop sampling: keep the files
             log.exception("outbox %s: salvaging %s failed", self.path, aside)
             with self._lock, self._transaction() as conn:
                 recovery = salvage.record_failure(conn, damage, aside, exc)
+                conn.execute(reset, (cursors.RESET_KEY,))
         log.warning("outbox %s: salvaged %d undelivered reading(s) from %s; %d unreadable "
                     "counted as dropped%s", self.path, recovery.salvaged, aside, recovery.lost,
                     " (an estimate: the counters were unreadable)" if recovery.estimated else "")
@@ -327,35 +359,55 @@ class Outbox:
                 conn.executemany(_INSERT, rows)
                 conn.executemany(_UPSERT_LATEST, latest.values())
                 conn.execute("UPDATE counters SET added = added + ?", (len(rows),))
-                self._enforce_bound(conn)
+                moved = self._cursors
+                if moved:
+                    new_series = {i: (key[1], key[2]) for key, i in new_ids.items()
+                                  if key[0] == "series"}
+                    moved = cursors.appended(conn, moved, [row[1] for row in rows],
+                                             new_series, dropped_before)
+                moved = self._enforce_bound(conn, moved)
             self._ids.update(new_ids)
+            self._cursors = moved
             if self._alert_ids is not None:
                 self._alert_ids.update(
                     row_id for row_id, r in enumerate(readings, start=first + 1)
                     if r.sensor == ALERT_SENSOR and r.quantity.startswith(ALERT_PREFIX))
 
-    def ack(self, ids: Iterable[int]) -> int:
+    def ack(self, ids: Iterable[int], *, upstream: str | None = None) -> int:
         """Delete readings upstream has accepted; return how many were still here.
 
         An id already gone (acknowledged twice, or dropped meanwhile) is skipped and not counted.
         The deletion is not fsync'd (see ``_transaction``): a power cut may undo it, and then
         those readings are sent again -- an exact replay, which upstream collapses.
+
+        With ``upstream``: they are done for that upstream (counted in its ``delivered``, ids
+        already done for it not counted), and deleted once done for every upstream.
         """
         unique = sorted(set(ids))
+        if upstream is not None:
+            return self._finish(upstream, unique, None) if unique else 0
+        self._one_queue("ack")
         if not unique:
             return 0
         with self._lock, self._transaction(durable=False) as conn:
-            deleted = conn.executemany(_DELETE_RUN, _runs(unique)).rowcount
+            deleted = conn.executemany(_DELETE_RUN, cursors.runs(unique)).rowcount
             conn.execute("UPDATE counters SET delivered = delivered + ?", (deleted,))
         return deleted
 
-    def quarantine(self, ids: Iterable[int], reason: str) -> int:
+    def quarantine(self, ids: Iterable[int], reason: str, *, upstream: str | None = None) -> int:
         """Move undelivered readings upstream refused for good out of the way; return how many.
 
         One transaction moves them to ``quarantine`` with ``reason`` and counts them in
         ``rejected``; ids not (or no longer) in the outbox are skipped and not counted.
+
+        With ``upstream``: they are done for it and counted in its ``rejected``; a copy goes to
+        ``quarantine`` (the reason prefixed with its name) and the reading stays while other
+        upstreams need it.
         """
         unique = sorted(set(ids))
+        if upstream is not None:
+            return self._finish(upstream, unique, reason) if unique else 0
+        self._one_queue("quarantine")
         if not unique:
             return 0
         now = time.time_ns()
@@ -365,6 +417,55 @@ class Outbox:
                                      [(i,) for i in unique]).rowcount
             conn.execute("UPDATE counters SET rejected = rejected + ?", (moved,))
         return moved
+
+    def _finish(self, upstream: str, unique: list[int], reason: str | None) -> int:
+        """Mark sorted ``unique`` ids done for ``upstream`` -- acknowledged, or quarantined for
+        ``reason`` -- and delete what every upstream is done with, in one transaction."""
+        with self._lock:
+            cursor = self._cursor(upstream)
+            fresh = [i for i in unique if i > cursor.high and i not in cursor.done]
+            if not fresh:
+                return 0
+            with self._transaction(durable=reason is not None) as conn:
+                counted = cursors.count_taken(conn, cursor, fresh)
+                if reason is not None:
+                    conn.executemany(_QUARANTINE_COPY, [(f"{upstream}: {reason}",
+                                                         time.time_ns(), i) for i in fresh])
+                (top,) = conn.execute("SELECT added FROM counters").fetchone()
+                done = sorted(cursor.done.union(fresh)) if cursor.done else fresh
+                moved, _ = cursors.fold(conn, cursor, done, top)
+                moved = cursors.save(conn, moved, delivered=0 if reason else counted,
+                                     rejected=counted if reason else 0)
+                after = {**self._cursors, upstream: moved}
+                # what may be done for all now: what this moved past, and what is done above it
+                passed = [(cursor.saved_high + 1, moved.high)] if moved.high > cursor.saved_high \
+                    else []
+                self._delete_done(conn, passed, after, [i for i in fresh if i > moved.high])
+            self._cursors = after  # with the lock: another upstream's ack may be next
+        return counted
+
+    def _delete_done(self, conn: sqlite3.Connection, ranges: list[tuple[int, int]],
+                     after: dict[str, Cursor], ids: Sequence[int] = ()) -> None:
+        """:func:`cursors.delete_done`, counted in ``counters``."""
+        delivered, rejected = cursors.delete_done(conn, ranges, after, ids)
+        if delivered or rejected:
+            conn.execute("UPDATE counters SET delivered = delivered + ?, "
+                         "rejected = rejected + ?", (delivered, rejected))
+
+    def _cursor(self, upstream: str) -> Cursor:
+        """The cursor of ``upstream`` (with the lock held), or ValueError saying which exist."""
+        try:
+            return self._cursors[upstream]
+        except KeyError:
+            raise ValueError(f"outbox {self.path} has no cursor for upstream {upstream!r}; "
+                             f"it has: {cursors.names(self._cursors) or 'none'} (subscribe "
+                             "it first)") from None
+
+    def _one_queue(self, what: str) -> None:
+        """ValueError unless this is the one-queue outbox (no cursors)."""
+        if self._cursors:
+            raise ValueError(f"{what} without upstream=...: the outbox {self.path} keeps a "
+                             f"cursor per upstream ({cursors.names(self._cursors)}); say which")
 
     def _id(self, conn: sqlite3.Connection, key: tuple[str, ...],
             new_ids: dict[tuple[str, ...], int]) -> int:
@@ -384,11 +485,13 @@ class Outbox:
             found = new_ids[key] = row[0]
         return found
 
-    def _enforce_bound(self, conn: sqlite3.Connection) -> None:
+    def _enforce_bound(self, conn: sqlite3.Connection,
+                       moved: dict[str, Cursor]) -> dict[str, Cursor]:
+        """Apply the byte bound; return the cursors (``moved``) past what it dropped."""
         assert self.max_bytes is not None
         live = self._live_bytes(conn)
         if live <= self.max_bytes:
-            return
+            return moved
         target, dropped = int(self.max_bytes * LOW_WATER), 0
         while live > target:  # quarantined rows first: they are counted already
             step = max(self._page_size, live - target) // ROW_BYTES
@@ -398,9 +501,12 @@ class Outbox:
         while live > target:
             # at least a page worth: deleting fewer rows rarely frees a page
             step = max(self._page_size, live - target) // ROW_BYTES
-            deleted = conn.execute(_DROP_OLDEST, (step,)).rowcount
-            if deleted == 0:
+            (last,) = conn.execute(_OLDEST_STEP, (step,)).fetchone()
+            if last is None:
                 break
+            if moved:
+                moved = cursors.dropping(conn, moved, last)
+            deleted = conn.execute("DELETE FROM readings WHERE id <= ?", (last,)).rowcount
             dropped, live = dropped + deleted, self._live_bytes(conn)
         conn.execute("UPDATE counters SET dropped = dropped + ?", (dropped,))
         if not self._warned_full:  # once per process; the dropped counter goes upstream
@@ -408,16 +514,22 @@ class Outbox:
             log.warning("outbox %s is full (max_bytes %d): dropped the %d oldest undelivered "
                         "reading(s), and will keep dropping the oldest", self.path,
                         self.max_bytes, dropped)
+        return moved
 
     # --- reading (any thread, and `envagent status` from another process) ---------------------
 
-    def take(self, limit: int, *, hold_boot: str | None = None) -> list[StoredReading]:
+    def take(self, limit: int, *, upstream: str | None = None,
+             hold_boot: str | None = None) -> list[StoredReading]:
         """The oldest ``limit`` undelivered readings, exactly as appended; they stay until acked.
 
         Readings of boot ``hold_boot`` taken with an unsynchronised clock are skipped: they wait
-        to be re-stamped (agent.sampling.timekeeping).
+        to be re-stamped (agent.sampling.timekeeping). With ``upstream``: the oldest readings it
+        takes and has not finished.
         """
         limit = max(0, limit)
+        if upstream is not None:
+            return self._take_for(upstream, limit, hold_boot)
+        self._one_queue("take")
         with self._lock, self._storage_errors():
             # The hot path of a drain (~100,000 readings a second, bench/bench_drain.py): the
             # readings' own columns, names from the in-memory lookup tables -- no join, and
@@ -440,7 +552,94 @@ class Outbox:
                     rows = conn.execute(_TAKE_HOLDING, (hold_boot, limit)).fetchall()
         return [StoredReading(row[0], _reading(row[1:])) for row in rows]
 
-    def take_alerts(self, limit: int) -> list[StoredReading]:
+    def _take_for(self, upstream: str, limit: int,
+                  hold_boot: str | None) -> list[StoredReading]:
+        """:meth:`take` for one upstream."""
+        with self._lock, self._storage_errors():
+            cursor, conn = self._cursor(upstream), self._conn
+            held = self._held(conn, hold_boot)
+            if cursor.taken is not None:
+                pass  # filtered: below, a look ahead at a time
+            elif limit == 0:
+                return []
+            else:  # the hot path of a drain: one range read, as the one-queue take
+                query, args = ((_TAKE_AFTER, (cursor.high,)) if held is None
+                               else (_TAKE_AFTER_HOLDING, (cursor.high, held)))
+                rows = conn.execute(query, (*args, limit + len(cursor.done))).fetchall()
+                if cursor.done:
+                    rows = [row for row in rows if row[0] not in cursor.done][:limit]
+                return self._as_stored(conn, rows)
+        return self._take_filtered(upstream, limit, held)
+
+    def _take_filtered(self, upstream: str, limit: int, held: int | None) -> list[StoredReading]:
+        """:meth:`take` for an upstream with a filter: a long run of readings it does not take
+        is read one look ahead at a time, the lock released in between, and passed for good."""
+        found: list[StoredReading] = []
+        start = None  # where the next window starts; None: at the cursor
+        while len(found) < limit:
+            with self._lock, self._storage_errors():
+                conn, cursor = self._conn, self._cursor(upstream)
+                if start is None or start <= cursor.high:
+                    cursor, stop = self._advance(conn, cursor)
+                    start = cursor.high
+                    if stop is Fold.END:
+                        break
+                    if stop is Fold.MORE:
+                        continue
+                last = cursors.window_end(conn, start)
+                if last is None:
+                    break
+                sql = _TAKE_WINDOW.format(series=cursors.series_filter(cursor),
+                                          held="" if held is None else f" AND {_NOT_HELD}")
+                args = (start, last) + (() if held is None else (held,))
+                rows = conn.execute(sql, (*args, limit - len(found) + len(cursor.done)))
+                found += self._as_stored(conn, [row for row in rows
+                                                if row[0] not in cursor.done])
+                start = last
+        return found[:limit]
+
+    def _advance(self, conn: sqlite3.Connection, cursor: Cursor) -> tuple[Cursor, Fold]:
+        """Move ``cursor`` over the readings it does not take after its mark (one look ahead),
+        in memory; written once far ahead (cursors.PERSIST_IDS), else with the next ack."""
+        (top,) = conn.execute("SELECT added FROM counters").fetchone()
+        moved, stop = cursors.fold(conn, cursor, sorted(cursor.done), top)
+        if moved.high - moved.saved_high >= cursors.PERSIST_IDS and self.max_bytes is not None:
+            with self._transaction(durable=False):
+                moved = cursors.save(conn, moved)
+                after = {**self._cursors, cursor.name: moved}
+                self._delete_done(conn, [(cursor.saved_high + 1, moved.high)], after)
+        self._cursors = {**self._cursors, cursor.name: moved}
+        return moved, stop
+
+    def _held(self, conn: sqlite3.Connection, hold_boot: str | None) -> int | None:
+        """The row id of boot ``hold_boot``, if it has one."""
+        if hold_boot is None:
+            return None
+        row = conn.execute("SELECT id FROM boots WHERE boot_id = ?", (hold_boot,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _as_stored(self, conn: sqlite3.Connection,
+                   rows: list[tuple[Any, ...]]) -> list[StoredReading]:
+        """``_TAKE_ROWS`` rows as readings, names from the caches (read again when one is
+        missing); a row whose series or boot is lost is left out, as the join does."""
+        try:
+            return self._stored(rows)
+        except KeyError:
+            self._load_names(conn)
+        try:
+            return self._stored(rows)
+        except KeyError:
+            ids = [row[0] for row in rows]
+        found = []
+        for at in range(0, len(ids), MAX_ALERT_IDS):
+            chunk = ids[at:at + MAX_ALERT_IDS]
+            query = _TAKE_BY_ID.format(table="readings", extra="",
+                                       marks=", ".join("?" * len(chunk)))
+            found += [StoredReading(row[0], _reading(row[1:]))
+                      for row in conn.execute(query, chunk)]
+        return found
+
+    def take_alerts(self, limit: int, *, upstream: str | None = None) -> list[StoredReading]:
         """The oldest ``limit`` undelivered alert readings (agent.sampling.alerts), to send ahead
         of the
         backlog -- not held for an unsynchronised clock: an alert late is worse than flagged.
@@ -448,8 +647,10 @@ class Outbox:
         Alerts are rare and a backlog can be a million rows, so the outbox keeps the row ids of
         alert readings in memory (one scan finds those already stored, the first time) and this
         costs primary-key lookups, never a scan. Ids gone meanwhile (acked, dropped,
-        quarantined) are forgotten here.
+        quarantined) are forgotten here. With ``upstream``: those it takes and has not finished.
         """
+        if upstream is None:
+            self._one_queue("take_alerts")
         with self._lock, self._storage_errors():
             conn = self._conn
             if self._alert_ids is None:
@@ -457,11 +658,27 @@ class Outbox:
                 self._alert_ids = {i for (i,) in conn.execute(_ALERT_IDS, args)}
             if not self._alert_ids or limit <= 0:
                 return []
+            if upstream is not None:
+                return self._alerts_for(conn, self._cursor(upstream), limit)
             ids = sorted(self._alert_ids)[:MAX_ALERT_IDS]
             query = _TAKE_BY_ID.format(table="readings", extra="", marks=", ".join("?" * len(ids)))
             rows = conn.execute(query, ids).fetchall()
             self._alert_ids.difference_update(set(ids) - {row[0] for row in rows})
         return [StoredReading(row[0], _reading(row[1:])) for row in rows][:limit]
+
+    def _alerts_for(self, conn: sqlite3.Connection, cursor: Cursor,
+                    limit: int) -> list[StoredReading]:
+        """:meth:`take_alerts` for one upstream, with the lock held."""
+        assert self._alert_ids is not None
+        ids = sorted(i for i in self._alert_ids
+                     if i > cursor.high and i not in cursor.done)[:MAX_ALERT_IDS]
+        if not ids:
+            return []
+        rows = conn.execute(_ROWS_BY_ID.format(marks=", ".join("?" * len(ids))), ids).fetchall()
+        self._alert_ids.difference_update(set(ids) - {row[0] for row in rows})
+        if cursor.taken is not None:
+            rows = [row for row in rows if row[1] in cursor.taken]
+        return self._as_stored(conn, rows[:limit])
 
     def _stored(self, rows: Iterable[tuple[Any, ...]]) -> list[StoredReading]:
         """``_TAKE_ROWS`` rows as readings; KeyError when a name is not in the lookup caches."""
@@ -484,6 +701,37 @@ class Outbox:
                                                           "FROM series"))
         self._boot_names.update(conn.execute("SELECT id, boot_id FROM boots"))
         self._calibration_names.update(conn.execute("SELECT id, name FROM calibrations"))
+
+    def subscribe(self, subscribers: Sequence[Subscriber]) -> None:
+        """Keep a delivery cursor for exactly these upstreams (agent.store.cursors).
+
+        A new one starts at the oldest reading still stored or after the newest (its
+        ``start``); after a salvage every new one starts at the oldest. One no longer listed is
+        removed, its hold released (logged). Readings then done for every upstream are deleted,
+        counted as delivered. With none, acks delete nothing: the readings wait, bounded.
+        """
+        subs = cursors.check(subscribers)
+        with self._lock:
+            with self._transaction() as conn:
+                self._load_names(conn)
+                reset = conn.execute("SELECT 1 FROM meta WHERE key = ?",
+                                     (cursors.RESET_KEY,)).fetchone() is not None
+                made = cursors.subscribe(conn, self._cursors, subs, self._series_names,
+                                         everything=reset)
+                conn.execute("DELETE FROM meta WHERE key = ?", (cursors.RESET_KEY,))
+                if made.changed:
+                    (lo, hi) = conn.execute("SELECT min(id), max(id) FROM readings").fetchone()
+                    if lo is not None:
+                        self._delete_done(conn, [(lo, hi)], made.cursors)
+            self._cursors = made.cursors
+        for name, backlog in made.removed:
+            log.warning("outbox %s: upstream %r is no longer configured: released its hold on "
+                        "%d reading(s)", self.path, name, backlog)
+
+    def upstreams(self) -> list[UpstreamStats]:
+        """Each upstream's backlog and counts, by name, from one consistent snapshot."""
+        with self._lock, self._transaction(write=False) as conn:
+            return cursors.stats(conn)
 
     def restamp(self, boot_id: str, anchor_wall_ns: int, anchor_boot_ns: int) -> int:
         """Give this boot's unsynchronised readings their true time from a synchronised anchor.
@@ -646,21 +894,6 @@ def _create_or_upgrade(conn: sqlite3.Connection) -> bool:
             conn.execute(statement)
         version += 1
     return bool(version != before)
-
-
-def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
-    """Sorted distinct ids as (first, last) runs of consecutive ids: an acknowledged batch is
-    usually one run, deleted by one range statement rather than one statement per id."""
-    if ids[-1] - ids[0] == len(ids) - 1:
-        return [(ids[0], ids[-1])]
-    runs, first, previous = [], ids[0], ids[0]
-    for i in ids[1:]:
-        if i != previous + 1:
-            runs.append((first, previous))
-            first = i
-        previous = i
-    runs.append((first, previous))
-    return runs
 
 
 def _reading(row: tuple[Any, ...]) -> Reading:

@@ -37,10 +37,10 @@ from agent.config import (
     UplinkConfig,
 )
 from agent.core.atomic import DamagedFileError, read_json, write_json
+from agent.core.reading import DEFAULT_UPSTREAM
 
 FILE = "station.json"
 FORMAT = "envagent-station/1"
-UPLINK_NAME = "default"  # the one [uplink] of this version; several get their own names
 # A station of many sensors and alerts is a few KiB: the bound only keeps a wrong file (a log,
 # /dev/zero) from costing a command its memory.
 MAX_BYTES = 256 * 1024
@@ -66,7 +66,7 @@ def describe(config: Config, *, simulated: bool) -> Record:
                  "longitude": unit.longitude, "elevation_m": unit.elevation_m},
         "storage": {"max_bytes": config.storage.max_bytes},
         "sensors": [_sensor(s) for s in config.sensors],
-        "uplinks": [] if config.uplink is None else [_uplink(config.uplink)],
+        "uplinks": [_uplink(u) for u in config.uplinks],
         "alerts": [{"id": a.id, "sensor": a.sensor, "quantity": a.quantity, "above": a.above,
                     "below": a.below, "clear": a.clear, "for_s": a.hold}
                    for a in config.alerts],
@@ -85,7 +85,7 @@ def _sensor(sensor: SensorConfig) -> Record:
 
 
 def _uplink(uplink: UplinkConfig) -> Record:
-    return {"name": UPLINK_NAME, "url": public_url(uplink.url), "format": uplink.format,
+    return {"name": uplink.name, "url": public_url(uplink.url), "format": uplink.format,
             "measurement": uplink.measurement}
 
 
@@ -140,7 +140,7 @@ def as_config(record: Record, data_dir: Path) -> Config:
                             _number(unit["longitude"]), _number(unit["elevation_m"])),
             storage=StorageConfig(path=data_dir, max_bytes=_whole(record["storage"]["max_bytes"])),
             sensors=tuple(_sensor_config(s) for s in record["sensors"]),
-            uplink=next((_uplink_config(u) for u in record["uplinks"]), None),
+            uplinks=tuple(_uplink_config(u) for u in record["uplinks"]),
             alerts=tuple(_alert_config(a) for a in record["alerts"]),
             source=str(path),
         )
@@ -165,8 +165,8 @@ def _sensor_config(item: Mapping[str, Any]) -> SensorConfig:
 
 
 def _uplink_config(item: Mapping[str, Any]) -> UplinkConfig:
-    return UplinkConfig(url=_text(item["url"]), format=_text(item["format"]),
-                        measurement=_text(item["measurement"]))
+    return UplinkConfig(url=_text(item["url"]), name=_text(item.get("name", DEFAULT_UPSTREAM)),
+                        format=_text(item["format"]), measurement=_text(item["measurement"]))
 
 
 def _alert_config(item: Mapping[str, Any]) -> AlertConfig:

@@ -22,7 +22,7 @@ from typing import Protocol
 from agent.core.errors import StorageError
 from agent.core.reading import Reading, StoredReading
 from agent.store import salvage
-from agent.store.outbox import LatestValue, Outbox, OutboxStats
+from agent.store.outbox import LatestValue, Outbox, OutboxStats, Subscriber, UpstreamStats
 from drivers.clock import Clock
 
 log = logging.getLogger("envagent")
@@ -36,21 +36,27 @@ class Store(Protocol):
     path: Path
 
     def append(self, readings: Sequence[Reading], *, dropped_before: int = 0) -> None: ...
-    def take(self, limit: int, *, hold_boot: str | None = None) -> list[StoredReading]: ...
-    def take_alerts(self, limit: int) -> list[StoredReading]: ...
-    def ack(self, ids: Iterable[int]) -> int: ...
-    def quarantine(self, ids: Iterable[int], reason: str) -> int: ...
+    def take(self, limit: int, *, upstream: str | None = None,
+             hold_boot: str | None = None) -> list[StoredReading]: ...
+    def take_alerts(self, limit: int, *, upstream: str | None = None) -> list[StoredReading]: ...
+    def ack(self, ids: Iterable[int], *, upstream: str | None = None) -> int: ...
+    def quarantine(self, ids: Iterable[int], reason: str, *,
+                   upstream: str | None = None) -> int: ...
     def restamp(self, boot_id: str, anchor_wall_ns: int, anchor_boot_ns: int) -> int: ...
     def stats(self) -> OutboxStats: ...
+    def upstreams(self) -> list[UpstreamStats]: ...
     def latest(self) -> list[LatestValue]: ...
 
 
 class ReopeningOutbox:
     def __init__(self, path: Path, *, max_bytes: int, clock: Clock,
-                 retry: float = RETRY_S, progress: salvage.Progress | None = None) -> None:
+                 retry: float = RETRY_S, progress: salvage.Progress | None = None,
+                 subscribers: Sequence[Subscriber] | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.progress = progress  # for Outbox: signs of life while an open checks or salvages
+        # for every Outbox it opens: the upstreams' cursors (None: leave them as they are)
+        self.subscribers = None if subscribers is None else list(subscribers)
         self.clock = clock
         self.retry = retry
         self.error: StorageError | None = None  # why it is not open, while it is not
@@ -69,7 +75,7 @@ class ReopeningOutbox:
                 raise self.error
             try:
                 self._outbox = Outbox(self.path, max_bytes=self.max_bytes,
-                                      progress=self.progress)
+                                      progress=self.progress, subscribers=self.subscribers)
             except StorageError as exc:
                 if self.error is None or str(exc) != str(self.error):
                     log.error("%s; sampling goes on into memory; trying again every %g s",
@@ -87,23 +93,33 @@ class ReopeningOutbox:
     def append(self, readings: Sequence[Reading], *, dropped_before: int = 0) -> None:
         self.get().append(readings, dropped_before=dropped_before)
 
-    def take(self, limit: int, *, hold_boot: str | None = None) -> list[StoredReading]:
-        return self.get().take(limit, hold_boot=hold_boot)
+    def subscribe(self, subscribers: Sequence[Subscriber]) -> None:
+        """Outbox.subscribe now, and for every outbox opened from now on."""
+        self.subscribers = list(subscribers)
+        self.get().subscribe(self.subscribers)
 
-    def take_alerts(self, limit: int) -> list[StoredReading]:
-        return self.get().take_alerts(limit)
+    def take(self, limit: int, *, upstream: str | None = None,
+             hold_boot: str | None = None) -> list[StoredReading]:
+        return self.get().take(limit, upstream=upstream, hold_boot=hold_boot)
 
-    def ack(self, ids: Iterable[int]) -> int:
-        return self.get().ack(ids)
+    def take_alerts(self, limit: int, *, upstream: str | None = None) -> list[StoredReading]:
+        return self.get().take_alerts(limit, upstream=upstream)
 
-    def quarantine(self, ids: Iterable[int], reason: str) -> int:
-        return self.get().quarantine(ids, reason)
+    def ack(self, ids: Iterable[int], *, upstream: str | None = None) -> int:
+        return self.get().ack(ids, upstream=upstream)
+
+    def quarantine(self, ids: Iterable[int], reason: str, *,
+                   upstream: str | None = None) -> int:
+        return self.get().quarantine(ids, reason, upstream=upstream)
 
     def restamp(self, boot_id: str, anchor_wall_ns: int, anchor_boot_ns: int) -> int:
         return self.get().restamp(boot_id, anchor_wall_ns, anchor_boot_ns)
 
     def stats(self) -> OutboxStats:
         return self.get().stats()
+
+    def upstreams(self) -> list[UpstreamStats]:
+        return self.get().upstreams()
 
     def latest(self) -> list[LatestValue]:
         return self.get().latest()

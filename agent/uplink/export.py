@@ -2,8 +2,8 @@
 
 The export reads the outbox and changes nothing: the readings stay until upstream acknowledges
 them, so the unit also delivers them once online. That is safe because each keeps its identity:
-CSV and JSONL carry the JSON batch format's stable id (:func:`agent.uplink.sinks.reading_id`), line
-protocol the very line the uplink sends, which InfluxDB and VictoriaMetrics
+CSV and JSONL carry the JSON batch format's stable id (:func:`agent.uplink.encoders.reading_id`),
+line protocol the very line the uplink sends, which InfluxDB and VictoriaMetrics
 (``-dedup.minScrapeInterval``) collapse into one point.
 
 Window: ``since <= time < until`` on the stored wall time, so consecutive windows never overlap.
@@ -55,8 +55,8 @@ from agent.core.reading import Reading
 from agent.core.timebase import EPOCH, iso_ns
 from agent.store.outbox import BUSY_TIMEOUT_S, SCHEMA_VERSION
 from agent.uplink import metadata
+from agent.uplink.encoders import reading_id
 from agent.uplink.lineprotocol import Epochs, LineProtocolEncoder, nonfinite_name, quality_of
-from agent.uplink.sinks import reading_id
 
 FORMATS = ("csv", "jsonl", "lp")
 COLUMNS = ("id", "unit", "site", "sensor", "driver", "quantity", "value", "nonfinite", "uom",
@@ -119,7 +119,8 @@ class Station:
     def from_config(cls, config: Config, data_dir: Path | None = None, *,
                     simulated: bool = False) -> Station:
         """The station of ``config``, with the commissioning records in ``data_dir``."""
-        measurement = "envagent" if config.uplink is None else config.uplink.measurement
+        # line protocol as the first upstream would get it (each may name its own measurement)
+        measurement = config.uplinks[0].measurement if config.uplinks else "envagent"
         records = None if data_dir is None else metadata.load(data_dir)
         return cls(config.unit.id, config.unit.site, {s.id: s.driver for s in config.sensors},
                    measurement, tuple(metadata.epochs(records or [])), simulated)

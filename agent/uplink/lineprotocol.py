@@ -46,12 +46,13 @@ import re
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 
-from agent.core.reading import Reading
+from agent.core.reading import RESERVED_SENSOR_ID, Reading, agent_sensor
 from agent.core.wire import (
     NONFINITE_SUFFIX,
     QUALITY_SUFFIX,
     SIMULATED_TAG,
     TAG_KEYS,
+    UPSTREAM_TAG,
 )
 from drivers.base import Quality
 
@@ -231,7 +232,11 @@ class LineProtocolEncoder:
             # installation tags describe the sensors, not the agent's own readings (health,
             # alerts): those series stay whole across a re-commissioning
             extra = self._extra[epoch + 1] if sensor in self._drivers else {}
-            own = (self._drivers.get(sensor, ""), sensor, self._site, self._unit)
+            shown = sensor
+            _, upstream = agent_sensor(sensor)
+            if upstream is not None:  # the agent's reading about one upstream: tagged with it
+                extra, shown = {UPSTREAM_TAG: upstream}, RESERVED_SENSOR_ID
+            own = (self._drivers.get(sensor, ""), shown, self._site, self._unit)
             tags = {**extra, **dict(zip(TAG_KEYS, own, strict=True)), **self._mark}
             tag_text = "".join(f",{escape_key(k)}={escape_key(v)}"
                                for k, v in sorted(tags.items()) if v)

@@ -1,24 +1,25 @@
 """Commissioning facts upstream (agent.store.commission keeps them): each record once as metadata,
-and
-the facts that suit a tag on every reading sampled while the record is in force.
+and the facts that suit a tag on every reading sampled while the record is in force.
 
-The delivery worker (agent.uplink.worker) calls :meth:`Commissioning.step` before each new batch. It
-looks at ``commission.json``'s inode, mtime and size (one ``stat``) and reads the file only when
-they changed; then it gives the encoder the tag epochs (one per record, from its time on) and
-notes the records not yet sent. Those go in one POST to the uplink's URL -- not ahead of a waiting
-alert -- and are marked sent only after a 2xx. A failure is tried again after the uplink's
-backoff (and ``Retry-After``), on a schedule of its own: readings never wait for metadata. A
-refusal of the document itself (400, 413, 422: a backend that takes readings but not this) is
-not tried again by the same process -- it would only be refused again, every ``backoff_max``,
-for as long as the unit runs. A damaged file is logged once per change and changes nothing: the
-tags stay as they were.
+The delivery worker (agent.uplink.worker) calls :meth:`Commissioning.step` before each new batch.
+It looks at ``commission.json``'s inode, mtime and size (one ``stat``) and reads the file only
+when they changed; then it gives the sink's encoder the tag epochs (one per record, from its time
+on) and notes the records not yet sent. Those go in one send to the upstream -- not ahead of a
+waiting alert -- and are marked sent only once delivered. Only a transport that carries such
+documents on the same path as the readings gets them (its ``documents`` capability,
+agent.uplink.sink: HTTP does, the URL takes line protocol or JSON whatever it holds); for any
+other the records only set the tags. A failure is tried again after the upstream's backoff (and
+the delay the server asked for), on a schedule of its own: readings never wait for metadata. A
+refusal of the document itself (rejected or too large: a backend that takes readings but not
+this) is not tried again by the same process -- it would only be refused again, every
+``backoff_max``, for as long as the unit runs. A damaged file is logged once per change and
+changes nothing: the tags stay as they were.
 
 A record taken before the clock synchronised, in the boot whose readings are held for the same
-reason (``held_boot``, agent.sampling.timekeeping), **waits** like them: it is neither sent nor an
-epoch
-until the time keeper has re-stamped it (agent.store.commission.restamp) -- so its point carries the
-true time and its tags start at the true time, where the re-stamped readings are. A record of
-another boot that never synchronised (or once the hold is over) goes as recorded,
+reason (``held_boot``, agent.sampling.timekeeping), **waits** like them: it is neither sent nor
+an epoch until the time keeper has re-stamped it (agent.store.commission.restamp) -- so its point
+carries the true time and its tags start at the true time, where the re-stamped readings are. A
+record of another boot that never synchronised (or once the hold is over) goes as recorded,
 ``clock_synced`` false, and its epoch starts at the time recorded: as wrong as that boot's
 readings (sent flagged), so those still get its tags, but a reading of another boot may fall on
 the wrong side of it.
@@ -62,8 +63,8 @@ from agent.store.commission import (
     unsent,
 )
 from agent.uplink.lineprotocol import escape_key, escape_measurement
-from agent.uplink.policy import Outcome, backoff_delay, classify, retry_after_seconds
-from agent.uplink.sinks import HttpSink
+from agent.uplink.policy import retry_delay
+from agent.uplink.sink import Outcome, Sink
 from drivers.clock import Clock
 
 log = logging.getLogger("envagent.metadata")
@@ -172,18 +173,18 @@ class Commissioning:
         self._held: str | None = None  # held_boot() when last read
         self.pending: list[Record] = []  # read from the file, not sent yet
         self._sent: set[str] = set()  # ids sent by this process, should marking them fail
-        self._refused: set[str] = set()  # ids the server refused (400, 413, 422): not again
+        self._refused: set[str] = set()  # ids refused (rejected, too large): not again
         self._failures = 0
         self._due = -math.inf  # monotonic time of the next attempt
 
-    def step(self, sink: HttpSink, token: Secret | None, *, send: bool = True) -> None:
-        """Bring the encoder's tags up to date; then, with ``send``, send the unsent records
-        if their backoff is over."""
+    def step(self, sink: Sink, token: Secret | None, *, send: bool = True) -> None:
+        """Bring the encoder's tags up to date; then, with ``send`` and a sink that carries
+        documents, send the unsent records if their backoff is over."""
         self.refresh(sink)
-        if send and self.pending and self._clock.monotonic() >= self._due:
+        if send and sink.documents and self.pending and self._clock.monotonic() >= self._due:
             self._send(sink, token)
 
-    def refresh(self, sink: HttpSink) -> None:
+    def refresh(self, sink: Sink) -> None:
         """Re-read the file if it (or the boot whose records wait) changed since the last
         look."""
         try:
@@ -202,11 +203,11 @@ class Commissioning:
         if len(ready) < len(records):
             log.info("%d commissioning record(s) taken before the clock synchronised wait for "
                      "it, to go upstream with their true time", len(records) - len(ready))
-        self.pending = [r for r in unsent(ready)
+        self.pending = [r for r in unsent(ready, self._settings.name)
                         if r["id"] not in self._sent and r["id"] not in self._refused]
-        sink.encoder.set_epochs(epochs(ready))
+        sink.set_epochs(epochs(ready))
 
-    def _send(self, sink: HttpSink, token: Secret | None) -> None:
+    def _send(self, sink: Sink, token: Secret | None) -> None:
         records = self.pending
         try:
             body = self._body(records)
@@ -214,18 +215,18 @@ class Commissioning:
             log.warning("%s cannot be sent upstream: %s", self.path, exc)
             self.pending = []
             return
-        reply = sink.post(body, token)
-        if reply.status is not None and 200 <= reply.status < 300:
+        answer = sink.send(body, token)
+        if answer.outcome is Outcome.DELIVERED:
             self.pending, self._failures, self._due = [], 0, -math.inf
             self._sent.update(r["id"] for r in records)
             log.info("sent %d commissioning record(s) to %s", len(records), sink.where)
             try:
-                mark_sent(self.data_dir, [r["id"] for r in records])
+                mark_sent(self.data_dir, [r["id"] for r in records], self._settings.name)
             except OSError as exc:
                 log.warning("%s; the commissioning record(s) are sent again after a restart",
                             exc)
             return
-        if classify(reply) in (Outcome.REJECTED, Outcome.TOO_LARGE):
+        if answer.outcome in (Outcome.REJECTED, Outcome.TOO_LARGE):
             # The document itself is refused (a backend that takes readings but not this):
             # sending it again would be refused again. Once per start of the agent, and for
             # each new record.
@@ -233,18 +234,14 @@ class Commissioning:
             self.pending, self._failures, self._due = [], 0, -math.inf
             log.warning("%s refused %d commissioning record(s): %s; not sent again until the "
                         "agent restarts or the unit is commissioned again; readings go on",
-                        sink.where, len(records), reply.describe())
+                        sink.where, len(records), answer.detail)
             return
-        self._failures += 1
-        s = self._settings
-        delay = backoff_delay(self._failures, s.backoff_min, s.backoff_max, self._rng)
-        after = retry_after_seconds(reply.retry_after, self._clock.time())
-        if after is not None:
-            delay = max(delay, min(after, s.retry_after_max))
+        self._failures += 1  # a stop that cut it short too: the next start sends it
+        delay = retry_delay(self._failures, answer.retry_after, self._settings, self._rng)
         self._due = self._clock.monotonic() + delay
         if self._failures == 1:
             log.warning("cannot send %d commissioning record(s) to %s: %s; trying again with "
-                        "backoff, readings go on", len(records), sink.where, reply.describe())
+                        "backoff, readings go on", len(records), sink.where, answer.detail)
 
 
 def build_commissioning(config: Config, settings: UplinkConfig, data_dir: Path,

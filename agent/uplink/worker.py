@@ -1,40 +1,45 @@
-"""Delivery: a worker thread drains the outbox, oldest first, through one sink.
+"""Delivery: one worker thread per upstream drains the outbox, oldest first, through that
+upstream's sink -- any transport (agent.uplink.sink: HTTP today, HJ 212 and MQTT next; the URL's
+scheme picks it, agent.uplink.transports).
 
 One step takes a batch (``batch_size`` readings while there is a backlog; whatever is there
-every ``flush_interval`` otherwise), POSTs it and acts on the answer:
+every ``flush_interval`` otherwise), sends it and acts on the transport's answer:
 
-==========================================  ================================================
-2xx                                         ack: the outbox deletes the batch
-408, 429, 5xx, timeouts, connection/DNS     retry the same bytes after a full-jitter
-errors, the total deadline                  exponential backoff (``backoff_min`` doubling up
-                                            to ``backoff_max``), or after ``Retry-After``
-                                            (seconds or HTTP-date) when longer, up to
-                                            ``retry_after_max``; any other value is ignored
-400, 422                                    bisect: send each half on its own until the
-                                            refused readings stand alone, then quarantine
-                                            them; the others are delivered
-413                                         halve the batch, and remember the smaller size
-401, 403, an unreadable token file          pause delivery (sampling goes on); re-read the
-                                            token and try again every ``auth_retry``
-3xx, other 4xx, TLS verification failure    misconfiguration: reported loudly, retried every
-                                            ``backoff_max``; redirects are never followed and
-                                            TLS verification is never turned off
-==========================================  ================================================
+==============  =================================================================================
+delivered       ack: the outbox deletes the batch (once every upstream has it)
+retry           send the same bytes again after a full-jitter exponential backoff
+                (``backoff_min`` doubling up to ``backoff_max``), or after the delay the server
+                asked for when longer, up to ``retry_after_max``
+rejected        bisect: send each half on its own until the refused readings stand alone, then
+                quarantine them; the others are delivered
+too large       halve the batch, and remember the smaller size
+auth            pause delivery (sampling goes on); re-read the token and try again every
+                ``auth_retry`` (an unreadable token file too)
+failed          misconfiguration: reported loudly with the transport's hint, retried every
+                ``backoff_max``
+stopped         a stop cut the send short: the batch stays, nothing is counted against the server
+==============  =================================================================================
+
+A transport that acknowledges per packet may answer that only the first ``accepted`` readings of
+a batch went through: those are acked, the rest stays the head of the queue and goes next (at
+once after a delivery, after the backoff after a failure). agent.uplink.http says which HTTP
+answers mean what.
 
 Alert readings (agent.sampling.alerts) waiting in the outbox are taken first, as a batch of their
-own,
-so an alert raised behind a large backlog goes in the next request. A batch already taken is
+own, so an alert raised behind a large backlog goes in the next request. A batch already taken is
 not cut short for them: it is kept until it is acknowledged or quarantined, so a retry sends
 the very same bytes (within one process; after a restart the batch boundaries may differ, the
-readings do not). Before each new batch, the commissioning records (agent.uplink.metadata) bring the
-readings' tags up to date and, never ahead of an alert, go upstream once.
-Logs name transitions (delivering -> retrying -> delivering), not every retry. The state is
-also written to ``uplink-state.json`` in the data directory, for ``envagent status`` in another
-process: atomically, on transitions only, plus at most every ``STATE_REFRESH_S`` while
-delivering, to keep the last-success time roughly current without wearing the SD card. Every
-error text logged or saved goes through agent.core.credentials.redact. The worker writes it once as
-it
-starts, so ``status`` knows it ran even when it had nothing to send.
+readings do not). Before each new batch, the commissioning records (agent.uplink.metadata) bring
+the readings' tags up to date and, never ahead of an alert, go upstream once -- through a
+transport that carries such documents.
+Logs name transitions (delivering -> retrying -> delivering), not every retry, and the upstream
+by name and host (the sink's ``where``). The state is also written to the upstream's state file
+in the data directory (agent.uplink.state: ``uplink-state.json`` for the one named "default"),
+for ``envagent status`` in another process: atomically, on transitions only, plus at most every
+``STATE_REFRESH_S`` while delivering, to keep the last-success time roughly current without
+wearing the SD card. Every error text logged or saved goes through
+agent.core.credentials.redact. The worker writes it once as it starts, so ``status`` knows it
+ran even when it had nothing to send.
 
 A hold for the clock (agent.sampling.timekeeping: this boot's readings wait while the clock is not
 synchronised) is part of that state: when the worker finds nothing else to send and readings are
@@ -43,7 +48,7 @@ clock synchronises or the hold runs out it logs that holding ends and how the re
 it lasts, the count is written at most every ``HOLD_REFRESH_S``, and once more at the stop.
 
 A clean stop replays nothing: once it is asked (:meth:`Uplink.request_stop`, which the writer
-calls as its stop begins) no new POST starts, and the one in flight gets ``STOP_GRACE_S`` to be
+calls as its stop begins) no new send starts, and the one in flight gets ``STOP_GRACE_S`` to be
 answered and acknowledged before :meth:`Uplink.stop` cuts it short. Only a crash, a power cut
 or a server slower than the grace can still make the next start send a batch again.
 """
@@ -57,54 +62,40 @@ import random
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 from agent.config import Config, UplinkConfig
-from agent.core.atomic import read_json, write_json
 from agent.core.credentials import CredentialError, Secret, load_token, redact
 from agent.core.errors import StorageError
 from agent.core.reading import StoredReading
 from agent.store.storage import Store
 from agent.uplink.metadata import Commissioning, build_commissioning
-from agent.uplink.policy import Outcome, _hint, backoff_delay, classify, retry_after_seconds
-from agent.uplink.sinks import Failure, HttpSink, Reply, make_encoder, make_session
+from agent.uplink.policy import retry_delay
+from agent.uplink.sink import ERROR_TEXT_CHARS, Answer, Outcome, Sink
+from agent.uplink.state import STATE_FILE, UplinkState, state_file
+from agent.uplink.transports import build_sink
 from drivers.clock import Clock
+
+__all__ = ["STATE_FILE", "STOP_GRACE_S", "ClockHold", "FlushReport", "Outcome", "Step",
+           "Uplink", "UplinkState", "build_sink", "build_uplink", "state_file"]
 
 log = logging.getLogger("envagent.uplink")
 
-STATE_FILE = "uplink-state.json"
 STATE_REFRESH_S = 600.0  # while delivering, the last-success time is persisted this often
 HOLD_REFRESH_S = 60.0  # while holding for the clock, the count is persisted this often at most
 JOIN_SLACK_S = 2.0  # a stop waits this long beyond the deadline for the worker to finish
-# How long a clean stop lets the POST in flight finish: a few round trips of a slow link, well
+# How long a clean stop lets the send in flight finish: a few round trips of a slow link, well
 # inside the unit's TimeoutStopSec=20s (systemd/envagent.service) with the sensors' joins.
 STOP_GRACE_S = 5.0
-ERROR_TEXT_CHARS = 1000  # of an error kept and logged: a reply's text, its Location, a hint
-
-
-# --- the state other processes see ------------------------------------------------------------
-
-MAX_STATE_BYTES = 64 * 1024  # what the worker writes is a few hundred bytes
-
-
-def _state_field_ok(name: str, value: object) -> bool:
-    """A field of ``uplink-state.json`` as the worker writes it: ``state`` a str, ns times and
-    counts int or null, the texts str or null."""
-    if value is None:
-        return name != "state"
-    if name.endswith(("_ns", "_count")):
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, str)
 
 
 class ClockHold(Protocol):
-    """A hold for the clock as agent.sampling.timekeeping describes it (its ``Hold``): the readings
-    of
-    boot ``boot_id`` wait, for ``reason``, until ``until_ns`` (wall clock) at most. The worker
-    reports it; ``Outbox.take(hold_boot=...)`` is what applies it."""
+    """A hold for the clock as agent.sampling.timekeeping describes it (its ``Hold``): the
+    readings of boot ``boot_id`` wait, for ``reason``, until ``until_ns`` (wall clock) at most.
+    The worker reports it; ``Outbox.take(hold_boot=...)`` is what applies it."""
 
     @property
     def boot_id(self) -> str: ...
@@ -112,58 +103,6 @@ class ClockHold(Protocol):
     def reason(self) -> str: ...
     @property
     def until_ns(self) -> int: ...
-
-
-@dataclass
-class UplinkState:
-    """``state`` is starting, ok, retrying, auth_blocked or failing; times are wall-clock ns.
-
-    ``hold_*``: readings of boot ``hold_boot`` held for the clock (``hold_count`` of them at the
-    worker's last look, since ``hold_since_ns``, until ``hold_until_ns`` at most, because
-    ``hold_reason``); all None when nothing is held.
-    """
-
-    state: str = "starting"
-    since_ns: int | None = None
-    last_success_ns: int | None = None
-    last_error: str | None = None
-    last_error_ns: int | None = None
-    hold_boot: str | None = None
-    hold_count: int | None = None
-    hold_since_ns: int | None = None
-    hold_until_ns: int | None = None
-    hold_reason: str | None = None
-
-    def hold_fields(self) -> tuple[object, ...]:
-        return (self.hold_boot, self.hold_count, self.hold_since_ns, self.hold_until_ns,
-                self.hold_reason)
-
-    def clear_hold(self) -> None:
-        self.hold_boot = self.hold_count = self.hold_since_ns = None
-        self.hold_until_ns = None
-        self.hold_reason = None
-
-    @classmethod
-    def load(cls, path: Path) -> UplinkState | None:
-        """The state last written to ``path``; None when there is none, or it is unreadable
-        or damaged (read with a size bound; a field of the wrong type is damage, logged)."""
-        try:
-            data = read_json(path, MAX_STATE_BYTES)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring the uplink state file: %s", exc)
-            return None
-        known = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or not all(
-                _state_field_ok(k, v) for k, v in data.items() if k in known):
-            log.warning("ignoring the uplink state file %s: not what the agent writes", path)
-            return None
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def save(self, path: Path) -> None:
-        """Write atomically (agent.core.atomic): a power cut leaves the old state or the new."""
-        write_json(path, asdict(self), indent=1)
 
 
 # --- the worker -------------------------------------------------------------------------------
@@ -178,7 +117,7 @@ class Step:
     delivered: int = 0
     quarantined: int = 0
     caught_up: bool = False  # nothing more was waiting in the outbox
-    reply: Reply | None = None  # the server's answer, when something was sent
+    answer: Answer | None = None  # the transport's answer, when something was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,9 +132,10 @@ class FlushReport:
 
 
 class Uplink:
-    """Drains ``outbox`` through ``sink``; ``token`` reads the upload token (see credentials)."""
+    """Drains ``outbox`` to one upstream through ``sink``, any transport; ``token`` reads the
+    upload token (see credentials)."""
 
-    def __init__(self, outbox: Store, sink: HttpSink, settings: UplinkConfig, *, clock: Clock,
+    def __init__(self, outbox: Store, sink: Sink, settings: UplinkConfig, *, clock: Clock,
                  token: Callable[[], Secret | None], state_path: Path | None = None,
                  rng: random.Random | None = None,
                  held_boot: Callable[[], str | None] = lambda: None,
@@ -233,6 +173,11 @@ class Uplink:
         self._news = False  # a nudge came since the current step began
         self._thread: threading.Thread | None = None
 
+    @property
+    def name(self) -> str:
+        """The upstream's name (``[[uplink]] name``): its state file, health readings, logs."""
+        return self.settings.name
+
     # --- one step -----------------------------------------------------------------------------
 
     def step(self) -> Step:
@@ -246,16 +191,16 @@ class Uplink:
             self._token_fresh = True
         if not self._pending:
             # Alerts (agent.sampling.alerts) go ahead of any backlog, in a batch of their own --
-            # even
-            # before the clock has synchronised (then flagged CLOCK_UNSYNCED): late is worse.
-            batch = self.outbox.take_alerts(self.batch_limit)
+            # even before the clock has synchronised (then flagged CLOCK_UNSYNCED): late is worse.
+            batch = self.outbox.take_alerts(self.batch_limit, upstream=self.name)
             if self.commissioning is not None:  # the tags in force; records once, not first
                 self.commissioning.step(self.sink, self._token, send=not batch)
             if batch:
                 self._more = True  # the backlog, if any, comes next
             else:
                 held_boot = self._held_boot()
-                batch = self.outbox.take(self.batch_limit, hold_boot=held_boot)
+                batch = self.outbox.take(self.batch_limit, upstream=self.name,
+                                         hold_boot=held_boot)
                 self._follow_hold(held_boot, only_held_left=not batch)
                 if not batch:
                     return Step(Outcome.IDLE, self.settings.flush_interval, caught_up=True)
@@ -264,43 +209,69 @@ class Uplink:
         head = self._pending[0]
         if self._body is None or self._body[0] is not head:
             self._body = (head, self.sink.encode([s.reading for s in head]))
-        reply = self.sink.post(self._body[1], self._token)
-        return replace(self._act(head, reply), reply=reply)
+        answer = self.sink.send(self._body[1], self._token)
+        return replace(self._act(head, answer), answer=answer)
 
-    def _act(self, head: list[StoredReading], reply: Reply) -> Step:
-        if reply.failure is Failure.STOPPED:  # stop() cut it short: not the server's doing
+    def _act(self, head: list[StoredReading], answer: Answer) -> Step:
+        outcome = answer.outcome
+        if outcome is not Outcome.STOPPED:
+            log.debug("%s: %d reading(s): %s -> %s", self.sink.where, len(head), answer.detail,
+                      outcome.value)
+        taken = answer.accepted
+        if taken is not None and taken >= len(head):  # all of it, whatever came after
+            return self._delivered(head)
+        if not taken:
+            return self._decide(head, answer)
+        acked = self._ack_leading(head, taken)
+        step = self._decide(self._pending[0], answer, partial=True)
+        return replace(step, delivered=step.delivered + acked)
+
+    def _ack_leading(self, head: list[StoredReading], count: int) -> int:
+        """A transport that acknowledges per packet took the first ``count`` readings: ack
+        them; the rest becomes the head, sent next (its own bytes, encoded afresh)."""
+        acked = self.outbox.ack((s.id for s in head[:count]), upstream=self.name)
+        self._pending[0] = head[count:]
+        self.state.last_success_ns = self._now_ns()
+        self._failures = 0  # it answers: a failure now starts the backoff afresh
+        return acked
+
+    def _decide(self, head: list[StoredReading], answer: Answer, *,
+                partial: bool = False) -> Step:
+        """What the answer means for ``head``: the batch, or with ``partial`` what is left of
+        it after the transport took its first readings."""
+        outcome = answer.outcome
+        if outcome is Outcome.STOPPED:  # stop() cut it short: not the server's doing
             return Step(Outcome.RETRY, 0.0)
-        outcome = classify(reply)
-        log.debug("%d reading(s): %s -> %s", len(head), reply.describe(), outcome.value)
         if outcome is Outcome.DELIVERED:
+            if partial:  # the rest goes at once
+                self._enter("ok")
+                return Step(outcome, 0.0)
             return self._delivered(head)
         if outcome in (Outcome.REJECTED, Outcome.TOO_LARGE):
-            return self._refused(head, reply, outcome)
+            return self._refused(head, answer)
         if outcome is Outcome.AUTH:
             self._token_fresh = False  # re-read the file before the next attempt
-            self._enter("auth_blocked", reply.describe())
+            self._enter("auth_blocked", answer.detail)
             return Step(outcome, self.settings.auth_retry)
         self._failures += 1
         if outcome is Outcome.FAILED:
-            self._enter("failing", f"{reply.describe()}; {_hint(reply)}")
+            self._enter("failing", f"{answer.detail}; {answer.hint}" if answer.hint
+                        else answer.detail)
             return Step(outcome, self.settings.backoff_max)
-        delay = backoff_delay(self._failures, self.settings.backoff_min,
-                              self.settings.backoff_max, self._rng)
-        after = retry_after_seconds(reply.retry_after, self.clock.time())
-        if after is not None:
-            delay = max(delay, min(after, self.settings.retry_after_max))
-        self._enter("retrying", reply.describe())
+        delay = retry_delay(self._failures, answer.retry_after, self.settings, self._rng)
+        self._enter("retrying", answer.detail)
         return Step(outcome, delay)
 
     def _delivered(self, head: list[StoredReading]) -> Step:
-        acked = self.outbox.ack(s.id for s in head)
+        acked = self.outbox.ack((s.id for s in head), upstream=self.name)
         self._pending.popleft()
         self.state.last_success_ns = self._now_ns()
         self._enter("ok")
         return self._next(Outcome.DELIVERED, delivered=acked)
 
-    def _refused(self, head: list[StoredReading], reply: Reply, outcome: Outcome) -> Step:
-        """400/422/413: split the batch; quarantine a reading refused on its own."""
+    def _refused(self, head: list[StoredReading], answer: Answer) -> Step:
+        """Rejected or too large: split the batch; quarantine a reading refused on its own."""
+        outcome, said = answer.outcome, answer.detail
         self._enter("ok")  # the server answers and reads what it gets
         self._pending.popleft()
         if len(head) > 1:
@@ -309,15 +280,15 @@ class Uplink:
             if outcome is Outcome.TOO_LARGE and half < self.batch_limit:
                 self.batch_limit = half
                 log.warning("%s: %s for %d readings; sending at most %d per request "
-                            "from now on", self.sink.where, reply.describe(), len(head), half)
+                            "from now on", self.sink.where, said, len(head), half)
                 self._pending = deque(part[i:i + half] for part in self._pending
                                       for i in range(0, len(part), half))
             return Step(outcome, 0.0)
         (one,) = head
         r = one.reading
-        moved = self.outbox.quarantine([one.id], reply.describe())
+        moved = self.outbox.quarantine([one.id], said, upstream=self.name)
         log.warning("%s refused %s %s at time_ns %d (%s); moved it to quarantine",
-                    self.sink.where, r.sensor, r.quantity, r.time_ns, reply.describe())
+                    self.sink.where, r.sensor, r.quantity, r.time_ns, said)
         return self._next(outcome, quarantined=moved)
 
     def _next(self, outcome: Outcome, *, delivered: int = 0, quarantined: int = 0) -> Step:
@@ -474,7 +445,7 @@ class Uplink:
                     wait = 0.0
             except Exception as exc:  # noqa: BLE001 - the outbox or a bug: never stop delivering
                 self._enter("failing", f"{type(exc).__name__}: {exc}")
-                log.debug("step failed", exc_info=True)
+                log.debug("%s: step failed", self.sink.where, exc_info=True)
                 wait = s.backoff_max
             if wait > 0:
                 self.clock.wait(self._wake, wait)
@@ -492,11 +463,12 @@ class Uplink:
 
     def sync_now(self) -> None:
         """Try delivering at once, even in the middle of a backoff (the service button)."""
-        log.info("sync requested")
+        log.info("sync requested: delivering to %s at once", self.sink.where)
         self._wake.set()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="uplink", daemon=True)
+        self._thread = threading.Thread(target=self.run, name=f"uplink-{self.name}",
+                                        daemon=True)
         self._thread.start()
 
     def request_stop(self) -> None:
@@ -519,7 +491,8 @@ class Uplink:
         if self._thread is not None:
             self._thread.join(self.settings.deadline + JOIN_SLACK_S)
             if self._thread.is_alive():
-                log.warning("still busy at shutdown (name resolution?); left behind")
+                log.warning("delivery to %s still busy at shutdown (name resolution?); left "
+                            "behind", self.sink.where)
                 return
         self._settle_hold()
 
@@ -552,37 +525,22 @@ def _duration_words(ns: int) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-def build_sink(config: Config, settings: UplinkConfig, *, simulated: bool = False) -> HttpSink:
-    """The HTTP sink ``[uplink]`` describes: its format, session (CA, client certificate) and
-    time limits -- for delivery, and for ``envagent doctor``'s probe. ``simulated``: every
-    batch is marked a rehearsal's (agent.store.rehearsal)."""
-    encoder = make_encoder(settings.format, unit=config.unit.id, site=config.unit.site,
-                           drivers={s.id: s.driver for s in config.sensors},
-                           measurement=settings.measurement, simulated=simulated)
-    session = make_session(ca_file=settings.ca_file, client_cert=settings.client_cert,
-                           client_key=settings.client_key)
-    return HttpSink(settings.url, encoder, session, auth=settings.auth,
-                    connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
-                    deadline=settings.deadline)
-
-
-def build_uplink(config: Config, outbox: Store, clock: Clock, data_dir: Path,
-                 environ: Mapping[str, str] | None = None,
-                 held_boot: Callable[[], str | None] = lambda: None, *,
+def build_uplink(config: Config, settings: UplinkConfig, outbox: Store, clock: Clock,
+                 data_dir: Path, environ: Mapping[str, str] | None = None, *,
+                 held_boot: Callable[[], str | None] = lambda: None,
                  hold: Callable[[], ClockHold | None] = lambda: None,
                  simulated: bool = False) -> Uplink:
-    """The real uplink of the ``run`` and ``sync`` commands, from a config with ``[uplink]``;
-    with ``simulated`` (``--simulate --deliver``) everything it sends is marked a rehearsal's."""
-    settings = config.uplink
-    if settings is None:
-        raise ValueError("the configuration has no [uplink] section")
-
+    """The real delivery worker of one upstream (``settings``: one of ``config.uplinks``) for
+    the ``run`` and ``sync`` commands: its transport by the URL's scheme
+    (agent.uplink.transports), its token, its own state file (agent.uplink.state). With
+    ``simulated`` (``--simulate --deliver``) everything it sends is marked a rehearsal's."""
     env = dict(os.environ if environ is None else environ)
-    sink = build_sink(config, settings, simulated=simulated)
+    sink = build_sink(config, settings, simulated=simulated, wall=clock.time)
     with contextlib.suppress(OSError):
         data_dir.mkdir(parents=True, exist_ok=True)
     return Uplink(outbox, sink, settings, clock=clock,
-                  token=lambda: load_token(settings.token_file, env),
-                  state_path=data_dir / STATE_FILE, held_boot=held_boot, hold=hold,
+                  token=lambda: load_token(settings.token_file, env, settings.name),
+                  state_path=data_dir / state_file(settings.name), held_boot=held_boot,
+                  hold=hold,
                   commissioning=build_commissioning(config, settings, data_dir, clock,
                                                     held_boot=held_boot, simulated=simulated))

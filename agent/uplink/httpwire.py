@@ -1,12 +1,9 @@
-"""Sinks: encode a batch of readings, POST it once, and report what came back.
+"""HTTP on the wire: the session, the total deadline, the bounded read of an answer, and why an
+exchange failed in words -- the mechanics under the HTTP transport (agent.uplink.http).
 
-A sink never decides what to delete or when to retry -- :mod:`agent.uplink.worker` does, from the
-:class:`Reply`. Encoders are pure: the same readings give the same bytes, so a retried batch is
-byte-identical (gzip included: its header carries no time stamp here).
-
-HTTP: one keep-alive ``requests.Session`` that ignores the environment (``trust_env = False``:
-no proxy variables, no ``~/.netrc`` credentials), verifies TLS (optionally against ``ca_file``,
-optionally with a client certificate) and never follows a redirect for a write.
+The session: one keep-alive ``requests.Session`` that ignores the environment (``trust_env =
+False``: no proxy variables, no ``~/.netrc`` credentials), verifies TLS (optionally against
+``ca_file``, optionally with a client certificate) and never follows a redirect for a write.
 
 The total deadline. ``requests`` bounds the connect and each single read, not an exchange: a
 server that dribbles one byte per read timeout keeps a request alive forever. A deadline armed
@@ -31,49 +28,29 @@ The answer is read with a bound, whatever its Content-Length, chunking or Conten
 at most ``REPLY_READ_BYTES`` come off the wire (as sent, still compressed) and at most
 ``REPLY_KEEP_BYTES`` of them, inflated, are kept -- a gzip bomb or an endless body costs a few
 KiB, never the Pi's memory. An answer read to its end leaves the connection to be used again; a
-longer one's connection is closed rather than drained. Only the status and the headers decide
-what happens to the batch; the text, made fit to log (agent.core.credentials.redact), is for people.
-A stop (:meth:`HttpSink.refuse`) lets the POST in flight go on and refuses the next ones.
+longer one's connection is closed rather than drained.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import gzip
-import hashlib
-import json
 import os
 import socket
 import stat
 import threading
 import time
 import zlib
-from bisect import bisect_right
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.core.credentials import Secret, authorization, redact
-from agent.core.reading import Reading
-from agent.uplink.lineprotocol import (
-    Epochs,
-    LineProtocolEncoder,
-    nonfinite_name,
-    ordered_epochs,
-    quality_of,
-)
 
 if TYPE_CHECKING:  # imported by make_session: commands that never POST do not load it (~15 MiB)
     import requests
 
-JSON_CONTENT_TYPE = "application/json; charset=utf-8"
-JSON_FORMAT = "envagent-batch/1"
-ID_HEX_DIGITS = 32  # 128 bits of SHA-256: collisions are out of reach for any network
-GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a third of its CPU
 REPLY_TEXT_CHARS = 300  # of a server's answer kept for the log and `envagent status`
 MAX_CAUSES = 16  # exceptions looked at for why a connection failed (requests nests ~5)
 REPLY_READ_BYTES = 8192  # of an answer read off the wire at most, as sent (compressed or not)
@@ -85,116 +62,6 @@ INFLATE_WBITS = {"gzip": 47, "x-gzip": 47, "deflate": 47}
 RAW_DEFLATE_WBITS = -15
 FD_DIRS = ("/proc/self/fd", "/dev/fd")  # Linux, then macOS/BSD
 RECHECK_S = 0.1  # after the deadline, how often to look for a connection made late
-
-
-class Encoder(Protocol):
-    content_type: str
-
-    def encode(self, readings: Sequence[Reading]) -> bytes: ...
-
-    def set_epochs(self, epochs: Epochs) -> None: ...
-
-
-# --- the JSON batch format ---------------------------------------------------------------------
-
-
-def reading_id(unit: str, reading: Reading) -> str:
-    """The stable id of a reading: first 32 hex digits of SHA-256 over its identity.
-
-    The identity is ``unit, sensor, quantity, time_ns`` joined by line feeds, in UTF-8 -- the same
-    reading sent twice, from any process, after any restart, has the same id.
-    """
-    identity = f"{unit}\n{reading.sensor}\n{reading.quantity}\n{reading.time_ns}"
-    return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:ID_HEX_DIGITS]
-
-
-def batch_id(reading_ids: Sequence[str]) -> str:
-    """First 32 hex digits of SHA-256 over the reading ids in batch order, one per line."""
-    return hashlib.sha256("\n".join(reading_ids).encode("ascii")).hexdigest()[:ID_HEX_DIGITS]
-
-
-class JsonEncoder:
-    """The JSON batch format for custom backends (documented in the README). ``simulated``: a
-    rehearsal's batches say ``"simulated": true`` (agent.store.rehearsal); a real unit's have no
-    such
-    key, so their bytes are what they always were."""
-
-    content_type = JSON_CONTENT_TYPE
-
-    def __init__(self, *, unit: str, site: str, drivers: Mapping[str, str],
-                 simulated: bool = False) -> None:
-        self._unit, self._site, self._drivers = unit, site, dict(drivers)
-        self._mark = {"simulated": True} if simulated else {}
-        self._starts: list[int] = []
-        self._extra: list[dict[str, str]] = []
-
-    def set_epochs(self, epochs: Epochs) -> None:
-        """Keys added to the readings sampled from each start time on, as the line protocol's
-        tags (agent.uplink.lineprotocol): by sample time, so a replay is byte-identical."""
-        self._starts, self._extra = ordered_epochs(epochs)
-
-    def document(self, readings: Sequence[Reading]) -> dict[str, Any]:
-        items = [self._item(r) for r in readings]
-        return {
-            "format": JSON_FORMAT,
-            "batch": batch_id([item["id"] for item in items]),
-            "unit": self._unit,
-            "site": self._site,
-            **self._mark,
-            "count": len(items),
-            "readings": items,
-        }
-
-    def _item(self, r: Reading) -> dict[str, Any]:
-        nonfinite = nonfinite_name(r.value)
-        item: dict[str, Any] = {
-            "id": reading_id(self._unit, r),
-            "sensor": r.sensor,
-            "driver": self._drivers.get(r.sensor),
-            "quantity": r.quantity,
-            "value": None if nonfinite else r.value,
-            "unit": r.unit,
-            "time_ns": r.time_ns,
-            "quality": quality_of(r),
-            "synced": r.synced,
-            "boot_id": r.boot_id,
-            "boot_ns": r.boot_ns,
-            "calibration": r.calibration,
-        }
-        if nonfinite:
-            item["nonfinite"] = nonfinite
-        if self._starts and r.sensor in self._drivers:  # as the line protocol's tags
-            epoch = bisect_right(self._starts, r.time_ns) - 1
-            if epoch >= 0:
-                item.update(self._extra[epoch])
-        return item
-
-    def encode(self, readings: Sequence[Reading]) -> bytes:
-        text = json.dumps(self.document(readings), ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":"))
-        return text.encode("utf-8")
-
-
-def make_encoder(format: str, *, unit: str, site: str, drivers: Mapping[str, str],
-                 measurement: str, simulated: bool = False) -> Encoder:
-    """The encoder of ``uplink.format``; ``simulated`` marks every batch a rehearsal's."""
-    if format == "json":
-        return JsonEncoder(unit=unit, site=site, drivers=drivers, simulated=simulated)
-    return LineProtocolEncoder(unit=unit, site=site, drivers=drivers, measurement=measurement,
-                               simulated=simulated)
-
-
-def influx_url(url: str) -> str:
-    """``url`` with ``precision=ns`` added unless it has it (config refuses any other precision)."""
-    parts = urlsplit(url)
-    params = parse_qsl(parts.query, keep_blank_values=True)
-    if any(key == "precision" for key, _ in params):
-        return url
-    query = urlencode([*params, ("precision", "ns")])
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
-
-
-# --- HTTP --------------------------------------------------------------------------------------
 
 
 class Failure(enum.Enum):
@@ -301,134 +168,7 @@ class Deadlines:
                     self._cond.acquire()
 
 
-class HttpSink:
-    """POSTs encoded batches to one URL, each within a total deadline (see the module doc)."""
-
-    def __init__(self, url: str, encoder: Encoder, session: requests.Session, *,
-                 auth: str = "token", connect_timeout: float = 10.0, read_timeout: float = 30.0,
-                 deadline: float = 60.0) -> None:
-        self.url = influx_url(url) if isinstance(encoder, LineProtocolEncoder) else url
-        parts = urlsplit(self.url)
-        self.where = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))  # for logs
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        host = parts.hostname or ""
-        self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-        self.encoder = encoder
-        self.session = session
-        self.auth = auth
-        self.timeouts = (connect_timeout, read_timeout)
-        self.deadline = deadline
-        self._lock = threading.Lock()
-        self._attempts = 0
-        self._in_flight: int | None = None  # the number of the attempt on the wire
-        self._ended: Failure | None = None  # why the deadline or abort() ended it early
-        self._closed = False
-        self._deadlines = Deadlines(self._end, name="uplink-deadline")
-
-    def encode(self, readings: Sequence[Reading]) -> bytes:
-        return self.encoder.encode(readings)
-
-    def post(self, body: bytes, token: Secret | None) -> Reply:
-        """Send one encoded batch; never raises for anything the network or server does."""
-        headers = {"Content-Type": self.encoder.content_type, "Content-Encoding": "gzip"}
-        if token is not None:
-            headers["Authorization"] = authorization(self.auth, token)
-        data = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
-        with self._lock:
-            if self._closed:
-                return Reply(None, Failure.STOPPED)
-            self._attempts += 1
-            attempt = self._in_flight = self._attempts
-            self._ended = None
-        self._deadlines.arm(attempt, self.deadline, Failure.DEADLINE)
-        import requests  # loaded already: make_session built self.session
-        from urllib3.exceptions import HTTPError as TransportError  # requests' transport
-
-        try:
-            response = self.session.post(self.url, data=data, headers=headers,
-                                         timeout=self.timeouts, allow_redirects=False,
-                                         stream=True)  # the body is read below, bounded
-        except requests.RequestException as exc:
-            failure = self._finish(attempt) or _failure_of(exc)
-            return Reply(None, failure, redact(self._explain(failure, exc), token,
-                                               limit=REPLY_TEXT_CHARS))
-        except (ValueError, OSError) as exc:  # e.g. an unreadable ca_file or client_cert
-            self._finish(attempt)
-            return Reply(None, Failure.INVALID, redact(str(exc), token, limit=REPLY_TEXT_CHARS))
-        try:
-            content, cut = read_bounded(response.raw)
-        except (TransportError, OSError) as exc:  # requests does not wrap these: raw read
-            failure = self._finish(attempt) or _failure_of(exc)
-            return Reply(None, failure, redact(self._explain(failure, exc), token,
-                                               limit=REPLY_TEXT_CHARS))
-        finally:
-            response.close()  # after a cut the connection is closed, never drained
-        ended = self._finish(attempt)
-        if ended is not None:  # the answer may be cut short (a 204's headers, say): not trusted
-            return Reply(None, ended, f"HTTP {response.status_code} answer cut off")
-        text, cut = inflate(content, response.headers.get("Content-Encoding"), cut=cut)
-        location = response.headers.get("Location")
-        return Reply(response.status_code, None,
-                     redact(text, token, cut=cut, limit=REPLY_TEXT_CHARS),
-                     response.headers.get("Retry-After"),
-                     None if location is None else redact(location, token,
-                                                          limit=REPLY_TEXT_CHARS))
-
-    def _explain(self, failure: Failure, exc: BaseException) -> str:
-        """A failed exchange for people: ``cannot connect to host:443: connection refused``,
-        never requests' ``HTTPSConnectionPool(...): Max retries exceeded ...``."""
-        connect, read = self.timeouts
-        where = self.address
-        if failure is Failure.DEADLINE:
-            return f"no complete answer from {where} within {self.deadline:g} s"
-        if failure is Failure.STOPPED:
-            return ""
-        if failure is Failure.CONNECT_TIMEOUT:
-            return f"cannot connect to {where}: timed out after {connect:g} s"
-        if failure is Failure.READ_TIMEOUT:
-            return f"no answer from {where} within {read:g} s"
-        if failure in (Failure.TLS, Failure.TLS_VERIFY):
-            return f"TLS with {where} failed: {_tls_reason(exc)}"
-        if failure is Failure.CONNECTION:
-            return _connection_failure(exc, where)
-        return str(exc)
-
-    def refuse(self) -> None:
-        """Refuse every POST from now on (a stop begins); the one in flight goes on."""
-        with self._lock:
-            self._closed = True
-
-    def abort(self) -> None:
-        """End the POST in flight now (from another thread), e.g. to stop the agent."""
-        with self._lock:
-            attempt = self._in_flight
-        if attempt is not None:
-            self._end(attempt, Failure.STOPPED)
-
-    def close(self) -> None:
-        """Abort the POST in flight and refuse further ones."""
-        self.refuse()
-        self.abort()
-        self._deadlines.close()
-        self.session.close()
-
-    def _finish(self, attempt: int) -> Failure | None:
-        """Disarm the attempt; return why it was ended early, if it was."""
-        self._deadlines.disarm(attempt)
-        with self._lock:
-            ended, self._ended, self._in_flight = self._ended, None, None
-        return ended
-
-    def _end(self, attempt: int, why: Failure) -> None:
-        with self._lock:
-            if attempt != self._in_flight:
-                return  # finished meanwhile
-            self._ended = self._ended or why
-            if shutdown_connections(self.port) == 0:  # still resolving or connecting: look again
-                self._deadlines.arm(attempt, RECHECK_S, why)
-
-
-def _failure_of(exc: Exception) -> Failure:
+def failure_of(exc: Exception) -> Failure:
     """What a failed exchange means: ``requests``' errors, or ``urllib3``'s from the body."""
     import requests
     from urllib3 import exceptions as urllib3_errors
@@ -445,6 +185,26 @@ def _failure_of(exc: Exception) -> Failure:
                   | requests.exceptions.InvalidSchema | requests.exceptions.MissingSchema):
         return Failure.INVALID
     return Failure.CONNECTION
+
+
+def explain(failure: Failure, exc: BaseException, *, address: str,
+            timeouts: tuple[float, float], deadline: float) -> str:
+    """A failed exchange with ``address`` for people: ``cannot connect to host:443: connection
+    refused``, never requests' ``HTTPSConnectionPool(...): Max retries exceeded ...``."""
+    connect, read = timeouts
+    if failure is Failure.DEADLINE:
+        return f"no complete answer from {address} within {deadline:g} s"
+    if failure is Failure.STOPPED:
+        return ""
+    if failure is Failure.CONNECT_TIMEOUT:
+        return f"cannot connect to {address}: timed out after {connect:g} s"
+    if failure is Failure.READ_TIMEOUT:
+        return f"no answer from {address} within {read:g} s"
+    if failure in (Failure.TLS, Failure.TLS_VERIFY):
+        return f"TLS with {address} failed: {_tls_reason(exc)}"
+    if failure is Failure.CONNECTION:
+        return _connection_failure(exc, address)
+    return str(exc)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
