@@ -96,7 +96,9 @@ def station(path: Path, *, unit: str, measurement: str, url: str | None = None) 
 
 def outbox_contents(data: Path) -> tuple[list[Reading], OutboxStats]:
     with Outbox.open_readonly(data / "outbox.sqlite") as outbox:
-        return [s.reading for s in outbox.take(10**6)], outbox.stats()
+        # a kill before the first start subscribed the upstream leaves an outbox without cursors
+        upstream = "default" if outbox.upstreams() else None
+        return [s.reading for s in outbox.take(10**6, upstream=upstream)], outbox.stats()
 
 
 def forward_to(vm: VictoriaMetrics, *, fail: Iterable[int] = ()) -> Respond:
@@ -115,13 +117,17 @@ def forward_to(vm: VictoriaMetrics, *, fail: Iterable[int] = ()) -> Respond:
     return respond
 
 
-def labels(measurement: str, field: str, unit: str, sensor: str) -> Labels:
+def labels(measurement: str, field: str, unit: str, sensor: str,
+           uplink: str | None = None) -> Labels:
     """A series' labels: the tags of its line (no ``driver`` for a sensor id the configuration
-    does not name, such as the unit's own health readings) plus the metric name."""
+    does not name, such as the unit's own health readings; ``uplink`` on the agent's readings
+    about one upstream) plus the metric name."""
     metric = {"__name__": f"{measurement}_{field}", "unit": unit, "sensor": sensor, "site": SITE,
               "simulated": "true"}  # a rehearsal's (agent.store.rehearsal)
     if sensor in DRIVERS:
         metric["driver"] = DRIVERS[sensor]
+    if uplink is not None:
+        metric["uplink"] = uplink
     return tuple(sorted(metric.items()))
 
 
@@ -256,7 +262,8 @@ def points_in(bodies: Iterable[bytes], *, measurement: str, unit: str) -> Series
             assert name == measurement
             for field, value in fields.items():
                 assert isinstance(value, int | float), (field, value)  # no non-finite strings
-                point = (labels(measurement, field, unit, tags["sensor"]), stamp // NS_PER_MS)
+                point = (labels(measurement, field, unit, tags["sensor"], tags.get("uplink")),
+                         stamp // NS_PER_MS)
                 assert points.setdefault(point, float(value)) == float(value), (point, value)
                 assert tags.get("driver") == DRIVERS.get(tags["sensor"]), tags
                 assert tags["site"] == SITE and tags["unit"] == unit, tags
@@ -273,8 +280,9 @@ def readings_in(bodies: Iterable[bytes]) -> set[ReadingKey]:
     for body in bodies:
         for line in body.decode("utf-8").splitlines():
             _, tags, fields, stamp = parse_line(line)
-            found |= {(tags["sensor"], field, stamp) for field in fields
-                      if not field.endswith("_q")}
+            # the agent's readings about one upstream are stored as sensor envagent@<name>
+            sensor = tags["sensor"] + (f"@{tags['uplink']}" if "uplink" in tags else "")
+            found |= {(sensor, field, stamp) for field in fields if not field.endswith("_q")}
     return found
 
 

@@ -277,7 +277,9 @@ def look(data: Path, seed: int) -> tuple[list[Reading], OutboxStats | None]:
     if not tables:
         return [], None  # killed while the schema was being created: nothing stored yet
     with Outbox.open_readonly(path) as outbox:
-        return [s.reading for s in outbox.take(10**6)], outbox.stats()
+        # a kill before the first start subscribed the upstream leaves an outbox without cursors
+        upstream = "default" if outbox.upstreams() else None
+        return [s.reading for s in outbox.take(10**6, upstream=upstream)], outbox.stats()
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ hint each, for people (wrapped to a phone's width) or as JSON, and the exit code
 
 from __future__ import annotations
 
+import argparse
 import enum
 import json
 import textwrap
@@ -90,8 +91,6 @@ def human_age(seconds: float) -> str:
 
 def sample_count(text: str) -> int:
     """``--samples``: 1 to 100."""
-    import argparse
-
     try:
         value = int(text)
     except ValueError:

@@ -305,7 +305,7 @@ class ServiceButton:
         self._lock = threading.Lock()
         self._down = False  # a press is in progress (seen starting)
         self._long = False  # ... and has been reported as a long press
-        from gpiozero import Button
+        from gpiozero import Button  # as LED above: only with an [indicator]
 
         self._button = Button(pin, pull_up=True, bounce_time=bounce_time, hold_time=hold_time,
                               pin_factory=pin_factory)

@@ -138,9 +138,10 @@ class Service:
             parts.append(f"backlog {self.outbox.stats().backlog}")
         except StorageError as exc:
             parts.append(f"STORAGE FAILING: {exc}")
-        for uplink in self.uplinks:
+        for uplink in self.uplinks:  # one upstream: as it always was; several: each by name
             state = uplink.state
-            text = f"uplink {uplink.name} {state.state}"
+            who = "" if len(self.uplinks) == 1 else f"{uplink.name} "
+            text = f"uplink {who}{state.state}"
             if state.last_success_ns:
                 ago = time.time() - state.last_success_ns / 1e9
                 text += f", delivered {_ago(ago)} ago"

@@ -25,7 +25,7 @@ SETTLE_S = 1.0
 
 class PowerSwitch:
     def __init__(self, pin: int, *, clock: Clock, pin_factory: Any = None) -> None:
-        from gpiozero import DigitalOutputDevice
+        from gpiozero import DigitalOutputDevice  # only a unit with a power_pin loads gpiozero
 
         self.pin = pin
         self.clock = clock
