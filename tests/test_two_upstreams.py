@@ -1,6 +1,6 @@
 """Two upstreams at once, against two real VictoriaMetrics servers (Debian's package).
 
-The bureau's server is stopped for a while (``ENVAGENT_OUTAGE_S``, default 120 s) while the
+The bureau's server is stopped for a while (``ENVAGENT_OUTAGE_S``, default 180 s) while the
 agent runs: the network's server must go on receiving at the station's pace, nothing may leave
 the outbox before both have it, and once the bureau's server is back it must receive the whole
 backlog. At the end both hold exactly the readings the agent took -- 0 lost -- and the bureau's
@@ -24,7 +24,7 @@ from victoriametrics import FLAGS, VictoriaMetrics, require_binary, start, stop
 
 from agent.store.outbox import Outbox
 
-OUTAGE_S = float(os.environ.get("ENVAGENT_OUTAGE_S", "120"))
+OUTAGE_S = float(os.environ.get("ENVAGENT_OUTAGE_S", "180"))
 UNIT = "two-1"
 WAIT_S = 30.0  # for a server to show what the agent sent (a flush interval and a backoff)
 DERIVED = ("_q", "_nonfinite")  # fields that go with a reading, not readings of their own
