@@ -58,7 +58,8 @@ SECRET_HOWTO = (
     "agent's user and name it with uplink.token_file, or use "
     "LoadCredential=upload-token:/etc/envagent/upload-token in the systemd unit"
 )
-SUPPORTED = "an https:// URL, or http:// to this machine with allow_insecure = true"
+SUPPORTED = ("an https:// URL, http:// to this machine with allow_insecure = true, or "
+             "hj212://host:port (HJ 212-2017)")
 
 
 def load(tmp_path: Path, text: str) -> Config:
@@ -308,7 +309,7 @@ def test_an_unnamed_upstream_is_named_by_its_place(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("scheme", "transport"), [
-    ("hj212", "HJ 212"), ("mqtt", "MQTT"), ("mqtts", "MQTT over TLS"), ("MQTT", "MQTT"),
+    ("mqtt", "MQTT"), ("mqtts", "MQTT over TLS"), ("MQTT", "MQTT"),
 ])
 def test_a_future_transport_is_refused_by_name(tmp_path: Path, scheme: str,
                                                transport: str) -> None:

@@ -6,6 +6,9 @@ never shown). Plain http:// is allowed only to this machine, with ``allow_insecu
 (``allow_insecure_http``, its old name, is read as the same setting). An upstream's ``sensors``
 and ``quantities`` are checked against the station's sensors and alerts, so this section is
 parsed after them; :meth:`UplinkConfig.takes` answers which readings it takes.
+
+An ``hj212://host:port`` upstream (HJ 212-2017 over TCP, agent.config.hj212) has keys of its own
+and is allowed in plain text to any host: HJ 212 has no TLS.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from agent.config import hj212
 from agent.config.checks import boolean, choice, duration, integer
 from agent.config.fields import REQUIRED, Bad, Field, Problems, read_table, valid_keys
 from agent.config.health import AGENT_HEALTH_QUANTITIES, SENSOR_HEALTH_QUANTITIES
+from agent.config.hj212 import Hj212Config
 from agent.core.credentials import AUTH_SCHEMES
 from agent.core.reading import ALERT_PREFIX, DEFAULT_UPSTREAM, RESERVED_SENSOR_ID, agent_sensor
 from agent.core.units import format_duration, toml_key, toml_quote, toml_value
@@ -32,8 +37,8 @@ UPLINK_STARTS = ("oldest", "now")  # every reading still stored, or only those f
 # names and doctor: nothing in it may need quoting or escaping anywhere.
 UPLINK_NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,32}")  # used with fullmatch
 # The transports of this version (agent.uplink.transports), and those DESIGN.md plans.
-SCHEMES = ("https", "http")
-FUTURE_SCHEMES = {"hj212": "HJ 212", "mqtt": "MQTT", "mqtts": "MQTT over TLS"}
+SCHEMES = ("https", "http", hj212.SCHEME)
+FUTURE_SCHEMES = {"mqtt": "MQTT", "mqtts": "MQTT over TLS"}
 MEASUREMENT_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")  # used with fullmatch
 INFLUX_V2_PATH = "/api/v2/write"
 # Keys and URL parts that would put a secret in this file (readable by every technician, kept in
@@ -45,7 +50,12 @@ TOKEN_HOWTO = ("put the token in a file readable only by the agent's user and na
                "uplink.token_file, or use LoadCredential=upload-token:/etc/envagent/upload-token "
                "in the systemd unit")
 URL_EXAMPLE = 'url = "https://influx.example.org:8086/api/v2/write?org=eco&bucket=field"'
-SUPPORTED = "an https:// URL, or http:// to this machine with allow_insecure = true"
+SUPPORTED = ("an https:// URL, http:// to this machine with allow_insecure = true, or "
+             "hj212://host:port (HJ 212-2017)")
+HJ212_EXAMPLE = 'url = "hj212://platform.example.gov.cn:6000"'
+HJ212_PW_HOWTO = ("put the HJ 212 password (PW) in a file readable only by the agent's user and "
+                  "name it with password_file, or use the systemd credential "
+                  "upload-token-<name>")
 OLD_INSECURE_KEY = "allow_insecure_http"  # the name of allow_insecure before several upstreams
 
 
@@ -77,6 +87,17 @@ class UplinkConfig:
     quantities: tuple[str, ...] | None = None
     agent_readings: bool = True  # the agent's own health and alert readings, whatever selects
     start: str = "oldest"  # where an upstream new to the config starts: "oldest" | "now"
+    hj212: Hj212Config | None = None  # an hj212:// upstream's own settings
+
+    @property
+    def secret_key(self) -> str:
+        """The key naming the file of this upstream's secret: an HJ 212 password or a token."""
+        return hj212.PASSWORD_KEY if self.hj212 is not None else "token_file"
+
+    @property
+    def secret_name(self) -> str:
+        """What this upstream's secret is called in messages."""
+        return "HJ 212 password (PW)" if self.hj212 is not None else "upload token"
 
     def takes(self, sensor: str, quantity: str) -> bool:
         """Whether this upstream takes the readings of ``quantity`` from ``sensor``.
@@ -123,13 +144,28 @@ def _url(value: object) -> str:
             raise Bad(f"expected {SUPPORTED}; {scheme}:// is not a transport envagent knows")
         raise Bad(f"expected {SUPPORTED}, such as {URL_EXAMPLE[6:]}")
     try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
+        port = parts.port
     except ValueError:
         raise Bad(f"the port is not a number from 1 to 65535; {expected}") from None
+    if scheme == hj212.SCHEME:
+        return _hj212_url(value, port)
     if not parts.hostname:
         raise Bad(f"no host name; {expected}")
     if parts.fragment:
         raise Bad(f"remove the #fragment; {expected}")
+    return value
+
+
+def _hj212_url(value: str, port: int | None) -> str:
+    """``hj212://host:port``: the platform's address and nothing else."""
+    parts = urlsplit(value)
+    expected = f"expected hj212://host:port, such as {HJ212_EXAMPLE[6:]}"
+    if not parts.hostname:
+        raise Bad(f"no host name; {expected}")
+    if port is None:
+        raise Bad(f"no port (HJ 212 has no default port: ask the platform); {expected}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise Bad(f"HJ 212 takes no path, query or #fragment; {expected}")
     return value
 
 
@@ -212,6 +248,17 @@ _UPLINK_FIELDS = {
 # In [[uplink]] every upstream is named; the old name of allow_insecure is read, not advertised.
 _NAMED_UPLINK_FIELDS = _UPLINK_FIELDS | {"name": _UPLINK_FIELDS["name"]._replace(default=REQUIRED)}
 _UPLINK_VALID = valid_keys(_UPLINK_FIELDS)
+_HJ212_ONLY = {**hj212.FIELDS, hj212.PASSWORD_KEY: Field(_file_path, None, "")}
+
+
+def _hj212_fields(fields: Mapping[str, Field]) -> dict[str, Field]:
+    """An hj212:// upstream's keys: the common ones and its own."""
+    return {**{k: v for k, v in fields.items() if k not in hj212.NOT_HERE}, **_HJ212_ONLY}
+
+
+def _is_hj212(table: Mapping[str, Any]) -> bool:
+    url = table.get("url")
+    return isinstance(url, str) and url.lower().startswith(hj212.SCHEME + "://")
 _OLD_UPLINK_FIELDS = {OLD_INSECURE_KEY: Field(boolean, None, "")}
 
 
@@ -255,13 +302,26 @@ def _read_uplink(problems: Problems, path: str, table: Mapping[str, Any],
     """One upstream, or None when it has a problem."""
     before = len(problems.lines)
     table = dict(table)
+    is_hj212 = _is_hj212(table)
     for key in list(table):
-        if isinstance(key, str) and key.lower() in SECRET_KEYS:
+        if isinstance(key, str) and (key.lower() in SECRET_KEYS
+                                     or (is_hj212 and key.lower() == "pw")):
             del table[key]  # and never shown: the problem line names the key only
-            problems.add(toml_key(path, key),
-                         f"a secret never goes in the config file; {TOKEN_HOWTO}")
+            problems.add(toml_key(path, key), "a secret never goes in the config file; " +
+                         (HJ212_PW_HOWTO if is_hj212 else TOKEN_HOWTO))
+        elif is_hj212 and key in hj212.NOT_HERE:
+            del table[key]
+            problems.add(toml_key(path, key), f"does not apply to an hj212:// upstream: "
+                         f"{hj212.NOT_HERE[key]}")
+        elif not is_hj212 and key in _HJ212_ONLY:
+            del table[key]
+            problems.add(toml_key(path, key), "applies to hj212:// upstreams only (HJ 212-2017)")
+    if is_hj212:
+        fields = _hj212_fields(fields)
     values, _ = read_table(problems, path, table, {**fields, **_OLD_UPLINK_FIELDS},
-                           _UPLINK_VALID)
+                           valid_keys(fields) if is_hj212 else _UPLINK_VALID)
+    if is_hj212:
+        _hj212_values(problems, path, values)
     old = values.pop(OLD_INSECURE_KEY, None)
     if OLD_INSECURE_KEY in table and "allow_insecure" not in table and old is not None:
         values["allow_insecure"] = old  # the same setting under its old name
@@ -272,6 +332,30 @@ def _read_uplink(problems: Problems, path: str, table: Mapping[str, Any],
     _check_uplink(problems, path, values)
     _check_selection(problems, path, values)
     return UplinkConfig(**values) if len(problems.lines) == before else None
+
+
+def _hj212_values(problems: Problems, path: str, values: dict[str, Any]) -> None:
+    """An hj212:// upstream's own keys into :class:`Hj212Config`; its password file is read
+    as a token is (``token_file``), and its codes name quantities this station reports."""
+    values["token_file"] = values.pop(hj212.PASSWORD_KEY, None)
+    values["format"] = hj212.SCHEME
+    codes = values.get("codes") or ()
+    if codes:
+        reports = _station_reports(problems)
+        if all(q is not None for q in reports.values()):
+            health = (*SENSOR_HEALTH_QUANTITIES, *AGENT_HEALTH_QUANTITIES)
+            known = list(dict.fromkeys(q for qs in reports.values() for q in qs or ()
+                                       if q not in health and not q.startswith(ALERT_PREFIX)))
+            unknown = [quantity for quantity, _ in codes if quantity not in known]
+            if unknown:
+                problems.add(toml_key(path, "codes"), "no sensor of this station reports "
+                             f"{', '.join(map(toml_quote, unknown))}; expected quantities "
+                             f"such as {', '.join(known[:8])}")
+    if "mn" in values:
+        values["hj212"] = hj212.parse_settings(values)
+    else:
+        for key in hj212.FIELDS:
+            values.pop(key, None)
 
 
 def _check_uplink(problems: Problems, path: str, values: Mapping[str, Any]) -> None:

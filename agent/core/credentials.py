@@ -127,8 +127,11 @@ def looks_like_token(path: Path) -> bool:
     return not text.startswith(_PATH_STARTS) or text.endswith("=")
 
 
-def read_token(path: Path) -> Secret:
-    """The token in ``path``: one line of visible ASCII; a final line break is ignored."""
+def read_token(path: Path, *, what: str = "upload token", key: str = "uplink.token_file"
+               ) -> Secret:
+    """The token in ``path``: one line of visible ASCII; a final line break is ignored.
+    ``what`` and ``key`` name the secret and its setting in messages (an HJ 212 upstream's
+    password, ``password_file``)."""
     try:
         with path.open("rb") as file:
             mode = os.fstat(file.fileno()).st_mode
@@ -136,25 +139,25 @@ def read_token(path: Path) -> Secret:
     except OSError as exc:
         if looks_like_token(path):  # never repeated: it may be the token, pasted in
             raise CredentialError(
-                f"uplink.token_file names no readable file, and its value ({len(str(path))} "
+                f"{key} names no readable file, and its value ({len(str(path))} "
                 "characters, not repeated here) looks like a token rather than a path; put "
-                "the token in a file readable by the agent's user only and set token_file to "
+                f"the {what} in a file readable by the agent's user only and set {key} to "
                 "that file's absolute path, such as /etc/envagent/upload-token") from None
         reason = exc.strerror or type(exc).__name__
         raise CredentialError(
-            f"cannot read the upload token file {path}: {reason}; create it (one line, readable "
-            "by the agent's user only) or fix uplink.token_file") from None
+            f"cannot read the {what} file {path}: {reason}; create it (one line, readable "
+            f"by the agent's user only) or fix {key}") from None
     if len(raw) > MAX_TOKEN_BYTES:
-        raise CredentialError(f"the upload token file {path} is larger than {MAX_TOKEN_BYTES} "
+        raise CredentialError(f"the {what} file {path} is larger than {MAX_TOKEN_BYTES} "
                               "bytes: is it the right file?")
     text = raw.rstrip(b"\r\n")
     if not text:
-        raise CredentialError(f"the upload token file {path} is empty; write the token in it")
+        raise CredentialError(f"the {what} file {path} is empty; write the {what} in it")
     bad = next((i for i, byte in enumerate(text) if not 0x21 <= byte <= 0x7E), None)
     if bad is not None:
         raise CredentialError(
-            f"the upload token file {path} has a space, line break, control or non-ASCII "
-            f"character at byte {bad + 1}; it must hold the token alone, on one line") from None
+            f"the {what} file {path} has a space, line break, control or non-ASCII "
+            f"character at byte {bad + 1}; it must hold the {what} alone, on one line") from None
     exposed = exposure(path, mode)
     if exposed is not None:
         log.warning("%s", exposed)
@@ -172,10 +175,11 @@ def exposure(path: Path, mode: int) -> str | None:
 
 
 def load_token(token_file: Path | None, environ: Mapping[str, str],
-               upstream: str = DEFAULT_UPSTREAM) -> Secret | None:
+               upstream: str = DEFAULT_UPSTREAM, *, what: str = "upload token",
+               key: str = "uplink.token_file") -> Secret | None:
     """Read the configured token now (the file may have been fixed since the last call)."""
     path = token_path(token_file, environ, upstream)
-    return None if path is None else read_token(path)
+    return None if path is None else read_token(path, what=what, key=key)
 
 
 def authorization(scheme: str, token: Secret) -> str:

@@ -72,8 +72,10 @@ def check_upstream(config: Config, settings: UplinkConfig, environ: Mapping[str,
             tls = _tls(label, sock, host, settings)
         else:
             scheme = urlsplit(settings.url).scheme.lower()
-            tls = Check(f"{label} tls", Status.SKIP, f"plain {scheme} to this machine "
-                        "(allowed for a loopback host only): nothing to check")
+            why = ("HJ 212 has no TLS: protect the link with a private APN or a VPN"
+                   if scheme == "hj212" else
+                   f"plain {scheme} to this machine (allowed for a loopback host only)")
+            tls = Check(f"{label} tls", Status.SKIP, f"{why}: nothing to check")
     checks.append(tls)
     if tls.status is Status.FAIL:
         return checks + _skipped(label, ("auth",), "no TLS session")
@@ -189,7 +191,8 @@ def _auth(label: str, transport: Transport, config: Config, settings: UplinkConf
                          "this user: authentication not tested",
                          "run it as root: sudo envagent doctor")
         try:
-            token = read_token(path)
+            token = read_token(path, what=settings.secret_name,
+                               key=f"uplink.{settings.secret_key}")
         except CredentialError as exc:
             return Check(f"{label} auth", Status.FAIL, str(exc), None)
     verdict = transport.check_write(config, settings, token, named)

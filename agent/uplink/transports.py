@@ -15,11 +15,13 @@ from urllib.parse import urlsplit
 from agent.config import Config, UplinkConfig
 from agent.core.errors import ConfigError
 from agent.uplink import http
+from agent.uplink.hj212 import transport as hj212
 from agent.uplink.sink import Sink, Transport
 
 TRANSPORTS: Mapping[str, Transport] = {
     "http": http.TRANSPORT,  # only to this machine (config: allow_insecure)
     "https": http.TRANSPORT,
+    "hj212": hj212.TRANSPORT,  # plain TCP to any host: HJ 212 has no TLS
 }
 
 

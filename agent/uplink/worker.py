@@ -539,7 +539,9 @@ def build_uplink(config: Config, settings: UplinkConfig, outbox: Store, clock: C
     with contextlib.suppress(OSError):
         data_dir.mkdir(parents=True, exist_ok=True)
     return Uplink(outbox, sink, settings, clock=clock,
-                  token=lambda: load_token(settings.token_file, env, settings.name),
+                  token=lambda: load_token(settings.token_file, env, settings.name,
+                                           what=settings.secret_name,
+                                           key=f"uplink.{settings.secret_key}"),
                   state_path=data_dir / state_file(settings.name), held_boot=held_boot,
                   hold=hold,
                   commissioning=build_commissioning(config, settings, data_dir, clock,
