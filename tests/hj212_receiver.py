@@ -24,7 +24,12 @@ SEGMENT = re.compile(
     r"QN=(?P<QN>[0-9]{17});ST=(?P<ST>[0-9]{2});CN=(?P<CN>[0-9]{4});PW=(?P<PW>[!-~]{1,6});"
     r"MN=(?P<MN>[0-9A-Za-z]{1,24});Flag=(?P<Flag>[0-9]{1,3});"
     r"(?:PNUM=(?P<PNUM>[0-9]{1,4});PNO=(?P<PNO>[0-9]{1,4});)?CP=&&(?P<CP>.*)&&")
-ITEM = re.compile(r"(?P<code>[a-z][0-9]{5})-(?P<kind>Rtd|Flag)=(?P<value>[^,;]*)")
+ITEM = re.compile(r"(?P<code>[a-z][0-9]{5})-(?P<kind>Rtd|Min|Avg|Max|Flag)=(?P<value>[^,;]*)")
+DATA_CNS = {"2011": ("Rtd",), "2051": ("Min", "Avg", "Max"), "2061": ("Min", "Avg", "Max"),
+            "2031": ("Min", "Avg", "Max")}  # appendix C: real-time, minute, hourly, daily
+ANSWERS = {"9011": re.compile(r"QnRtn=[0-9]{1,3}"), "9012": re.compile(r"ExeRtn=[0-9]{1,3}"),
+           "1011": re.compile(r"SystemTime=[0-9]{14}"),
+           "1061": re.compile(r"RtdInterval=[0-9]{1,4}")}
 NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 
 
@@ -53,8 +58,13 @@ class Received:
     raw: bytes
     fields: dict[str, str]
     data_time: str
-    values: dict[str, float] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)  # code -> Rtd
     flags: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)  # code -> Min, Avg, Max
+
+    @property
+    def cn(self) -> str:
+        return self.fields["CN"]
 
 
 class Hj212Receiver:
@@ -66,6 +76,7 @@ class Hj212Receiver:
         self.received: list[Received] = []
         self.errors: list[str] = []
         self.acked = 0
+        self.heartbeat_cn: str | None = None
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", port))
         self.port = self._listener.getsockname()[1]
@@ -155,26 +166,55 @@ class Hj212Receiver:
         if fields["PW"] != self.password:
             self.errors.append("wrong PW")
             return None
+        cn, cp = fields["CN"], fields["CP"]
+        if cn in ANSWERS or cn == self.heartbeat_cn:
+            if cn in ANSWERS and not ANSWERS[cn].fullmatch(cp):
+                self.errors.append(f"bad CP of CN {cn}: {cp[:60]!r}")
+                return None
+            got = Received(raw, fields, "")
+        else:
+            got = self._data(raw, fields)
+            if got is None:
+                return None
+        with self._lock:
+            self.received.append(got)
+        return got
+
+    def _data(self, raw: bytes, fields: dict[str, str]) -> Received | None:
+        """Data of CN 2011, 2051, 2061 or 2031: a DataTime and per code its items."""
         items = fields["CP"].split(";")
         time_match = re.fullmatch(r"DataTime=([0-9]{14})", items[0])
-        if fields["CN"] != "2011" or time_match is None:
-            self.errors.append(f"not real-time data with a DataTime: {fields['CP'][:60]!r}")
+        kinds = DATA_CNS.get(fields["CN"])
+        if kinds is None or time_match is None:
+            self.errors.append(f"not data with a DataTime: CN {fields['CN']}, "
+                               f"{fields['CP'][:60]!r}")
             return None
         got = Received(raw, fields, time_match[1])
         for item in items[1:]:
             for part in item.split(","):
                 m = ITEM.fullmatch(part)
-                if m is None or (m["kind"] == "Rtd" and not NUMBER.fullmatch(m["value"])) or (
+                if m is None or (m["kind"] != "Flag" and (
+                        m["kind"] not in kinds or not NUMBER.fullmatch(m["value"]))) or (
                         m["kind"] == "Flag" and m["value"] not in FLAGS):
-                    self.errors.append(f"bad CP item {part!r}")
+                    self.errors.append(f"bad CP item {part!r} in CN {fields['CN']}")
                     return None
                 if m["kind"] == "Rtd":
                     got.values[m["code"]] = float(m["value"])
-                else:
+                elif m["kind"] == "Flag":
                     got.flags[m["code"]] = m["value"]
-        with self._lock:
-            self.received.append(got)
+                else:
+                    got.stats.setdefault(m["code"], {})[m["kind"]] = float(m["value"])
         return got
+
+    def request(self, cn: str, cp: str, *, qn: str = "20260101120000123",
+                mn: str | None = None, password: str | None = None) -> str:
+        """Send the platform's request on the newest connection; its QN."""
+        mn = mn or next(r.fields["MN"] for r in self.data_packets())
+        with self._lock:
+            conn = self._conns[-1]
+        conn.sendall(packet(f"QN={qn};ST=22;CN={cn};PW={password or self.password};MN={mn};"
+                            f"Flag=5;CP=&&{cp}&&"))
+        return qn
 
     def _answer(self, conn: socket.socket, got: Received) -> None:
         if not int(got.fields["Flag"]) & 1 or self.mode == "no_ack":
@@ -192,9 +232,9 @@ class Hj212Receiver:
             conn.sendall(ack)
             self.acked += 1
 
-    def data_packets(self) -> list[Received]:
+    def data_packets(self, cn: str = "2011") -> list[Received]:
         with self._lock:
-            return list(self.received)
+            return [r for r in self.received if r.cn == cn]
 
 
 class _quiet:

@@ -20,6 +20,7 @@ from agent.core.credentials import CredentialError, Secret, load_token
 from agent.core.errors import ConfigError
 from agent.core.reading import Reading
 from agent.store.outbox import Outbox, Subscriber
+from agent.uplink.hj212.codes import CodeTable, data_flag, number
 from agent.uplink.hj212.packet import (
     MAX_SEGMENT,
     PacketError,
@@ -29,7 +30,7 @@ from agent.uplink.hj212.packet import (
     parse_segment,
     unframe,
 )
-from agent.uplink.hj212.realtime import RealtimeEncoder, data_flag, plan
+from agent.uplink.hj212.realtime import Realtime
 from agent.uplink.hj212.transport import Hj212Sink
 from agent.uplink.sink import Outcome
 from agent.uplink.transports import build_sink, transport_for
@@ -66,9 +67,9 @@ def settings(url: str, **hj: object) -> UplinkConfig:
                         hj212=Hj212Config(mn=MN, **extra))  # type: ignore[arg-type]
 
 
-def sink_for(url: str, **hj: object) -> Hj212Sink:
+def sink_for(url: str, data_dir: Path, **hj: object) -> Hj212Sink:
     config = parse_config(tomllib.loads(STATION), source="t.toml")
-    sink = build_sink(config, settings(url, **hj))
+    sink = build_sink(config, settings(url, **hj), data_dir=data_dir)
     assert isinstance(sink, Hj212Sink)
     return sink
 
@@ -134,33 +135,55 @@ def test_the_reader_holds_at_most_one_packet_and_cuts_them_out_of_a_stream() -> 
 # --- real-time data --------------------------------------------------------------------------
 
 
+def realtime(codes: tuple[tuple[str, str], ...] = (),
+             units: tuple[tuple[str, str], ...] = ()) -> Realtime:
+    return Realtime(st=22, mn=MN, zone=SHANGHAI, table=CodeTable(codes, units))
+
+
 def test_rtd_values_are_the_readings_after_unit_conversion_in_local_time() -> None:
-    encoder = RealtimeEncoder(st=22, mn=MN, zone=SHANGHAI)
     readings = sample(3)
-    groups = plan(encoder.encode(readings), st="22", mn=MN, pw=PW)
-    assert [g.readings for g in groups] == [3, 3]  # one message per sample time
-    air = groups[0].segments[0]
+    groups = list(realtime().groups(readings))
+    assert [g.readings for g in groups] == [6]  # one message per second: both sensors
+    (segment,) = groups[0].segments
     local = datetime.fromtimestamp(readings[0].time_ns / NS, SHANGHAI)
-    assert air.qn == local.strftime("%Y%m%d%H%M%S") + "223" == "20260101080030223"
-    assert air.cp == ("DataTime=20260101080030;a01001-Rtd=21.875,a01001-Flag=N;"
-                      "a01002-Rtd=40.25,a01002-Flag=N;a01006-Rtd=101.625,a01006-Flag=N")
-    assert float(air.cp.split("a01006-Rtd=")[1].split(",")[0]) == readings[2].value / 10
-    dust = groups[1].segments[0]
-    assert dust.qn == "20260101080030723"
-    assert "a34005-Rtd=6," in dust.cp and "a34004-Rtd=11," in dust.cp
-    assert "a34002-Rtd=12," in dust.cp
-    assert encoder.encode(readings) == encoder.encode(readings)  # a replay is identical
+    assert segment.qn.startswith(local.strftime("%Y%m%d%H%M%S") + "")
+    assert segment.qn[:14] == "20260101080030"
+    assert segment.cp == ("DataTime=20260101080030;a01001-Rtd=21.875,a01001-Flag=N;"
+                          "a01002-Rtd=40.25,a01002-Flag=N;a01006-Rtd=101.625,a01006-Flag=N;"
+                          "a34005-Rtd=6,a34005-Flag=N;a34004-Rtd=11,a34004-Flag=N;"
+                          "a34002-Rtd=12,a34002-Flag=N")
+    assert float(segment.cp.split("a01006-Rtd=")[1].split(",")[0]) == readings[2].value / 10
+    again = list(realtime().groups(readings))
+    assert again == groups  # a replay is identical, QN and all
+    cut = list(realtime().groups(readings[:4]))  # a batch boundary inside the second
+    assert cut[0].segments[0].qn != segment.qn  # other content, another QN
+
+
+def test_co2_goes_in_mg_per_m3_at_the_samples_temperature_and_pressure_or_in_ppm() -> None:
+    t = T0
+    air = [Reading("co2", "co2", 612.0, "ppm", t, 0, "b", True),
+           Reading("co2", "temperature", 20.0, "°C", t, 0, "b", True),
+           Reading("air", "pressure", 950.0, "hPa", t, 0, "b", True)]
+    (group,) = realtime().groups(air)
+    expected = 612.0 * 44.01 / (8.314462618 * 293.15 / 95.0)
+    assert f"a05001-Rtd={number(expected)}," in group.segments[0].cp
+    (alone,) = realtime().groups(air[:1])  # no temperature or pressure: 25 °C, 101.325 kPa
+    assert f"a05001-Rtd={number(612.0 * 44.01 / (8.314462618 * 298.15 / 101.325))}," in (
+        alone.segments[0].cp)
+    (ppm,) = realtime(units=(("a05001", "ppm"),)).groups(air)
+    assert "a05001-Rtd=612,a05001-Flag=N" in ppm.segments[0].cp
+    (hpa,) = realtime(units=(("a01006", "hPa"),)).groups(air)
+    assert "a01006-Rtd=950,a01006-Flag=N" in hpa.segments[0].cp
 
 
 def test_a_quantity_without_a_code_is_not_sent_and_codes_can_be_added() -> None:
-    co2 = Reading("air", "co2", 612.0, "ppm", T0, 0, "b", True)
-    plain = RealtimeEncoder(st=22, mn=MN, zone=SHANGHAI)
-    assert plain.items([co2]) == []
-    mapped = RealtimeEncoder(st=22, mn=MN, zone=SHANGHAI,
-                             codes=[("co2", "a05001"), ("pressure", "a01006")])
-    assert mapped.items([co2]) == ["a05001-Rtd=612,a05001-Flag=N"]
-    pressure = Reading("air", "pressure", 1000.0, "hPa", T0, 0, "b", True)
-    assert mapped.items([pressure]) == ["a01006-Rtd=100,a01006-Flag=N"]  # still converted
+    lux = Reading("light", "illuminance", 612.0, "lx", T0, 0, "b", True)
+    assert list(realtime().groups([lux]))[0].segments == ()
+    (mapped,) = realtime(codes=(("illuminance", "a99001"),)).groups([lux])
+    assert mapped.segments[0].cp.endswith("a99001-Rtd=612,a99001-Flag=N")
+    soil = Reading("soil", "temperature", 9.5, "°C", T0, 0, "b", True)
+    (own,) = realtime(codes=(("soil.temperature", "a99002"),)).groups([soil])
+    assert own.segments[0].cp.endswith("a99002-Rtd=9.5,a99002-Flag=N")
 
 
 @pytest.mark.parametrize(("quality", "value", "flag"), [
@@ -168,20 +191,20 @@ def test_a_quantity_without_a_code_is_not_sent_and_codes_can_be_added() -> None:
     (Quality.OUT_OF_RANGE, 1.0, "T"), (Quality.CLIPPED, 1.0, "T"), (Quality.WARMUP, 1.0, "F"),
     (Quality.STUCK, 1.0, "D"), (Quality.CLOCK_UNSYNCED | Quality.CLIPPED, 1.0, "D"),
     (1 << 12, 1.0, "D"), (0, float("nan"), "D"),
+    (Quality.MAINTENANCE, 1.0, "M"), (Quality.MAINTENANCE | Quality.STUCK, float("nan"), "M"),
 ])
 def test_data_flags_from_quality(quality: int, value: float, flag: str) -> None:
     assert data_flag(quality, value) == flag
 
 
 def test_a_long_message_is_split_into_packets_the_receiver_accepts(
-        receiver: Hj212Receiver) -> None:
+        receiver: Hj212Receiver, tmp_path: Path) -> None:
     codes = [(f"probe_{i}", f"w{i:05d}") for i in range(120)]
     readings = [Reading("probe", q, 1000.0 + i / 3, "x", T0, 0, "b", True)
                 for i, (q, _) in enumerate(codes)]
-    sink = sink_for(receiver.url, codes=tuple(codes))
+    sink = sink_for(receiver.url, tmp_path, codes=tuple(codes))
     try:
-        groups = plan(sink.encode(readings), st="22", mn=MN, pw=PW)
-        (group,) = groups
+        (group,) = list(sink.realtime.groups(readings))
         assert len(group.segments) > 1
         for number, segment in enumerate(group.segments, start=1):
             assert len(segment.render()) <= MAX_SEGMENT
@@ -205,7 +228,7 @@ def test_the_worker_delivers_stored_readings_to_the_platform(
         receiver: Hj212Receiver, outbox: Outbox, tmp_path: Path) -> None:
     readings = [r for i in range(20) for r in sample(i)]
     outbox.append(readings)
-    sink = sink_for(receiver.url)
+    sink = sink_for(receiver.url, tmp_path)
     worker = uplink(outbox, sink, tmp_path, receiver.url)
     try:
         step = worker.step()
@@ -214,7 +237,7 @@ def test_the_worker_delivers_stored_readings_to_the_platform(
     assert step.outcome is Outcome.DELIVERED and step.delivered == len(readings)
     assert outbox.stats().backlog == 0 and receiver.errors == []
     got = receiver.data_packets()
-    assert len(got) == 40  # one packet per sample time
+    assert len(got) == 20  # one packet per sample time
     first = got[0]
     assert first.fields["MN"] == MN and first.fields["ST"] == "22"
     assert first.fields["Flag"] == "5"  # HJ 212-2017, acknowledgement wanted
@@ -232,7 +255,7 @@ def test_withheld_acks_resend_byte_identical_packets_and_delete_nothing(
         receiver: Hj212Receiver, outbox: Outbox, tmp_path: Path, mode: str) -> None:
     receiver.mode = mode
     outbox.append(sample(0))
-    sink = sink_for(receiver.url, recount=2)
+    sink = sink_for(receiver.url, tmp_path, recount=2)
     worker = uplink(outbox, sink, tmp_path, receiver.url, recount=2)
     try:
         step = worker.step()
@@ -250,7 +273,7 @@ def test_a_late_ack_answers_the_resent_packet_and_nothing_is_sent_twice_more(
         receiver: Hj212Receiver, outbox: Outbox, tmp_path: Path) -> None:
     receiver.mode, receiver.late_s = "late_ack", 0.45  # after overtime (0.3 s), before 0.6 s
     outbox.append(sample(0)[:3])
-    sink = sink_for(receiver.url, recount=2)
+    sink = sink_for(receiver.url, tmp_path, recount=2)
     worker = uplink(outbox, sink, tmp_path, receiver.url, recount=2)
     try:
         step = worker.step()
@@ -263,14 +286,14 @@ def test_a_late_ack_answers_the_resent_packet_and_nothing_is_sent_twice_more(
 
 def test_acknowledged_sample_times_are_acked_and_the_rest_waits(
         receiver: Hj212Receiver, outbox: Outbox, tmp_path: Path) -> None:
-    receiver.ack_limit = 3
+    receiver.ack_limit = 2
     outbox.append([r for i in range(3) for r in sample(i)])
-    sink = sink_for(receiver.url, recount=0)
+    sink = sink_for(receiver.url, tmp_path, recount=0)
     worker = uplink(outbox, sink, tmp_path, receiver.url, recount=0)
     try:
         step = worker.step()
-        assert step.outcome is Outcome.RETRY and step.delivered == 9
-        assert outbox.stats().backlog == 9
+        assert step.outcome is Outcome.RETRY and step.delivered == 12
+        assert outbox.stats().backlog == 6
         receiver.ack_limit = None
         step = worker.step()
     finally:
@@ -284,7 +307,7 @@ def test_receiver_down_then_up_everything_arrives(outbox: Outbox, tmp_path: Path
     url = f"hj212://127.0.0.1:{port}"
     readings = [r for i in range(10) for r in sample(i)]
     outbox.append(readings)
-    sink = sink_for(url)
+    sink = sink_for(url, tmp_path)
     worker = uplink(outbox, sink, tmp_path, url)
     try:
         down = worker.step()
@@ -293,7 +316,7 @@ def test_receiver_down_then_up_everything_arrives(outbox: Outbox, tmp_path: Path
         with Hj212Receiver(port=port, password=PW) as platform:
             up = worker.step()
             assert up.outcome is Outcome.DELIVERED and outbox.stats().backlog == 0
-            assert len(platform.data_packets()) == 20 and platform.errors == []
+            assert len(platform.data_packets()) == 10 and platform.errors == []
     finally:
         sink.close()
 
@@ -302,7 +325,7 @@ def test_a_disconnect_mid_packet_is_retried_on_a_new_connection(
         receiver: Hj212Receiver, outbox: Outbox, tmp_path: Path) -> None:
     receiver.mode = "disconnect"
     outbox.append(sample(0))
-    sink = sink_for(receiver.url)
+    sink = sink_for(receiver.url, tmp_path)
     worker = uplink(outbox, sink, tmp_path, receiver.url)
     try:
         assert worker.step().outcome is Outcome.RETRY
@@ -313,7 +336,7 @@ def test_a_disconnect_mid_packet_is_retried_on_a_new_connection(
 
 
 def test_no_password_pauses_delivery_with_one_clear_line(tmp_path: Path) -> None:
-    sink = sink_for("hj212://127.0.0.1:9")
+    sink = sink_for("hj212://127.0.0.1:9", tmp_path)
     try:
         answer = sink.send(b"", None)
         assert answer.outcome is Outcome.AUTH and "password (PW)" in answer.detail

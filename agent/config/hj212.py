@@ -14,15 +14,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agent.config.checks import duration, whole
+from agent.config.checks import bounded_number, duration, whole
 from agent.config.fields import REQUIRED, Bad, Field
+from agent.core.units import parse_duration
 
 SCHEME = "hj212"
 MAX_MN = 24  # HJ 212-2017 6.3.2, table 4: MN is 27 characters with "MN="
 MN_PATTERN = re.compile(r"[0-9A-Za-z]+")  # used with fullmatch
 # Appendix B's codes of HJ 212-2017: the medium's letter (a air, w water, ...) and 5 digits.
 CODE_PATTERN = re.compile(r"[a-z][0-9]{5}")  # used with fullmatch
-QUANTITY_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")  # used with fullmatch
+# A quantity, or sensor.quantity for one sensor's (ids as agent.config.sensor allows them).
+QUANTITY_PATTERN = re.compile(r"(?:[A-Za-z0-9_-]{1,64}\.)?[a-z][a-z0-9_]{0,63}")
+# The units a default code can be sent in (agent.uplink.hj212.codes; the first is the default).
+UNIT_CHOICES = {"a01006": ("kPa", "hPa", "Pa"), "a05001": ("mg/m³", "ppm")}
+DATA_KINDS = ("realtime", "minute", "hour", "day")  # CN 2011, 2051, 2061, 2031
+RTD_RANGE = (30, 3600)  # HJ 212-2017 appendix C, CN 1062: RtdInterval 30 to 3600 s
 DEFAULT_ZONE = "Asia/Shanghai"  # the platforms' local time: China Standard Time
 DEFAULT_ST = 22  # 6.6.1, table 6: 22 air quality monitoring
 MAX_CODES = 200
@@ -38,6 +44,14 @@ class Hj212Config:
     overtime: float = 10.0  # seconds to wait for the data acknowledgement (CN 9014)
     recount: int = 3  # resends of an unacknowledged packet, byte-identical
     codes: tuple[tuple[str, str], ...] = ()  # quantity -> pollutant code, over the defaults
+    units: tuple[tuple[str, str], ...] = ()  # code -> the unit it is sent in
+    send: tuple[str, ...] = DATA_KINDS  # which data go: real-time, minute, hourly, daily
+    realtime_interval: int = 0  # seconds between real-time packets; 0: every sample time
+    minute_interval: int = 10  # minutes of one minute-data interval, dividing an hour
+    heartbeat: float = 0.0  # seconds of a quiet line before a heartbeat packet; 0: none
+    heartbeat_cn: str = ""  # the heartbeat packet's CN, as the platform expects
+    max_packets_per_s: float = 20.0  # the pace of a backlog after an outage
+    keep_days: int = 7  # minute, hourly and daily data kept for the platform's history pulls
 
 
 def _mn(value: object) -> str:
@@ -66,13 +80,66 @@ def _codes(value: object) -> tuple[tuple[str, str], ...]:
     pairs = []
     for quantity, code in value.items():
         if not QUANTITY_PATTERN.fullmatch(quantity):
-            raise Bad(f"{quantity!r} is not a quantity name; such as {example}")
+            raise Bad(f"{quantity!r} is not a quantity or sensor.quantity; such as {example}")
         if not isinstance(code, str) or not CODE_PATTERN.fullmatch(code):
             shown = code if isinstance(code, str) else type(code).__name__
             raise Bad(f"{quantity} = {shown!r} is not a pollutant code of HJ 212-2017 "
                       "(a lowercase letter and 5 digits, such as \"a34004\")")
         pairs.append((quantity, code))
     return tuple(pairs)
+
+
+def _units(value: object) -> tuple[tuple[str, str], ...]:
+    example = '{ a01006 = "kPa", a05001 = "ppm" }'
+    if not isinstance(value, Mapping) or not value:
+        raise Bad(f"expected a table of pollutant code = unit, such as {example}")
+    pairs = []
+    for code, unit in value.items():
+        choices = UNIT_CHOICES.get(code)
+        if choices is None:
+            known = ", ".join(UNIT_CHOICES)
+            raise Bad(f"{code!r}: only {known} can be sent in more than one unit; a code "
+                      "added with codes goes as stored")
+        if unit not in choices:
+            raise Bad(f"{code} = {unit!r}: expected one of {', '.join(choices)}")
+        pairs.append((code, unit))
+    return tuple(pairs)
+
+
+def _send(value: object) -> tuple[str, ...]:
+    if (not isinstance(value, list) or not value
+            or any(v not in DATA_KINDS for v in value)):
+        raise Bad(f"expected a list of {', '.join(map(repr, DATA_KINDS))}")
+    return tuple(dict.fromkeys(value))
+
+
+def _minutes(value: object) -> int:
+    expected = 'expected a number of minutes dividing an hour, such as "10m" (1m to 60m)'
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise Bad(expected) from None
+    if seconds % 60 or not 60 <= seconds <= 3600 or 3600 % seconds:
+        raise Bad(f"{value!r} does not divide an hour; {expected}")
+    return int(seconds // 60)
+
+
+def _rtd(value: object) -> int:
+    expected = (f"expected 0 (every sample time) or {RTD_RANGE[0]}s to {RTD_RANGE[1]}s "
+                "(HJ 212-2017 RtdInterval)")
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise Bad(expected) from None
+    if seconds != int(seconds) or (seconds and not RTD_RANGE[0] <= seconds <= RTD_RANGE[1]):
+        raise Bad(expected)
+    return int(seconds)
+
+
+def _cn(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{4}", value):
+        raise Bad('expected the 4 digits of a CN, such as "9015", as the platform asks')
+    return value
 
 
 _DEFAULTS = Hj212Config(mn="")
@@ -84,6 +151,15 @@ FIELDS: Mapping[str, Field] = {
     "overtime": Field(duration(1.0, 600.0), _DEFAULTS.overtime, ""),
     "recount": Field(whole(0, 10), _DEFAULTS.recount, ""),
     "codes": Field(_codes, (), ""),
+    "units": Field(_units, (), ""),
+    "send": Field(_send, _DEFAULTS.send, ""),
+    "realtime_interval": Field(_rtd, 0, ""),
+    "minute_interval": Field(_minutes, _DEFAULTS.minute_interval, ""),
+    "heartbeat": Field(duration(0.0, 3600.0), 0.0, ""),
+    "heartbeat_cn": Field(_cn, "", ""),
+    "max_packets_per_s": Field(bounded_number(0.1, 1000.0, "packets a second"),
+                               _DEFAULTS.max_packets_per_s, ""),
+    "keep_days": Field(whole(1, 366), _DEFAULTS.keep_days, ""),
 }
 # The keys of an HTTP upstream that mean nothing here, and why.
 NOT_HERE = {

@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -297,7 +298,7 @@ def influx_url(url: str) -> str:
 
 
 def build(config: Config, settings: UplinkConfig, *, simulated: bool = False,
-          wall: Callable[[], float] = time.time) -> HttpSink:
+          wall: Callable[[], float] = time.time, data_dir: Path | None = None) -> HttpSink:
     """The HTTP sink ``[[uplink]]`` describes: its format, session (CA, client certificate) and
     time limits -- for delivery, and for doctor's probe. ``simulated``: every batch is marked a
     rehearsal's (agent.store.rehearsal)."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 from agent.config import Config, UplinkConfig
@@ -132,7 +133,7 @@ class Verdict:
 
 class Build(Protocol):
     def __call__(self, config: Config, settings: UplinkConfig, *, simulated: bool,
-                 wall: Callable[[], float]) -> Sink: ...
+                 wall: Callable[[], float], data_dir: Path | None) -> Sink: ...
 
 
 class CheckWrite(Protocol):
@@ -146,7 +147,8 @@ class Transport:
     scheme, and the probes doctor runs for it.
 
     ``build``: the sink, with ``simulated`` marking every batch a rehearsal's
-    (agent.store.rehearsal) and ``wall`` the clock a server's dates are read against.
+    (agent.store.rehearsal), ``wall`` the clock a server's dates are read against and
+    ``data_dir`` where a transport keeps files of its own (HJ 212's archive).
     ``endpoint(url)``: the host and port doctor resolves and connects to, and whether it
     checks TLS there. ``check_write(config, settings, token, named)``: one exchange that stores
     nothing, judged; ``named`` says where the token came from (never the token itself).

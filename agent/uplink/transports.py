@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.config import Config, UplinkConfig
@@ -40,8 +41,9 @@ def transport_for(settings: UplinkConfig) -> Transport:
 
 
 def build_sink(config: Config, settings: UplinkConfig, *, simulated: bool = False,
-               wall: Callable[[], float] = time.time) -> Sink:
+               wall: Callable[[], float] = time.time, data_dir: Path | None = None) -> Sink:
     """The sink of one ``[[uplink]]``, by its URL's scheme. ``simulated``: every batch is marked
     a rehearsal's (agent.store.rehearsal); ``wall``: the clock a server's dates are read
     against (the worker's)."""
-    return transport_for(settings).build(config, settings, simulated=simulated, wall=wall)
+    return transport_for(settings).build(config, settings, simulated=simulated, wall=wall,
+                                         data_dir=data_dir)

@@ -535,7 +535,7 @@ def build_uplink(config: Config, settings: UplinkConfig, outbox: Store, clock: C
     (agent.uplink.transports), its token, its own state file (agent.uplink.state). With
     ``simulated`` (``--simulate --deliver``) everything it sends is marked a rehearsal's."""
     env = dict(os.environ if environ is None else environ)
-    sink = build_sink(config, settings, simulated=simulated, wall=clock.time)
+    sink = build_sink(config, settings, simulated=simulated, wall=clock.time, data_dir=data_dir)
     with contextlib.suppress(OSError):
         data_dir.mkdir(parents=True, exist_ok=True)
     return Uplink(outbox, sink, settings, clock=clock,

@@ -20,7 +20,7 @@ it reads from a bounded buffer and refuses a bad length, CRC or field syntax wit
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.core.errors import AgentError
 
@@ -98,6 +98,36 @@ class Segment:
     @property
     def wants_ack(self) -> bool:
         return bool(self.flag & FLAG_A)
+
+
+MAX_PNUM = 9999  # PNUM is at most 4 digits (table 4)
+
+
+def message(qn: str, st: str, cn: str, mn: str, flag: int, head: str,
+            items: list[str]) -> list[Segment]:
+    """The packets of one message (PW left empty, filled in at send time): one, or split
+    (Flag's D bit, PNUM, PNO) so that each data segment fits MAX_SEGMENT with the longest PW
+    the standard allows; ``head`` (such as DataTime) goes in every packet, each item whole
+    in one."""
+    whole = Segment(qn, st, cn, "x" * MAX_PW, mn, flag, ";".join([head, *items]))
+    if len(whole.render()) <= MAX_SEGMENT:
+        return [replace(whole, pw="")]
+    probe = Segment(qn, st, cn, "x" * MAX_PW, mn, flag | FLAG_D, head, MAX_PNUM, MAX_PNUM)
+    room = MAX_SEGMENT - len(probe.render())
+    parts: list[list[str]] = [[]]
+    used = 0
+    for item in items:
+        if len(item) + 1 > room:
+            raise PacketError(f"one item of {len(item)} characters cannot fit a packet")
+        if used + len(item) + 1 > room:
+            parts.append([])
+            used = 0
+        parts[-1].append(item)
+        used += len(item) + 1
+    if len(parts) > MAX_PNUM:
+        raise PacketError(f"a message of {len(parts)} packets; PNUM allows {MAX_PNUM}")
+    return [Segment(qn, st, cn, "", mn, flag | FLAG_D, ";".join([head, *part]), len(parts),
+                    number) for number, part in enumerate(parts, start=1)]
 
 
 def parse_segment(text: str) -> Segment:

@@ -1,14 +1,21 @@
-"""The HJ 212 transport: real-time data (CN 2011) over one TCP connection kept open to the
-platform, each packet delivered only when its data acknowledgement has come back.
+"""The HJ 212 transport: real-time, minute, hourly and daily data to the platform over one TCP
+connection kept open, each packet delivered only when its data acknowledgement has come back;
+and the platform's requests answered on the same connection.
 
-Delivery (HJ 212-2017 6.4 and appendix C): every packet asks for an acknowledgement (Flag's A
-bit); the platform answers with CN 9014 and the same QN. A packet with no such answer within
-``overtime`` (default 10 s) is sent again, byte-identical (same QN: it derives from the
-reading's time, not the send time, so a replay after a restart is identical too), ``recount``
-times (default 3); then the connection is dropped and the worker backs off with full jitter.
-Packets go one at a time (stop and wait), so an acknowledgement always answers the packet on
-the wire; a sample time split into packets counts only once all of them are acknowledged.
-The worker hears, in its words (agent.uplink.sink):
+One batch from the worker, in order (HJ 212-2017 6.4 and appendix C):
+
+1. its samples go into the upstream's archive (agent.uplink.hj212.archive), which closes the
+   minute, hourly and daily intervals the batch proves complete and queues their aggregates;
+2. the aggregates waiting go, oldest first (CN 2051, 2061, 2031);
+3. the batch's real-time data go, one message per sample time (CN 2011,
+   agent.uplink.hj212.realtime).
+
+Every packet asks for an acknowledgement (Flag's A bit); the platform answers with CN 9014 and
+the same QN. A packet with no such answer within ``overtime`` (default 10 s) is sent again,
+byte-identical, ``recount`` times (default 3); then the connection is dropped and the worker
+backs off with full jitter. Packets go one at a time (stop and wait) and at most
+``max_packets_per_s``, so a backlog after an outage goes oldest first without flooding the
+platform. The worker hears, in its words (agent.uplink.sink):
 
 =================================================  ============================================
 every packet acknowledged                          delivered
@@ -17,158 +24,231 @@ connection refused, reset or timed out, a          the sample times acknowledged
 platform that sends what is not HJ 212             worker acks those, keeps the rest)
 no password (PW), or one the standard cannot       auth (the worker reads the file again every
 carry                                              ``auth_retry``)
-a stop (:meth:`Hj212Sink.refuse`) between          stopped, with ``accepted`` as above
-packets, or :meth:`Hj212Sink.abort`
+the archive cannot be written                      retry
+a stop between packets                             stopped, with ``accepted`` as above
 =================================================  ============================================
 
-What else the platform sends on the connection (requests, acks of other QNs) is read, checked
-and left unanswered by this version. HJ 212 has no TLS and no authentication beyond the
-platform's acknowledgement: the PW travels in clear, so networks carry it over a private APN or
-a VPN (README). The PW is never logged: log lines name the upstream, host and MN only.
+The platform's requests (answered with 9011 QnRtn, the data, 9012 ExeRtn, each with the
+request's QN): history pulls of minute, hourly and daily data (CN 2051/2061/2031 with
+BeginTime and EndTime, from the aggregates the archive holds: ``keep_days``), the unit's time
+(1011), RtdInterval (1061, 1062), OverTime and ReCount (1000); what the platform sets is kept
+in the archive across restarts. A time set (1012) is logged with the difference and refused
+(ExeRtn 3): this version takes its time from NTP only. HJ 212 has no TLS and no authentication
+beyond the platform's acknowledgement: the PW travels in clear, so networks carry it over a
+private APN or a VPN (README). The PW is never logged: log lines name the upstream, host and
+MN only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from agent.config import Config, UplinkConfig
-from agent.config.hj212 import Hj212Config
+from agent.config.hj212 import RTD_RANGE, Hj212Config
 from agent.core.credentials import Secret
+from agent.core.errors import ConfigError
 from agent.core.reading import Reading
+from agent.uplink.hj212.archive import (
+    CN_DAY,
+    CN_HOUR,
+    CN_MINUTE,
+    Archive,
+    Kind,
+    data_time,
+    parse_data_time,
+)
+from agent.uplink.hj212.codes import CodeTable
 from agent.uplink.hj212.packet import (
+    FLAG_A,
+    FLAG_VERSION_2017,
     PW_FORBIDDEN,
     PW_PATTERN,
-    PacketError,
-    Reader,
+    Segment,
     frame,
-    parse_segment,
-    unframe,
+    message,
 )
-from agent.uplink.hj212.realtime import Group, RealtimeEncoder, plan
+from agent.uplink.hj212.realtime import Realtime
+from agent.uplink.hj212.session import Closed, Connection
 from agent.uplink.lineprotocol import Epochs
 from agent.uplink.sink import Answer, Endpoint, Outcome, Transport, Verdict
 
 log = logging.getLogger("envagent.uplink.hj212")
 
-CN_DATA_ACK = "9014"  # 6.6.3 / appendix C: 数据应答
-RECV_BYTES = 4096
+CN_REQUEST_ANSWER = "9011"  # 请求应答: QnRtn
+CN_RESULT = "9012"  # 执行结果: ExeRtn
+CN_TIME_GET, CN_TIME_SET = "1011", "1012"
+CN_RTD_GET, CN_RTD_SET = "1061", "1062"
+CN_TIMEOUTS = "1000"  # OverTime and ReCount
+ST_SYSTEM = "91"  # 6.6.1, table 6: 系统交互
+QN_READY, QN_REFUSED, QN_BAD_PW, QN_BAD_MN, QN_BAD_CN = 1, 2, 3, 4, 8  # table 9: QnRtn
+EXE_OK, EXE_BAD_REQUEST, EXE_NO_DATA = 1, 3, 100  # table 10: ExeRtn
 NO_PW_HINT = ("put the platform's password (PW) in the file named by password_file, or in the "
               "systemd credential upload-token-<name>; it is read again every auth_retry")
+KINDS = {"minute": CN_MINUTE, "hour": CN_HOUR, "day": CN_DAY}
+PENDING_BATCH = 32  # aggregates read from the archive at a time
+FLAG_PLAIN = FLAG_VERSION_2017  # a packet that asks for no acknowledgement
 
 
 class Hj212Sink:
-    """One platform's connection; a :class:`~agent.uplink.sink.Sink`."""
+    """One platform's connection and archive; a :class:`~agent.uplink.sink.Sink`."""
 
     documents = False  # commissioning records have no place in HJ 212
 
-    def __init__(self, host: str, port: int, settings: Hj212Config, *, name: str = "default",
+    def __init__(self, host: str, port: int, settings: Hj212Config, archive: Archive, *,
+                 name: str = "default", steps: Sequence[float] = (),
                  connect_timeout: float = 10.0,
-                 connect: Callable[..., socket.socket] = socket.create_connection) -> None:
-        self.host, self.port, self.settings = host, port, settings
+                 connect: Callable[..., socket.socket] = socket.create_connection,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.host, self.port, self.settings, self.archive = host, port, settings, archive
+        self.name = name
         self.where = f"'{name}' at hj212://{host}:{port} (MN {settings.mn})"
-        self.encoder = RealtimeEncoder(st=settings.st, mn=settings.mn,
-                                       zone=ZoneInfo(settings.timezone), codes=settings.codes)
+        self.zone = ZoneInfo(settings.timezone)
+        self.st = f"{settings.st:02d}"
+        self.realtime = Realtime(st=settings.st, mn=settings.mn, zone=self.zone,
+                                 table=CodeTable(settings.codes, settings.units))
+        self.steps = tuple(steps)  # the sampling intervals RtdInterval must be a multiple of
         self.connect_timeout = connect_timeout
-        self._connect = connect
-        self._sock: socket.socket | None = None
-        self._reader = Reader()
+        self._connect, self._wall = connect, wall
+        self._conn: Connection | None = None
         self._lock = threading.Lock()
         self._refused = False
-        self._aborted = False
+        self._pw = ""
+        self._last_packet = 0.0
+
+    # --- what the platform may change ----------------------------------------------------
+
+    @property
+    def rtd_interval(self) -> int:
+        return self.archive.mark("rtd_interval") or self.settings.realtime_interval
+
+    @property
+    def overtime(self) -> float:
+        ms = self.archive.mark("overtime_ms")
+        return self.settings.overtime if ms is None else ms / 1000
+
+    @property
+    def recount(self) -> int:
+        count = self.archive.mark("recount")
+        return self.settings.recount if count is None else count
+
+    # --- the Sink protocol ---------------------------------------------------------------
 
     def encode(self, readings: Sequence[Reading]) -> bytes:
-        return self.encoder.encode(readings)
+        """The batch as this transport's own lines, read back by :func:`decode`."""
+        return "".join(f"{r.sensor}\t{r.quantity}\t{r.value!r}\t{r.unit}\t{r.time_ns}\t"
+                       f"{r.quality}\n" for r in readings).encode("utf-8")
 
     def set_epochs(self, epochs: Epochs) -> None:
         """HJ 212 carries no tags: the commissioning epochs change nothing."""
 
     def send(self, body: bytes, token: Secret | None) -> Answer:
-        """Every packet of ``body``, each acknowledged (see the module docstring)."""
+        """The batch into the archive, then the aggregates waiting and its real-time data
+        (see the module docstring)."""
         if token is None:
             return Answer(Outcome.AUTH, f"no password (PW) for {self.where}", NO_PW_HINT)
         pw = token.reveal()
         if not PW_PATTERN.fullmatch(pw) or PW_FORBIDDEN & set(pw):
             return Answer(Outcome.AUTH, "the password (PW) file does not hold 1 to 6 visible "
                           "characters without ; & = , (HJ 212-2017 table 4)", NO_PW_HINT)
-        groups = plan(body, st=f"{self.settings.st:02d}", mn=self.settings.mn, pw=pw)
+        self._pw = pw
+        readings = decode(body)
+        groups = list(self.realtime.groups(readings))
+        try:
+            self.archive.add((s for g in groups for s in g.samples),
+                             max((r.time_ns for r in readings), default=0))
+        except sqlite3.Error as exc:
+            return Answer(Outcome.RETRY, f"the HJ 212 archive cannot be written: {exc}",
+                          "see the data directory's free space and permissions")
         with self._lock:
             if self._refused:
                 return Answer(Outcome.STOPPED, "stopping")
-            self._aborted = False
+        failure = self._send_aggregates()
+        if failure is not None:
+            return failure
         accepted = 0
+        interval = self.rtd_interval
+        send = "realtime" in self.settings.send
         for group in groups:
-            answer = self._deliver(group, accepted)
-            if answer is not None:
-                return answer
+            if send and group.segments and not (interval and group.second % interval):
+                failure = self._deliver(group.segments, accepted)
+                if failure is not None:
+                    return failure
             accepted += group.readings
         return Answer(Outcome.DELIVERED, f"{len(groups)} sample time(s) acknowledged")
 
-    def _deliver(self, group: Group, accepted: int) -> Answer | None:
-        """Send one sample time's packets; None when all were acknowledged."""
-        for segment in group.segments:
-            if self._refused or self._aborted:
+    def _send_aggregates(self) -> Answer | None:
+        while batch := self.archive.pending(PENDING_BATCH):
+            for item in batch:
+                segments = message(item.qn, self.st, item.cn, self.settings.mn,
+                                   FLAG_VERSION_2017 | FLAG_A, *_split_cp(item.cp))
+                failure = self._deliver(segments, 0)
+                if failure is not None:
+                    return failure
+                self.archive.delivered(item.seq)
+        return None
+
+    def _deliver(self, segments: Sequence[Segment], accepted: int) -> Answer | None:
+        """Send one message's packets; None when all were acknowledged."""
+        for segment in segments:
+            if self._refused:
                 return self._answer(Outcome.STOPPED, "stopping", accepted)
-            packet = frame(segment.render())
-            failure = self._exchange(packet, segment.qn)
+            failure = self._exchange(frame(replace(segment, pw=self._pw).render()), segment.qn)
             if failure is not None:
-                self._drop()
-                outcome = Outcome.STOPPED if self._aborted else Outcome.RETRY
+                self._drop(failure)
+                outcome = Outcome.STOPPED if self._refused else Outcome.RETRY
                 return self._answer(outcome, failure, accepted)
         return None
 
     def _exchange(self, packet: bytes, qn: str) -> str | None:
         """Send ``packet`` until its acknowledgement comes: None, or why it did not."""
-        attempts = 1 + self.settings.recount
+        attempts = 1 + self.recount
         for _ in range(attempts):
+            self._pace()
             try:
-                sock = self._open()
-                sock.sendall(packet)
-                if self._await_ack(sock, qn):
+                conn = self._open()
+                conn.forget(qn)
+                conn.send(packet)
+                if conn.await_ack(qn, self.overtime):
                     return None
-            except PacketError as exc:
-                return f"the platform sent what is not HJ 212: {exc}"
             except OSError as exc:
-                return f"{type(exc).__name__}: {exc.strerror or exc} ({self.host}:{self.port})"
-        return (f"no data acknowledgement (CN {CN_DATA_ACK}) for QN={qn} within "
-                f"{self.settings.overtime:g} s, {attempts} time(s)")
+                return (str(exc) if isinstance(exc, Closed) else
+                        f"{type(exc).__name__}: {exc.strerror or exc} ({self.host}:{self.port})")
+        return (f"no data acknowledgement (CN 9014) for QN={qn} within "
+                f"{self.overtime:g} s, {attempts} time(s)")
 
-    def _await_ack(self, sock: socket.socket, qn: str) -> bool:
-        """Whether the acknowledgement of ``qn`` came within ``overtime``; other packets are
-        read, checked and passed over."""
-        deadline = time.monotonic() + self.settings.overtime
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
-            try:
-                data = sock.recv(RECV_BYTES)
-            except TimeoutError:
-                return False
-            if not data:
-                raise ConnectionResetError(0, "the platform closed the connection")
-            for raw in self._reader.feed(data):
-                segment = parse_segment(unframe(raw))
-                if segment.cn == CN_DATA_ACK and segment.qn == qn:
-                    return True
-                log.debug("%s: passed over CN %s QN %s", self.where, segment.cn, segment.qn)
-        return False
+    def _pace(self) -> None:
+        gap = 1.0 / self.settings.max_packets_per_s - (time.monotonic() - self._last_packet)
+        if gap > 0:
+            time.sleep(gap)
+        self._last_packet = time.monotonic()
 
-    def _open(self) -> socket.socket:
-        if self._sock is None:
-            self._sock = self._connect((self.host, self.port), timeout=self.connect_timeout)
-            self._reader = Reader()
-            log.debug("%s: connected", self.where)
-        return self._sock
+    def _open(self) -> Connection:
+        with self._lock:
+            conn = self._conn
+        if conn is not None and conn.closed is None:
+            return conn
+        sock = self._connect((self.host, self.port), timeout=self.connect_timeout)
+        conn = Connection(sock, name=self.name, on_request=self._request,
+                          heartbeat=self._heartbeat, heartbeat_s=self.settings.heartbeat)
+        with self._lock:
+            self._conn = conn
+        log.debug("%s: connected", self.where)
+        return conn
 
-    def _drop(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
+    def _drop(self, why: str) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close(why)
 
     @staticmethod
     def _answer(outcome: Outcome, detail: str, accepted: int) -> Answer:
@@ -183,17 +263,141 @@ class Hj212Sink:
 
     def abort(self) -> None:
         """Cut the exchange in flight short (from another thread)."""
+        self.refuse()
         with self._lock:
-            self._aborted = True
-            sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            conn = self._conn
+        if conn is not None:
+            conn.close("stopping")
 
     def close(self) -> None:
-        self.refuse()
         self.abort()
-        self._drop()
+        self._drop("stopping")
+        self.archive.close()
+
+    # --- the platform's requests ----------------------------------------------------------
+
+    def _heartbeat(self) -> bytes | None:
+        cn = self.settings.heartbeat_cn
+        if not cn or not self._pw:
+            return None
+        return frame(Segment(self._qn_now(), self.st, cn, self._pw, self.settings.mn,
+                             FLAG_PLAIN, "").render())
+
+    def _qn_now(self) -> str:
+        now = self._wall()
+        return data_time(int(now), self.zone) + f"{int(now * 1000) % 1000:03d}"
+
+    def _request(self, request: Segment, conn: Connection) -> None:
+        """Answer one request of the platform on ``conn``."""
+        def reply(cn: str, cp: str, st: str = ST_SYSTEM) -> None:
+            conn.send(frame(Segment(request.qn, st, cn, self._pw, self.settings.mn, FLAG_PLAIN,
+                                    cp).render()))
+
+        log.info("%s: the platform asks CN %s (QN %s)", self.where, request.cn, request.qn)
+        if not self._pw:
+            return  # no password yet: nothing can be answered
+        if request.pw != self._pw:
+            reply(CN_REQUEST_ANSWER, f"QnRtn={QN_BAD_PW}")
+            return
+        if request.mn != self.settings.mn:
+            reply(CN_REQUEST_ANSWER, f"QnRtn={QN_BAD_MN}")
+            return
+        fields = _fields(request.cp)
+        handler = {
+            CN_TIME_GET: self._get_time, CN_TIME_SET: self._set_time,
+            CN_RTD_GET: self._get_rtd, CN_RTD_SET: self._set_rtd,
+            CN_TIMEOUTS: self._set_timeouts,
+            CN_MINUTE: self._history, CN_HOUR: self._history, CN_DAY: self._history,
+        }.get(request.cn)
+        if handler is None:
+            reply(CN_REQUEST_ANSWER, f"QnRtn={QN_BAD_CN}")
+            return
+        reply(CN_REQUEST_ANSWER, f"QnRtn={QN_READY}")
+        result = handler(request, fields, conn)
+        reply(CN_RESULT, f"ExeRtn={result}")
+
+    def _get_time(self, request: Segment, fields: dict[str, str], conn: Connection) -> int:
+        self._upload(conn, request, CN_TIME_GET,
+                     f"SystemTime={data_time(int(self._wall()), self.zone)}")
+        return EXE_OK
+
+    def _set_time(self, request: Segment, fields: dict[str, str], conn: Connection) -> int:
+        try:
+            theirs = parse_data_time(fields.get("SystemTime", ""), self.zone)
+        except ValueError:
+            return EXE_BAD_REQUEST
+        log.warning("%s: the platform sets the time to %s, %+.0f s from this unit's clock; "
+                    "refused: this unit's clock is kept by NTP", self.where,
+                    fields["SystemTime"], theirs - self._wall())
+        return EXE_BAD_REQUEST
+
+    def _get_rtd(self, request: Segment, fields: dict[str, str], conn: Connection) -> int:
+        self._upload(conn, request, CN_RTD_GET, f"RtdInterval={self.rtd_interval}")
+        return EXE_OK
+
+    def _set_rtd(self, request: Segment, fields: dict[str, str], conn: Connection) -> int:
+        value = fields.get("RtdInterval", "")
+        if not value.isdigit() or not RTD_RANGE[0] <= int(value) <= RTD_RANGE[1]:
+            return EXE_BAD_REQUEST
+        if any(int(value) % step for step in self.steps if step == int(step)):
+            log.warning("%s: the platform asks RtdInterval=%s s, which is not a multiple of "
+                        "the sampling intervals %s; refused", self.where, value,
+                        ", ".join(f"{s:g} s" for s in self.steps))
+            return EXE_BAD_REQUEST
+        self.archive.set_mark("rtd_interval", int(value))
+        log.info("%s: the platform sets RtdInterval to %s s", self.where, value)
+        return EXE_OK
+
+    def _set_timeouts(self, request: Segment, fields: dict[str, str], conn: Connection) -> int:
+        overtime, recount = fields.get("OverTime", ""), fields.get("ReCount", "")
+        if not (overtime.isdigit() and recount.isdigit()
+                and 1 <= int(overtime) <= 600 and 0 <= int(recount) <= 10):
+            return EXE_BAD_REQUEST
+        self.archive.set_mark("overtime_ms", int(overtime) * 1000)
+        self.archive.set_mark("recount", int(recount))
+        log.info("%s: the platform sets OverTime=%s s, ReCount=%s", self.where, overtime,
+                 recount)
+        return EXE_OK
+
+    def _history(self, request: Segment, fields: dict[str, str], conn: Connection) -> int:
+        try:
+            begin = parse_data_time(fields.get("BeginTime", ""), self.zone)
+            end = parse_data_time(fields.get("EndTime", ""), self.zone)
+        except ValueError:
+            return EXE_BAD_REQUEST
+        rows = self.archive.history(request.cn, begin, end)
+        for _, cp in rows:
+            self._upload(conn, request, request.cn, cp, st=self.st)
+        return EXE_OK if rows else EXE_NO_DATA
+
+    def _upload(self, conn: Connection, request: Segment, cn: str, cp: str,
+                st: str | None = None) -> None:
+        """Data answering ``request`` (its QN, no acknowledgement asked), split as needed."""
+        for segment in message(request.qn, st or self.st, cn, self.settings.mn, FLAG_PLAIN,
+                               *_split_cp(cp)):
+            conn.send(frame(replace(segment, pw=self._pw).render()))
+
+
+def _split_cp(cp: str) -> tuple[str, list[str]]:
+    """A CP's head (its first item: DataTime, SystemTime, ...) and the rest, for splitting."""
+    head, *items = cp.split(";")
+    return head, items
+
+
+def _fields(cp: str) -> dict[str, str]:
+    """``key=value`` pairs of a request's CP (items separated by ; or ,)."""
+    pairs = (item.partition("=") for item in cp.replace(",", ";").split(";"))
+    return {key: value for key, eq, value in pairs if eq}
+
+
+def decode(body: bytes) -> list[Reading]:
+    """A body from :meth:`Hj212Sink.encode`."""
+    readings = []
+    for line in body.decode("utf-8").splitlines():
+        sensor, quantity, value, unit, time_ns, quality = line.split("\t")
+        readings.append(Reading(sensor, quantity, float(value), unit, int(time_ns), 0, "",
+                                True, int(quality)))
+    return readings
 
 
 # --- the registry's entry -----------------------------------------------------------------------
@@ -206,14 +410,49 @@ def endpoint(url: str) -> Endpoint:
 
 
 def build(config: Config, settings: UplinkConfig, *, simulated: bool = False,
-          wall: Callable[[], float] = time.time) -> Hj212Sink:
-    """The sink of an hj212:// ``[[uplink]]``. ``simulated`` marks nothing: HJ 212 has no
-    place for it (a rehearsal must not be pointed at a bureau's platform)."""
-    if settings.hj212 is None:
-        raise ValueError(f"uplink '{settings.name}' has no HJ 212 settings")
+          wall: Callable[[], float] = time.time, data_dir: Path | None = None) -> Hj212Sink:
+    """The sink of an hj212:// ``[[uplink]]``, its archive in ``data_dir``. ``simulated``
+    marks nothing: HJ 212 has no place for it (a rehearsal must not be pointed at a bureau's
+    platform). A ConfigError when two sensors would report under one code."""
+    if settings.hj212 is None or data_dir is None:
+        raise ValueError(f"uplink '{settings.name}' needs its HJ 212 settings and a data "
+                         "directory")
+    hj = settings.hj212
+    expected = sources(config, settings)
+    kinds = [Kind(cn, hj.minute_interval if cn == CN_MINUTE else 0)
+             for kind, cn in KINDS.items() if kind in hj.send]
+    archive = Archive(data_dir / f"hj212-{settings.name}.sqlite", zone=ZoneInfo(hj.timezone),
+                      kinds=kinds, expected=expected, keep_days=hj.keep_days)
     where = endpoint(settings.url)
-    return Hj212Sink(where.host, where.port, settings.hj212, name=settings.name,
-                     connect_timeout=settings.connect_timeout)
+    return Hj212Sink(where.host, where.port, hj, archive, name=settings.name,
+                     steps=sorted(set(expected.values())),
+                     connect_timeout=settings.connect_timeout, wall=wall)
+
+
+def sources(config: Config, settings: UplinkConfig) -> dict[str, float]:
+    """Per pollutant code, the sampling interval of the one sensor that reports it to this
+    upstream; a ConfigError naming both when two would."""
+    from drivers.registry import DRIVERS  # the drivers are loaded by the run building this
+
+    assert settings.hj212 is not None
+    table = CodeTable(settings.hj212.codes, settings.hj212.units)
+    found: dict[str, tuple[str, float]] = {}
+    for sensor in config.sensors:
+        driver = DRIVERS.get(sensor.driver)
+        quantities = () if driver is None else driver.configured_quantities(sensor.options)
+        for quantity in quantities:
+            if not settings.takes(sensor.id, quantity):
+                continue
+            code = table.lookup(Reading(sensor.id, quantity, 0.0, "", 0, 0, "", True))
+            if code is None:
+                continue
+            other = found.setdefault(code.code, (sensor.id, sensor.interval))
+            if other[0] != sensor.id:
+                raise ConfigError([
+                    f"uplink '{settings.name}': {code.code} ({quantity}) would come from "
+                    f"sensors '{other[0]}' and '{sensor.id}'; give the upstream sensors = "
+                    f"[...] or map \"{sensor.id}.{quantity}\" to a code of its own in codes"])
+    return {code: interval for code, (_, interval) in found.items()}
 
 
 def check_write(config: Config, settings: UplinkConfig, token: Secret | None,
