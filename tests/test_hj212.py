@@ -393,6 +393,18 @@ def test_an_hj212_upstream_to_any_host_in_plain_text() -> None:
     (f'mn = "{MN}"\ncodes = {{ co2 = "a05001" }}\n', 'codes: no sensor of this station '
      'reports "co2"; expected quantities such as temperature, humidity, pressure, pm1, pm2_5, '
      "pm10"),
+    (f'mn = "{MN}"\ncodes = {{ "dust.temperature" = "a99001" }}\n', 'no sensor of this '
+     'station reports "dust.temperature"'),
+    (f'mn = "{MN}"\nminute_interval = "7m"\n', 'minute_interval = "7m": \'7m\' does not divide '
+     'an hour; expected a number of minutes dividing an hour, such as "10m" (1m to 60m)'),
+    (f'mn = "{MN}"\nunits = {{ a34004 = "mg/m³" }}\n', "'a34004': only a01006, a05001 can be "
+     "sent in more than one unit"),
+    (f'mn = "{MN}"\nunits = {{ a05001 = "ppb" }}\n', "a05001 = 'ppb': expected one of mg/m³, "
+     "ppm"),
+    (f'mn = "{MN}"\nsend = ["realtime", "weekly"]\n', "send = [\"realtime\", \"weekly\"]: "
+     "expected a list of 'realtime', 'minute', 'hour', 'day'"),
+    (f'mn = "{MN}"\nrealtime_interval = "10s"\n', "expected 0 (every sample time) or 30s to "
+     "3600s (HJ 212-2017 RtdInterval)"),
 ])
 def test_a_bad_hj212_setting_is_one_clear_line(lines: str, problem: str) -> None:
     (line,) = problems(BUREAU + lines)

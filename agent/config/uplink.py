@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
@@ -346,7 +346,8 @@ def _hj212_values(problems: Problems, path: str, values: dict[str, Any]) -> None
             health = (*SENSOR_HEALTH_QUANTITIES, *AGENT_HEALTH_QUANTITIES)
             known = list(dict.fromkeys(q for qs in reports.values() for q in qs or ()
                                        if q not in health and not q.startswith(ALERT_PREFIX)))
-            unknown = [quantity for quantity, _ in codes if quantity not in known]
+            unknown = [quantity for quantity, _ in codes if not _reported(quantity, known,
+                                                                         reports)]
             if unknown:
                 problems.add(toml_key(path, "codes"), "no sensor of this station reports "
                              f"{', '.join(map(toml_quote, unknown))}; expected quantities "
@@ -356,6 +357,13 @@ def _hj212_values(problems: Problems, path: str, values: dict[str, Any]) -> None
     else:
         for key in hj212.FIELDS:
             values.pop(key, None)
+
+
+def _reported(quantity: str, known: list[str],
+              reports: Mapping[str, Sequence[str] | None]) -> bool:
+    """Whether some sensor reports ``quantity`` (or, as ``sensor.quantity``, that one)."""
+    sensor, dot, name = quantity.rpartition(".")
+    return name in (reports.get(sensor) or ()) if dot else name in known
 
 
 def _check_uplink(problems: Problems, path: str, values: Mapping[str, Any]) -> None:
