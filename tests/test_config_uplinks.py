@@ -248,8 +248,10 @@ def test_the_example_upstreams_take_what_their_comments_say(tmp_path: Path) -> N
                    if re.fullmatch(r"# (\[\[uplink\]\]|\w+ = .*)", row)]
     path = tmp_path / "example.toml"
     path.write_text(text[:start] + "\n".join(switched_on) + "\n" + text[end:], encoding="utf-8")
-    network, partner = load_config(path).uplinks
+    network, partner, bureau = load_config(path).uplinks
     assert (network.name, partner.name, partner.start) == ("network", "partner", "now")
+    assert bureau.hj212 is not None and (bureau.hj212.mn, bureau.hj212.minute_interval) == (
+        "33010000000HJ0001", 10)
     readings = [("dust", "pm2_5"), ("air", "temperature"), ("envagent", "uptime"),
                 ("dust", "sensor_state")]
     assert [network.takes(*r) for r in readings] == [True, True, True, True]
