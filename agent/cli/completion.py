@@ -187,7 +187,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "maintenance": ("examples:", "  envagent maintenance on --for 2h \\",
                     "    --note 'PM sensor swap'", "  envagent maintenance",
                     "  envagent maintenance off",
-                    "on a unit, as the service's user:",
+                    "on a unit, as the service user:",
                     "  sudo -u envagent envagent \\", "    maintenance on",
                     "or hold the service button 10 s"),
     "config": ("examples:", "  envagent config check"),
