@@ -26,7 +26,7 @@ class Quality(enum.IntFlag):
     CLOCK_UNSYNCED = 1 << 4  # the wall clock was never synchronised in this boot
     CLOCK_RESTAMPED = 1 << 5  # time re-derived from the boot-time anchor after a later sync
     CLIPPED = 1 << 6  # the chip clipped the value at the end of its scale
-    MAINTENANCE = 1 << 7  # taken while the unit was in maintenance mode
+    MAINTENANCE = 1 << 7  # taken while the unit was in maintenance mode (agent.store.maintenance)
 
 
 @dataclass(frozen=True, slots=True)

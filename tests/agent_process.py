@@ -15,9 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
+def environment() -> dict[str, str]:
+    """The environment of an ``envagent`` child: this one's, without systemd's variables, with
+    this checkout first on the import path."""
+    env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}
+    return {**env, "PYTHONPATH": str(ROOT)}
+
+
 def envagent(*args: str | Path, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     """``python -m agent ARGS`` in ``cwd``; its exit code, stdout and stderr as text."""
-    env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}
     return subprocess.run([sys.executable, "-m", "agent", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**env, "PYTHONPATH": str(ROOT)})
+                          capture_output=True, text=True, timeout=timeout, env=environment())

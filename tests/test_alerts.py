@@ -207,13 +207,15 @@ def test_hysteresis_no_flapping_between_clear_and_threshold_then_clears() -> Non
 
 def test_flagged_and_nonfinite_readings_neither_raise_nor_clear() -> None:
     engine = Engine(PM)
-    for flag in (Quality.OUT_OF_RANGE, Quality.STUCK, Quality.SPIKE, Quality.WARMUP):
+    unfit = (Quality.OUT_OF_RANGE, Quality.STUCK, Quality.SPIKE, Quality.WARMUP,
+             Quality.MAINTENANCE)  # a technician at work (agent.store.maintenance)
+    for flag in unfit:
         assert engine.feed(0, 500, flag) == []
     assert engine.alerts.rules[0].phase is Phase.INACTIVE
     engine.feed(0, 80)
     engine.feed(300, 0, Quality.SPIKE)  # does not interrupt the wait either
     assert engine.feed(600, 80) == [1.0]
-    for flag in (Quality.OUT_OF_RANGE, Quality.STUCK, Quality.SPIKE, Quality.WARMUP):
+    for flag in unfit:
         assert engine.feed(601, 0, flag) == []
     assert engine.feed(602, float("nan")) == []
     assert engine.alerts.firing

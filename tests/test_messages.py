@@ -211,7 +211,7 @@ def test_every_quality_flag_has_a_word_and_a_name() -> None:
             assert quality.words(flag) and quality.names(flag) == [str(flag.name).lower()]
     assert quality.words(Quality.GOOD) == "" and quality.names(Quality.GOOD) == []
     assert quality.words(Quality.WARMUP | Quality.SPIKE) == "warm-up, spike"
-    assert quality.words(everything | 1 << 12).endswith(", clipped, bit 12")
+    assert quality.words(everything | 1 << 12).endswith(", clipped, maintenance, bit 12")
     assert quality.names(1 << 12) == ["bit_12"]
 
 

@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.runtime.service import Service
     from agent.sampling.daemon import Agent, make_drivers
     from agent.sampling.power import power_switches
-    from agent.store import datadir, rehearsal
+    from agent.store import datadir, maintenance, rehearsal
     from agent.store.storage import ReopeningOutbox
     from drivers.registry import DRIVERS
 
@@ -59,8 +59,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         pin_factory = mock_pin_factory() if ctx.simulate and uses_gpio(ctx.config) else None
         power = power_switches((s.power_pin for s in ctx.config.sensors), clock=clock,
                                pin_factory=pin_factory)
-        agent = Agent(ctx.config, drivers, outbox=outbox, clock=clock, boot_id=read_boot_id(),
-                      power=power, commission_dir=ctx.data_dir)
+        boot_id = read_boot_id()
+        agent = Agent(ctx.config, drivers, outbox=outbox, clock=clock, boot_id=boot_id,
+                      power=power, commission_dir=ctx.data_dir,
+                      maintenance=maintenance.Watch(ctx.data_dir, clock, boot_id))
         uplinks = []
         if args.deliver or not ctx.simulate:
             from agent.uplink.worker import build_uplink

@@ -2,9 +2,9 @@
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration.
 
-One module per command group (context, hardware, delivery, status, records); each command
-imports what it uses inside its function, for start-up memory: --help, shell completion and
-`status` must not load the drivers, requests or the delivery worker.
+One module per command group (context, hardware, delivery, status, records, maintenance); each
+command imports what it uses inside its function, for start-up memory: --help, shell completion
+and `status` must not load the drivers, requests or the delivery worker.
 """
 
 from __future__ import annotations
@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. \"Stevenson screen\"")
     p.add_argument("--note", type=text_argument, metavar="TEXT")
     p.set_defaults(func=cmd_commission)
+
+    from agent.cli.maintenance import add_parser as add_maintenance
+
+    p = add_maintenance(sub)
+    add_common(p, "config", "simulate", "sim_clock", "data_dir", "json")
 
     p = sub.add_parser("config", help="configuration tools")
     config_sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)

@@ -122,7 +122,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from agent.cli import statusview
     from agent.core.timebase import read_boot_id
     from agent.sampling.timekeeping import hold_ends
+    from agent.store import maintenance
 
+    clock = clock_of(args)
+    window, damaged = maintenance.read_active(ctx.data_dir, clock, read_boot_id())
+    report["maintenance"] = maintenance.to_json(window, clock, read_boot_id())
     report["sensors"] = statusview.sensors_json(ctx.data_dir, read_boot_id())
     report["alerts"] = [a.to_json() for a in statusview.firing_alerts(ctx.config, latest)]
     report["clock"] = statusview.clock_json(report["clock_synchronized"], statusview.held_in(
@@ -136,7 +140,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             synced=report["clock_synchronized"], boot_id=read_boot_id(),
             now=clock_of(args).time(), width=shutil.get_terminal_size().columns, bars=bars,
             hold_ends=hold_ends(clock_of(args)),
-            backlogs={u["name"]: u["backlog"] for u in uplinks if u["backlog"] is not None})
+            backlogs={u["name"]: u["backlog"] for u in uplinks if u["backlog"] is not None},
+            maintenance=(window, damaged, clock))
     if simulated:  # a rehearsal's outbox (agent.store.rehearsal): said first, on the unit's line
         lines[0] = statusview.clip(f"REHEARSAL (simulated) · {lines[0]}",
                                    max(statusview.MIN_WIDTH, shutil.get_terminal_size().columns))

@@ -12,6 +12,10 @@ backlog -- while a hold lasts everything older has gone and every new reading is
 backlog is current where the worker's own count is refreshed only every minute. ``envagent sync``
 words what it left behind with the same phrases (:func:`sync_left`).
 
+Maintenance mode comes from its record (agent.store.maintenance), judged on this process's
+clock: it is on or off whether or not an agent runs, and a damaged record is said to count as
+off.
+
 Firing alerts come from the outbox too: the last ``alert_<id>`` reading of each configured rule
 (agent.sampling.alerts), 1 while it fires -- the daemon's rules live in another process, and that
 reading
@@ -33,9 +37,11 @@ from agent.core.timebase import HOLD_UNSYNCED_S, SYNC_ADVICE_SHORT, UNSYNCED_REA
 from agent.runtime.history import HISTORY_FILE, POINTS, bucket_of
 from agent.runtime.statusfile import HEALTH_QUANTITIES, SENSORS_FILE, SensorsFile, load_history
 from agent.sampling.alerts import ALERT_SENSOR, FIRING, alert_quantity
+from agent.store.maintenance import BY_BUTTON, Window
 from agent.store.outbox import LatestValue, OutboxStats
 from agent.store.salvage import Recovery
 from agent.uplink.worker import UplinkState, state_file
+from drivers.clock import Clock
 
 BARS = "▁▂▃▄▅▆▇█"
 ASCII_BARS = "_.-=+*#@"
@@ -124,6 +130,19 @@ def trouble_words(state: UplinkState) -> str:
     elif state.state == "retrying" and error.startswith(("HTTP 5", "HTTP 429", "HTTP 408")):
         reason = f"server answers {error.split(':')[0]}"
     return reason
+
+
+def maintenance_words(window: Window | None, clock: Clock, boot_id: str | None,
+                      now: float) -> str:
+    """"MAINTENANCE on since 10:32 (ends 14:32 by itself): readings are flagged", or that it
+    is off."""
+    if window is None:
+        return "maintenance mode off: readings are not flagged"
+    who = ", turned on with the button" if window.by == BY_BUTTON else ""
+    note = f"; note: {window.note}" if window.note else ""
+    return (f"MAINTENANCE on since {clock_time(window.since_ns, now)} (ends "
+            f"{clock_time(window.ends_ns(clock, boot_id), now)} by itself{who}): readings are "
+            f"flagged{note}")
 
 
 # --- readings held for the clock ------------------------------------------------------------
@@ -307,10 +326,13 @@ def sparkline(points: Sequence[float | None], width: int, bars: str = BARS) -> s
 def render(config: Config, data_dir: Path, stats: OutboxStats, latest: Sequence[LatestValue],
            *, recovery: Recovery | None, synced: bool | None, boot_id: str, now: float,
            width: int, bars: str = BARS, hold_ends: float | None = None,
-           backlogs: Mapping[str, int] | None = None) -> list[str]:
+           backlogs: Mapping[str, int] | None = None,
+           maintenance: tuple[Window | None, str | None, Clock] | None = None) -> list[str]:
     """The human status, every line at most ``width`` columns; ``hold_ends``: the wall time
     this boot's hold for the clock ends (agent.sampling.timekeeping), None when unknown;
-    ``backlogs``: each upstream's share of the backlog by name (its cursor in the outbox)."""
+    ``backlogs``: each upstream's share of the backlog by name (its cursor in the outbox);
+    ``maintenance``: the window on (agent.store.maintenance.read_active), why its record
+    could not be read, and the clock it was judged on."""
     backlogs = backlogs or {}
     width = max(MIN_WIDTH, width)
     unit = config.unit
@@ -319,6 +341,12 @@ def render(config: Config, data_dir: Path, stats: OutboxStats, latest: Sequence[
     def row(label: str, text: str) -> None:
         lines.extend(wrap(f"{label:<{LABEL - 1}} {text}", width))
 
+    if maintenance is not None:  # first: the technician's own doing, not to be left on
+        window, damaged, clock = maintenance
+        if window is not None:
+            lines.extend(wrap(maintenance_words(window, clock, boot_id, now), width))
+        elif damaged is not None:
+            row("maint", damaged)
     for alert in firing_alerts(config, latest):  # first: what a technician must see
         row("ALERT", alert.describe(now))
     states = uplink_states(config, data_dir)

@@ -19,7 +19,8 @@ data directory, half a second apart: the outbox counters (added, delivered, drop
 agent.store.outbox, opened read-only), ``uplink-state.json`` (agent.uplink.worker: its state, and
 the hold
 for the clock, counted as ``status`` counts it) and ``sensors-state.json``
-(agent.runtime.statusfile).
+(agent.runtime.statusfile), and ``maintenance.json`` (agent.store.maintenance: on, off, ended by
+itself -- judged on this process's clock, as ``status`` judges it).
 Nothing new is written to the SD card for it. What those do not record is not invented: the
 uplink state is written on transitions only, so there is no time per delivery to show, and two
 commits between looks show as one line.
@@ -48,6 +49,7 @@ from agent.config import Config, UplinkConfig
 from agent.core.errors import ConfigError, StorageError
 from agent.core.timebase import HOLD_UNSYNCED_S, NS
 from agent.runtime.statusfile import SENSORS_FILE, SensorsFile
+from agent.store import maintenance
 from agent.store.outbox import Outbox
 from agent.uplink.worker import UplinkState, state_file
 from drivers.clock import Clock
@@ -144,6 +146,9 @@ class Look:
     agent: int | None  # pid of the running agent; None: not running
     hold_expired: bool = False  # the hold ran out before the clock synchronised
     hold_until: float | None = None  # wall time the hold ends at the latest
+    # maintenance mode: the window on as recorded (since_ns, until_ns), when it ends on this
+    # clock (ns) and its note; None: off
+    maintenance: tuple[int, int, int, str | None] | None = None
 
     @property
     def backlog(self) -> int:
@@ -219,8 +224,9 @@ def _opening(station: Station, now: Look) -> str:
     agent = f"agent running (pid {now.agent})" if now.agent else "agent not running"
     uplink = "".join(f", uplink {_named(u.name, now.uplinks)}{u.state}" for u in now.uplinks
                      if u.state is not None)
+    mode = ", MAINTENANCE mode on" if now.maintenance is not None else ""
     return (f"following {station.unit} in {station.data_dir}: {now.backlog} readings "
-            f"waiting{held}, {agent}{uplink}; Ctrl-C to stop")
+            f"waiting{held}, {agent}{uplink}{mode}; Ctrl-C to stop")
 
 
 def look(station: Station, clock: Clock, previous: Look | None) -> Look:
@@ -241,6 +247,7 @@ def look(station: Station, clock: Clock, previous: Look | None) -> Look:
     ran_out = (held is None and previous is not None and previous.hold_until is not None
                and now >= previous.hold_until)
     daemon = SensorsFile.load(station.data_dir / SENSORS_FILE)
+    window, _ = maintenance.read_active(station.data_dir, clock, station.boot_id)
     return Look(
         added, delivered, dropped, rejected, held=0 if held is None else held.count,
         synced=clock.synchronized(),
@@ -250,7 +257,10 @@ def look(station: Station, clock: Clock, previous: Look | None) -> Look:
         sensors=() if daemon is None else tuple(
             (s.id, s.state, s.last_error) for s in daemon.sensors),
         agent=daemon.pid if daemon is not None and daemon.running(station.boot_id) else None,
-        hold_expired=ran_out, hold_until=None if held is None else held.until_ns / NS)
+        hold_expired=ran_out, hold_until=None if held is None else held.until_ns / NS,
+        maintenance=None if window is None else (
+            window.since_ns, window.until_ns, window.ends_ns(clock, station.boot_id),
+            window.note))
 
 
 Counters = tuple[int | None, int, int, int]
@@ -281,6 +291,7 @@ def changes(before: Look, after: Look, *, targets: Mapping[str, str],
     said: list[str] = []
     if after.agent is not None and after.agent != before.agent:
         said.append(f"agent running (pid {after.agent})")
+    said += _maintenance(before, after)
     said += _clock(before, after)
     said += _flow(before, after, targets, outbox)
     known_uplinks = {u.name: u for u in before.uplinks}
@@ -325,6 +336,17 @@ def _flow(before: Look, after: Look, targets: Mapping[str, str],
     if rejected > 0:
         said.append(f"quarantined {_readings(rejected)}: upstream refused them for good")
     return said
+
+
+def _maintenance(before: Look, after: Look) -> list[str]:
+    was, now = before.maintenance, after.maintenance
+    if now is not None and (was is None or was[:2] != now[:2]):
+        note = f" ({now[3]})" if now[3] else ""
+        return [f"maintenance mode on{note} until {datetime.fromtimestamp(now[2] / NS):%H:%M}: "
+                "readings are flagged"]
+    if now is None and was is not None:
+        return ["maintenance mode off: readings are no longer flagged"]
+    return []
 
 
 def _clock(before: Look, after: Look) -> list[str]:

@@ -66,10 +66,15 @@ def write_new(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[IO[str]]:
-    """A text file that becomes ``path`` only once complete and on disk; errors propagate."""
+def atomic_file(path: Path, *, mode: int | None = None) -> Iterator[IO[str]]:
+    """A text file that becomes ``path`` only once complete and on disk; errors propagate.
+
+    ``mode``: the file's permissions whatever the umask (a file ``sudo`` writes for the
+    service's user to read); default 0666 less the umask."""
     fd, tmp = _new_temporary(path)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with open(fd, "w", encoding="utf-8", newline="") as file:
             yield file
             file.flush()
@@ -87,9 +92,10 @@ def atomic_file(path: Path) -> Iterator[IO[str]]:
             os.close(dir_fd)
 
 
-def write_json(path: Path, data: Any, *, indent: int | None = None) -> None:
-    """``data`` as UTF-8 JSON in ``path``, atomically."""
-    with atomic_file(path) as file:
+def write_json(path: Path, data: Any, *, indent: int | None = None,
+               mode: int | None = None) -> None:
+    """``data`` as UTF-8 JSON in ``path``, atomically (``mode``: as :func:`atomic_file`)."""
+    with atomic_file(path, mode=mode) as file:
         separators = None if indent is not None else (",", ":")
         json.dump(data, file, ensure_ascii=False, indent=indent, separators=separators)
 

@@ -19,6 +19,7 @@ WORDS: Mapping[Quality, str] = {
     Quality.CLOCK_UNSYNCED: "clock not synchronised",
     Quality.CLOCK_RESTAMPED: "re-stamped",
     Quality.CLIPPED: "clipped",
+    Quality.MAINTENANCE: "maintenance",
 }
 
 

@@ -4,9 +4,9 @@ one thing to do next.
 The checks, in order: the I2C device files, each sensor (answers, is the configured chip) and N
 test samples of it, the clock, the data directory (writable by the service's user, and held by
 no agent but the running one), free space against ``storage.max_bytes``, the outbox's integrity,
-the backlog's age, and -- with ``[uplink]`` -- the token file's mode, DNS, TCP, TLS and an
-authenticated empty write. A check that cannot run because an earlier one failed is SKIP (never
-counted as a problem).
+the backlog's age, maintenance mode (WARN while it is on), and -- with ``[uplink]`` -- the
+token file's mode, DNS, TCP, TLS and an authenticated empty write. A check that cannot run
+because an earlier one failed is SKIP (never counted as a problem).
 
 Nothing here writes: the database is opened read-only, the write probe carries no reading, the
 data directory's lock is only tried (a free one is taken and let go at once, its file left as
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.config import Config
-from agent.core.timebase import HOLD_UNSYNCED_S, SYNC_ADVICE
+from agent.core.timebase import HOLD_UNSYNCED_S, SYNC_ADVICE, current_boot
 from agent.doctor import storage as doctor_storage
 from agent.doctor import uplink as doctor_uplink
 from agent.doctor.report import Check, DiskUsage, Status, human_age
@@ -87,6 +87,8 @@ class Doctor:
         checks += _guarded("database", lambda: [doctor_storage.check_database(self.data_dir)])
         checks += _guarded("backlog", lambda: doctor_storage.check_backlog(
             self.config, self.data_dir, self.clock))
+        checks += _guarded("maintenance", lambda: [doctor_storage.check_maintenance(
+            self.data_dir, self.clock, current_boot())])
         if self.config.uplinks and self.without_config is not None:
             checks.append(Check("uplink", Status.SKIP, f"not checked: {self.without_config}; "
                                 "pass --config PATH to check DNS, TCP, TLS and the token"))

@@ -1,7 +1,7 @@
 """Doctor's storage checks: the data directory writable by the user the agent runs as and held
 by no agent but the running one, room for the outbox to grow to its bound, the database's
-integrity, and how long the oldest undelivered reading has waited. All read-only (the lock is
-only tried: see check_lock)."""
+integrity, how long the oldest undelivered reading has waited, and maintenance mode left on. All
+read-only (the lock is only tried: see check_lock)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from agent.config import DEFAULT_STORAGE_PATH, Config
 from agent.core.errors import StorageError, describe
 from agent.doctor.report import Check, DiskUsage, Status, human_age
-from agent.store import datadir
+from agent.store import datadir, maintenance
 from agent.store.outbox import SCHEMA_VERSION, Outbox
 from drivers.clock import Clock
 
@@ -35,6 +35,23 @@ MAX_CMDLINE_BYTES = 4096  # of /proc/PID/cmdline: enough for the command's name
 MAX_COMMAND_CHARS = 80  # of another process's command line, in the detail
 RESTART_HINT = ("sudo systemctl restart envagent: at start a damaged outbox is moved aside "
                 "and what can be read is salvaged")
+
+
+def check_maintenance(data_dir: Path, clock: Clock, boot_id: str | None) -> Check:
+    """WARN while maintenance mode is on (agent.store.maintenance): every reading is flagged,
+    and a technician may be about to leave it on by mistake."""
+    window, damaged = maintenance.read_active(data_dir, clock, boot_id)
+    if damaged is not None:
+        return Check("maintenance", Status.WARN, damaged,
+                     "envagent maintenance off removes it (or on, to start a window)")
+    if window is None:
+        return Check("maintenance", Status.PASS, "off: readings are not flagged")
+    left = (window.ends_ns(clock, boot_id) / 1e9) - clock.time()
+    note = f" ({window.note})" if window.note else ""
+    return Check("maintenance", Status.WARN, f"maintenance mode is on{note}, for "
+                 f"{human_age(left)} more: every reading is flagged maintenance (HJ 212: M)",
+                 "when the work is done: envagent maintenance off (or hold the service button "
+                 "10 s)")
 
 
 def check_free_space(config: Config, data_dir: Path,

@@ -16,17 +16,32 @@ holding       one long flash and one short, then a pause          readings held 
                                                                   nothing goes upstream yet
 alert         three short flashes, then a pause (every 2.5 s)     a threshold alert ([[alert]]) is
                                                                   firing: look at the readings
+maintenance   lit, dark for a blink: 1.8 s on, 0.2 s off          maintenance mode is on: readings
+              (the heartbeat turned inside out)                   are flagged (turn it off before
+                                                                  leaving the site)
 fatal         SOS in Morse (... --- ...), every 5.1 s             needs a technician: storage
                                                                   unusable or credentials refused
 identify      fast even blink, 0.1 s on / 0.1 s off (5 Hz),       "this unit" - after a long
               for 60 s, over any of the above                     press of the service button
 ============  ==================================================  ===============================
 
+The service button: a short press delivers the backlog now; a long press (``hold_time``, 3 s)
+identifies the unit; a very long hold (10 s, :func:`default_maintenance_hold`: keep holding
+through the identify blink) turns maintenance mode on or off, and the LED answers at once --
+the fast blink stops and the maintenance pattern starts (or the usual one comes back). A hold
+is what a technician in gloves does reliably, and it cannot happen by accident as two short
+presses (each a delivery) could, nor does a short press have to wait to be told from a double
+one.
+
 A steady LED, on or off, never means a condition: every pattern keeps changing, so a lit or
 dark LED that does not change for 10 s means the agent is not running (no power, stopped, or
 hung with the pin left where it was). That is why fatal is not "steady on": a crashed process
-leaves exactly that behind. Only the most urgent condition shows (identify > fatal > alert >
-offline > holding > degraded > ok); ``envagent status`` tells the rest. The ok heartbeat lights
+leaves exactly that behind. Only the most urgent condition shows (identify > fatal >
+maintenance > alert > offline > holding > degraded > ok); ``envagent status`` tells the rest.
+Maintenance ranks under fatal, because readings being lost matter whatever the mode, and above
+everything else, because it is the technician's own doing: what they must see walking away from
+the pole is that the mode is still on; the sensor they unplugged they know about, and their
+work sets off no alert (maintenance readings neither fire nor clear one). The ok heartbeat lights
 the LED 4 % of the time, so it costs almost nothing on a solar budget.
 
 Timing goes through the injected clock (``wait(event, seconds)``) so tests can step through a
@@ -38,6 +53,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -45,12 +61,15 @@ from typing import Any
 
 from drivers.clock import Clock
 
-__all__ = ["PATTERNS", "Condition", "Pattern", "ServiceButton", "StatusLED", "condition"]
+__all__ = ["PATTERNS", "Condition", "Pattern", "ServiceButton", "StatusLED", "condition",
+           "default_maintenance_hold"]
 
 log = logging.getLogger("envagent.indicator")
 
 IDENTIFY_S = 60.0  # how long a long press makes the LED say "this unit"
 DEFAULT_HOLD_S = 3.0  # a press this long is a long press
+MAINTENANCE_HOLD_S = 10.0  # a hold this long (at least twice hold_time) toggles maintenance mode
+HOLD_TICK_S = 0.1  # while the button is held, how often its hold time is looked at
 BOUNCE_S = 0.05  # contact bounce of a typical tactile switch is well under 10 ms
 JOIN_TIMEOUT_S = 5.0  # close() waits this long for the LED thread
 MIN_STEP_S = 0.001  # what is left of an identify after rounding: too short to see
@@ -65,6 +84,7 @@ class Condition(enum.StrEnum):
     FATAL = "fatal"  # storage unusable or upstream refusing our credentials
     ALERT = "alert"  # a threshold alert is firing (agent.sampling.alerts)
     HOLDING = "holding"  # readings held from delivery for the clock (agent.sampling.timekeeping)
+    MAINTENANCE = "maintenance"  # maintenance mode is on (agent.store.maintenance)
     IDENTIFY = "identify"
 
 
@@ -73,7 +93,8 @@ UPLINK_STATES = frozenset({"ok", "offline", "auth", "disabled"})
 
 
 def condition(sensor_states: Iterable[str], uplink_state: str, storage_ok: bool,
-              *, alert: bool = False, holding: bool = False) -> Condition:
+              *, alert: bool = False, holding: bool = False,
+              maintenance: bool = False) -> Condition:
     """The condition to show, the most urgent first.
 
     ``sensor_states`` are the sensors' health states (``agent.sampling.sampler.State`` values work
@@ -84,7 +105,8 @@ def condition(sensor_states: Iterable[str], uplink_state: str, storage_ok: bool,
     ``alert``: a threshold alert is firing; it outranks offline, because what the technician
     came about may be the air or the water, not the unit. ``holding``: readings are held for
     the clock; below offline (then nothing could go anyway), above a failing sensor, because
-    until the clock is synchronised nothing of the unit reaches upstream.
+    until the clock is synchronised nothing of the unit reaches upstream. ``maintenance``: the
+    mode is on; it outranks all but fatal (the module docstring says why).
     An unknown state is a wiring mistake and raises ValueError.
     """
     if uplink_state not in UPLINK_STATES:
@@ -97,6 +119,8 @@ def condition(sensor_states: Iterable[str], uplink_state: str, storage_ok: bool,
                          + ", ".join(sorted(SENSOR_STATES)))
     if not storage_ok or uplink_state == "auth":
         return Condition.FATAL
+    if maintenance:
+        return Condition.MAINTENANCE
     if alert:
         return Condition.ALERT
     if uplink_state == "offline":
@@ -130,6 +154,7 @@ PATTERNS: Mapping[Condition, Pattern] = MappingProxyType({
     Condition.OFFLINE: (0.2, 0.3, 0.2, 1.3),
     Condition.ALERT: (0.2, 0.3, 0.2, 0.3, 0.2, 1.3),
     Condition.HOLDING: (1.0, 0.3, 0.2, 1.5),  # long, short: unlike any other rhythm here
+    Condition.MAINTENANCE: (1.8, 0.2),  # mostly lit: the only pattern that is
     Condition.FATAL: _sos(MORSE_UNIT_S),
     Condition.IDENTIFY: (0.1, 0.1),
 })
@@ -278,14 +303,25 @@ class StatusLED:
 # --- the button ------------------------------------------------------------------------------
 
 
+def default_maintenance_hold(hold_time: float) -> float:
+    """How long the button is held to toggle maintenance mode: 10 s, or twice ``hold_time``
+    when that is longer, so the long press always comes first and well apart."""
+    return max(MAINTENANCE_HOLD_S, 2 * hold_time)
+
+
 class ServiceButton:
     """A push button between ``pin`` and ground (the internal pull-up holds the pin high).
 
     A release before ``hold_time`` is a short press; holding for ``hold_time`` is a long press,
     reported once while still held, and its release is not also a short press. Exactly one of
-    the two is reported per press, even when the release and the hold time coincide. The
-    callbacks run on gpiozero's threads: keep them short (set an event, start a thread); an
-    exception they raise is logged and the button keeps working.
+    the two is reported per press, even when the release and the hold time coincide. With
+    ``on_maintenance``, holding on to ``maintenance_hold`` (after the long press) reports that
+    too, once per press. The callbacks run on gpiozero's threads: keep them short (set an
+    event, start a thread); an exception they raise is logged and the button keeps working.
+
+    While the button is down, gpiozero's hold thread calls back every :data:`HOLD_TICK_S` (or
+    a quarter of ``hold_time``, if shorter), and the time since the press decides which hold
+    has been reached; nothing runs while it is up.
     """
 
     def __init__(
@@ -296,19 +332,33 @@ class ServiceButton:
         hold_time: float = DEFAULT_HOLD_S,
         on_short_press: Callable[[], None],
         on_long_press: Callable[[], None],
+        on_maintenance: Callable[[], None] | None = None,
+        maintenance_hold: float | None = None,
         bounce_time: float | None = BOUNCE_S,
     ) -> None:
         if not hold_time > 0:
             raise ValueError(f"hold_time must be positive, not {hold_time!r}")
+        if maintenance_hold is not None:
+            very_long = maintenance_hold
+        else:
+            very_long = math.inf if on_maintenance is None else default_maintenance_hold(hold_time)
+        if not very_long > hold_time:
+            raise ValueError(f"maintenance_hold must be longer than hold_time ({hold_time!r}), "
+                             f"not {very_long!r}")
         self._on_short = on_short_press
         self._on_long = on_long_press
+        self._on_maintenance = on_maintenance
+        self.hold_time = hold_time
+        self.maintenance_hold = very_long
+        self._tick = min(HOLD_TICK_S, hold_time / 4)
         self._lock = threading.Lock()
         self._down = False  # a press is in progress (seen starting)
         self._long = False  # ... and has been reported as a long press
+        self._very_long = False  # ... and as a maintenance hold
         from gpiozero import Button  # as LED above: only with an [indicator]
 
-        self._button = Button(pin, pull_up=True, bounce_time=bounce_time, hold_time=hold_time,
-                              pin_factory=pin_factory)
+        self._button = Button(pin, pull_up=True, bounce_time=bounce_time, hold_time=self._tick,
+                              hold_repeat=True, pin_factory=pin_factory)
         self._button.when_pressed = self._pressed
         self._button.when_held = self._held
         self._button.when_released = self._released
@@ -326,20 +376,33 @@ class ServiceButton:
 
     def _pressed(self) -> None:
         with self._lock:
-            self._down, self._long = True, False
+            self._down, self._long, self._very_long = True, False, False
 
     def _held(self) -> None:
+        """Every tick while the button is down: report each hold once, as it is reached."""
+        held = self._button.active_time
+        if held is None:
+            return  # released meanwhile: the release reports the press
+        reached = held + self._tick / 2  # a tick late never, a tick early never by much
         with self._lock:
-            if not self._down or self._long:
-                return  # the release won the race, or already reported
-            self._long = True
-        log.info("service button: long press")
-        self._call(self._on_long, "long press")
+            if not self._down:
+                return  # the release won the race
+            long = not self._long and reached >= self.hold_time
+            very_long = (not self._very_long and self._on_maintenance is not None
+                         and reached >= self.maintenance_hold)
+            self._long = self._long or long
+            self._very_long = self._very_long or very_long
+        if long:
+            log.info("service button: long press")
+            self._call(self._on_long, "long press")
+        if very_long and self._on_maintenance is not None:
+            log.info("service button: held %gs (maintenance)", self.maintenance_hold)
+            self._call(self._on_maintenance, "maintenance hold")
 
     def _released(self) -> None:
         with self._lock:
             short = self._down and not self._long
-            self._down = self._long = False
+            self._down = self._long = self._very_long = False
         if short:
             log.info("service button: short press")
             self._call(self._on_short, "short press")

@@ -7,6 +7,10 @@ stop, everything sampled is committed, and each upstream's delivery stops once t
 flight, if any, is acknowledged -- or after ``STOP_GRACE_S``, cut short with its batch still in
 the outbox. A clean stop replays nothing.
 
+Maintenance mode (agent.store.maintenance): the agent's Watch is looked at on every supervisor
+tick too, so its start and end are logged, written to the status file and shown on the LED
+even between samples; holding the service button for 10 s turns it on or off.
+
 Several upstreams: one delivery worker each, started and stopped together; each commit nudges
 all of them, and one that is down holds back no other (they share only the outbox).
 """
@@ -26,7 +30,7 @@ from agent.runtime.notify import Notifier
 from agent.runtime.statusfile import StatusFiles
 from agent.runtime.supervisor import HUNG_READ_S, Supervisor
 from agent.sampling.daemon import Agent
-from agent.store import station
+from agent.store import maintenance, station
 from agent.store.storage import Store
 from agent.uplink.worker import STOP_GRACE_S, Uplink
 from drivers.clock import Clock
@@ -78,7 +82,8 @@ class Service:
                                      boot_id=agent.boot_id)
         # sensors-state.json and history.json, for `envagent status` in another process
         self.status_files = StatusFiles(config.storage.path, clock, latest=outbox.latest,
-                                        boot_id=agent.boot_id)
+                                        boot_id=agent.boot_id,
+                                        maintenance=self._maintenance_window)
 
     def run(self, duration: float | None) -> None:
         self._save_station()
@@ -138,6 +143,8 @@ class Service:
             parts.append(f"backlog {self.outbox.stats().backlog}")
         except StorageError as exc:
             parts.append(f"STORAGE FAILING: {exc}")
+        if self._maintenance_window() is not None:
+            parts.append("MAINTENANCE mode on")
         for uplink in self.uplinks:  # one upstream: as it always was; several: each by name
             state = uplink.state
             who = "" if len(self.uplinks) == 1 else f"{uplink.name} "
@@ -158,7 +165,12 @@ class Service:
         states = [w.health.state.value for w in self.agent.workers]
         return condition(states, uplink, storage_ok=not self.agent.storage_failing,
                          alert=self.agent.alerts.firing,
-                         holding=any(u.holding for u in self.uplinks))
+                         holding=any(u.holding for u in self.uplinks),
+                         maintenance=self._maintenance_window() is not None)
+
+    def _maintenance_window(self) -> maintenance.Window | None:
+        watch = self.agent.maintenance
+        return None if watch is None else watch.current()
 
     def _on_tick(self) -> None:
         self.status_files.tick(self.agent.workers)
@@ -172,6 +184,24 @@ class Service:
     def identify(self) -> None:
         if self.led is not None:
             self.led.identify()
+
+    def toggle_maintenance(self) -> None:
+        """The service button's 10 s hold: maintenance mode on (for the default time) or off,
+        and the LED says which at once -- the identify blink of the hold stops."""
+        watch = self.agent.maintenance
+        if watch is None:
+            return
+        data_dir = self.config.storage.path
+        if watch.active():
+            maintenance.turn_off(data_dir, self.clock, self.agent.boot_id,
+                                 by=maintenance.BY_BUTTON)
+        else:
+            maintenance.turn_on(data_dir, self.clock, self.agent.boot_id,
+                                by=maintenance.BY_BUTTON)
+        watch.active()  # logs the change now, not at the next sample
+        if self.led is not None:
+            self.led.identify(0)
+            self.led.show(self.condition())
 
 
 def _indicator(
@@ -187,6 +217,7 @@ def _indicator(
             button = ServiceButton(
                 settings.button_pin, pin_factory=pin_factory, hold_time=settings.hold_time,
                 on_short_press=service.sync_now, on_long_press=service.identify,
+                on_maintenance=service.toggle_maintenance,
             )
     except Exception as exc:  # noqa: BLE001 - gpiozero raises many kinds; the LED is optional
         log.error("status LED/button unavailable (GPIO%s): %s; running without it",

@@ -7,6 +7,9 @@ error changed, at most every :data:`MIN_WRITE_S`, and when only the error count 
 every :data:`REFRESH_S`; the history when a quarter hour completes. Both atomically (temporary
 file, fsync, rename, fsync of the directory), so a reader never sees half a file.
 
+The sensor file also records maintenance mode as the agent applies it (agent.store.maintenance:
+``{since_ns, until_ns, note, by}`` or null), written at once when it starts or ends.
+
 The daemon's side is :class:`StatusFiles`: ``tick(workers)`` from the supervisor's tick (every
 few seconds, on the watchdog thread -- so it never raises), ``close(workers)`` once at a clean
 stop. The file carries the daemon's pid and boot id, so ``status`` can tell a running agent's
@@ -33,6 +36,7 @@ from agent.core.errors import StorageError
 from agent.core.reading import RESERVED_SENSOR_ID
 from agent.core.timebase import NS
 from agent.runtime.history import HISTORY_FILE, Accumulator, History, bucket_of
+from agent.store.maintenance import Window
 from agent.store.outbox import LatestValue
 from drivers.clock import Clock
 
@@ -78,6 +82,8 @@ class SensorsFile:
     boot_id: str
     written_ns: int
     sensors: tuple[SensorState, ...]
+    # maintenance mode as the agent applies it: since_ns, until_ns, note, by; None: off
+    maintenance: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, path: Path) -> SensorsFile | None:
@@ -86,7 +92,8 @@ class SensorsFile:
         try:
             data = read_json(path, MAX_SENSORS_BYTES)
             found = cls(data["pid"], data["boot_id"], data["written_ns"],
-                        tuple(SensorState(**s) for s in data["sensors"]))
+                        tuple(SensorState(**s) for s in data["sensors"]),
+                        data.get("maintenance"))
             if not found.well_formed():
                 raise ValueError("not the shape this version writes")
         except FileNotFoundError:
@@ -105,7 +112,8 @@ class SensorsFile:
                 and integer(self.written_ns) and all(
                     isinstance(s.id, str) and isinstance(s.driver, str)
                     and isinstance(s.state, str) and integer(s.since_ns) and integer(s.errors)
-                    and isinstance(s.last_error, str | None) for s in self.sensors))
+                    and isinstance(s.last_error, str | None) for s in self.sensors)
+                and (self.maintenance is None or _maintenance_shape(self.maintenance)))
 
     def running(self, boot_id: str) -> bool:
         """Whether the process that wrote this is still running (in this boot)."""
@@ -118,6 +126,21 @@ class SensorsFile:
         except PermissionError:  # alive, under another user (the service's)
             return True
         return True
+
+
+def _maintenance_shape(value: object) -> bool:
+    return (isinstance(value, dict) and set(value) == {"since_ns", "until_ns", "note", "by"}
+            and all(isinstance(value[k], int) and not isinstance(value[k], bool)
+                    for k in ("since_ns", "until_ns"))
+            and isinstance(value["note"], str | None) and isinstance(value["by"], str))
+
+
+def maintenance_record(window: Window | None) -> dict[str, Any] | None:
+    """What the sensor file says of maintenance mode."""
+    if window is None:
+        return None
+    return {"since_ns": window.since_ns, "until_ns": window.until_ns, "note": window.note,
+            "by": window.by}
 
 
 def load_history(path: Path) -> History:
@@ -135,12 +158,15 @@ class StatusFiles:
     """The daemon's writer of both files; see the module docstring."""
 
     def __init__(self, data_dir: Path, clock: Clock, *,
-                 latest: Callable[[], Sequence[LatestValue]], boot_id: str) -> None:
+                 latest: Callable[[], Sequence[LatestValue]], boot_id: str,
+                 maintenance: Callable[[], Window | None] | None = None) -> None:
         self.sensors_path = data_dir / SENSORS_FILE
         self.history_path = data_dir / HISTORY_FILE
         self.clock = clock
         self._latest = latest
         self._boot_id = boot_id
+        self._maintenance = maintenance
+        self._written_maintenance: dict[str, Any] | None = None
         self._since: dict[str, tuple[str, int]] = {}  # sensor -> (state, since_ns)
         self._written: tuple[Any, ...] | None = None  # (states and errors) last written
         self._written_counts: tuple[int, ...] | None = None
@@ -191,14 +217,17 @@ class StatusFiles:
                                       w.health.errors, w.health.last_error))
         key = tuple((s.state, s.last_error) for s in states)
         counts = tuple(s.errors for s in states)
+        mode = None if self._maintenance is None else maintenance_record(self._maintenance())
         elapsed = self.clock.monotonic() - self._written_at
         changed = key != self._written and elapsed >= MIN_WRITE_S
         counted = counts != self._written_counts and elapsed >= REFRESH_S
-        if not (force or changed or counted or self._written is None):
+        if not (force or changed or counted or self._written is None
+                or mode != self._written_maintenance):  # a mode change: at once
             return
-        document = SensorsFile(os.getpid(), self._boot_id, now_ns, tuple(states))
+        document = SensorsFile(os.getpid(), self._boot_id, now_ns, tuple(states), mode)
         write_json(self.sensors_path, asdict(document))
         self._written, self._written_counts = key, counts
+        self._written_maintenance = mode
         self._written_at = self.clock.monotonic()
 
     def _observe(self) -> None:

@@ -10,8 +10,9 @@ A rule watches one quantity of one sensor. Its state machine runs on the reading
 
 ``clear`` is the hysteresis: a firing PM2.5 alert above 75 with clear = 60 stays firing while
 the value wanders between 60 and 75, so an alert does not flap on a noisy signal. A reading
-flagged WARMUP, OUT_OF_RANGE, STUCK or SPIKE, or not finite, is not evidence either way: it
-neither raises, holds off nor clears an alert, and it does not restart a pending one.
+flagged WARMUP, OUT_OF_RANGE, STUCK, SPIKE or MAINTENANCE (a technician at work:
+agent.store.maintenance), or not finite, is not evidence either way: it neither raises, holds
+off nor clears an alert, and it does not restart a pending one.
 
 A restart resumes each rule from its last alert reading in the outbox (``Alerts.resume``): one
 that was firing there is firing upstream and in ``envagent status`` until a 0 is stored, so it
@@ -48,7 +49,8 @@ ALERT_SENSOR = RESERVED_SENSOR_ID
 ALERT_UNIT = "state"  # 1 firing, 0 cleared
 FIRING, CLEARED = 1.0, 0.0
 # A reading flagged with any of these says nothing reliable about the threshold.
-UNFIT = Quality.WARMUP | Quality.OUT_OF_RANGE | Quality.STUCK | Quality.SPIKE
+UNFIT = (Quality.WARMUP | Quality.OUT_OF_RANGE | Quality.STUCK | Quality.SPIKE
+         | Quality.MAINTENANCE)
 
 Emit = Callable[[list[Reading]], None]
 

@@ -27,6 +27,7 @@ from agent.sampling.alerts import Alerts
 from agent.sampling.power import PowerSwitch
 from agent.sampling.sampler import SensorWorker
 from agent.sampling.timekeeping import TimeKeeper
+from agent.store.maintenance import Watch
 from agent.store.storage import Store
 from drivers.base import Driver, Quality
 from drivers.bus import Bus
@@ -74,9 +75,11 @@ class Agent:
         boot_id: str,
         power: Mapping[int, PowerSwitch] | None = None,
         commission_dir: Path | None = None,
+        maintenance: Watch | None = None,
     ) -> None:
         """``power`` maps a GPIO to the load switch of the sensors with that ``power_pin``;
-        ``commission_dir`` holds the commissioning records re-stamped with the readings."""
+        ``commission_dir`` holds the commissioning records re-stamped with the readings;
+        ``maintenance`` tells whether the unit is in maintenance mode (None: never)."""
         self.config = config
         self.outbox = outbox
         self.clock = clock
@@ -97,6 +100,12 @@ class Agent:
             )
             for sensor, driver in zip(config.sensors, drivers, strict=True)
         ]
+        # Maintenance mode flags the readings in one place: each sensor's processing
+        # (agent.sampling.processing), before the alerts and the pressure feed see them.
+        self.maintenance = maintenance
+        if maintenance is not None:
+            for worker in self.workers:
+                worker.processor.maintenance = maintenance.active
         self._feed_pressure()
         # [[alert]] (agent.sampling.alerts): committed at once, so delivery can send them ahead of
         # all

@@ -19,6 +19,10 @@ scale, see :meth:`Calibration.invert`; scale may not be 0). A polynomial is inve
 it is monotonic, so upstream needs the record's coefficients and solves c0 + c1·x + ... = value
 for the root inside the sensor's physical range; a record should state that range.
 
+Maintenance mode (agent.store.maintenance) is applied here, and only here: a reading attempt
+that starts while the mode is on has every quantity flagged MAINTENANCE. ``maintenance`` is
+asked once per attempt, before the first read, as the reading's time stamp is taken.
+
 Spike and stuck checks are off unless configured: a value that legitimately stays put (0 lx all
 night, a CO2 sensor in an empty room) would otherwise be flagged. The physical ranges are built in
 per quantity name (:data:`PHYSICAL_RANGES`); a quantity without an entry has no range check until
@@ -78,6 +82,9 @@ class Processor:
         self._plausible = dict(plausible or {})
         self._limits: dict[str, Plausible] = {}
         self._history: dict[str, _History] = {}
+        # Whether the unit is in maintenance mode now (agent.store.maintenance.Watch.active);
+        # set by the agent (agent.sampling.daemon) for every sensor it samples.
+        self.maintenance: Callable[[], bool] | None = None
 
     @classmethod
     def for_sensor(cls, sensor: SensorConfig) -> Processor:
@@ -87,13 +94,15 @@ class Processor:
 
     def sample(self, read: Callable[[], Sequence[Measurement]]) -> list[Processed]:
         """Read ``average`` times and process the mean; a failed read propagates."""
+        flags = Quality.MAINTENANCE if self.maintenance is not None and self.maintenance() \
+            else Quality.GOOD
         samples = [read() for _ in range(self.average)]
-        return [self._process(m) for m in mean(samples)]
+        return [self._process(m, flags) for m in mean(samples)]
 
-    def _process(self, m: Measurement) -> Processed:
+    def _process(self, m: Measurement, flags: Quality = Quality.GOOD) -> Processed:
         calibration = self.calibration.get(m.quantity)
         value = m.value if calibration is None else calibration.apply(m.value)
-        quality = m.quality | self._check(m.quantity, value)
+        quality = m.quality | flags | self._check(m.quantity, value)
         return Processed(
             m.quantity, value, m.unit, quality, None if calibration is None else calibration.id
         )
