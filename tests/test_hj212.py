@@ -417,3 +417,15 @@ def test_hj212_keys_belong_to_hj212_upstreams_and_a_port_is_needed() -> None:
     assert line.endswith("mn: applies to hj212:// upstreams only (HJ 212-2017)")
     (line,) = problems('[[uplink]]\nname = "n"\nurl = "hj212://x.org"\nmn = "A1"\n')
     assert "no port (HJ 212 has no default port: ask the platform)" in line
+
+
+def test_a_reading_sent_with_an_unsynchronised_clock_is_flagged_d(
+        receiver: Hj212Receiver, tmp_path: Path) -> None:
+    unsynced = [r._replace(synced=False) for r in sample(0)]
+    sink = sink_for(receiver.url, tmp_path)
+    try:
+        assert sink.send(sink.encode(unsynced), Secret(PW)).outcome is Outcome.DELIVERED
+    finally:
+        sink.close()
+    (got,) = receiver.data_packets()
+    assert set(got.flags.values()) == {"D"}

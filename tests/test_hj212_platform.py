@@ -22,6 +22,7 @@ from agent.config.hj212 import Hj212Config
 from agent.core.credentials import Secret
 from agent.core.errors import ConfigError
 from agent.core.reading import Reading
+from agent.core.timebase import ExternalTime
 from agent.store.outbox import Outbox, Subscriber
 from agent.uplink.hj212.transport import Hj212Sink
 from agent.uplink.sink import Outcome
@@ -295,3 +296,22 @@ def test_two_sensors_for_one_code_is_one_clear_line(tmp_path: Path) -> None:
     mapped = settings("hj212://127.0.0.1:9", codes=(("soil.temperature", "a99001"),
                                                     ("soil.humidity", "a99002")))
     build_sink(config, mapped, data_dir=tmp_path).close()
+
+
+def test_a_time_set_is_taken_as_the_true_time_when_ntp_has_not_synchronised(
+        tmp_path: Path, receiver: Hj212Receiver) -> None:
+    config = parse_config(tomllib.loads(STATION), source="t.toml")
+    clock = FakeClock(synced=False)
+    external = ExternalTime(clock.synchronized, clock.boottime)
+    sink = build_sink(config, settings(receiver.url), data_dir=tmp_path, external_time=external)
+    try:
+        assert sink.send(sink.encode(readings(0, 1)), Secret(PW)).outcome is Outcome.DELIVERED
+        got = answers(receiver, receiver.request("1012", "SystemTime=20260301120000",
+                                                 qn="20260301120000001"))
+    finally:
+        sink.close()
+    assert got[-1].fields["CP"] == "ExeRtn=1"
+    anchor = external.anchor()
+    assert anchor is not None and anchor.wall_ns == int(
+        datetime(2026, 3, 1, 12, tzinfo=SHANGHAI).timestamp()) * NS
+    assert anchor.boot_ns == int(clock.boottime() * NS)

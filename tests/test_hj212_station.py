@@ -137,3 +137,42 @@ def test_a_station_reports_through_an_outage_and_nothing_is_lost(tmp_path: Path)
             assert stats["Min"] == round(min(values), 4)
             assert stats["Max"] == round(max(values), 4)
             assert abs(stats["Avg"] - statistics.fmean(values)) <= 0.6e-4
+
+
+def test_without_ntp_the_platforms_time_set_stamps_the_readings(tmp_path: Path) -> None:
+    """The unit booted a minute ago and its clock never synchronises; the platform sets the
+    time (CN 1012) a day ahead of it: the readings reach the platform stamped with the
+    platform's time, not held for the clock and not flagged, and the unit's clock is left
+    alone."""
+    receiver = Hj212Receiver(password=PW)
+    config, data = station(tmp_path, receiver.url), tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}
+    with (tmp_path / "agent.log").open("w") as log:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--simulate", "--deliver", "--sim-clock",
+             f"unsynced,booted={time.time() - 60:.0f}", "--config", str(config), "--data-dir",
+             str(data), "--duration", "40"],
+            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            env={**env, "PYTHONPATH": str(ROOT)})
+    try:
+        wait_for("the agent connects", lambda: receiver._conns, 30)  # held: no data yet
+        time.sleep(3)
+        assert receiver.data_packets() == []
+        ahead = time.time() + 86400
+        set_at = datetime.fromtimestamp(ahead, SHANGHAI).strftime("%Y%m%d%H%M%S")
+        qn = receiver.request("1012", f"SystemTime={set_at}", qn="20260101120000555", mn=MN)
+        wait_for("readings stamped with the platform's time", lambda: receiver.data_packets())
+        assert agent.wait(90) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        receiver.close()
+    answer = [r for r in receiver.received if r.fields["QN"] == qn and r.cn == "9012"]
+    assert answer and answer[0].fields["CP"] == "ExeRtn=1"
+    assert receiver.errors == []
+    stamped = [datetime.strptime(p.data_time, "%Y%m%d%H%M%S").replace(tzinfo=SHANGHAI)
+               for p in receiver.data_packets()]
+    assert all(abs(t.timestamp() - ahead) < 60 for t in stamped), stamped
+    assert {p.flags["a01001"] for p in receiver.data_packets()} == {"N"}
+    assert "stamped with it" in (tmp_path / "agent.log").read_text()

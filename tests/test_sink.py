@@ -76,6 +76,9 @@ class ScriptedSink:
     def set_epochs(self, epochs: Epochs) -> None:
         self.epochs = [(start, dict(tags)) for start, tags in epochs]
 
+    def idle(self, token: Secret | None) -> None:
+        """Nothing kept open."""
+
     def send(self, body: bytes, token: Secret | None) -> Answer:
         if self.refused:
             return Answer(Outcome.STOPPED)

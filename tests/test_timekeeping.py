@@ -15,7 +15,7 @@ import pytest
 
 from agent.config import parse_config
 from agent.core.reading import Reading
-from agent.core.timebase import HOLD_UNSYNCED_S, NS
+from agent.core.timebase import HOLD_UNSYNCED_S, NS, ExternalTime
 from agent.sampling.sampler import SensorWorker
 from agent.sampling.timekeeping import TimeKeeper
 from agent.store.outbox import Outbox
@@ -181,3 +181,55 @@ def test_a_clock_that_cannot_tell_is_not_held(tmp_path: Path) -> None:
     unit.sample(2)
     unit.commit()
     assert len(unit.uploadable()) == 6
+
+
+# --- an upstream's time where NTP is absent (agent.core.timebase.ExternalTime) ----------------
+
+
+def platform_unit(tmp_path: Path) -> tuple[Unit, ExternalTime]:
+    unit = Unit(tmp_path)
+    external = ExternalTime(unit.clock.synchronized, unit.clock.boottime)
+    unit.timekeeper = TimeKeeper(unit.clock, "boot-a", external=external)
+    return unit, external
+
+
+def test_the_platforms_time_restamps_readings_while_ntp_is_absent(tmp_path: Path) -> None:
+    unit, external = platform_unit(tmp_path)
+    unit.sample(3)
+    unit.commit()
+    assert unit.uploadable() == []  # held: no true time yet
+    # The HJ 212 platform sets the time (CN 1012): the truth, as the platform knows it.
+    assert external.offer(TRUE_EPOCH + unit.clock.boottime(), "the platform")
+    unit.commit()
+    first = unit.uploadable()
+    assert len(first) == 9 and all(r.quality & Quality.CLOCK_RESTAMPED for r in first)
+    assert_true_or_flagged(first)
+    unit.sample(2)  # taken after the platform's time: still the unsynchronised wall clock
+    unit.commit()
+    later = unit.uploadable()
+    assert len(later) == 15 and all(r.synced for r in later)
+    assert_true_or_flagged(later)
+    assert unit.clock.time() < STALE_EPOCH + 10_000  # the wall clock itself was never set
+
+
+def test_with_the_platforms_time_readings_are_held_past_the_hold_not_sent_flagged(
+        tmp_path: Path) -> None:
+    unit, external = platform_unit(tmp_path)
+    external.offer(TRUE_EPOCH + unit.clock.boottime(), "the platform")
+    unit.clock.advance(HOLD_UNSYNCED_S)  # long past the hold for the clock
+    unit.sample(2)
+    assert unit.timekeeper.held_boot() == "boot-a"  # until the next commit re-stamps them
+    assert unit.timekeeper.holding() is None  # nothing waits for the clock: it has a time
+    unit.commit()
+    readings = unit.uploadable()
+    assert len(readings) == 6 and not any(r.quality & Quality.CLOCK_UNSYNCED for r in readings)
+    assert_true_or_flagged(readings)
+
+
+def test_ntp_keeps_the_clock_and_the_platforms_time_is_refused(tmp_path: Path) -> None:
+    unit, external = platform_unit(tmp_path)
+    unit.sync()
+    assert external.offer(TRUE_EPOCH + 3600.0, "the platform") is False
+    unit.sample(2)
+    unit.commit()
+    assert_true_or_flagged(unit.uploadable())

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # loaded by the commands that use them, not by --help (start-
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.core.timebase import read_boot_id
+    from agent.core.timebase import ExternalTime, read_boot_id
     from agent.runtime.notify import Notifier
     from agent.runtime.service import Service
     from agent.sampling.daemon import Agent, make_drivers
@@ -60,16 +60,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         power = power_switches((s.power_pin for s in ctx.config.sensors), clock=clock,
                                pin_factory=pin_factory)
         boot_id = read_boot_id()
+        external_time = ExternalTime(clock.synchronized, clock.boottime)
         agent = Agent(ctx.config, drivers, outbox=outbox, clock=clock, boot_id=boot_id,
                       power=power, commission_dir=ctx.data_dir,
-                      maintenance=maintenance.Watch(ctx.data_dir, clock, boot_id))
+                      maintenance=maintenance.Watch(ctx.data_dir, clock, boot_id),
+                      external_time=external_time)
         uplinks = []
         if args.deliver or not ctx.simulate:
             from agent.uplink.worker import build_uplink
 
             uplinks = [build_uplink(ctx.config, settings, outbox, clock, ctx.data_dir,
                                     held_boot=agent.timekeeper.held_boot,
-                                    hold=agent.timekeeper.holding, simulated=ctx.simulate)
+                                    hold=agent.timekeeper.holding, simulated=ctx.simulate,
+                                    external_time=external_time)
                        for settings in ctx.config.uplinks]
         if ctx.simulate:
             _log_rehearsal(ctx, [u.sink.where for u in uplinks])

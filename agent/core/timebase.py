@@ -3,6 +3,9 @@ and how long readings of an unsynchronised boot wait for the clock."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -43,3 +46,38 @@ def current_boot() -> str | None:
         return read_boot_id()
     except OSError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A true wall time (ns) and this boot's CLOCK_BOOTTIME (ns) at the same instant, and who
+    said it."""
+
+    wall_ns: int
+    boot_ns: int
+    source: str
+
+
+class ExternalTime:
+    """The time an upstream told this unit -- an HJ 212 platform's time set (CN 1012) -- as one
+    more clock source for agent.sampling.timekeeping while NTP has not synchronised the clock.
+    The wall clock itself is never set: readings are re-stamped from the anchor, so there is
+    never a silent jump."""
+
+    def __init__(self, synchronized: Callable[[], bool | None],
+                 boottime: Callable[[], float]) -> None:
+        self._synchronized, self._boottime = synchronized, boottime
+        self._lock = threading.Lock()
+        self._anchor: Anchor | None = None
+
+    def offer(self, wall_s: float, source: str) -> bool:
+        """Take ``wall_s`` as the true time now, unless NTP keeps the clock (then False)."""
+        if self._synchronized():
+            return False
+        with self._lock:
+            self._anchor = Anchor(int(wall_s * NS), int(self._boottime() * NS), source)
+        return True
+
+    def anchor(self) -> Anchor | None:
+        with self._lock:
+            return self._anchor

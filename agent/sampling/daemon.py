@@ -23,6 +23,7 @@ from pathlib import Path
 from agent.config import Config, SensorConfig
 from agent.core.errors import StorageError, StorageFullError
 from agent.core.reading import Reading
+from agent.core.timebase import ExternalTime
 from agent.sampling.alerts import Alerts
 from agent.sampling.power import PowerSwitch
 from agent.sampling.sampler import SensorWorker
@@ -76,6 +77,7 @@ class Agent:
         power: Mapping[int, PowerSwitch] | None = None,
         commission_dir: Path | None = None,
         maintenance: Watch | None = None,
+        external_time: ExternalTime | None = None,
     ) -> None:
         """``power`` maps a GPIO to the load switch of the sensors with that ``power_pin``;
         ``commission_dir`` holds the commissioning records re-stamped with the readings;
@@ -116,7 +118,8 @@ class Agent:
             if self.alerts.watches(worker.sensor.id):
                 worker.deliver = self.alerts.feed(worker.deliver)
         self.committed = 0
-        self.timekeeper = TimeKeeper(clock, boot_id, commission_dir=commission_dir)
+        self.timekeeper = TimeKeeper(clock, boot_id, commission_dir=commission_dir,
+                                     external=external_time)
         self.last_cycle = clock.monotonic()  # the writer's heartbeat, for the watchdog
 
     def _resume_alerts(self) -> None:

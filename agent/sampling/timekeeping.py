@@ -20,6 +20,11 @@ CLOCK_BOOTTIME at the same instant, the kernel's boot id and whether the clock w
   anchor, so their time -- where the readings' ``mounting_height``/``shield`` tags start --
   agrees with the readings'. A ``commission.json`` the agent cannot write is logged once and
   its records go upstream as recorded, flagged.
+- Where NTP is absent, an upstream's time can stand in (agent.core.timebase.ExternalTime: an
+  HJ 212 platform's time set, CN 1012): this boot's unsynchronised readings are re-stamped from
+  its anchor after every commit, the same way, and flagged ``CLOCK_RESTAMPED``; they are held
+  meanwhile (past ``HOLD_UNSYNCED_S`` too), so none goes with a time known to be wrong. The
+  wall clock itself is never set. Once NTP synchronises, its anchor takes over.
 - A step of the wall clock (forward or backward) is detected as a change of
   ``wall - boottime``; it is logged, sensor schedules re-align on their own, and the readings'
   boot-time anchors are unaffected, so re-stamping stays exact across any number of steps.
@@ -31,7 +36,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.core.timebase import HOLD_UNSYNCED_S, NS, UNSYNCED_REASON
+from agent.core.timebase import HOLD_UNSYNCED_S, NS, UNSYNCED_REASON, Anchor, ExternalTime
 from agent.store import commission
 from agent.store.storage import Store
 from drivers.clock import Clock
@@ -59,10 +64,14 @@ def hold_ends(clock: Clock, hold: float = HOLD_UNSYNCED_S) -> float:
 
 class TimeKeeper:
     def __init__(self, clock: Clock, boot_id: str, *, hold: float = HOLD_UNSYNCED_S,
-                 commission_dir: Path | None = None) -> None:
+                 commission_dir: Path | None = None,
+                 external: ExternalTime | None = None) -> None:
         """``commission_dir``: the data directory whose commissioning records are re-stamped
-        with this boot's readings (None: none are)."""
+        with this boot's readings (None: none are); ``external``: an upstream's time, where
+        NTP is absent."""
         self.clock = clock
+        self.external = external
+        self._external_used: Anchor | None = None
         self.boot_id = boot_id
         self.hold = hold
         self.commission_dir = commission_dir
@@ -77,15 +86,22 @@ class TimeKeeper:
     def held_boot(self) -> str | None:
         """The boot whose readings delivery must skip for now (this one, while unsynced)."""
         waiting = self.synced is False or (self.synced and self._restamp_due)
-        if waiting and self.clock.boottime() < self.hold:
+        if waiting and (self.clock.boottime() < self.hold or self._external() is not None):
             return self.boot_id
         return None
+
+    def _external(self) -> Anchor | None:
+        """The upstream's anchor, while the clock is not synchronised."""
+        if self.external is None or self.synced:
+            return None
+        return self.external.anchor()
 
     def holding(self) -> Hold | None:
         """The hold people must see: this boot's readings wait because the clock is not
         synchronised. None otherwise -- also in the moment between the sync and the re-stamp,
         when :meth:`held_boot` still skips them for a commit or so."""
-        if self.synced is not False or self.clock.boottime() >= self.hold:
+        if (self.synced is not False or self.clock.boottime() >= self.hold
+                or self._external() is not None):
             return None
         return Hold(self.boot_id, UNSYNCED_REASON, int(hold_ends(self.clock, self.hold) * NS))
 
@@ -114,6 +130,16 @@ class TimeKeeper:
             if count:
                 log.info("re-stamped %d reading(s) taken before the clock synchronised", count)
             self._restamp_records(anchor_wall, anchor_boot)
+            self._restamp_due = False
+        elif (external := self._external()) is not None and (
+                self._restamp_due or external != self._external_used):
+            if external != self._external_used:
+                log.info("the clock is not synchronised: readings are stamped with the time "
+                         "%s gave, %+.0f s from this unit's clock", external.source,
+                         (external.wall_ns - external.boot_ns) / NS - offset)
+            self._external_used = external
+            outbox.restamp(self.boot_id, external.wall_ns, external.boot_ns)
+            self._restamp_records(external.wall_ns, external.boot_ns)
             self._restamp_due = False
 
     def _restamp_records(self, anchor_wall_ns: int, anchor_boot_ns: int) -> None:

@@ -43,6 +43,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from agent.config import Config, UplinkConfig
 from agent.core.credentials import Secret, authorization, redact
 from agent.core.reading import Reading
+from agent.core.timebase import ExternalTime
 from agent.uplink.encoders import Encoder, make_encoder
 from agent.uplink.httpwire import (
     RECHECK_S,
@@ -114,6 +115,9 @@ class HttpSink:
 
     def set_epochs(self, epochs: Epochs) -> None:
         self.encoder.set_epochs(epochs)
+
+    def idle(self, token: Secret | None) -> None:
+        """HTTP opens a connection per request: nothing to keep open."""
 
     def send(self, body: bytes, token: Secret | None) -> Answer:
         """One POST, answered in the worker's words; never raises for anything the network or
@@ -298,7 +302,8 @@ def influx_url(url: str) -> str:
 
 
 def build(config: Config, settings: UplinkConfig, *, simulated: bool = False,
-          wall: Callable[[], float] = time.time, data_dir: Path | None = None) -> HttpSink:
+          wall: Callable[[], float] = time.time, data_dir: Path | None = None,
+          external_time: ExternalTime | None = None) -> HttpSink:
     """The HTTP sink ``[[uplink]]`` describes: its format, session (CA, client certificate) and
     time limits -- for delivery, and for doctor's probe. ``simulated``: every batch is marked a
     rehearsal's (agent.store.rehearsal)."""

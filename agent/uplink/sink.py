@@ -17,6 +17,9 @@ What a transport promises:
   (``retry``), never an exception; a stop that cut the attempt short is ``stopped``. A transport
   that acknowledges per packet may say how many leading readings of the batch it accepted
   (``accepted``): the worker acknowledges those and keeps the rest.
+- ``idle(token)``: nothing to send now (the worker is caught up, or all it has waits for the
+  clock); a transport that keeps a connection open (HJ 212) opens it, so the server can reach
+  the unit. Never raises; most transports do nothing.
 - ``where``: the upstream's name and host for log lines, never a token or a credential.
 - ``refuse()`` lets the send in flight finish and refuses new ones (a clean stop begins);
   ``abort()`` cuts the one in flight short; ``close()`` does both and frees the connection.
@@ -35,6 +38,7 @@ from typing import Literal, Protocol
 from agent.config import Config, UplinkConfig
 from agent.core.credentials import Secret
 from agent.core.reading import Reading
+from agent.core.timebase import ExternalTime
 from agent.uplink.lineprotocol import Epochs
 
 ERROR_TEXT_CHARS = 1000  # of an answer's detail or hint kept and logged
@@ -100,6 +104,8 @@ class Sink(Protocol):
 
     def send(self, body: bytes, token: Secret | None) -> Answer: ...
 
+    def idle(self, token: Secret | None) -> None: ...
+
     def refuse(self) -> None: ...
 
     def abort(self) -> None: ...
@@ -133,7 +139,8 @@ class Verdict:
 
 class Build(Protocol):
     def __call__(self, config: Config, settings: UplinkConfig, *, simulated: bool,
-                 wall: Callable[[], float], data_dir: Path | None) -> Sink: ...
+                 wall: Callable[[], float], data_dir: Path | None,
+                 external_time: ExternalTime | None) -> Sink: ...
 
 
 class CheckWrite(Protocol):
@@ -148,7 +155,8 @@ class Transport:
 
     ``build``: the sink, with ``simulated`` marking every batch a rehearsal's
     (agent.store.rehearsal), ``wall`` the clock a server's dates are read against and
-    ``data_dir`` where a transport keeps files of its own (HJ 212's archive).
+    ``data_dir`` where a transport keeps files of its own (HJ 212's archive) and
+    ``external_time`` where one that hears the time from its server offers it (HJ 212).
     ``endpoint(url)``: the host and port doctor resolves and connects to, and whether it
     checks TLS there. ``check_write(config, settings, token, named)``: one exchange that stores
     nothing, judged; ``named`` says where the token came from (never the token itself).

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from agent.config import Config, UplinkConfig
 from agent.core.errors import ConfigError
+from agent.core.timebase import ExternalTime
 from agent.uplink import http
 from agent.uplink.hj212 import transport as hj212
 from agent.uplink.sink import Sink, Transport
@@ -41,9 +42,10 @@ def transport_for(settings: UplinkConfig) -> Transport:
 
 
 def build_sink(config: Config, settings: UplinkConfig, *, simulated: bool = False,
-               wall: Callable[[], float] = time.time, data_dir: Path | None = None) -> Sink:
+               wall: Callable[[], float] = time.time, data_dir: Path | None = None,
+               external_time: ExternalTime | None = None) -> Sink:
     """The sink of one ``[[uplink]]``, by its URL's scheme. ``simulated``: every batch is marked
     a rehearsal's (agent.store.rehearsal); ``wall``: the clock a server's dates are read
     against (the worker's)."""
     return transport_for(settings).build(config, settings, simulated=simulated, wall=wall,
-                                         data_dir=data_dir)
+                                         data_dir=data_dir, external_time=external_time)

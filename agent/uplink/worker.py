@@ -71,6 +71,7 @@ from agent.config import Config, UplinkConfig
 from agent.core.credentials import CredentialError, Secret, load_token, redact
 from agent.core.errors import StorageError
 from agent.core.reading import StoredReading
+from agent.core.timebase import ExternalTime
 from agent.store.storage import Store
 from agent.uplink.metadata import Commissioning, build_commissioning
 from agent.uplink.policy import retry_delay
@@ -203,6 +204,7 @@ class Uplink:
                                          hold_boot=held_boot)
                 self._follow_hold(held_boot, only_held_left=not batch)
                 if not batch:
+                    self.sink.idle(self._token)
                     return Step(Outcome.IDLE, self.settings.flush_interval, caught_up=True)
                 self._more = len(batch) >= self.batch_limit
             self._pending.append(batch)
@@ -529,13 +531,14 @@ def build_uplink(config: Config, settings: UplinkConfig, outbox: Store, clock: C
                  data_dir: Path, environ: Mapping[str, str] | None = None, *,
                  held_boot: Callable[[], str | None] = lambda: None,
                  hold: Callable[[], ClockHold | None] = lambda: None,
-                 simulated: bool = False) -> Uplink:
+                 simulated: bool = False, external_time: ExternalTime | None = None) -> Uplink:
     """The real delivery worker of one upstream (``settings``: one of ``config.uplinks``) for
     the ``run`` and ``sync`` commands: its transport by the URL's scheme
     (agent.uplink.transports), its token, its own state file (agent.uplink.state). With
     ``simulated`` (``--simulate --deliver``) everything it sends is marked a rehearsal's."""
     env = dict(os.environ if environ is None else environ)
-    sink = build_sink(config, settings, simulated=simulated, wall=clock.time, data_dir=data_dir)
+    sink = build_sink(config, settings, simulated=simulated, wall=clock.time, data_dir=data_dir,
+                      external_time=external_time)
     with contextlib.suppress(OSError):
         data_dir.mkdir(parents=True, exist_ok=True)
     return Uplink(outbox, sink, settings, clock=clock,

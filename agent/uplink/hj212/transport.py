@@ -32,8 +32,11 @@ The platform's requests (answered with 9011 QnRtn, the data, 9012 ExeRtn, each w
 request's QN): history pulls of minute, hourly and daily data (CN 2051/2061/2031 with
 BeginTime and EndTime, from the aggregates the archive holds: ``keep_days``), the unit's time
 (1011), RtdInterval (1061, 1062), OverTime and ReCount (1000); what the platform sets is kept
-in the archive across restarts. A time set (1012) is logged with the difference and refused
-(ExeRtn 3): this version takes its time from NTP only. HJ 212 has no TLS and no authentication
+in the archive across restarts. A time set (1012) is offered to the time keeping
+(agent.core.timebase.ExternalTime): taken (ExeRtn 1) while NTP has not synchronised the clock,
+so this boot's readings are re-stamped from it; refused (ExeRtn 3) otherwise, the difference
+logged either way. The connection is opened and kept while there is nothing to send
+(:meth:`Hj212Sink.idle`), so the platform can reach a unit whose readings all wait. HJ 212 has no TLS and no authentication
 beyond the platform's acknowledgement: the PW travels in clear, so networks carry it over a
 private APN or a VPN (README). The PW is never logged: log lines name the upstream, host and
 MN only.
@@ -57,6 +60,7 @@ from agent.config.hj212 import RTD_RANGE, Hj212Config
 from agent.core.credentials import Secret
 from agent.core.errors import ConfigError
 from agent.core.reading import Reading
+from agent.core.timebase import ExternalTime
 from agent.uplink.hj212.archive import (
     CN_DAY,
     CN_HOUR,
@@ -78,7 +82,7 @@ from agent.uplink.hj212.packet import (
 )
 from agent.uplink.hj212.realtime import Realtime
 from agent.uplink.hj212.session import Closed, Connection
-from agent.uplink.lineprotocol import Epochs
+from agent.uplink.lineprotocol import Epochs, quality_of
 from agent.uplink.sink import Answer, Endpoint, Outcome, Transport, Verdict
 
 log = logging.getLogger("envagent.uplink.hj212")
@@ -107,7 +111,8 @@ class Hj212Sink:
                  name: str = "default", steps: Sequence[float] = (),
                  connect_timeout: float = 10.0,
                  connect: Callable[..., socket.socket] = socket.create_connection,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 external_time: ExternalTime | None = None) -> None:
         self.host, self.port, self.settings, self.archive = host, port, settings, archive
         self.name = name
         self.where = f"'{name}' at hj212://{host}:{port} (MN {settings.mn})"
@@ -117,7 +122,7 @@ class Hj212Sink:
                                  table=CodeTable(settings.codes, settings.units))
         self.steps = tuple(steps)  # the sampling intervals RtdInterval must be a multiple of
         self.connect_timeout = connect_timeout
-        self._connect, self._wall = connect, wall
+        self._connect, self._wall, self.external_time = connect, wall, external_time
         self._conn: Connection | None = None
         self._lock = threading.Lock()
         self._refused = False
@@ -143,12 +148,25 @@ class Hj212Sink:
     # --- the Sink protocol ---------------------------------------------------------------
 
     def encode(self, readings: Sequence[Reading]) -> bytes:
-        """The batch as this transport's own lines, read back by :func:`decode`."""
+        """The batch as this transport's own lines, read back by :func:`decode`; a reading
+        sent with an unsynchronised clock carries CLOCK_UNSYNCED (flag D)."""
         return "".join(f"{r.sensor}\t{r.quantity}\t{r.value!r}\t{r.unit}\t{r.time_ns}\t"
-                       f"{r.quality}\n" for r in readings).encode("utf-8")
+                       f"{quality_of(r)}\n" for r in readings).encode("utf-8")
 
     def set_epochs(self, epochs: Epochs) -> None:
         """HJ 212 carries no tags: the commissioning epochs change nothing."""
+
+    def idle(self, token: Secret | None) -> None:
+        """Keep the connection open while there is nothing to send, so the platform can reach
+        the unit (a history pull, a time set -- which a unit whose readings all wait for the
+        clock needs most)."""
+        if token is None or self._refused or not _usable(token.reveal()):
+            return
+        self._pw = token.reveal()
+        try:
+            self._open()
+        except OSError as exc:
+            log.debug("%s: cannot connect while idle: %s", self.where, exc)
 
     def send(self, body: bytes, token: Secret | None) -> Answer:
         """The batch into the archive, then the aggregates waiting and its real-time data
@@ -156,7 +174,7 @@ class Hj212Sink:
         if token is None:
             return Answer(Outcome.AUTH, f"no password (PW) for {self.where}", NO_PW_HINT)
         pw = token.reveal()
-        if not PW_PATTERN.fullmatch(pw) or PW_FORBIDDEN & set(pw):
+        if not _usable(pw):
             return Answer(Outcome.AUTH, "the password (PW) file does not hold 1 to 6 visible "
                           "characters without ; & = , (HJ 212-2017 table 4)", NO_PW_HINT)
         self._pw = pw
@@ -326,6 +344,12 @@ class Hj212Sink:
             theirs = parse_data_time(fields.get("SystemTime", ""), self.zone)
         except ValueError:
             return EXE_BAD_REQUEST
+        if self.external_time is not None and self.external_time.offer(
+                theirs, f"the HJ 212 platform {self.where}"):
+            log.info("%s: the platform sets the time to %s, %+.0f s from this unit's clock, "
+                     "which NTP has not synchronised: readings are stamped with it",
+                     self.where, fields["SystemTime"], theirs - self._wall())
+            return EXE_OK
         log.warning("%s: the platform sets the time to %s, %+.0f s from this unit's clock; "
                     "refused: this unit's clock is kept by NTP", self.where,
                     fields["SystemTime"], theirs - self._wall())
@@ -378,6 +402,11 @@ class Hj212Sink:
             conn.send(frame(replace(segment, pw=self._pw).render()))
 
 
+def _usable(pw: str) -> bool:
+    """Whether HJ 212-2017 (table 4) can carry ``pw``."""
+    return bool(PW_PATTERN.fullmatch(pw)) and not PW_FORBIDDEN & set(pw)
+
+
 def _split_cp(cp: str) -> tuple[str, list[str]]:
     """A CP's head (its first item: DataTime, SystemTime, ...) and the rest, for splitting."""
     head, *items = cp.split(";")
@@ -410,7 +439,8 @@ def endpoint(url: str) -> Endpoint:
 
 
 def build(config: Config, settings: UplinkConfig, *, simulated: bool = False,
-          wall: Callable[[], float] = time.time, data_dir: Path | None = None) -> Hj212Sink:
+          wall: Callable[[], float] = time.time, data_dir: Path | None = None,
+          external_time: ExternalTime | None = None) -> Hj212Sink:
     """The sink of an hj212:// ``[[uplink]]``, its archive in ``data_dir``. ``simulated``
     marks nothing: HJ 212 has no place for it (a rehearsal must not be pointed at a bureau's
     platform). A ConfigError when two sensors would report under one code."""
@@ -426,7 +456,8 @@ def build(config: Config, settings: UplinkConfig, *, simulated: bool = False,
     where = endpoint(settings.url)
     return Hj212Sink(where.host, where.port, hj, archive, name=settings.name,
                      steps=sorted(set(expected.values())),
-                     connect_timeout=settings.connect_timeout, wall=wall)
+                     connect_timeout=settings.connect_timeout, wall=wall,
+                     external_time=external_time)
 
 
 def sources(config: Config, settings: UplinkConfig) -> dict[str, float]:
