@@ -315,3 +315,18 @@ def test_a_time_set_is_taken_as_the_true_time_when_ntp_has_not_synchronised(
     assert anchor is not None and anchor.wall_ns == int(
         datetime(2026, 3, 1, 12, tzinfo=SHANGHAI).timestamp()) * NS
     assert anchor.boot_ns == int(clock.boottime() * NS)
+
+
+def test_a_failed_sensors_codes_go_flagged_d_without_a_value(
+        station: Station, receiver: Hj212Receiver) -> None:
+    from agent.runtime.health import SENSOR_STATE
+    from agent.sampling.sampler import State
+
+    t = T0 + 5 * NS
+    failed = Reading("dust", "sensor_state", float(SENSOR_STATE[State.FAILED]), "code", t, 0,
+                     "b", True)
+    ok = Reading("air", "sensor_state", float(SENSOR_STATE[State.OK]), "code", t, 0, "b", True)
+    station.deliver(readings(0, 1) + [failed, ok])
+    dead = receiver.data_packets()[-1]
+    # The PMSA003I's three codes; the healthy BME280 adds nothing.
+    assert dead.flags == {"a34005": "D", "a34004": "D", "a34002": "D"} and dead.values == {}

@@ -42,8 +42,9 @@ spike; re-stamped; good                                  N     a spike may be re
                                                                re-stamped time is true
 =======================================================  ====  ==============================
 
-C (calibration) and S are not produced by this version. A sensor that failed gives no reading,
-so nothing of it is sent for that sample time.
+C (calibration) and S are not produced by this version. A sensor that failed gives no
+readings; its codes go flagged D, without a value, at the times of its health reading that
+says so (``sensor_state``, every ``[health] interval``).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ CN 1062) only sample times on its multiples are sent; the archive keeps every on
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -30,6 +30,8 @@ from agent.uplink.hj212.codes import CodeTable, conditions, data_flag, number
 from agent.uplink.hj212.packet import FLAG_A, FLAG_VERSION_2017, Segment, crc16, message
 
 CN_REALTIME = "2011"  # 6.6.2 / appendix C: 上传污染物实时数据
+SENSOR_STATE = "sensor_state"  # a sensor's health reading (agent.runtime.health)
+SENSOR_FAILED = 2.0  # its code for a failed sensor (agent.runtime.health.SENSOR_STATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +53,12 @@ def local_time(second: int, zone: ZoneInfo) -> str:
 class Realtime:
     """Readings -> groups, for one upstream's MN, ST, codes and time zone."""
 
-    def __init__(self, *, st: int, mn: str, zone: ZoneInfo, table: CodeTable) -> None:
+    def __init__(self, *, st: int, mn: str, zone: ZoneInfo, table: CodeTable,
+                 codes_of: Mapping[str, Sequence[str]] | None = None) -> None:
+        """``codes_of``: per sensor, the codes it reports here -- sent flagged D, without a
+        value, at the time its health reading says it failed."""
         self.st, self.mn, self.zone, self.table = f"{st:02d}", mn, zone, table
+        self.codes_of = dict(codes_of or {})
 
     def groups(self, readings: Sequence[Reading]) -> Iterator[Group]:
         for run in runs(readings):
@@ -63,6 +69,11 @@ class Realtime:
         air = conditions(run)
         samples, items, seen = [], [], set()
         for r in run:
+            if r.quantity == SENSOR_STATE and r.value == SENSOR_FAILED:
+                failed = [c for c in self.codes_of.get(r.sensor, ()) if c not in seen]
+                items += [f"{c}-Flag=D" for c in failed]
+                seen.update(failed)
+                continue
             code = self.table.lookup(r)
             if code is None or code.code in seen:
                 continue

@@ -36,10 +36,11 @@ in the archive across restarts. A time set (1012) is offered to the time keeping
 (agent.core.timebase.ExternalTime): taken (ExeRtn 1) while NTP has not synchronised the clock,
 so this boot's readings are re-stamped from it; refused (ExeRtn 3) otherwise, the difference
 logged either way. The connection is opened and kept while there is nothing to send
-(:meth:`Hj212Sink.idle`), so the platform can reach a unit whose readings all wait. HJ 212 has no TLS and no authentication
-beyond the platform's acknowledgement: the PW travels in clear, so networks carry it over a
-private APN or a VPN (README). The PW is never logged: log lines name the upstream, host and
-MN only.
+(:meth:`Hj212Sink.idle`), so the platform can reach a unit whose readings all wait.
+
+HJ 212 has no TLS and no authentication beyond the platform's acknowledgement: the PW travels
+in clear, so networks carry it over a private APN or a VPN (README). The PW is never logged:
+log lines name the upstream, host and MN only.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -109,6 +110,7 @@ class Hj212Sink:
 
     def __init__(self, host: str, port: int, settings: Hj212Config, archive: Archive, *,
                  name: str = "default", steps: Sequence[float] = (),
+                 codes_of: Mapping[str, Sequence[str]] | None = None,
                  connect_timeout: float = 10.0,
                  connect: Callable[..., socket.socket] = socket.create_connection,
                  wall: Callable[[], float] = time.time,
@@ -119,7 +121,8 @@ class Hj212Sink:
         self.zone = ZoneInfo(settings.timezone)
         self.st = f"{settings.st:02d}"
         self.realtime = Realtime(st=settings.st, mn=settings.mn, zone=self.zone,
-                                 table=CodeTable(settings.codes, settings.units))
+                                 table=CodeTable(settings.codes, settings.units),
+                                 codes_of=codes_of)
         self.steps = tuple(steps)  # the sampling intervals RtdInterval must be a multiple of
         self.connect_timeout = connect_timeout
         self._connect, self._wall, self.external_time = connect, wall, external_time
@@ -448,21 +451,25 @@ def build(config: Config, settings: UplinkConfig, *, simulated: bool = False,
         raise ValueError(f"uplink '{settings.name}' needs its HJ 212 settings and a data "
                          "directory")
     hj = settings.hj212
-    expected = sources(config, settings)
+    found = sources(config, settings)
+    expected = {code: interval for code, (_, interval) in found.items()}
+    codes_of: dict[str, list[str]] = {}
+    for code, (sensor, _) in found.items():
+        codes_of.setdefault(sensor, []).append(code)
     kinds = [Kind(cn, hj.minute_interval if cn == CN_MINUTE else 0)
              for kind, cn in KINDS.items() if kind in hj.send]
     archive = Archive(data_dir / f"hj212-{settings.name}.sqlite", zone=ZoneInfo(hj.timezone),
                       kinds=kinds, expected=expected, keep_days=hj.keep_days)
     where = endpoint(settings.url)
     return Hj212Sink(where.host, where.port, hj, archive, name=settings.name,
-                     steps=sorted(set(expected.values())),
+                     steps=sorted(set(expected.values())), codes_of=codes_of,
                      connect_timeout=settings.connect_timeout, wall=wall,
                      external_time=external_time)
 
 
-def sources(config: Config, settings: UplinkConfig) -> dict[str, float]:
-    """Per pollutant code, the sampling interval of the one sensor that reports it to this
-    upstream; a ConfigError naming both when two would."""
+def sources(config: Config, settings: UplinkConfig) -> dict[str, tuple[str, float]]:
+    """Per pollutant code, the one sensor that reports it to this upstream and its sampling
+    interval; a ConfigError naming both when two would."""
     from drivers.registry import DRIVERS  # the drivers are loaded by the run building this
 
     assert settings.hj212 is not None
@@ -483,7 +490,7 @@ def sources(config: Config, settings: UplinkConfig) -> dict[str, float]:
                     f"uplink '{settings.name}': {code.code} ({quantity}) would come from "
                     f"sensors '{other[0]}' and '{sensor.id}'; give the upstream sensors = "
                     f"[...] or map \"{sensor.id}.{quantity}\" to a code of its own in codes"])
-    return {code: interval for code, (_, interval) in found.items()}
+    return found
 
 
 def check_write(config: Config, settings: UplinkConfig, token: Secret | None,
