@@ -77,6 +77,7 @@ MAX_FILE_BYTES = 256 * 1024  # a CA bundle, certificate or key: read with this b
 # MQTT 5 2.1.4 and 3.3: fixed header (1 + up to 4), topic length (2), packet id (2) and an
 # empty property length (1) around a PUBLISH's topic and payload.
 PUBLISH_OVERHEAD = 10
+TOPIC_ALLOWANCE = 256  # bytes kept for the topic when fitting messages to the broker's limit
 
 
 class _Connection:
@@ -198,13 +199,13 @@ class MqttSink:
             count, messages = self._messages(body)
             if not messages:
                 return Answer(Outcome.DELIVERED, "nothing to publish")
-            too_large = self._too_large(messages)
-            if too_large is not None:
-                return too_large
             conn, failed = self._connection(token)
             if conn is None:
                 assert failed is not None
                 return failed
+            too_large = self._too_large(messages)  # the broker's limit is known once connected
+            if too_large is not None:
+                return too_large
             return self._publish(conn, count, messages, token)
         finally:
             with self._lock:
@@ -283,14 +284,14 @@ class MqttSink:
                         codes[mids[mid]] = conn.results.pop(mid)
                     stalled = time.monotonic() - conn.progress > self.read_timeout
                     stop = conn.ended is not None or self._aborted or stalled
-                    if stop or (not pending and sent == len(messages)):
+                    finished = stop or (not pending and sent == len(messages))
+                    if finished or (len(pending) < window and sent < len(messages)):
                         ended, ended_code = conn.ended, conn.ended_code
-                        return self._answer(conn, count, messages, codes, ended, ended_code,
-                                            token)
-                    if len(pending) < window and sent < len(messages):
-                        break  # room in the window: publish more
+                        break  # done, or room in the window: publish more
                     conn.cond.wait(min(1.0, max(0.01, conn.progress + self.read_timeout
                                                 - time.monotonic())))
+            if finished:  # outside conn.cond: _answer may stop paho's thread
+                return self._answer(conn, count, messages, codes, ended, ended_code, token)
 
     def _answer(self, conn: _Connection, count: int, messages: list[Message],
                 codes: list[tuple[int, str] | None], ended: str | None,
@@ -409,8 +410,12 @@ class MqttSink:
                                or self._aborted, self.connect_timeout)
             connack = conn.connack
         if connack is not None and connack[0] == 0:
-            if conn.max_packet is not None:
+            if conn.max_packet is not None and not probe:
                 self._broker_max = conn.max_packet
+                # the next batches are split to fit (topics are short: a template's 1,024
+                # characters at most, a few escaped ids)
+                fits = conn.max_packet - PUBLISH_OVERHEAD - TOPIC_ALLOWANCE
+                self.encoder.max_bytes = max(1, min(self.settings.max_message_bytes, fits))
             log.debug("%s: connected (session present: %s)", self.where, conn.session_present)
             return conn, None
         conn.end("not connected")
