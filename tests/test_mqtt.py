@@ -16,6 +16,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -449,7 +450,6 @@ def test_a_lost_connection_acks_only_what_the_broker_acknowledged(broker: Mosqui
         body = sink.encode(batch)
         first = sink.send(sink.encode(batch[:1]), TOKEN)  # connected
         assert first.outcome is Outcome.DELIVERED
-        import threading
         timer = threading.Timer(0.05, sink.close)
         timer.start()
         answer = sink.send(body, TOKEN)
@@ -466,7 +466,8 @@ def test_a_lost_connection_acks_only_what_the_broker_acknowledged(broker: Mosqui
 
 class Agent:
     """``envagent run --simulate --deliver`` as a process, with READY=1 heard over a notify
-    socket (as systemd hears it)."""
+    socket (as systemd hears it). A thread reads every notification: a socket nobody reads
+    fills up, and the agent's next sd_notify would block (as it would under a hung systemd)."""
 
     def __init__(self, tmp_path: Path, config_text: str) -> None:
         self.config = tmp_path / "station.toml"
@@ -478,14 +479,24 @@ class Agent:
         dropped = {*REFUSED_VARIABLES, CREDENTIALS_DIRECTORY, "WATCHDOG_USEC", "WATCHDOG_PID"}
         self.env = {k: v for k, v in os.environ.items() if k not in dropped}
         self.env |= {"PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": f"@{name}"}
+        self.ready = threading.Event()
+        self._closed = False
+        self.notify.settimeout(0.2)
+        self._reader = threading.Thread(target=self._read_notifications, daemon=True)
+        self._reader.start()
+
+    def _read_notifications(self) -> None:
+        while not self._closed:
+            try:
+                if b"READY=1" in self.notify.recv(4096).split(b"\n"):
+                    self.ready.set()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
-        self.notify.setblocking(False)
-        try:
-            while self.notify.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+        self.ready.clear()
         with self.log.open("ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--simulate", "--deliver", "--config",
@@ -495,14 +506,10 @@ class Agent:
 
     def wait_ready(self, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        self.notify.settimeout(0.1)
         while time.monotonic() < deadline:
             assert process.poll() is None, f"the agent exited early:\n{self.tail()}"
-            try:
-                if b"READY=1" in self.notify.recv(4096).split(b"\n"):
-                    return
-            except TimeoutError:
-                continue
+            if self.ready.wait(0.1):
+                return
         raise AssertionError(f"no READY=1 within {READY_TIMEOUT_S}s:\n{self.tail()}")
 
     def command(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -520,6 +527,8 @@ class Agent:
             return outbox.stats(), {c.name: c for c in outbox.upstreams()}
 
     def close(self) -> None:
+        self._closed = True
+        self._reader.join()
         self.notify.close()
 
 
@@ -553,8 +562,8 @@ def test_sigkills_mid_publish_and_broker_restarts_lose_nothing(tmp_path: Path) -
     kinds: dict[str, int] = {}
     try:
         with subscribed(broker, "envagent/#", client_id="kill-dashboard") as sub:
-            first = agent.command("sync")  # the outbox, its mark and the upstream's cursor
-            assert first.returncode == 0, first.stderr
+            first = agent.start("--duration", "2")  # the outbox, its mark, the cursor
+            assert first.wait(60) == 0, agent.tail()
             prefilled = prefill(agent.data)
             for round_no in range(KILLS):
                 process = agent.start()
@@ -577,6 +586,9 @@ def test_sigkills_mid_publish_and_broker_restarts_lose_nothing(tmp_path: Path) -
                 process.kill()
                 process.wait()
                 kinds[kind] = kinds.get(kind, 0) + 1
+                if (agent.stats()[1]["broker"].backlog  # type: ignore[attr-defined]
+                        > 100):
+                    kinds["with a backlog"] = kinds.get("with a backlog", 0) + 1
             final = agent.start("--duration", "4")
             assert final.wait(120) == 0, agent.tail()
             synced = agent.command("sync")
