@@ -73,7 +73,7 @@ def make_ca(directory: Path) -> None:
     (``server.crt``, ``server.key``) and a client certificate (``client.crt``, ``client.key``,
     CN ``envagent-client``), all P-256, with the extensions strict verifiers ask for."""
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3",
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "60",
              "-subj", "/CN=envagent test CA", "-addext", "basicConstraints=critical,CA:TRUE",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
     for name, cn, usage, san in (
@@ -86,7 +86,7 @@ def make_ca(directory: Path) -> None:
             f"extendedKeyUsage={usage}\nauthorityKeyIdentifier=keyid\n"
             "subjectKeyIdentifier=hash\n")
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile",
+                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "30", "-extfile",
                  f"{name}.ext", cwd=directory)
     for key in ("ca.key", "server.key", "client.key"):
         (directory / key).chmod(0o600)

@@ -239,8 +239,9 @@ def test_takes(uplink: UplinkConfig, reading: tuple[str, str], expected: bool) -
 
 
 def test_the_example_upstreams_take_what_their_comments_say(tmp_path: Path) -> None:
-    """The commented-out [[uplink]] example, switched on as its comment says, is valid against
-    the example station and splits the readings as described."""
+    """The commented-out [[uplink]] examples (two HTTP servers, an MQTT broker), switched on as
+    their comments say, are valid against the example station and split the readings as
+    described."""
     text = EXAMPLE.read_text(encoding="utf-8")
     start = text.index("# [[uplink]]\n")
     end = text.index("# ---", start)
@@ -248,8 +249,9 @@ def test_the_example_upstreams_take_what_their_comments_say(tmp_path: Path) -> N
                    if re.fullmatch(r"# (\[\[uplink\]\]|\w+ = .*)", row)]
     path = tmp_path / "example.toml"
     path.write_text(text[:start] + "\n".join(switched_on) + "\n" + text[end:], encoding="utf-8")
-    network, partner = load_config(path).uplinks
+    network, partner, broker = load_config(path).uplinks
     assert (network.name, partner.name, partner.start) == ("network", "partner", "now")
+    assert broker.mqtt is not None and broker.url == "mqtts://broker.example.org:8883"
     readings = [("dust", "pm2_5"), ("air", "temperature"), ("envagent", "uptime"),
                 ("dust", "sensor_state")]
     assert [network.takes(*r) for r in readings] == [True, True, True, True]

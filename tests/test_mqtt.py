@@ -679,3 +679,21 @@ def test_mqtt_is_imported_only_by_an_mqtt_upstream(tmp_path: Path) -> None:
 
 def mqtt_uplink_text() -> str:
     return f'[[uplink]]\nname = "b"\nurl = "{TLS_URL}"\n'
+
+
+def test_doctor_checks_dns_tcp_tls_and_connect_for_an_mqtt_upstream(broker: Mosquitto,
+                                                                      tmp_path: Path) -> None:
+    from agent.doctor.report import Status
+    from agent.doctor.uplink import check_upstream
+
+    creds = credentials_file(tmp_path)
+    config = config_of(mqtt_uplink(broker, extra=f'credentials_file = "{creds}"\n'))
+    checks = check_upstream(config, config.uplinks[0], {}, tmp_path / "none")
+    assert [(c.name, c.status) for c in checks] == [
+        ("uplink broker token", Status.PASS), ("uplink broker dns", Status.PASS),
+        ("uplink broker tcp", Status.PASS), ("uplink broker tls", Status.PASS),
+        ("uplink broker auth", Status.PASS)], checks
+    assert "CONNACK 0x00" in checks[-1].detail and str(creds) in checks[-1].detail
+    creds.write_text("envagent:wrong\n")
+    auth = check_upstream(config, config.uplinks[0], {}, tmp_path / "none")[-1]
+    assert auth.status is Status.FAIL and "wrong" not in auth.detail
