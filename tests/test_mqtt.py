@@ -667,14 +667,14 @@ def test_an_outage_then_the_backlog_while_a_wrong_password_and_http_go_their_way
             broker.stop()
 
 
-def test_mqtt_is_imported_only_by_an_mqtt_upstream(tmp_path: Path) -> None:
+def test_paho_and_ssl_are_loaded_by_a_connection_only(tmp_path: Path) -> None:
     code = ("import sys, tomllib\nfrom agent.config import parse_config\n"
             "from agent.uplink.transports import build_sink\n"
             f"c = parse_config(tomllib.loads({STATION + mqtt_uplink_text()!r}))\n"
-            "s = build_sink(c, c.uplinks[0])\nprint('paho' in sys.modules)\n")
+            "s = build_sink(c, c.uplinks[0])\nprint('paho' in sys.modules, 'ssl' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.stdout.strip() == "False", done.stderr
+    assert done.stdout.strip() == "False False", done.stderr
 
 
 def mqtt_uplink_text() -> str:

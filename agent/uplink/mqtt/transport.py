@@ -45,7 +45,6 @@ import contextlib
 import logging
 import os
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +63,8 @@ from agent.uplink.mqtt.topics import Topics, status_topic
 from agent.uplink.sink import ERROR_TEXT_CHARS, Answer, Endpoint, Outcome, Transport, Verdict
 
 if TYPE_CHECKING:  # imported by the first connection only (see the module docstring)
+    import ssl
+
     from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
     from paho.mqtt.properties import Properties
     from paho.mqtt.reasoncodes import ReasonCode
@@ -258,7 +259,9 @@ class MqttSink:
                  token: Secret | None) -> Answer:
         """Publish ``messages`` keeping at most the window unacknowledged; wait for every
         PUBACK, the connection's end, a stop, or ``read_timeout`` without an answer."""
-        window = min(self.settings.max_inflight, conn.receive_max or self.settings.max_inflight)
+        window = self.settings.max_inflight
+        if conn.receive_max is not None:  # the broker's own bound; "online" may be in flight
+            window = max(1, min(window, conn.receive_max - (self.status is not None)))
         with conn.cond:
             conn.results.clear()
             conn.progress = time.monotonic()
@@ -366,6 +369,8 @@ class MqttSink:
         """One CONNECT and its CONNACK, within ``connect_timeout``. ``probe`` (doctor's check):
         a client id of its own, a clean start, a session that ends with it, no will -- so it
         neither takes the agent's session over nor says the unit went offline."""
+        import ssl  # here, as paho: a unit without an MQTT upstream never loads either
+
         from paho.mqtt.client import CallbackAPIVersion, Client, MQTTv5
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -452,6 +457,7 @@ def tls_context(ca_file: Path | None, client_cert: Path | None,
                 client_key: Path | None) -> ssl.SSLContext:
     """A verifying TLS context: the system's and certifi's CAs, or ``ca_file``; the client
     certificate when given. Each file is checked against a size bound first."""
+    import ssl  # loaded by the first TLS connection only
     for path in (ca_file, client_cert, client_key):
         if path is not None and os.stat(path).st_size > MAX_FILE_BYTES:
             raise ValueError(f"{path} is larger than {MAX_FILE_BYTES // 1024} KiB: is it the "
@@ -468,6 +474,8 @@ def tls_context(ca_file: Path | None, client_cert: Path | None,
 
 
 def _reason(exc: BaseException) -> str:
+    import ssl  # loaded already: only a connection's errors come here
+
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason).lower().replace("_", " ")
     if isinstance(exc, OSError) and exc.strerror:
