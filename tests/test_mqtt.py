@@ -338,6 +338,10 @@ def test_every_reading_id_reaches_a_subscriber_over_tls(broker: Mosquitto,
                           "envagent/Roof%2FWest %231/u1/status"}
         sub.wait_for("online, then offline at the clean stop", lambda got: [
             s[1] for s in got.statuses] == [b"online", b"offline"])
+    # a fleet view that connects later sees the last word, retained
+    with subscribed(broker, "envagent/+/u1/status", client_id="latecomer") as late:
+        late.wait_for("the retained status", lambda got: got.statuses == [
+            ("envagent/Roof%2FWest %231/u1/status", b"offline", True)])
 
 
 def test_a_client_certificate_instead_of_a_password(broker: Mosquitto, tmp_path: Path) -> None:
@@ -605,6 +609,8 @@ def test_sigkills_mid_publish_and_broker_restarts_lose_nothing(tmp_path: Path) -
             assert len(got) == added, f"seed {seed}: {len(got)} ids received, {added} stored"
             twice = [i for i, bodies in got.items() if len(bodies) > 1]
             assert not twice, f"seed {seed}: replays that differ: {twice[:3]}"
+            said = [payload for _, payload, _ in sub.received.statuses]
+            assert said.count(b"offline") >= KILLS // 2, said  # the will, after a kill
     finally:
         agent.close()
         broker.stop()
