@@ -58,8 +58,8 @@ SECRET_HOWTO = (
     "agent's user and name it with uplink.token_file, or use "
     "LoadCredential=upload-token:/etc/envagent/upload-token in the systemd unit"
 )
-SUPPORTED = ("an https:// URL, http:// to this machine with allow_insecure = true, or "
-             "hj212://host:port (HJ 212-2017)")
+SUPPORTED = ("an https:// URL, http:// to this machine with allow_insecure = true, "
+             "hj212://host:port (HJ 212-2017) or mqtts://host[:port] (MQTT)")
 
 
 def load(tmp_path: Path, text: str) -> Config:
@@ -239,8 +239,9 @@ def test_takes(uplink: UplinkConfig, reading: tuple[str, str], expected: bool) -
 
 
 def test_the_example_upstreams_take_what_their_comments_say(tmp_path: Path) -> None:
-    """The commented-out [[uplink]] example, switched on as its comment says, is valid against
-    the example station and splits the readings as described."""
+    """The commented-out [[uplink]] examples (two HTTP servers, an MQTT broker), switched on as
+    their comments say, are valid against the example station and split the readings as
+    described."""
     text = EXAMPLE.read_text(encoding="utf-8")
     start = text.index("# [[uplink]]\n")
     end = text.index("# ---", start)
@@ -248,10 +249,11 @@ def test_the_example_upstreams_take_what_their_comments_say(tmp_path: Path) -> N
                    if re.fullmatch(r"# (\[\[uplink\]\]|\w+ = .*)", row)]
     path = tmp_path / "example.toml"
     path.write_text(text[:start] + "\n".join(switched_on) + "\n" + text[end:], encoding="utf-8")
-    network, partner, bureau = load_config(path).uplinks
+    network, partner, bureau, broker = load_config(path).uplinks
     assert (network.name, partner.name, partner.start) == ("network", "partner", "now")
     assert bureau.hj212 is not None and (bureau.hj212.mn, bureau.hj212.minute_interval) == (
         "33010000000HJ0001", 10)
+    assert broker.mqtt is not None and broker.url == "mqtts://broker.example.org:8883"
     readings = [("dust", "pm2_5"), ("air", "temperature"), ("envagent", "uptime"),
                 ("dust", "sensor_state")]
     assert [network.takes(*r) for r in readings] == [True, True, True, True]
@@ -310,19 +312,11 @@ def test_an_unnamed_upstream_is_named_by_its_place(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize(("scheme", "transport"), [
-    ("mqtt", "MQTT"), ("mqtts", "MQTT over TLS"), ("MQTT", "MQTT"),
-])
-def test_a_future_transport_is_refused_by_name(tmp_path: Path, scheme: str,
-                                               transport: str) -> None:
-    url = f"{scheme}://broker.example.org:8883/envagent"
-    text = f'[[uplink]]\nname = "bureau"\nurl = "{url}"\n'
-    shown = url.replace(scheme, scheme.lower())  # as urllib spells it
-    assert problems(tmp_path, text) == [
-        f'uplink \'bureau\' (line {line(text, "url")}): url = "{shown}": this version of '
-        f"envagent cannot send over {scheme.lower()}:// ({transport}) yet; it sends to "
-        f"{SUPPORTED}",
-    ]
+@pytest.mark.parametrize("url", ["mqtts://broker.example.org:8883",
+                                 "MQTTS://broker.example.org"])
+def test_an_mqtt_broker_is_an_upstream(tmp_path: Path, url: str) -> None:
+    (uplink,) = load(tmp_path, f'[[uplink]]\nname = "broker"\nurl = "{url}"\n').uplinks
+    assert uplink.mqtt is not None and uplink.url == url
 
 
 @pytest.mark.parametrize(("url", "why"), [
@@ -336,7 +330,7 @@ def test_an_unknown_scheme_says_which_are_supported(tmp_path: Path, url: str, wh
                                         f'url = "{url}": {why}']
 
 
-def test_credentials_in_a_future_transports_url_are_refused_unshown(tmp_path: Path) -> None:
+def test_credentials_in_an_mqtt_url_are_refused_unshown(tmp_path: Path) -> None:
     text = '[[uplink]]\nname = "a"\nurl = "mqtts://envagent:hunter2@broker.example.org"\n'
     (problem,) = problems(tmp_path, text)
     assert "hunter2" not in problem and "has a user name or password in it" in problem

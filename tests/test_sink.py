@@ -424,7 +424,7 @@ def test_the_url_scheme_picks_the_transport() -> None:
     assert transport_for(UplinkConfig(url="HTTPS://x.org/write")) is TRANSPORTS["https"]
 
 
-@pytest.mark.parametrize("url", ["mqtt://broker.example.org:1883/envagent",
+@pytest.mark.parametrize("url", ["coap://sensors.example.org:5683/envagent",
                                  "tsdb.example.org/write"])
 def test_a_scheme_without_a_transport_is_a_clear_config_error(url: str) -> None:
     config = parse_config(tomllib.loads(CONFIG), source="t.toml")
@@ -434,7 +434,7 @@ def test_a_scheme_without_a_transport_is_a_clear_config_error(url: str) -> None:
     (problem,) = caught.value.problems
     scheme = url.partition("://")[0] + "://" if "://" in url else "a URL without a scheme"
     assert problem == (f"uplink 'bureau': url: no transport for {scheme}; use one of "
-                       "hj212://, http://, https://")
+                       "hj212://, http://, https://, mqtt://, mqtts://")
 
 
 # --- commissioning records: only where the transport carries documents --------------------------

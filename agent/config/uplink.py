@@ -8,7 +8,9 @@ and ``quantities`` are checked against the station's sensors and alerts, so this
 parsed after them; :meth:`UplinkConfig.takes` answers which readings it takes.
 
 An ``hj212://host:port`` upstream (HJ 212-2017 over TCP, agent.config.hj212) has keys of its own
-and is allowed in plain text to any host: HJ 212 has no TLS.
+and is allowed in plain text to any host: HJ 212 has no TLS. An ``mqtts://host[:port]`` upstream
+(agent.config.mqtt) has keys of its own too; plain ``mqtt://`` is treated as plain http://: only
+to this machine, with ``allow_insecure``.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from agent.config import hj212
+from agent.config import hj212, mqtt
 from agent.config.checks import boolean, choice, duration, integer
 from agent.config.fields import REQUIRED, Bad, Field, Problems, read_table, valid_keys
 from agent.config.health import AGENT_HEALTH_QUANTITIES, SENSOR_HEALTH_QUANTITIES
 from agent.config.hj212 import Hj212Config
+from agent.config.mqtt import MqttConfig
 from agent.core.credentials import AUTH_SCHEMES
 from agent.core.reading import ALERT_PREFIX, DEFAULT_UPSTREAM, RESERVED_SENSOR_ID, agent_sensor
 from agent.core.units import format_duration, toml_key, toml_quote, toml_value
@@ -37,8 +40,9 @@ UPLINK_STARTS = ("oldest", "now")  # every reading still stored, or only those f
 # names and doctor: nothing in it may need quoting or escaping anywhere.
 UPLINK_NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,32}")  # used with fullmatch
 # The transports of this version (agent.uplink.transports), and those DESIGN.md plans.
-SCHEMES = ("https", "http", hj212.SCHEME)
-FUTURE_SCHEMES = {"mqtt": "MQTT", "mqtts": "MQTT over TLS"}
+SCHEMES = ("https", "http", hj212.SCHEME, *mqtt.SCHEMES)
+FUTURE_SCHEMES: dict[str, str] = {}  # scheme -> its name, for a transport not built yet
+INSECURE_SCHEMES = ("http", "mqtt")  # plain text: to this machine only, with allow_insecure
 MEASUREMENT_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")  # used with fullmatch
 INFLUX_V2_PATH = "/api/v2/write"
 # Keys and URL parts that would put a secret in this file (readable by every technician, kept in
@@ -50,9 +54,14 @@ TOKEN_HOWTO = ("put the token in a file readable only by the agent's user and na
                "uplink.token_file, or use LoadCredential=upload-token:/etc/envagent/upload-token "
                "in the systemd unit")
 URL_EXAMPLE = 'url = "https://influx.example.org:8086/api/v2/write?org=eco&bucket=field"'
-SUPPORTED = ("an https:// URL, http:// to this machine with allow_insecure = true, or "
-             "hj212://host:port (HJ 212-2017)")
+SUPPORTED = ("an https:// URL, http:// to this machine with allow_insecure = true, "
+             "hj212://host:port (HJ 212-2017) or mqtts://host[:port] (MQTT)")
 HJ212_EXAMPLE = 'url = "hj212://platform.example.gov.cn:6000"'
+MQTT_EXAMPLE = 'url = "mqtts://broker.example.org:8883"'
+MQTT_CREDENTIALS_HOWTO = ("put the MQTT user name and password (user:password on one line; a "
+                          "ThingsBoard device's access token alone) in a file readable only by "
+                          "the agent's user and name it with credentials_file, or use the "
+                          "systemd credential upload-token-<name>")
 HJ212_PW_HOWTO = ("put the HJ 212 password (PW) in a file readable only by the agent's user and "
                   "name it with password_file, or use the systemd credential "
                   "upload-token-<name>")
@@ -88,16 +97,22 @@ class UplinkConfig:
     agent_readings: bool = True  # the agent's own health and alert readings, whatever selects
     start: str = "oldest"  # where an upstream new to the config starts: "oldest" | "now"
     hj212: Hj212Config | None = None  # an hj212:// upstream's own settings
+    mqtt: MqttConfig | None = None  # an mqtt(s):// upstream's own settings
 
     @property
     def secret_key(self) -> str:
-        """The key naming the file of this upstream's secret: an HJ 212 password or a token."""
-        return hj212.PASSWORD_KEY if self.hj212 is not None else "token_file"
+        """The key naming the file of this upstream's secret: an HJ 212 password, MQTT
+        credentials or a token."""
+        if self.hj212 is not None:
+            return hj212.PASSWORD_KEY
+        return mqtt.CREDENTIALS_KEY if self.mqtt is not None else "token_file"
 
     @property
     def secret_name(self) -> str:
         """What this upstream's secret is called in messages."""
-        return "HJ 212 password (PW)" if self.hj212 is not None else "upload token"
+        if self.hj212 is not None:
+            return "HJ 212 password (PW)"
+        return "MQTT credentials" if self.mqtt is not None else "upload token"
 
     def takes(self, sensor: str, quantity: str) -> bool:
         """Whether this upstream takes the readings of ``quantity`` from ``sensor``.
@@ -149,6 +164,8 @@ def _url(value: object) -> str:
         raise Bad(f"the port is not a number from 1 to 65535; {expected}") from None
     if scheme == hj212.SCHEME:
         return _hj212_url(value, port)
+    if scheme in mqtt.SCHEMES:
+        return _mqtt_url(value)
     if not parts.hostname:
         raise Bad(f"no host name; {expected}")
     if parts.fragment:
@@ -166,6 +183,18 @@ def _hj212_url(value: str, port: int | None) -> str:
         raise Bad(f"no port (HJ 212 has no default port: ask the platform); {expected}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise Bad(f"HJ 212 takes no path, query or #fragment; {expected}")
+    return value
+
+
+def _mqtt_url(value: str) -> str:
+    """``mqtts://host[:port]``: the broker's address; the topics come from ``topic``."""
+    parts = urlsplit(value)
+    expected = f"expected mqtts://host[:port], such as {MQTT_EXAMPLE[6:]}"
+    if not parts.hostname:
+        raise Bad(f"no host name; {expected}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise Bad(f"an MQTT URL takes no path, query or #fragment (the topic is set by topic); "
+                  f"{expected}")
     return value
 
 
@@ -249,6 +278,7 @@ _UPLINK_FIELDS = {
 _NAMED_UPLINK_FIELDS = _UPLINK_FIELDS | {"name": _UPLINK_FIELDS["name"]._replace(default=REQUIRED)}
 _UPLINK_VALID = valid_keys(_UPLINK_FIELDS)
 _HJ212_ONLY = {**hj212.FIELDS, hj212.PASSWORD_KEY: Field(_file_path, None, "")}
+_MQTT_ONLY = {**mqtt.FIELDS, mqtt.CREDENTIALS_KEY: Field(_file_path, None, "")}
 
 
 def _hj212_fields(fields: Mapping[str, Field]) -> dict[str, Field]:
@@ -256,9 +286,20 @@ def _hj212_fields(fields: Mapping[str, Field]) -> dict[str, Field]:
     return {**{k: v for k, v in fields.items() if k not in hj212.NOT_HERE}, **_HJ212_ONLY}
 
 
+def _mqtt_fields(fields: Mapping[str, Field]) -> dict[str, Field]:
+    """An mqtt(s):// upstream's keys: the common ones and its own."""
+    return {**{k: v for k, v in fields.items() if k not in mqtt.NOT_HERE}, **_MQTT_ONLY}
+
+
 def _is_hj212(table: Mapping[str, Any]) -> bool:
     url = table.get("url")
     return isinstance(url, str) and url.lower().startswith(hj212.SCHEME + "://")
+
+
+def _is_mqtt(table: Mapping[str, Any]) -> bool:
+    url = table.get("url")
+    return isinstance(url, str) and url.lower().startswith(tuple(f"{s}://"
+                                                                 for s in mqtt.SCHEMES))
 _OLD_UPLINK_FIELDS = {OLD_INSECURE_KEY: Field(boolean, None, "")}
 
 
@@ -302,26 +343,42 @@ def _read_uplink(problems: Problems, path: str, table: Mapping[str, Any],
     """One upstream, or None when it has a problem."""
     before = len(problems.lines)
     table = dict(table)
-    is_hj212 = _is_hj212(table)
+    is_hj212, is_mqtt = _is_hj212(table), _is_mqtt(table)
     for key in list(table):
         if isinstance(key, str) and (key.lower() in SECRET_KEYS
-                                     or (is_hj212 and key.lower() == "pw")):
+                                     or (is_hj212 and key.lower() == "pw")
+                                     or (is_mqtt and key.lower() in ("username", "user"))):
             del table[key]  # and never shown: the problem line names the key only
-            problems.add(toml_key(path, key), "a secret never goes in the config file; " +
-                         (HJ212_PW_HOWTO if is_hj212 else TOKEN_HOWTO))
+            howto = (HJ212_PW_HOWTO if is_hj212 else MQTT_CREDENTIALS_HOWTO if is_mqtt
+                     else TOKEN_HOWTO)
+            problems.add(toml_key(path, key), "a secret never goes in the config file; " + howto)
         elif is_hj212 and key in hj212.NOT_HERE:
             del table[key]
             problems.add(toml_key(path, key), f"does not apply to an hj212:// upstream: "
                          f"{hj212.NOT_HERE[key]}")
+        elif is_mqtt and key in mqtt.NOT_HERE:
+            del table[key]
+            problems.add(toml_key(path, key), f"does not apply to an MQTT upstream: "
+                         f"{mqtt.NOT_HERE[key]}")
+        elif is_mqtt and key == "qos":
+            del table[key]
+            problems.add(toml_key(path, key), f"cannot be set: the QoS is {mqtt.QOS_WORDS}")
         elif not is_hj212 and key in _HJ212_ONLY:
             del table[key]
             problems.add(toml_key(path, key), "applies to hj212:// upstreams only (HJ 212-2017)")
+        elif not is_mqtt and key in _MQTT_ONLY:
+            del table[key]
+            problems.add(toml_key(path, key), "applies to mqtt:// and mqtts:// upstreams only")
     if is_hj212:
         fields = _hj212_fields(fields)
+    elif is_mqtt:
+        fields = _mqtt_fields(fields)
     values, _ = read_table(problems, path, table, {**fields, **_OLD_UPLINK_FIELDS},
-                           valid_keys(fields) if is_hj212 else _UPLINK_VALID)
+                           valid_keys(fields) if is_hj212 or is_mqtt else _UPLINK_VALID)
     if is_hj212:
         _hj212_values(problems, path, values)
+    elif is_mqtt:
+        _mqtt_values(problems, path, values)
     old = values.pop(OLD_INSECURE_KEY, None)
     if OLD_INSECURE_KEY in table and "allow_insecure" not in table and old is not None:
         values["allow_insecure"] = old  # the same setting under its old name
@@ -366,19 +423,34 @@ def _reported(quantity: str, known: list[str],
     return name in (reports.get(sensor) or ()) if dot else name in known
 
 
+def _mqtt_values(problems: Problems, path: str, values: dict[str, Any]) -> None:
+    """An mqtt(s):// upstream's own keys into :class:`MqttConfig`; its credentials file is
+    read as a token is (``token_file``)."""
+    values["token_file"] = values.pop(mqtt.CREDENTIALS_KEY, None)
+    settings, bad = mqtt.parse_settings(values)
+    for key, message in bad:
+        problems.add(toml_key(path, key), message)
+    values["mqtt"] = settings
+    values["format"] = settings.payload
+
+
 def _check_uplink(problems: Problems, path: str, values: Mapping[str, Any]) -> None:
     """The rules between keys: plain http, InfluxDB URL parameters, pairs of settings."""
     url = values.get("url")
     at = toml_key(path, "url")
     if url is not None:
         parts = urlsplit(url)
-        if parts.scheme.lower() == "http" and not values.get("allow_insecure"):
-            problems.add(at, "plain http sends readings and the token unencrypted; use "
-                         "https://, or for a collector on this machine set allow_insecure = "
-                         "true and a loopback host", url, _show_url)
-        elif parts.scheme.lower() == "http" and not _loopback(parts.hostname or ""):
-            problems.add(at, "allow_insecure allows plain http only to this machine "
-                         "(127.0.0.1, ::1 or localhost); use https:// for any other host",
+        scheme = parts.scheme.lower()
+        secure = "mqtts" if scheme == "mqtt" else "https"
+        what = "a broker" if scheme == "mqtt" else "a collector"
+        secret = "credentials" if scheme == "mqtt" else "token"
+        if scheme in INSECURE_SCHEMES and not values.get("allow_insecure"):
+            problems.add(at, f"plain {scheme} sends readings and the {secret} unencrypted; "
+                         f"use {secure}://, or for {what} on this machine set allow_insecure "
+                         "= true and a loopback host", url, _show_url)
+        elif scheme in INSECURE_SCHEMES and not _loopback(parts.hostname or ""):
+            problems.add(at, f"allow_insecure allows plain {scheme} only to this machine "
+                         f"(127.0.0.1, ::1 or localhost); use {secure}:// for any other host",
                          url, _show_url)
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         if values.get("format") == "influx" and params.get("precision", "ns") != "ns":

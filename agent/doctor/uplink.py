@@ -204,7 +204,8 @@ def _token_source(settings: UplinkConfig, environ: Mapping[str, str],
     """The token file the agent would read, and where that name comes from: ``token_source``
     is the default upstream's LoadCredential= file; another upstream's sits beside it under its
     own credential's name (agent.core.credentials.credential_name)."""
-    path, origin = token_path(settings.token_file, environ, settings.name), "uplink.token_file"
+    path = token_path(settings.token_file, environ, settings.name)
+    origin = f"uplink.{settings.secret_key}"  # token_file, or an HJ 212 or MQTT upstream's
     if settings.token_file is None and path is not None:
         origin = "$CREDENTIALS_DIRECTORY"
     source = token_source.with_name(credential_name(settings.name)) \

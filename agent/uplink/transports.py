@@ -2,7 +2,7 @@
 ``outputs.Add``). An ``[[uplink]]``'s URL scheme picks its transport -- for delivery
 (:func:`build_sink`) and for ``envagent doctor``'s probes (:func:`transport_for`).
 
-A new transport (HJ 212 over TCP, MQTT) is one module that implements the Sink protocol
+A new transport is one module that implements the Sink protocol
 (agent.uplink.sink) and offers a :class:`~agent.uplink.sink.Transport`, plus its line here.
 """
 
@@ -18,12 +18,15 @@ from agent.core.errors import ConfigError
 from agent.core.timebase import ExternalTime
 from agent.uplink import http
 from agent.uplink.hj212 import transport as hj212
+from agent.uplink.mqtt import transport as mqtt
 from agent.uplink.sink import Sink, Transport
 
 TRANSPORTS: Mapping[str, Transport] = {
     "http": http.TRANSPORT,  # only to this machine (config: allow_insecure)
     "https": http.TRANSPORT,
     "hj212": hj212.TRANSPORT,  # plain TCP to any host: HJ 212 has no TLS
+    "mqtt": mqtt.TRANSPORT,  # only to this machine (config: allow_insecure)
+    "mqtts": mqtt.TRANSPORT,
 }
 
 

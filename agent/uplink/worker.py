@@ -322,8 +322,8 @@ class Uplink:
             log.warning("cannot deliver to %s: %s; retrying with backoff, readings wait "
                         "in the outbox", where, error)
         elif state == "auth_blocked":
-            log.error("delivery to %s paused, sampling goes on: %s; fix the upload "
-                      "token (trying again every %gs, no restart needed)", where, error,
+            log.error("delivery to %s paused, sampling goes on: %s; fix the %s (trying "
+                      "again every %gs, no restart needed)", where, error, s.secret_name,
                       s.auth_retry)
         else:
             log.error("delivery to %s failed: %s; trying again every %gs", where,
