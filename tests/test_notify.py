@@ -209,3 +209,18 @@ def test_recovers_when_the_socket_comes_back(tmp_path: Path) -> None:
         assert received(receiver) == b"STATUS=back"
     finally:
         receiver.close()
+
+
+def test_a_service_manager_that_reads_nothing_never_stalls_the_agent(
+        path_socket: tuple[str, socket.socket]) -> None:
+    import threading
+
+    name, _receiver = path_socket  # bound, never read: its queue fills up
+    notifier = Notifier({"NOTIFY_SOCKET": name}, pid=os.getpid())
+    results: list[bool] = []
+    sender = threading.Thread(target=lambda: results.extend(
+        notifier.status(f"busy {i}") for i in range(5000)), daemon=True)
+    sender.start()
+    sender.join(timeout=10)
+    assert not sender.is_alive(), "sd_notify blocked on a full socket"
+    assert results[0] is True and results[-1] is False  # the queue filled; messages were lost

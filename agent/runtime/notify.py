@@ -6,7 +6,9 @@ socket named by ``$NOTIFY_SOCKET`` (a filesystem path, or an abstract socket whe
 method is a no-op, so callers never need to ask where they run.
 
 Failing to notify must never take sampling down: a send error is logged once at warning level and
-reported as ``False``; the service manager notices a missing watchdog ping on its own.
+reported as ``False``; the service manager notices a missing watchdog ping on its own. Nor may
+it wait: a service manager too busy to read its socket (a full queue) costs that one message,
+never a stalled writer or stop.
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(message.encode(), self._address)
+            # never wait: a stalled systemd must not stall sampling or a stop
+            self._sock.sendto(message.encode(), socket.MSG_DONTWAIT, self._address)
         except OSError as exc:
             self.close()
             level = logging.DEBUG if self._warned else logging.WARNING
