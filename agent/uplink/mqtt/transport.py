@@ -56,6 +56,7 @@ from agent.config import Config, UplinkConfig
 from agent.config.mqtt import DEFAULT_PORTS, STATUS_LEVEL, MqttConfig
 from agent.core.credentials import Secret, redact
 from agent.core.reading import Reading
+from agent.core.timebase import ExternalTime
 from agent.uplink.lineprotocol import Epochs
 from agent.uplink.mqtt import reasons
 from agent.uplink.mqtt.payload import Message, MessageEncoder, acknowledged_prefix, unpack
@@ -186,6 +187,9 @@ class MqttSink:
 
     def set_epochs(self, epochs: Epochs) -> None:
         self.encoder.set_epochs(epochs)
+
+    def idle(self, token: Secret | None) -> None:
+        """A connection is opened by the next batch (and with it ``online``): nothing to do."""
 
     def send(self, body: bytes, token: Secret | None) -> Answer:
         """Every message of ``body``, each acknowledged (see the module docstring)."""
@@ -495,7 +499,8 @@ def endpoint(url: str) -> Endpoint:
 
 
 def build(config: Config, settings: UplinkConfig, *, simulated: bool = False,
-          wall: Callable[[], float] = time.time) -> MqttSink:
+          wall: Callable[[], float] = time.time, data_dir: Path | None = None,
+          external_time: ExternalTime | None = None) -> MqttSink:
     """The sink of an mqtt(s):// ``[[uplink]]``. ``simulated`` marks every message a
     rehearsal's, as the other transports do."""
     mqtt = settings.mqtt
