@@ -1,4 +1,6 @@
-"""The sampling half of the agent: sensor threads feed one writer that commits in batches.
+"""The sampling half of the agent: one scheduler thread samples the sensors (agent.sampling.
+scheduler.Slots; a misbehaving sensor on a thread of its own) and feeds one writer that commits
+in batches.
 
 Readings wait in memory for at most ``storage.commit_interval`` and are then committed in one
 transaction -- the trade-off between SD-card wear (every commit rewrites at least a page) and what
@@ -26,6 +28,7 @@ from agent.core.reading import Reading
 from agent.sampling.alerts import Alerts
 from agent.sampling.power import PowerSwitch
 from agent.sampling.sampler import SensorWorker
+from agent.sampling.scheduler import Slots
 from agent.sampling.timekeeping import TimeKeeper
 from agent.store.storage import Store
 from drivers.base import Driver, Quality
@@ -97,6 +100,9 @@ class Agent:
             )
             for sensor, driver in zip(config.sensors, drivers, strict=True)
         ]
+        self.slots = Slots(self.workers, clock, self.stop,  # type: ignore[arg-type]
+                           own=lambda worker: worker.run_own(self.slots))  # type: ignore[attr-defined]
+        self._started = False
         self._feed_pressure()
         # [[alert]] (agent.sampling.alerts): committed at once, so delivery can send them ahead of
         # all
@@ -137,6 +143,7 @@ class Agent:
         """Ask ``run`` to finish: safe from a signal handler or another thread."""
         self.stop.set()
         self._wake.set()
+        self.slots.kick()
 
     @property
     def storage_failing(self) -> bool:
@@ -144,10 +151,11 @@ class Agent:
         return self._storage_error is not None
 
     def start(self) -> None:
-        """Start the sensor threads (``run`` does it too, if nobody did)."""
-        for worker in self.workers:
-            if not worker.thread.is_alive() and worker.thread.ident is None:
-                worker.thread.start()
+        """Start sampling: each sensor sets itself up on a thread of its own, then the scheduler
+        takes it (``run`` starts it too, if nobody did)."""
+        if not self._started:
+            self._started = True
+            self.slots.start()
 
     def run(self, duration: float | None = None) -> None:
         """Sample until ``stop`` is set (or ``duration`` seconds pass), then commit and return."""
@@ -180,8 +188,10 @@ class Agent:
                     next_commit = clock.monotonic() + commit_interval
         finally:
             self.stop.set()
+            self.slots.kick()
             if self.on_stop is not None:
                 self.on_stop()
+            self.slots.join(JOIN_TIMEOUT_S)
             for worker in self.workers:
                 worker.thread.join(JOIN_TIMEOUT_S)
                 if worker.thread.is_alive():

@@ -87,7 +87,10 @@ class Processor:
 
     def sample(self, read: Callable[[], Sequence[Measurement]]) -> list[Processed]:
         """Read ``average`` times and process the mean; a failed read propagates."""
-        samples = [read() for _ in range(self.average)]
+        return self.finish([read() for _ in range(self.average)])
+
+    def finish(self, samples: Sequence[Sequence[Measurement]]) -> list[Processed]:
+        """Process the mean of samples read elsewhere (the scheduler reads them in steps)."""
         return [self._process(m) for m in mean(samples)]
 
     def _process(self, m: Measurement) -> Processed:
