@@ -105,10 +105,62 @@ class Sampled(Protocol):
     def run(self) -> None: ...
 
 
+class Periodic:
+    """Work that rides the runners' wake-ups instead of a timer thread of its own: the writer's
+    commit (and with it the clock's sync check), the supervisor's tick, the health sample.
+
+    It is served at the end of the first slot a runner serves at or after ``due``; a runner
+    wakes for it alone only when no slot comes within ``slack`` seconds after ``due``. After a
+    run the next ``due`` is ``interval`` later -- or, with ``align``, the next wall-clock
+    multiple of ``interval``, so a 30 s commit falls on the same wake-up as the 10 s slots.
+    :meth:`Slots.request` runs it at once (an alert's commit).
+    """
+
+    def __init__(self, name: str, interval: float, action: Callable[[], object], *,
+                 clock: Clock, slack: float, align: bool = False,
+                 first: float | None = None) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval must be positive, got {interval!r}")
+        self.name = name
+        self.interval = interval
+        self.action = action
+        self.clock = clock
+        self.slack = max(0.0, slack)
+        self.align = align
+        self.runs = 0
+        # under the Slots lock:
+        self.requested = False  # run at the next chance, whatever ``due`` says
+        self.claimed = False  # part of a job a runner sleeps for: no other runner wakes for it
+        self.running = False
+        now = clock.monotonic()
+        if first is not None:
+            self.due = now + first
+        elif align:
+            self.due = self._aligned(now)
+        else:
+            self.due = now + interval
+
+    def _aligned(self, after: float) -> float:
+        """The monotonic time of the first wall-clock multiple of ``interval`` after ``after``."""
+        wall, mono = self.clock.time(), self.clock.monotonic()
+        wall_after = wall + (after - mono)
+        return mono + (math.floor(wall_after / self.interval) + 1) * self.interval - wall
+
+    def realign(self) -> None:
+        """After a step of the wall clock: back on its multiples (aligned jobs only)."""
+        if self.align:
+            self.due = self._aligned(self.clock.monotonic())
+
+    def ran(self, now: float) -> None:
+        self.runs += 1
+        self.due = self._aligned(now + COALESCE_S) if self.align else now + self.interval
+
+
 class Job(NamedTuple):
     time: float  # monotonic time of the slot
     sensors: list[Sampled]
     generation: int  # the schedules' generation it was claimed in (a wall-clock step voids it)
+    periodic: tuple[Periodic, ...] = ()
 
 
 class Slots:
@@ -126,6 +178,9 @@ class Slots:
     sampling with its own waits) until a sample goes through in time; then the next claim takes
     the sensor back. Each slot of a sensor is claimed exactly once, by a runner or by its own
     thread, under one lock, so the hand-over neither skips nor doubles a sample.
+
+    Periodic work (:class:`Periodic`, :meth:`every`) rides the same wake-ups: the runner that
+    serves a slot runs every job that is due once the slot's readings are collected.
     """
 
     def __init__(self, sensors: Sequence[Sampled], clock: Clock, stop: threading.Event, *,
@@ -142,7 +197,10 @@ class Slots:
         self._retired: set[threading.Thread] = set()
         self._caller: dict[int, threading.Thread] = {}  # id(sensor) -> runner inside its call
         self._offset = clock.time() - clock.monotonic()
+        self._periodic: list[Periodic] = []
+        self._idle = 0  # runners waiting with nothing to schedule (a finished job wakes them)
         self.wakeups = 0  # runner wake-ups, for bench/
+        self.served = 0  # slots served, sensors or periodic work (the supervisor's progress)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -154,6 +212,49 @@ class Slots:
 
     def kick(self) -> None:
         self._kick.set()
+
+    # --- periodic work --------------------------------------------------------------------------
+
+    def every(self, name: str, interval: float, action: Callable[[], object], *, slack: float,
+              align: bool = False, first: float | None = None) -> Periodic:
+        """Run ``action`` every ``interval`` on the runners' wake-ups (see :class:`Periodic`);
+        it must not block for long (a runner serves slots in turn with the other). Jobs run in
+        the order they were added, after the slot's sensors."""
+        job = Periodic(name, interval, action, clock=self.clock, slack=slack, align=align,
+                       first=first)
+        with self._lock:
+            self._periodic.append(job)
+        self.kick()  # a runner with nothing to schedule sleeps until told
+        return job
+
+    def request(self, job: Periodic) -> None:
+        """Run ``job`` at once (on a runner: the one serving a slot, or a sleeping one woken)."""
+        with self._lock:
+            job.requested = True
+        self.kick()
+
+    def _run_periodic(self, candidates: Sequence[Periodic]) -> None:
+        """Run, in order, the candidates that are due and every requested job; never two runs
+        of one job at once."""
+        for job in self._periodic:
+            with self._lock:
+                if job in candidates:
+                    job.claimed = False
+                now = self.clock.monotonic()
+                if job.running or not (job.requested or job.due <= now + COALESCE_S):
+                    continue
+                job.running, job.requested = True, False
+            try:
+                job.action()
+            except Exception:  # noqa: BLE001 - a bug in one job must not end the runner
+                log.exception("%s failed; trying again at its next turn", job.name)
+            finally:
+                with self._lock:
+                    job.running = False
+                    job.ran(self.clock.monotonic())
+                    idle = self._idle
+                if idle:  # its next due was not known when the idle runner looked
+                    self.kick()
 
     def join(self, timeout: float = JOIN_TIMEOUT_S) -> None:
         self.kick()
@@ -201,21 +302,45 @@ class Slots:
         return LATE_FRACTION * sensor.schedule.interval
 
     def _claim(self) -> Job | None:
-        """The earliest slot nobody serves yet, with every sensor due in it (under the lock)."""
+        """The earliest slot nobody serves yet, with every sensor due in it and the periodic
+        work that rides it; or a wake-up for periodic work alone when no slot comes within its
+        slack (under the lock)."""
         now = self.clock.monotonic()
         ready = [s for s in self.sensors if s.attached or s.wants_in]
-        if not ready:
-            return None
         for s in ready:  # skip what is already too late to serve
             while s.schedule.next_due < now - self._late(s):
                 s.schedule.claim(now, self._late(s))
-        first = min(s.schedule.next_due for s in ready)
+        first = min((s.schedule.next_due for s in ready), default=math.inf)
+        jobs = [(self._when(p, ready, now), p) for p in self._periodic
+                if not (p.claimed or p.running)]  # a running job's next due is not known yet
+        first = min([first, *(when for when, _ in jobs)])
+        if first == math.inf:
+            return None
         due = [s for s in ready if s.schedule.next_due <= first + COALESCE_S]
         for s in due:
             s.schedule.claim(now, self._late(s))
             if s.wants_in:
                 s.attached, s.wants_in = True, False
-        return Job(first, due, self._generation)
+        riding = tuple(p for when, p in jobs if when <= first + COALESCE_S)
+        for p in riding:
+            p.claimed = True
+        return Job(first, due, self._generation, riding)
+
+    @staticmethod
+    def _when(job: Periodic, ready: Sequence[Sampled], now: float) -> float:
+        """When ``job`` is served: the first slot at or after its ``due`` if one comes within
+        its slack, else ``due`` itself (a wake-up of its own)."""
+        if job.requested:
+            return now
+        due = job.due
+        ride = math.inf
+        for s in ready:
+            interval = s.schedule.interval
+            slot = s.schedule.next_due
+            if slot < due - COALESCE_S:  # its first slot at or after ``due``
+                slot += math.ceil((due - COALESCE_S - slot) / interval) * interval
+            ride = min(ride, slot)
+        return ride if ride <= due + job.slack else due
 
     def _run(self) -> None:
         me = threading.current_thread()
@@ -228,14 +353,23 @@ class Slots:
                     return
                 self._kick.clear()
                 job = self._claim()
+                if job is None:
+                    self._idle += 1
             if job is None:
                 clock.wait(self._kick, IDLE_S)
+                with self._lock:
+                    self._idle -= 1
                 continue
             if not self._sleep_until(job):
+                with self._lock:
+                    for periodic in job.periodic:
+                        periodic.claimed = False
                 continue
             self.wakeups += 1
             self._check_wall()
             self._serve(job, me)
+            self.served += 1
+            self._run_periodic(job.periodic)
         with self._lock:
             if me in self._runners:
                 self._runners.remove(me)
@@ -251,6 +385,10 @@ class Slots:
                     self._kick.clear()
                     if self.stop.is_set() or job.generation != self._generation:
                         return False
+                    urgent = any(p.requested and not p.running for p in self._periodic)
+                if urgent:  # an alert's commit: now, then back to sleep for the slot
+                    self.wakeups += 1
+                    self._run_periodic(())
 
     def _check_wall(self) -> None:
         """A step of the wall clock (NTP sync, a manual date): slots back on its multiples."""
@@ -262,6 +400,8 @@ class Slots:
             self._generation += 1
             for sensor in self.sensors:
                 sensor.schedule.realign()
+            for periodic in self._periodic:
+                periodic.realign()
         self.kick()  # the other runner's claimed slot is void
 
     def _serve(self, job: Job, me: threading.Thread) -> None:

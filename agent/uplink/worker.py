@@ -454,7 +454,7 @@ class Uplink:
         if self.state.last_success_ns != self._saved_success_ns:
             self._save()
 
-    def nudge(self) -> None:
+    def nudge(self, *, urgent: bool = False) -> None:
         """New readings were committed (``Agent.on_commit``): when the worker is caught up, it
         sends them now instead of at its next look; a backoff in progress runs its course."""
         self._news = True
