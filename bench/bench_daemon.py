@@ -117,7 +117,8 @@ def time_models() -> None:
         for thread in threading.enumerate():
             with contextlib.suppress(OSError, TypeError):  # ended meanwhile
                 clock = time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
-                threads[thread.name] = time.clock_gettime(clock)
+                # by name and id: the scheduler's two runners share a name
+                threads[f"{thread.name}#{thread.ident}"] = time.clock_gettime(clock)
         extra = {key: value() for key, value in EXTRA.items()}
         write_report(path, {**totals, "cpu": cpu, "threads": threads, **extra})
 
@@ -431,9 +432,10 @@ def by_thread(a: Snapshot, b: Snapshot, readings: int) -> str:
     groups: dict[str, float] = {}
     for name, cpu in b.threads.items():
         if name in a.threads:
-            kind = "sensor threads" if name.startswith("sensor-") else name
+            kind = name.rsplit("#", 1)[0]
+            kind = "sensor threads" if kind.startswith(("sensor-", "sensor ")) else kind
             groups[kind] = groups.get(kind, 0.0) + cpu - a.threads[name]
-    groups["threads that ended (HTTP deadline timers...)"] = (
+    groups["threads started or ended in the window"] = (
         b.cpu_s - a.cpu_s - sum(groups.values()))
     return ", ".join(f"{kind} {cpu / readings * 1e6:.0f}"
                      for kind, cpu in sorted(groups.items(), key=lambda kv: -kv[1]))
