@@ -8,8 +8,12 @@ extrapolated and flagged OUT_OF_RANGE; a code at the end of the ADC's scale is f
 Per conversion: write the config register with OS=1 (the chip powers up, converts once and
 powers down), wait one conversion time, poll OS until it reads 1 or the deadline passes, check
 that the config reads back as written (a brown-out reset or corrupted reads show here), then
-read the conversion register. The bus lock is not held across the wait (up to 139 ms at 8 SPS):
-each message is atomic, and nothing else talks to this address meanwhile.
+read the conversion register. ``trigger`` starts the first input; ``collect`` reads it and starts
+the next (raising :class:`~drivers.base.Pending` with its ready time) until every input is read.
+With ``average = N`` the conversions run at ``data_rate / N`` where the chip has that rate
+(:meth:`ADS1115.oversample`): one conversion per input, N times as long. The bus lock is not held
+across the wait (up to 139 ms at 8 SPS): each message is atomic, and nothing else talks to this
+address meanwhile.
 
 Options are flat keys (``channel0_quantity``, ``channel0_gain``, ...) because the config's
 ``[[sensor]]`` tables hold one value per option; rules that span several keys (two calibration
@@ -27,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from drivers.base import Driver, Measurement, Option, Quality
+from drivers.base import Driver, Measurement, Option, Pending, Quality
 from drivers.bus import Bus
 from drivers.errors import DriverConfigError, SensorError, SensorTimeoutError, WrongChipError
 
@@ -298,7 +302,11 @@ class ADS1115(Driver):
             )
         self.channels = channels
         self._data_rate: int = self.settings["data_rate"]
-        self._conversion_time = conversion_time(self._data_rate)
+        self._rate = self._data_rate  # the rate conversions run at (see oversample)
+        self._conversion_time = conversion_time(self._rate)
+        self._done: list[Measurement] = []  # the inputs of the sample in progress, so far
+        self._started: float | None = None  # when the conversion being collected was started
+        self._config_sent = 0
 
     def setup(self) -> None:
         lo = self._register(REG_LO_THRESH)
@@ -315,11 +323,40 @@ class ADS1115(Driver):
             self._write_config(idle)
             self._check_config(self._register(REG_CONFIG), idle)
 
-    def read(self) -> list[Measurement]:
-        return [self._measure(channel) for channel in self.channels]
+    def oversample(self, count: int) -> bool:
+        """``average = count`` as one conversion per input at ``data_rate / count``, when the
+        chip has that rate: its digital filter then averages the input over the same
+        ``count / data_rate`` seconds that ``count`` conversions would cover, with one wait per
+        input instead of ``count`` (SBAS444 9.3.6: the data rate sets the filter's length)."""
+        if count < 1 or self._data_rate % count or self._data_rate // count not in DATA_RATES:
+            return False
+        self._rate = self._data_rate // count
+        self._conversion_time = conversion_time(self._rate)
+        return True
+
+    def trigger(self) -> float:
+        """Start the first input's single-shot conversion."""
+        self._done = []
+        return self._start(self.channels[0])
+
+    def collect(self) -> list[Measurement]:
+        """The finished input's value; while inputs remain, start the next and say when it
+        is ready (:class:`Pending`) -- one wait per input, none spent polling."""
+        channel = self.channels[len(self._done)]
+        self._done.append(self._measure(channel))
+        if len(self._done) < len(self.channels):
+            raise Pending(self._start(self.channels[len(self._done)]))
+        done, self._done = self._done, []
+        return done
+
+    def _start(self, channel: Channel) -> float:
+        self._config_sent = config_word(channel.number, channel.gain, self._rate)
+        self._write_config(self._config_sent)
+        self._started = self.clock.monotonic()
+        return self._started + self._conversion_time
 
     def _measure(self, channel: Channel) -> Measurement:
-        code = self._convert(config_word(channel.number, channel.gain, self._data_rate))
+        code = self._finish()
         volts = volts_from_code(code, channel.gain)
         quality = Quality.CLIPPED if code in (CODE_MAX, CODE_MIN) else Quality.GOOD
         if channel.scale is None:
@@ -329,25 +366,28 @@ class ADS1115(Driver):
             quality |= Quality.OUT_OF_RANGE
         return Measurement(channel.quantity, value, channel.unit, quality)
 
-    def _convert(self, config: int) -> int:
-        """Start one single-shot conversion and return its signed code, within a deadline."""
-        clock = self.clock
-        self._write_config(config)
-        started = clock.monotonic()
+    def _finish(self) -> int:
+        """The signed code of the conversion ``_start`` began, within a deadline."""
+        clock, started = self.clock, self._started
+        if started is None:
+            self._done = []
+            raise SensorError(f"ads1115 at {self.where}: collect() without trigger()")
+        self._started = None
         deadline = started + self._conversion_time + DEADLINE_MARGIN_S
-        clock.sleep(self._conversion_time)
+        self.wait_until(started + self._conversion_time)
         while True:
             status = self._register(REG_CONFIG)
             if status & OS:
                 break
             if clock.monotonic() >= deadline:
+                self._done = []
                 raise SensorTimeoutError(
                     f"ads1115 at {self.where}: conversion not finished after "
                     f"{clock.monotonic() - started:.3f} s (config 0x{status:04x}); check the "
                     "chip's power and wiring"
                 )
             clock.sleep(POLL_INTERVAL_S)
-        self._check_config(status, config)
+        self._check_config(status, self._config_sent)
         return signed(self.bus.write_read(self.address, bytes([REG_CONVERSION]), 2))
 
     def _check_config(self, read_back: int, written: int) -> None:

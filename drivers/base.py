@@ -1,4 +1,12 @@
-"""What every sensor driver looks like: setup / read / close, and the values it hands back."""
+"""What every sensor driver looks like: setup / trigger / collect / close, and the values it hands
+back.
+
+A sample is two steps so that one scheduler can serve every sensor with one wait: ``trigger()``
+starts a conversion and answers the monotonic time at which it will be ready; ``collect()`` reads
+and decodes it. A scheduler triggers every due sensor, sleeps once until the latest of those
+times, and collects them all. ``read()`` is the two steps with the wait between, for the CLI and
+the tests.
+"""
 
 from __future__ import annotations
 
@@ -51,13 +59,30 @@ class Option:
     maximum: float | None = None
 
 
+class Pending(Exception):  # noqa: N818 - not an error: "collect again later"
+    """Raised by ``collect()`` when the sample needs another conversion before it is complete
+    (the next input of a multi-input ADC, a measurement started again because its result was
+    suspect): call ``collect()`` again at ``ready`` (monotonic seconds)."""
+
+    def __init__(self, ready: float) -> None:
+        super().__init__(ready)
+        self.ready = ready
+
+
 class Driver(ABC):
     """A sensor chip on a bus.
 
     ``setup`` identifies and configures the chip (raising :class:`~drivers.errors.WrongChipError`
-    with a hint when another chip answers); ``read`` takes one sample and returns every quantity
-    from that one measurement; both finish within a bounded time. ``close`` puts the chip to
-    sleep where it has a sleep mode.
+    with a hint when another chip answers). A sample is ``trigger()`` -- start a conversion, return
+    the monotonic time it will be ready -- then ``collect()`` -- read and decode every quantity of
+    that one measurement. ``collect()`` called before the ready time waits for it (a bounded
+    sleep), so it is never wrong, only slower; a scheduler avoids the sleep by collecting at the
+    ready time. ``collect()`` may raise :class:`Pending` when the sample needs another
+    conversion. Every step finishes within a bounded time. ``read()`` is trigger, wait, collect.
+    ``close`` puts the chip to sleep where it has a sleep mode.
+
+    A driver that cannot split its sample (a test double) overrides ``read()`` alone: its
+    ``trigger()`` then starts nothing and its ``collect()`` is its ``read()``.
     """
 
     name: ClassVar[str]
@@ -98,8 +123,37 @@ class Driver(ABC):
     @abstractmethod
     def setup(self) -> None: ...
 
-    @abstractmethod
-    def read(self) -> list[Measurement]: ...
+    def trigger(self) -> float:
+        """Start one sample; the monotonic time at which ``collect()`` can read it."""
+        return self.clock.monotonic()
+
+    def collect(self) -> list[Measurement]:
+        """Read and decode the sample ``trigger()`` started (waiting for it if called early)."""
+        if type(self).read is Driver.read:
+            raise TypeError(f"{type(self).__name__} implements neither collect() nor read()")
+        return self.read()
+
+    def read(self) -> list[Measurement]:
+        """One sample now: trigger, wait until it is ready, collect."""
+        ready = self.trigger()
+        while True:
+            self.wait_until(ready)
+            try:
+                return self.collect()
+            except Pending as more:
+                ready = more.ready
+
+    def wait_until(self, ready: float) -> None:
+        """Sleep until the monotonic time ``ready`` (at once when it has passed)."""
+        delay = ready - self.clock.monotonic()
+        if delay > 0:
+            self.clock.sleep(delay)
+
+    def oversample(self, count: int) -> bool:
+        """Let the chip average ``count`` conversions itself, in one conversion of ``count``
+        times the length, instead of ``count`` samples read back to back; True when it will.
+        Most chips cannot."""
+        return False
 
     def close(self) -> None:  # noqa: B027 - most chips need nothing
         """Leave the chip in its lowest-power state."""

@@ -1,13 +1,17 @@
-"""ROHM BH1750FVI ambient light sensor: illuminance from one one-time measurement per sample.
+"""ROHM BH1750FVI ambient light sensor: illuminance from its continuous measurement.
 
 The chip has no registers and no status bit: every write is a one-byte opcode and every read
-returns the 16-bit data register. One sample is: power on, reset the data register, check that it
-reads 0, set the measurement time (MTreg), start a *one-time* measurement (the chip powers itself
-down afterwards), wait the datasheet's maximum measurement time, read two bytes. The reset check
-catches a chip that ignores commands (a frozen data register would otherwise be read as fresh
-light levels), and re-sending MTreg every sample restores it after a brown-out.
+returns the 16-bit data register. ``setup`` powers it on, resets the data register and checks that
+it reads 0, sets the measurement time (MTreg) and starts a *continuous* measurement: the chip then
+measures again and again by itself (120-180 µA instead of sleeping between samples), and a sample
+is one read of the newest result, with no wait. A data register that reads 0 or the same counts
+as the sample before is suspect -- a brown-out clears it and stops the measurement, a hung core
+freezes it -- so the chip is checked (the reset check catches one that ignores commands), MTreg
+set again (a brown-out restores 69) and the measurement restarted, and the sample is the fresh
+result one measurement time later. In the dark that happens every sample, which costs what the
+one-time measurement of earlier versions cost every time.
 
-The bus lock is held for each group of messages, not across the wait: a measurement takes up to
+The bus lock is held for each group of messages, not across a wait: a measurement takes up to
 662 ms (H-resolution at MTreg 254), and nothing else talks to this address in between.
 
 Numbers cite ROHM's BH1750FVI datasheet (rev. D, 2011): opcodes from the "Instruction Set
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from drivers.base import Driver, Measurement, Option, Quality
+from drivers.base import Driver, Measurement, Option, Pending, Quality
 from drivers.bus import Bus
 from drivers.errors import SensorError
 
@@ -30,6 +34,9 @@ RESET = 0x07  # clears the data register; ignored in power-down
 ONE_TIME_H = 0x20  # 1 lx at MTreg 69
 ONE_TIME_H2 = 0x21  # 0.5 lx at MTreg 69
 ONE_TIME_L = 0x23  # 4 lx at MTreg 69
+CONTINUOUS_H = 0x10  # the same three resolutions, measuring again and again
+CONTINUOUS_H2 = 0x11
+CONTINUOUS_L = 0x13
 MTREG_HIGH_OPCODE = 0b0100_0000  # 01000_MT[7:5]
 MTREG_LOW_OPCODE = 0b0110_0000  # 011_MT[4:0]
 _MTREG_LOW_BITS = 5
@@ -52,16 +59,17 @@ ADDRESSES = (0x23, 0x5C)  # ADDR pin low / high
 class Resolution:
     """One of the three measurement modes: opcode, extra divisor and maximum time at MTreg 69."""
 
-    def __init__(self, opcode: int, divisor: float, max_time: float) -> None:
+    def __init__(self, opcode: int, continuous: int, divisor: float, max_time: float) -> None:
         self.opcode = opcode
+        self.continuous = continuous
         self.divisor = divisor
         self.max_time = max_time
 
 
 RESOLUTIONS = {
-    "high": Resolution(ONE_TIME_H, 1.0, MAX_TIME_H_S),
-    "high2": Resolution(ONE_TIME_H2, 2.0, MAX_TIME_H_S),  # half the counts per lx: ÷2 (p. 11)
-    "low": Resolution(ONE_TIME_L, 1.0, MAX_TIME_L_S),
+    "high": Resolution(ONE_TIME_H, CONTINUOUS_H, 1.0, MAX_TIME_H_S),
+    "high2": Resolution(ONE_TIME_H2, CONTINUOUS_H2, 2.0, MAX_TIME_H_S),  # ÷2 (p. 11)
+    "low": Resolution(ONE_TIME_L, CONTINUOUS_L, 1.0, MAX_TIME_L_S),
 }
 
 
@@ -141,27 +149,63 @@ class BH1750(Driver):
         self._mtreg: int = self.settings["mtreg"]
         self._mtreg_opcodes = mtreg_opcodes(self._mtreg)
         self._wait = max_measurement_time(self._resolution, self._mtreg) + WAIT_MARGIN_S
+        self._fresh: float | None = None  # when the first measurement since the start is there
+        self._previous: int | None = None  # the counts of the last sample
+        self._restarted = False  # the measurement was (re)started since the last sample
+
+    @property
+    def measurement_time(self) -> float:
+        """Seconds a measurement takes at most (with a margin): a continuous result is never
+        older than this."""
+        return self._wait
 
     def setup(self) -> None:
-        """Check that the chip answers and obeys power-on/reset; leave it powered down."""
-        self._start_clean()
-        self._command(POWER_DOWN)
+        """Check that the chip answers and obeys power-on/reset; start measuring continuously."""
+        self._fresh = None
+        self._restart()
 
-    def read(self) -> list[Measurement]:
-        with self.bus.lock:
-            self._start_clean()
-            for opcode in self._mtreg_opcodes:
-                self._command(opcode)
-            self._command(RESOLUTIONS[self._resolution].opcode)
-        self.clock.sleep(self._wait)  # no status bit: the maximum time is the only deadline
+    def trigger(self) -> float:
+        """Nothing to start: the chip measures on its own. Ready now, or once the first
+        measurement since the (re)start has finished."""
+        if self._fresh is None:
+            raise SensorError(f"bh1750 at {self.where}: read() before setup()")
+        return max(self.clock.monotonic(), self._fresh)
+
+    def collect(self) -> list[Measurement]:
+        """The data register -- unless it reads 0 or what it read last time, which a chip that
+        lost power (its register cleared, its measurement stopped) or froze would show too: then
+        the chip is checked and started again, and the sample is the next measurement
+        (:class:`Pending`). A value read right after such a restart is taken as it is."""
+        if self._fresh is None:
+            raise SensorError(f"bh1750 at {self.where}: read() before setup()")
+        self.wait_until(self._fresh)
         counts = _counts(self.bus.read(self.address, 2))
+        suspect = counts == 0 or counts == self._previous
+        if suspect and not self._restarted:
+            self._restart()
+            assert self._fresh is not None
+            raise Pending(self._fresh)
+        self._restarted = False
+        self._previous = counts
         quality = Quality.CLIPPED if counts == FULL_SCALE else Quality.GOOD
         lux = lux_from_counts(counts, self._resolution, self._mtreg)
         return [Measurement("illuminance", lux, "lx", quality)]
 
     def close(self) -> None:
-        """Power down; after a one-time measurement the chip already is, so this is a safety."""
+        """Power down: the continuous measurement stops."""
+        self._fresh = None
         self._command(POWER_DOWN)
+
+    def _restart(self) -> None:
+        """Power on, check the reset, set MTreg (lost at a brown-out) and start measuring."""
+        with self.bus.lock:
+            self._start_clean()
+            for opcode in self._mtreg_opcodes:
+                self._command(opcode)
+            self._command(RESOLUTIONS[self._resolution].continuous)
+        # no status bit: the maximum time is the only way to know the first result is there
+        self._fresh = self.clock.monotonic() + self._wait
+        self._restarted, self._previous = True, None
 
     def _command(self, opcode: int) -> None:
         self.bus.write(self.address, bytes([opcode]))

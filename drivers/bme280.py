@@ -3,10 +3,10 @@
 Adafruit's driver does the chip set-up (id check, soft reset, calibration read-out) and the
 datasheet compensation; this module owns transport and timing, because Adafruit's property reads
 trigger a measurement per property and wait on the status bit with no deadline. One sample here is
-two bus transactions in the usual case: write ctrl_meas (forced mode), then -- after the
-datasheet's maximum measurement time -- one burst read of status and all data registers. The
-compensation then runs on that single snapshot, so temperature, humidity and pressure come from
-the same conversion.
+two bus transactions in the usual case: write ctrl_meas (forced mode: ``trigger``), then -- after
+the datasheet's maximum measurement time -- one burst read of status and all data registers
+(``collect``). The compensation then runs on that single snapshot, so temperature, humidity and
+pressure come from the same conversion.
 
 Register numbers and timings: Bosch BST-BME280-DS002, sections 5.3-5.4 and appendix 9.1.
 
@@ -118,6 +118,7 @@ class BoschForcedDriver(Driver):
             s.get("oversampling_humidity", 0),
         )
         self._config = IIR_CODES[s["iir_filter"]] << 2  # t_sb is unused in forced mode
+        self._started: float | None = None  # monotonic time of the trigger being collected
 
     @abstractmethod
     def _wrong_chip(self, chip_id: int) -> str:
@@ -145,16 +146,23 @@ class BoschForcedDriver(Driver):
                 f"0x{self._config:02x} written: noise on the bus, or the chip reset itself"
             )
 
-    def _measure(self) -> bytes:
-        """Trigger a forced measurement and return status..burst_end once it has finished."""
-        clock = self.clock
-        length = self.burst_end - _BURST_START + 1
-        # The bus stays free for other sensors during the conversion: only this thread talks to
-        # this chip, and each transaction (re)selects a multiplexer channel on its own.
+    def trigger(self) -> float:
+        """Start a forced measurement; it is ready after the datasheet's maximum time."""
+        # The bus stays free for other sensors during the conversion: each transaction
+        # (re)selects a multiplexer channel on its own, and nothing else talks to this chip.
         self._write(REG_CTRL_MEAS, self._ctrl_meas)
-        started = clock.monotonic()
+        self._started = self.clock.monotonic()
+        return self._started + self._measure_time
+
+    def _finish(self) -> bytes:
+        """status..burst_end of the measurement ``trigger`` started, once it has finished."""
+        clock, started = self.clock, self._started
+        if started is None:
+            raise SensorError(f"{self.name} at {self.where}: collect() without trigger()")
+        self._started = None
+        length = self.burst_end - _BURST_START + 1
         deadline = started + self._measure_time + DEADLINE_MARGIN_S
-        clock.sleep(self._measure_time)
+        self.wait_until(started + self._measure_time)
         while True:
             burst = self.bus.write_read(self.address, bytes([_BURST_START]), length)
             if not burst[0] & STATUS_MEASURING and not burst[1] & MODE_FORCED:
@@ -241,10 +249,15 @@ class BME280(BoschForcedDriver):
             self._write(REG_CTRL_HUM, OVERSAMPLING_CODES[s["oversampling_humidity"]])
             self._write(REG_CONFIG, self._config)
 
-    def read(self) -> list[Measurement]:
+    def trigger(self) -> float:
         if self._chip is None:
             raise SensorError(f"bme280 at {self.where}: read() before setup()")
-        data = self._measure()[REG_PRESS_MSB - _BURST_START :]
+        return super().trigger()
+
+    def collect(self) -> list[Measurement]:
+        if self._chip is None:
+            raise SensorError(f"bme280 at {self.where}: read() before setup()")
+        data = self._finish()[REG_PRESS_MSB - _BURST_START :]
         raw_p, raw_t = decode_pressure_temperature(data)
         raw_h = (data[6] << 8) | data[7]
         if SKIPPED_20BIT in (raw_p, raw_t) or raw_h == SKIPPED_16BIT:

@@ -132,13 +132,18 @@ class BMP280(BoschForcedDriver):
             self._write(REG_CONFIG, self._config)
             self._trimming = trimming
 
-    def read(self) -> list[Measurement]:
+    def trigger(self) -> float:
         if self._trimming is None:
             raise SensorError(f"bmp280 at {self.where}: read() before setup()")
-        burst = self._measure()
+        return super().trigger()
+
+    def collect(self) -> list[Measurement]:
+        if self._trimming is None:
+            raise SensorError(f"bmp280 at {self.where}: read() before setup()")
+        burst = self._finish()
         raw_p, raw_t = decode_pressure_temperature(burst[REG_PRESS_MSB - REG_STATUS :])
         # Without ctrl_hum there is no skipped word to betray a brown-out once ctrl_meas has been
-        # written again; the config register read back by _measure() catches it (iir_filter > 0).
+        # written again; the config register read back by _finish() catches it (iir_filter > 0).
         if SKIPPED_20BIT in (raw_p, raw_t):
             raise SensorError(
                 f"bmp280 at {self.where}: the chip returned its reset values; it probably lost "

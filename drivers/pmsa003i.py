@@ -125,7 +125,13 @@ class PMSA003I(Driver):
             )
         self._set_up_at = self.clock.monotonic()
 
-    def read(self) -> list[Measurement]:
+    def trigger(self) -> float:
+        """Nothing to start: the sensor measures continuously; its newest frame is there now."""
+        if self._set_up_at is None:
+            raise SensorError(f"pmsa003i at {self.where}: read() before setup()")
+        return self.clock.monotonic()
+
+    def collect(self) -> list[Measurement]:
         if self._set_up_at is None:
             raise SensorError(f"pmsa003i at {self.where}: read() before setup()")
         data = self._frame_bytes()

@@ -3,8 +3,11 @@
 The chip measures by itself every 5 s once started; the agent samples on its own schedule (an
 interval of 5 s or more). ``setup`` stops whatever measurement still runs (a restarted agent finds
 the chip measuring, and the chip then refuses every other command), reads the serial number as
-identification, and starts the periodic measurement; each ``read`` waits -- bounded -- for the
-data-ready status and reads the newest measurement; ``close`` stops the measurement.
+identification, and starts the periodic measurement. A sample needs no wait of its own: ``trigger``
+sends read_measurement and ``collect`` reads it 1 ms later -- unless the last measurement was read
+less than 5 s ago, when the request waits until the next one must be there. A chip with no new
+data NACKs the read (3.5.2); then ``collect`` waits -- bounded -- for the data-ready status, as a
+chip that stopped measuring must not pass as a slow one. ``close`` stops the measurement.
 
 The first samples after a start carry :attr:`Quality.WARMUP`. The data sheet asks for more than
 three minutes of operation before the output serves as a calibration reference (3.7.1), and
@@ -115,6 +118,10 @@ class SCD4x(Driver):
         self.pressure_from: str = self.settings["pressure_from"]
         self.serial_number: int | None = None
         self._started: float | None = None  # clock.monotonic() of start_periodic_measurement
+        # When the newest measurement was read (the start, before the first): the chip has the
+        # next one at most one signal update interval later.
+        self._last_data = 0.0
+        self._requested: float | None = None  # when read_measurement was sent, if it was
         self._pressure_hpa: float | None = None
 
     @property
@@ -130,14 +137,45 @@ class SCD4x(Driver):
         if self._pressure_hpa is not None:
             self._send_pressure(self._pressure_hpa)
         self._write(sensirion.command(START_PERIODIC_MEASUREMENT))
-        self._started = self.clock.monotonic()
+        self._started = self._last_data = self.clock.monotonic()
+        self._requested = None
 
-    def read(self) -> list[Measurement]:
+    def trigger(self) -> float:
+        """Ask for the newest measurement; the chip has one ready unless the last was read less
+        than a signal update interval ago, and then the request waits until it must be there."""
         if self._started is None:
             raise SensorError(f"{self.label}: read() before setup()")
-        self._wait_for_data()
-        co2, t_ticks, rh_ticks = self._read_words(READ_MEASUREMENT, 3)
-        warm = self.clock.monotonic() - self._started >= WARMUP_S
+        due = self._last_data + SIGNAL_UPDATE_INTERVAL_S
+        if self.clock.monotonic() < due:
+            self._requested = None  # collect() asks at `due`
+            return due + COMMAND_S
+        self._request()
+        assert self._requested is not None
+        return self._requested + COMMAND_S
+
+    def collect(self) -> list[Measurement]:
+        if self._started is None:
+            raise SensorError(f"{self.label}: read() before setup()")
+        if self._requested is None:
+            self.wait_until(self._last_data + SIGNAL_UPDATE_INTERVAL_S)
+            self._request()
+        assert self._requested is not None
+        self.wait_until(self._requested + COMMAND_S)
+        self._requested = None
+        try:
+            with self.bus.lock:
+                data = self.bus.read(self.address, 3 * sensirion.FRAME_BYTES)
+            self._last_data = self.clock.monotonic()  # read out, good or not: the buffer is empty
+            co2, t_ticks, rh_ticks = sensirion.parse_words(data, self.label)
+        except OSError as exc:
+            if exc.errno != errno.EREMOTEIO:
+                raise
+            # 3.5.2: no new data (a chip slower than its 5 s, or one that stopped measuring):
+            # wait for data-ready, bounded, as before the split.
+            self._wait_for_data()
+            co2, t_ticks, rh_ticks = self._read_words(READ_MEASUREMENT, 3)
+        self._last_data = self.clock.monotonic()
+        warm = self._last_data - self._started >= WARMUP_S
         base = Quality.GOOD if warm else Quality.WARMUP
         temperature = sensirion.ticks_to_celsius(t_ticks)
         t_range = sensirion.temperature_quality(temperature, T_MIN_C, T_MAX_C)
@@ -147,6 +185,10 @@ class SCD4x(Driver):
             Measurement("temperature", temperature, "°C", base | t_range),
             Measurement("humidity", sensirion.ticks_to_rh(rh_ticks), "%RH", base),
         ]
+
+    def _request(self) -> None:
+        self._write(sensirion.command(READ_MEASUREMENT))
+        self._requested = self.clock.monotonic()
 
     def serial(self) -> str | None:
         """The 48-bit serial number ``setup`` read (get_serial_number 0x3682, 3.9.2), as ``0x``
@@ -184,7 +226,7 @@ class SCD4x(Driver):
     # --- transfers ------------------------------------------------------------------------------
 
     def _wait_for_data(self) -> None:
-        started = self.clock.monotonic()
+        started = self._last_data
         deadline = started + SIGNAL_UPDATE_INTERVAL_S + READY_MARGIN_S
         while True:
             (status,) = self._read_words(GET_DATA_READY_STATUS, 1)

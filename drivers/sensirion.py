@@ -189,6 +189,40 @@ def measure(
     return parse_words(data, where)
 
 
+def start(bus: Bus, address: int, request: bytes, *, clock: Clock) -> float:
+    """Send a measurement command; the monotonic time it was sent (the first half of
+    :func:`measure`, for a scheduler that reads many chips after one wait)."""
+    with bus.lock:
+        bus.write(address, request)
+        return clock.monotonic()
+
+
+def fetch(bus: Bus, address: int, words: int, *, clock: Clock, sent: float, duration: float,
+          where: str) -> list[int]:
+    """The ``words`` of the conversion :func:`start` began at ``sent``: first read at
+    ``sent + duration`` (sleeping until then if called earlier), retried while the chip NACKs
+    until :data:`DEADLINE_MARGIN_S` later, then :class:`SensorTimeoutError`. The bus lock is held
+    for each read only: the conversion itself needs nothing of the bus."""
+    ready = sent + duration
+    delay = ready - clock.monotonic()
+    if delay > 0:
+        clock.sleep(delay)
+    while True:
+        try:
+            with bus.lock:
+                data = bus.read(address, words * FRAME_BYTES)
+            return parse_words(data, where)
+        except OSError as exc:
+            if exc.errno != errno.EREMOTEIO:
+                raise
+            if clock.monotonic() >= ready + DEADLINE_MARGIN_S:
+                raise SensorTimeoutError(
+                    f"{where}: no result (NACK) {clock.monotonic() - sent:.3f} s after "
+                    "a measurement command; check the sensor's power and wiring"
+                ) from exc
+        clock.sleep(POLL_INTERVAL_S)
+
+
 def identify_by(probe: Callable[[Bus, int, Clock, str], object], name: str,
                 addresses: tuple[int, ...], bus: Bus, address: int,
                 clock: Clock | None) -> str | None:

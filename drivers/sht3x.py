@@ -3,8 +3,9 @@
 Single-shot commands without clock stretching, so no I2C adapter has to tolerate a held SCL (the
 Pi's i2c-bcm2835 handles stretching badly): the driver sends the command, waits the data sheet's
 maximum measurement time, and reads 6 bytes; while the chip is still converting it NACKs the read,
-which the driver retries until a deadline (``sensirion.measure``). Identification reads the
-status register (0xF32D), which every SHT3x answers with a CRC-protected word.
+which the driver retries until a deadline (``sensirion.start`` in ``trigger``, ``sensirion.fetch``
+in ``collect``). Identification reads the status register (0xF32D), which every SHT3x answers
+with a CRC-protected word.
 
 Numbers: Sensirion data sheet "SHT3x-DIS" v5 (May 2018) -- table 9 (single-shot commands), 4.9
 (soft reset), table 16 (heater), tables 17-18 (status register), 4.13 (conversion), table 4
@@ -65,6 +66,7 @@ class SHT3x(Driver):
         super().__init__(bus, address, **kwargs)
         self._repeatability: str = self.settings["repeatability"]
         self._ready = False
+        self._sent: float | None = None  # when the measurement being collected was started
 
     @property
     def label(self) -> str:
@@ -109,17 +111,21 @@ class SHT3x(Driver):
             self.bus.write(self.address, sensirion.command(code))
             self.clock.sleep(wait)
 
-    def read(self) -> list[Measurement]:
+    def trigger(self) -> float:
+        """Send the single-shot command; the result is there after the maximum duration."""
         if not self._ready:
             raise SensorError(f"{self.label}: read() before setup()")
-        t_ticks, rh_ticks = sensirion.measure(
-            self.bus,
-            self.address,
-            sensirion.command(MEASURE[self._repeatability]),
-            2,
-            clock=self.clock,
-            duration=MEASURE_MAX_S[self._repeatability],
-            where=self.label,
+        request = sensirion.command(MEASURE[self._repeatability])
+        self._sent = sensirion.start(self.bus, self.address, request, clock=self.clock)
+        return self._sent + MEASURE_MAX_S[self._repeatability]
+
+    def collect(self) -> list[Measurement]:
+        sent, self._sent = self._sent, None
+        if not self._ready or sent is None:
+            raise SensorError(f"{self.label}: collect() without setup() and trigger()")
+        t_ticks, rh_ticks = sensirion.fetch(
+            self.bus, self.address, 2, clock=self.clock, sent=sent,
+            duration=MEASURE_MAX_S[self._repeatability], where=self.label,
         )
         temperature = sensirion.ticks_to_celsius(t_ticks)
         t_quality = sensirion.temperature_quality(temperature, T_MIN_C, T_MAX_C)

@@ -5,8 +5,9 @@ waits the data sheet's maximum duration, and reads 6 bytes (T, CRC, RH, CRC), re
 chip NACKs (still converting) until a deadline. Identification reads the 32-bit serial number
 (0x89: two words with CRCs), which an SHT3x does not understand.
 
-The optional heater runs *after* a sample, with its heated measurement read and discarded, so no
-reported value comes from a heated sensor: its use is drying a sensor that sits in condensing air.
+The optional heater runs *after* a sample (started by ``collect``, read out and discarded before
+the next ``trigger``, or by ``read`` before it returns), so no reported value comes from a heated
+sensor: its use is drying a sensor that sits in condensing air.
 It is skipped when the duty cycle would exceed what the chip is designed for, and above the ambient
 temperature the data sheet allows it in.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from drivers import sensirion
@@ -78,6 +80,9 @@ class SHT4x(Driver):
         self._heater: str = self.settings["heater"]
         self._last_pulse = -math.inf
         self._heater_failing = False
+        self._sent: float | None = None  # when the measurement being collected was started
+        self._pulse_sent: float | None = None  # when a heater pulse still to be read was started
+        self._pulse_length = 0.0
         self.serial_number: int | None = None
 
     @property
@@ -114,17 +119,22 @@ class SHT4x(Driver):
                 f'{self.label}: found an SHT3x, not an SHT4x; set driver = "sht3x" for this sensor'
             ) from exc
 
-    def read(self) -> list[Measurement]:
+    def trigger(self) -> float:
+        """Send the measurement command (after reading out a heater pulse still under way)."""
         if self.serial_number is None:
             raise SensorError(f"{self.label}: read() before setup()")
-        t_ticks, rh_ticks = sensirion.measure(
-            self.bus,
-            self.address,
-            bytes([MEASURE[self._repeatability]]),
-            2,
-            clock=self.clock,
-            duration=MEASURE_MAX_S[self._repeatability],
-            where=self.label,
+        self._heater_step(self._finish_pulse)
+        request = bytes([MEASURE[self._repeatability]])
+        self._sent = sensirion.start(self.bus, self.address, request, clock=self.clock)
+        return self._sent + MEASURE_MAX_S[self._repeatability]
+
+    def collect(self) -> list[Measurement]:
+        sent, self._sent = self._sent, None
+        if self.serial_number is None or sent is None:
+            raise SensorError(f"{self.label}: collect() without setup() and trigger()")
+        t_ticks, rh_ticks = sensirion.fetch(
+            self.bus, self.address, 2, clock=self.clock, sent=sent,
+            duration=MEASURE_MAX_S[self._repeatability], where=self.label,
         )
         temperature = sensirion.ticks_to_celsius(t_ticks)
         humidity = sensirion.sht4x_ticks_to_rh(rh_ticks)
@@ -138,40 +148,56 @@ class SHT4x(Driver):
             Measurement("humidity", humidity, "%RH", rh_quality),
         ]
         if self._heater != HEATER_OFF and temperature <= HEATER_MAX_AMBIENT_C:
-            self._pulse_logged()
+            self._heater_step(self._start_pulse)
         return measurements
 
-    def _pulse_logged(self) -> None:
-        """A failed pulse costs no sample; it is logged when pulses start or stop failing."""
+    def read(self) -> list[Measurement]:
+        """One sample, and the heater pulse it started read out before returning."""
+        measurements = super().read()
+        self._heater_step(self._finish_pulse)
+        return measurements
+
+    def _heater_step(self, step: Callable[[], bool]) -> None:
+        """A failed pulse costs no sample; it is logged when pulses start or stop failing (a
+        pulse works once its heated result has been read)."""
         try:
-            self._pulse()
+            finished = step()
         except (OSError, SensorError) as exc:
+            self._pulse_sent = None
             if not self._heater_failing:
                 log.warning("%s: heater pulse failed: %s", self.label, exc)
             self._heater_failing = True
             return
-        if self._heater_failing:
+        if self._heater_failing and finished:
             log.info("%s: heater pulses work again", self.label)
-        self._heater_failing = False
+            self._heater_failing = False
 
-    def _pulse(self) -> None:
-        """One heater pulse, if the duty cycle allows; its heated result is read and dropped."""
+    def _start_pulse(self) -> bool:
+        """Start one heater pulse, if the duty cycle allows; it runs while nobody waits for it
+        and its heated result is read and dropped before the next measurement."""
         code, on_time = HEATERS[self._heater]
         now = self.clock.monotonic()
         if now - self._last_pulse < on_time / HEATER_MAX_DUTY:
-            return
+            return False
         self._last_pulse = now
-        sensirion.measure(
-            self.bus,
-            self.address,
-            bytes([code]),
-            2,
-            clock=self.clock,
-            duration=MEASURE_MAX_S["high"],
-            where=f"{self.label} (heater)",
-            unlocked=on_time,
-        )
+        self._pulse_sent = sensirion.start(self.bus, self.address, bytes([code]),
+                                           clock=self.clock)
+        self._pulse_length = on_time
+        return False
+
+    def _finish_pulse(self) -> bool:
+        """Read out (and drop) the heated measurement of a pulse, waiting for its end if it is
+        still under way -- only with an interval shorter than the pulse."""
+        sent = self._pulse_sent
+        if sent is None:
+            return False
+        self._pulse_sent = None
+        sensirion.fetch(self.bus, self.address, 2, clock=self.clock, sent=sent,
+                        duration=self._pulse_length + MEASURE_MAX_S["high"],
+                        where=f"{self.label} (heater)")
+        return True
 
     def close(self) -> None:
         """Nothing to do: the chip idles between commands and its heater is pulse-only."""
         self.serial_number = None
+        self._sent = self._pulse_sent = None

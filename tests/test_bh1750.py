@@ -12,7 +12,7 @@ import pytest
 from agent.config import ConfigError, parse_config
 from agent.sampling.sampler import SensorWorker, State
 from agent.store.outbox import Outbox
-from drivers.base import Quality
+from drivers.base import Pending, Quality
 from drivers.bh1750 import (
     BH1750,
     identify,
@@ -23,7 +23,12 @@ from drivers.bh1750 import (
 from drivers.errors import SensorError
 from drivers.registry import DRIVERS, IDENTIFIERS
 from drivers.scan import scan
-from drivers.sim.bh1750 import ONE_TIME_H, ONE_TIME_H2, ONE_TIME_L, BH1750Model
+from drivers.sim.bh1750 import (
+    CONTINUOUS_H,
+    CONTINUOUS_H2,
+    CONTINUOUS_L,
+    BH1750Model,
+)
 from drivers.sim.clock import FakeClock
 from drivers.sim.environment import Environment
 from drivers.sim.simbus import Garbage, Nack, SimBus, Stuck
@@ -42,6 +47,11 @@ def rig(**options: Any) -> tuple[SimBus, BH1750Model, BH1750]:
 
 
 def lux(driver: BH1750) -> float:
+    """A sample taken one measurement after the test changed the light: the continuous
+    measurement's newest result is at most that old."""
+    clock = driver.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(driver.measurement_time)
     (measurement,) = driver.read()
     assert (measurement.quantity, measurement.unit) == ("illuminance", "lx")
     return measurement.value
@@ -85,8 +95,8 @@ def test_mtreg_opcodes_split_the_register() -> None:
 
 @pytest.mark.parametrize(
     ("resolution", "mtreg", "opcode"),
-    [("high", 69, ONE_TIME_H), ("high2", 69, ONE_TIME_H2), ("low", 69, ONE_TIME_L),
-     ("high", 31, ONE_TIME_H), ("high2", 254, ONE_TIME_H2), ("low", 254, ONE_TIME_L)],
+    [("high", 69, CONTINUOUS_H), ("high2", 69, CONTINUOUS_H2), ("low", 69, CONTINUOUS_L),
+     ("high", 31, CONTINUOUS_H), ("high2", 254, CONTINUOUS_H2), ("low", 254, CONTINUOUS_L)],
 )
 def test_illuminance_comes_back_within_the_resolution(
     resolution: str, mtreg: int, opcode: int
@@ -103,14 +113,57 @@ def test_illuminance_comes_back_within_the_resolution(
     assert model.opcodes[-1] == opcode
 
 
-def test_one_sample_is_one_one_time_measurement_and_the_chip_powers_down() -> None:
-    _, model, driver = rig(mtreg=100)
+def test_setup_starts_a_continuous_measurement_and_a_sample_is_one_read() -> None:
+    bus, model, driver = rig(mtreg=100)
     driver.setup()
+    assert model.opcodes == [0x01, 0x07, 0x40 | 100 >> 5, 0x60 | 100 & 0x1F, CONTINUOUS_H]
+    assert model.measuring and model.mtreg == 100
     model.opcodes.clear()
+    bus.clear_log()
     model.illuminance = 321.0
     assert lux(driver) == pytest.approx(321.0, abs=1.0)
-    assert model.opcodes == [0x01, 0x07, 0x40 | 100 >> 5, 0x60 | 100 & 0x1F, 0x20]
-    assert model.measurements == 1 and not model.powered and model.mtreg == 100
+    assert model.opcodes == []  # nothing written: one read of the data register
+    assert [t.kind for t in bus.transactions(ADDRESS)] == ["read"]
+    driver.close()
+    assert not model.measuring and not model.powered
+
+
+def test_trigger_says_when_the_first_result_is_there_and_collect_waits_for_it() -> None:
+    _, model, driver = rig(mtreg=31)
+    model.illuminance = 500.0
+    driver.setup()
+    clock = driver.clock
+    started = clock.monotonic()
+    ready = driver.trigger()
+    assert ready == pytest.approx(started + driver.measurement_time)
+    (m,) = driver.collect()  # early: sleeps until the first measurement has finished
+    assert clock.monotonic() == pytest.approx(ready)
+    assert m.value == pytest.approx(500.0, abs=2.0)
+    assert driver.trigger() == clock.monotonic()  # from then on: ready at once
+
+
+def test_a_dark_or_repeated_value_restarts_the_measurement_and_reads_it_fresh() -> None:
+    bus, model, driver = rig()
+    driver.setup()
+    model.illuminance = 300.0
+    lux(driver)  # the first result after a start is taken as it is
+    model.illuminance = 0.0  # dark, or a chip that lost power: 0 is checked
+    ready = driver.trigger()
+    clock = driver.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(ready - clock.monotonic())
+    model.opcodes.clear()
+    with pytest.raises(Pending) as again:
+        driver.collect()
+    assert model.opcodes[-1] == CONTINUOUS_H  # checked, MTreg set, started again
+    clock.advance(again.value.ready - clock.monotonic())
+    (m,) = driver.collect()
+    assert m.value == 0.0  # a fresh 0 is the dark
+    model.illuminance = 640.0
+    assert lux(driver) == pytest.approx(640.0, abs=1.0)
+    bus.inject(ADDRESS, Stuck())  # the same counts again: not stored without a fresh look
+    model.illuminance = 80.0
+    assert lux(driver) == pytest.approx(80.0, abs=1.0)
 
 
 def test_driver_waits_the_maximum_time_not_the_typical_one() -> None:
@@ -176,14 +229,14 @@ def test_frozen_chip_is_an_error_not_a_stale_value() -> None:
     assert lux(driver) == pytest.approx(10.0, abs=1.0)
 
 
-@pytest.mark.parametrize("fault", [Stuck(), Garbage(seed=3)])
-def test_corrupted_reads_are_caught_by_the_reset_check(fault: Stuck | Garbage) -> None:
+def test_a_garbled_reset_check_is_caught() -> None:
     bus, model, driver = rig()
     driver.setup()
-    model.illuminance = 500.0
+    model.illuminance = 300.0
     lux(driver)
-    bus.inject(ADDRESS, fault)  # the first read of the next sample: the post-reset check
-    with pytest.raises(SensorError):
+    bus.inject(ADDRESS, Stuck())  # the data read repeats itself, so the chip is checked ...
+    bus.inject(ADDRESS, Garbage(seed=3))  # ... and the check's read is noise
+    with pytest.raises(SensorError, match="not executing commands"):
         driver.read()
 
 
@@ -301,7 +354,7 @@ def test_through_the_agent_values_are_stored_and_faults_only_warn(tmp_path: Path
         buses[1].inject(ADDRESS, Nack())
         worker.sample()
         assert worker.health.state is State.WARNING
-        model.frozen, model.data = True, 0x4242
+        model.frozen = True  # the register stops changing: the same counts, then no reset
         worker.sample()
         assert worker.health.state is State.WARNING
         assert outbox.stats().added == added

@@ -224,8 +224,8 @@ def test_ambient_pressure_before_setup_and_out_of_range() -> None:
 def test_a_flipped_bit_in_any_measurement_word_is_an_error_never_a_value(word: int) -> None:
     driver, model, _, clock = rig(co2=800.0)
     driver.read()
-    clock.advance(5.0)  # data ready: one data-ready answer, then the measurement
-    model.corrupt(word=word, bit=5, skip=1)  # the data-ready answer intact, the measurement not
+    clock.advance(5.0)  # a measurement is there: read_measurement is the only answer
+    model.corrupt(word=word, bit=5)
     with pytest.raises(SensorError, match="scd4x at 1:0x62: CRC mismatch"):
         driver.read()
     assert values(driver)["co2"][0] == 800.0  # the next measurement is good again

@@ -9,6 +9,7 @@ are real but tiny (0.3 s connect, 0.5 s read, 1.5 s total deadline).
 from __future__ import annotations
 
 import email.utils
+import itertools
 import json
 import logging
 import math
@@ -592,10 +593,11 @@ def test_the_worker_delivers_while_sampling_goes_on(server: FaultServer, outbox:
     assert max(len(keys_in(body)) for body in server.committed) == 500  # full batches first
 
 
-def test_a_commit_during_a_post_is_sent_at_once_not_at_the_next_look(
+def test_an_alert_committed_during_a_post_is_sent_at_once_not_at_the_next_look(
         server: FaultServer, outbox: Outbox, tmp_path: Path) -> None:
     """The writer's nudge (Agent.on_commit) may come while the worker is still in the step
-    that will find it caught up: it must not be lost until the next look, an hour away."""
+    that will find it caught up: an urgent one must not be lost until the next look, an hour
+    away."""
     outbox.append(samples(2))
     uplink = make_uplink(server.url(), outbox, tmp_path, clock=SystemClock(),
                          flush_interval=3600.0)
@@ -603,7 +605,7 @@ def test_a_commit_during_a_post_is_sent_at_once_not_at_the_next_look(
 
     def commit_meanwhile(handler: Handler, request: Received) -> None:
         outbox.append(samples(2, start=10))  # committed while this batch is in flight
-        uplink.nudge()
+        uplink.nudge(urgent=True)
         first(handler, request)
 
     server.then(commit_meanwhile)
@@ -615,6 +617,39 @@ def test_a_commit_during_a_post_is_sent_at_once_not_at_the_next_look(
     finally:
         uplink.stop()
     assert len(server.committed) == 2 and outbox.stats().backlog == 0
+
+
+def test_commits_go_at_most_once_per_flush_interval_alerts_at_once(
+        server: FaultServer, outbox: Outbox, tmp_path: Path) -> None:
+    """Issue 16: a commit every 0.2 s, a post every 1.5 s with all of them; an alert at once."""
+    uplink = make_uplink(server.url(), outbox, tmp_path, clock=SystemClock(),
+                         flush_interval=1.5)
+    answer, times = ok(), []
+
+    def timed(handler: Handler, request: Received) -> None:
+        times.append(time.monotonic())
+        answer(handler, request)
+
+    server.default = timed
+    uplink.start()
+    try:
+        for i in range(20):  # 4 s of commits
+            outbox.append(samples(1, start=i))
+            uplink.nudge()
+            time.sleep(0.2)
+        posts = len(times)
+        outbox.append(samples(1, start=100))
+        uplink.nudge(urgent=True)  # an alert's commit, well inside the interval
+        deadline = time.monotonic() + 1.0
+        while len(times) == posts:
+            assert time.monotonic() < deadline, "the alert waited for the flush interval"
+            time.sleep(0.01)
+    finally:
+        uplink.stop()
+    times = times[:posts]
+    assert 3 <= posts <= 4, posts  # 0 s, 1.5 s, 3 s (and 4 s for the last commits at most)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 1.5 - 0.15 - 0.05, gaps  # the interval, less its tenth of tolerance
 
 
 def test_stop_cuts_an_upload_short_after_its_grace_and_keeps_its_batch(

@@ -150,7 +150,7 @@ def test_the_writer_asks_delivery_to_stop_before_its_final_commit(tmp_path: Path
     with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20, subscribers=ONE) as box:
         agent = Agent(config, [], outbox=box, clock=FakeClock(), boot_id="b")
         agent.on_stop = lambda: calls.append("stop")
-        agent.on_commit = lambda: calls.append("commit")
+        agent.on_commit = lambda urgent: calls.append("commit")
         agent.submit(samples(1))
         agent.run(duration=0.5)  # shorter than the commit interval: only the final commit
         assert box.stats().backlog == 3

@@ -84,7 +84,7 @@ class UplinkConfig:
     client_key: Path | None = None
     measurement: str = "envagent"
     batch_size: int = 5000
-    flush_interval: float = 60.0  # a fallback: each commit nudges delivery (agent.uplink.worker)
+    flush_interval: float = 60.0  # one post per interval at most, unless urgent (uplink.worker)
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     deadline: float = 60.0

@@ -1,7 +1,9 @@
 """``envagent run``: sampling, delivery, watchdog and status LED, composed and torn down in order.
 
 Start-up: outbox open (salvaged if damaged), the station record written (agent.store.station; only
-when it changed), sensor threads started, READY=1 once every sensor has tried its first setup.
+when it changed), sampling started, READY=1 once every sensor has tried its first setup. The
+writer's commit, the watchdog's tick and the health sample are periodic work of the sampling
+scheduler: they ride its wake-ups, with no timer threads of their own.
 Shutdown (SIGTERM, SIGINT, ``--duration``): STOPPING=1, delivery starts no new send, sensors
 stop, everything sampled is committed, and each upstream's delivery stops once the send in
 flight, if any, is acknowledged -- or after ``STOP_GRACE_S``, cut short with its batch still in
@@ -24,7 +26,7 @@ from typing import Any
 
 from agent.config import Config, IndicatorConfig
 from agent.core.errors import StorageError
-from agent.runtime.health import HealthReporter
+from agent.runtime.health import FIRST_SAMPLE_S, HealthReporter
 from agent.runtime.indicator import Condition, ServiceButton, StatusLED, condition
 from agent.runtime.notify import Notifier
 from agent.runtime.statusfile import StatusFiles
@@ -40,6 +42,8 @@ log = logging.getLogger("envagent")
 # How long READY=1 waits for the sensors' first setup: a chip that does not answer fails fast,
 # but an SCD4x needs ~0.5 s to stop a measurement it was left in.
 SETUP_WAIT_S = 10.0
+# How late a health sample may come to ride a sensor slot rather than wake a runner for itself.
+HEALTH_SLACK_S = 60.0
 # The uplink states, as the status LED groups them.
 _LED_UPLINK = {"starting": "ok", "ok": "ok", "retrying": "offline", "failing": "offline",
                "auth_blocked": "auth"}
@@ -93,8 +97,15 @@ class Service:
             uplink.start()
         self.agent.start()
         self.agent.wait_for_setup(SETUP_WAIT_S)
-        self.supervisor.start()
-        self.health.start(self.config.health.interval)
+        self.supervisor.begin()
+        # Both ride the scheduler's wake-ups (agent.sampling.scheduler.Periodic): no timer
+        # threads of their own.
+        interval, slack = self.supervisor.pace()
+        self.agent.slots.every("the watchdog's tick", interval, self.supervisor.tick,
+                               slack=slack)
+        health = self.config.health.interval
+        self.agent.slots.every("the health sample", health, self.health.report,
+                               slack=min(health / 2, HEALTH_SLACK_S), first=FIRST_SAMPLE_S)
         try:
             self.agent.run(duration=duration)
         finally:
@@ -106,9 +117,9 @@ class Service:
                 if device is not None:
                     device.close()
 
-    def _nudge(self) -> None:
+    def _nudge(self, urgent: bool = False) -> None:
         for uplink in self.uplinks:
-            uplink.nudge()
+            uplink.nudge(urgent=urgent)
 
     def _request_stop(self) -> None:
         for uplink in self.uplinks:

@@ -5,8 +5,13 @@ thread has been stuck inside one setup or read for longer than ``hung_after``. A
 deadlocked writer therefore stops the pings and systemd restarts the service; a slow or dead
 upstream does not, because delivery is not part of the check -- restarting would not fix it.
 
-The pinger runs on its own thread so it keeps its pace whatever the writer is doing; it is the
-heartbeat it *checks* that tells a live writer from a stuck one.
+The tick has no thread of its own in the daemon: it is periodic work of the sampling scheduler
+(agent.sampling.scheduler, ``Slots.every``), so it rides the wake-ups of the sensor slots and a
+ping is itself a sign that a runner served a slot. Its pace (:meth:`Supervisor.pace`) keeps a
+ping at most ``3/4`` of the notifier's interval after the last one -- a runner wakes for it alone
+only when no slot comes in time -- and it is the writer's heartbeat it *checks* that tells a
+live writer from a stuck one, never the tick's own timer. ``start`` (with its own thread) is
+for a supervisor on its own; the service calls ``begin`` and hands :meth:`tick` to the scheduler.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ log = logging.getLogger("envagent.watchdog")
 # A sensor stuck in one bus exchange this long is hung: every driver bounds its own waits far
 # below this (a BME280 sample takes < 0.2 s; an SCD4x data-ready wait < 10 s).
 HUNG_READ_S = 30.0
-# Without a systemd watchdog the supervisor still refreshes the status and the LED this often.
+# Without a systemd watchdog the supervisor still refreshes the status and the LED about this
+# often (riding the slots, at most every 3 x this).
 IDLE_TICK_S = 5.0
 
 
@@ -60,6 +66,8 @@ class Supervisor:
         self._on_tick = on_tick
         self._writer_beat = writer_beat
         self._stop = threading.Event()
+        self._tick_lock = threading.Lock()  # a tick under way ends before STOPPING=1
+        self._stopped = False
         self._last_status = ""
         self._last_problem: str | None = None
         self.thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
@@ -77,7 +85,22 @@ class Supervisor:
         return None
 
     def tick(self) -> None:
-        """One supervision step: ping if healthy, and publish the status line when it changed."""
+        """One supervision step: ping if healthy, and publish the status line when it changed.
+        Nothing after :meth:`stop`."""
+        with self._tick_lock:
+            if not self._stopped:
+                self._tick()
+
+    def pace(self) -> tuple[float, float]:
+        """``(interval, slack)`` for the scheduler (agent.sampling.scheduler.Periodic): a tick
+        rides any wake-up a quarter of the notifier's interval after the last, and comes on its
+        own at three quarters of it at the latest (systemd's timeout is twice that interval)."""
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return IDLE_TICK_S, 2 * IDLE_TICK_S
+        return interval / 4, interval / 2
+
+    def _tick(self) -> None:
         problem = self.problem()
         if problem != self._last_problem:
             if problem is not None:
@@ -95,15 +118,23 @@ class Supervisor:
         if self._on_tick is not None:
             self._on_tick()
 
-    def start(self) -> None:
+    def begin(self) -> None:
+        """READY=1 and the first tick; the next ticks come from whoever calls :meth:`tick`."""
         self.notifier.ready()
         self.tick()
+
+    def start(self) -> None:
+        """``begin``, then tick on a thread of its own (a supervisor without a scheduler)."""
+        self.begin()
         self.thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self.thread.join(5)  # a tick under way ends first: nothing follows STOPPING=1
-        self.notifier.stopping()
+        if self.thread.ident is not None:
+            self.thread.join(5)
+        with self._tick_lock:  # a tick under way ends first: nothing follows STOPPING=1
+            self._stopped = True
+            self.notifier.stopping()
 
     def _run(self) -> None:
         # Twice per notifier interval, i.e. four pings per WatchdogSec: one late tick never

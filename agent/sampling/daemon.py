@@ -1,13 +1,18 @@
-"""The sampling half of the agent: sensor threads feed one writer that commits in batches.
+"""The sampling half of the agent: one scheduler thread samples the sensors (agent.sampling.
+scheduler.Slots; a misbehaving sensor on a thread of its own) and feeds one writer that commits
+in batches.
 
 Readings wait in memory for at most ``storage.commit_interval`` and are then committed in one
 transaction -- the trade-off between SD-card wear (every commit rewrites at least a page) and what
 a power cut can take. A clean stop (SIGTERM, SIGINT, ``--duration``) commits everything sampled.
 
-The writer sleeps from one commit to the next: the sensor threads queue their readings without
-waking it (a wake-up costs more CPU than the readings it would move), and only an alert
-(``submit(..., urgent=True)``) or a stop brings the commit forward. After each commit
-``on_commit`` tells delivery there is something new.
+The writer has no thread of its own: its commit is periodic work of the scheduler
+(``Slots.every``), aligned to wall-clock multiples of ``commit_interval`` so it rides the wake-up
+of a sensor slot, and the clock's sync check (agent.sampling.timekeeping) follows each commit.
+The sensors queue their readings without waking anything (a wake-up costs more CPU than the
+readings it would move); only an alert (``submit(..., urgent=True)``) brings the commit
+forward, and a stop commits everything left. After each commit ``on_commit(urgent)`` tells
+delivery there is something new, and whether it carries an alert.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from agent.core.timebase import ExternalTime
 from agent.sampling.alerts import Alerts
 from agent.sampling.power import PowerSwitch
 from agent.sampling.sampler import SensorWorker
+from agent.sampling.scheduler import Slots
 from agent.sampling.timekeeping import TimeKeeper
 from agent.store.maintenance import Watch
 from agent.store.storage import Store
@@ -39,6 +45,8 @@ log = logging.getLogger("envagent")
 
 # How long a stop waits for a sensor thread stuck in a read before leaving it behind.
 JOIN_TIMEOUT_S = 2.0
+# ``run`` without a duration: how often the waiting thread looks up (a stop wakes it at once).
+IDLE_WAIT_S = 3600.0
 # Readings held in memory while the disk is full; beyond it the oldest are given up. A held
 # reading costs ~220 bytes (measured), so this is ~4 MiB of the 35 MiB budget: hours of data.
 MAX_HELD_READINGS = 20_000
@@ -87,13 +95,15 @@ class Agent:
         self.clock = clock
         self.boot_id = boot_id
         self.stop = threading.Event()
-        self._wake = threading.Event()  # set by a stop or an urgent submission
-        self.on_commit: Callable[[], None] | None = None  # after each commit that stored readings
+        # after each commit that stored readings; True when it carried an urgent submission
+        self.on_commit: Callable[[bool], None] | None = None
         # as a stop begins, before the final commit: delivery starts nothing new from then on
         self.on_stop: Callable[[], None] | None = None
         self._queue: queue.SimpleQueue[list[Reading]] = queue.SimpleQueue()
         self._pending: list[Reading] = []
         self._given_up = 0  # readings dropped from _pending while the disk was full
+        self._urgent = False  # an urgent submission waits for its commit
+        self._commit_lock = threading.Lock()  # a runner's commit, or the final one at a stop
         self._storage_error: StorageError | None = None  # while commits fail
         self.workers = [
             SensorWorker(
@@ -108,6 +118,13 @@ class Agent:
         if maintenance is not None:
             for worker in self.workers:
                 worker.processor.maintenance = maintenance.active
+        self.slots = Slots(self.workers, clock, self.stop,  # type: ignore[arg-type]
+                           own=lambda worker: worker.run_own(self.slots))  # type: ignore[attr-defined]
+        self._started = False
+        interval = config.storage.commit_interval
+        # The writer's turn, on the scheduler's wake-ups (see the module's docstring).
+        self.commit_job = self.slots.every("the commit", interval, self._commit_turn,
+                                           slack=interval / 2, align=True)
         self._feed_pressure()
         # [[alert]] (agent.sampling.alerts): committed at once, so delivery can send them ahead of
         # all
@@ -143,12 +160,13 @@ class Agent:
         ``urgent`` ones are committed at once instead of at the next commit interval."""
         self._queue.put(list(readings))
         if urgent:
-            self._wake.set()
+            self._urgent = True
+            self.slots.request(self.commit_job)
 
     def request_stop(self) -> None:
         """Ask ``run`` to finish: safe from a signal handler or another thread."""
         self.stop.set()
-        self._wake.set()
+        self.slots.kick()
 
     @property
     def storage_failing(self) -> bool:
@@ -156,56 +174,56 @@ class Agent:
         return self._storage_error is not None
 
     def start(self) -> None:
-        """Start the sensor threads (``run`` does it too, if nobody did)."""
-        for worker in self.workers:
-            if not worker.thread.is_alive() and worker.thread.ident is None:
-                worker.thread.start()
+        """Start sampling: each sensor sets itself up on a thread of its own, then the scheduler
+        takes it (``run`` starts it too, if nobody did)."""
+        if not self._started:
+            self._started = True
+            self.slots.start()
 
     def run(self, duration: float | None = None) -> None:
-        """Sample until ``stop`` is set (or ``duration`` seconds pass), then commit and return."""
+        """Sample until ``stop`` is set (or ``duration`` seconds pass), then commit and return.
+
+        The calling thread only waits: the scheduler's runners sample and commit."""
         clock = self.clock
-        started = clock.monotonic()
-        end = None if duration is None else started + duration
-        commit_interval = self.config.storage.commit_interval
-        next_commit = started + commit_interval
+        self.last_cycle = clock.monotonic()
         self.start()
         log.info(
             "sampling %d sensor(s); committing every %gs to %s",
-            len(self.workers), commit_interval, self.outbox.path,
+            len(self.workers), self.config.storage.commit_interval, self.outbox.path,
         )
         try:
-            while not self.stop.is_set():
-                now = self.last_cycle = clock.monotonic()
-                if end is not None and now >= end:
-                    break
-                wake = next_commit if end is None else min(next_commit, end)
-                if clock.wait(self._wake, max(0.0, wake - now)):
-                    self._wake.clear()
-                    if not self.stop.is_set():
-                        self._commit_cycle()  # an urgent submission: the schedule stays
-                    continue
-                if clock.monotonic() < next_commit:
-                    continue  # the end of --duration
-                self._commit_cycle()
-                next_commit += commit_interval
-                if next_commit <= clock.monotonic():  # a commit overran: no burst to catch up
-                    next_commit = clock.monotonic() + commit_interval
+            if duration is not None:
+                clock.wait(self.stop, duration)
+            else:
+                while not self.stop.wait(IDLE_WAIT_S):
+                    pass
         finally:
             self.stop.set()
+            self.slots.kick()
             if self.on_stop is not None:
                 self.on_stop()
+            self.slots.join(JOIN_TIMEOUT_S)
             for worker in self.workers:
                 worker.thread.join(JOIN_TIMEOUT_S)
                 if worker.thread.is_alive():
                     log.warning("%s: still busy in a read at shutdown; left behind", worker.label)
             self._commit_cycle()
 
+    def _commit_turn(self) -> None:
+        """The writer's turn on a runner: its heartbeat (the watchdog's), then the commit."""
+        if self.stop.is_set():
+            return  # the stop's own commit follows
+        self.last_cycle = self.clock.monotonic()
+        self._commit_cycle()
+
     def _commit_cycle(self) -> None:
-        self._drain()
-        stored = self.commit()
-        self._keep_time()
+        with self._commit_lock:
+            urgent, self._urgent = self._urgent, False
+            self._drain()
+            stored = self.commit()
+            self._keep_time()
         if stored and self.on_commit is not None:
-            self.on_commit()
+            self.on_commit(urgent)
 
     def _drain(self) -> None:
         while True:

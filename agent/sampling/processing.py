@@ -94,9 +94,13 @@ class Processor:
 
     def sample(self, read: Callable[[], Sequence[Measurement]]) -> list[Processed]:
         """Read ``average`` times and process the mean; a failed read propagates."""
+        return self.finish([read() for _ in range(self.average)])
+
+    def finish(self, samples: Sequence[Sequence[Measurement]]) -> list[Processed]:
+        """Process the mean of samples read elsewhere (the scheduler reads them in steps);
+        taken in maintenance mode, they are flagged so."""
         flags = Quality.MAINTENANCE if self.maintenance is not None and self.maintenance() \
             else Quality.GOOD
-        samples = [read() for _ in range(self.average)]
         return [self._process(m, flags) for m in mean(samples)]
 
     def _process(self, m: Measurement, flags: Quality = Quality.GOOD) -> Processed:

@@ -1,6 +1,9 @@
-"""One thread per sensor: set up, sample on schedule, and recover -- never permanently dead.
+"""One sensor's life: set up, sample on schedule, and recover -- never permanently dead.
 
-Each sensor runs on its own thread so a slow or hung sensor delays nobody else. Health follows
+A :class:`SensorWorker` is sampled in steps by the one scheduler thread
+(agent.sampling.scheduler: ``begin`` triggers, ``resume`` collects) while it behaves, and runs
+on a thread of its own (``run``: set up, re-probe, sample with its own waits) while it does not --
+so a slow or hung sensor delays nobody else. Health follows
 DESIGN.md: ok -> warning (a read failed; the next slot retries) -> failed (after several
 consecutive failures, or when setup fails: the chip is re-probed and set up again with a capped
 exponential backoff) -> ok. Only transitions are logged, never individual polls.
@@ -21,8 +24,8 @@ from agent.core.reading import Reading
 from agent.core.timebase import NS
 from agent.sampling.power import PowerSwitch
 from agent.sampling.processing import Processor
-from agent.sampling.scheduler import Schedule
-from drivers.base import Driver, Quality
+from agent.sampling.scheduler import Schedule, Slots
+from drivers.base import Driver, Measurement, Pending, Quality
 from drivers.bus import describe_error
 from drivers.clock import Clock
 
@@ -35,6 +38,10 @@ REPROBE_FIRST_S = 5.0
 REPROBE_CAP_S = 300.0
 # A change of (wall - monotonic) larger than this is a step of the wall clock, not drift.
 WALL_STEP_S = 1.0
+# A sample on a sensor's own thread that took at most this long, waits included, shows that it
+# behaves again: the scheduler takes it back. (An SCD4x's first sample waits 5 s for its first
+# measurement; the next is instant.)
+BEHAVES_S = 2.0
 
 
 class State(enum.StrEnum):
@@ -77,15 +84,31 @@ class SensorWorker:
         self._set_up = False
         self._reprobe_delay = REPROBE_FIRST_S
         self.busy_since: float | None = None  # monotonic start of the setup/read in progress
+        self.idle = threading.Event()  # set while no thread is inside this sensor's driver
+        self.idle.set()
         self.first_setup = threading.Event()  # set once setup was tried (success or not)
         self.thread = threading.Thread(target=self.run, name=f"sensor-{sensor.id}", daemon=True)
+        # Reads per reading: ``average``, or 1 when the chip averages itself (ADS1115 oversample).
+        self.rounds = sensor.average
+        if sensor.average > 1 and driver.oversample(sensor.average):
+            self.rounds = 1
+        self.schedule = Schedule(sensor.interval, clock)
+        # The scheduler's bookkeeping (agent.sampling.scheduler.Slots, under its lock):
+        self.attached = False  # sampled by the scheduler thread, not a thread of its own
+        self.wants_in = False  # behaved on its own thread: the scheduler takes it at its next claim
+        self._stamp: tuple[bool | None, int, int] = (None, 0, 0)
+        self._samples: list[list[Measurement]] = []
 
     @property
     def label(self) -> str:
         return f"{self.sensor.driver} '{self.sensor.id}' at {self.sensor.where}"
 
+    @property
+    def set_up(self) -> bool:
+        return self._set_up
+
     def run(self) -> None:
-        schedule = Schedule(self.sensor.interval, self.clock)
+        schedule = self.schedule
         offset = self._wall_offset()
         while not self.stop.is_set():
             if not self._set_up:
@@ -108,6 +131,44 @@ class SensorWorker:
             self.sample()
             schedule.advance()
 
+    def run_own(self, slots: Slots) -> None:
+        """This sensor on a thread of its own (at start, and while it misbehaves): set up with
+        backoff, sample its slots with its own waits, and hand itself back to the scheduler
+        after a sample that went through in time."""
+        self.idle.wait()  # a call still under way on a scheduler thread returns first
+        offset = self._wall_offset()
+        while not self.stop.is_set():
+            if not self._set_up and not self._setup_or_wait():
+                continue
+            slot = slots.claim_own(self)
+            if slot is None:
+                return  # the scheduler has it
+            if self.clock.wait(self.stop, slot - self.clock.monotonic()):
+                return
+            if abs(self._wall_offset() - offset) > WALL_STEP_S:
+                offset = self._wall_offset()
+                self.schedule.realign()
+                continue
+            samples, started = self.health.samples, self.clock.monotonic()
+            self.sample()
+            took = self.clock.monotonic() - started
+            if self.health.samples > samples and took <= BEHAVES_S and slots.want_in(self):
+                return
+
+    def _setup_or_wait(self) -> bool:
+        """One setup attempt (after a power cycle of a failed sensor, where wired); after a
+        failure, the backoff's wait. True when the sensor is set up."""
+        if self.power is not None and self.health.state is State.FAILED:
+            self._power_cycle()
+        set_up = self._try_setup()
+        self.first_setup.set()
+        if not set_up:
+            self.clock.wait(self.stop, self._reprobe_delay)
+            self._reprobe_delay = min(self._reprobe_delay * 2, REPROBE_CAP_S)
+            return False
+        self.schedule.realign()
+        return True
+
     def _power_cycle(self) -> None:
         assert self.power is not None
         if self.power.cycles == 0:
@@ -121,12 +182,15 @@ class SensorWorker:
 
     @contextlib.contextmanager
     def _busy(self) -> Iterator[None]:
-        """Marks a setup or read in progress, so the supervisor can tell a hung one."""
+        """Marks a setup or read in progress, so the supervisor can tell a hung one (and the
+        scheduler one that another thread is still inside)."""
+        self.idle.clear()
         self.busy_since = self.clock.monotonic()
         try:
             yield
         finally:
             self.busy_since = None
+            self.idle.set()
 
     def _try_setup(self) -> bool:
         try:
@@ -145,16 +209,64 @@ class SensorWorker:
         return True
 
     def sample(self) -> None:
-        """Take one sample now and hand its readings on; failures only change health."""
-        synced = self.clock.synchronized()
-        time_ns = int(self.clock.time() * NS)
-        boot_ns = int(self.clock.boottime() * NS)
+        """Take one sample now, waits included, and hand its readings on; failures only change
+        health."""
+        self._begin_stamp(self.clock.synchronized())
         try:
             with self._busy():
-                measurements = self.processor.sample(self.driver.read)
+                samples = [self.driver.read() for _ in range(self.rounds)]
         except Exception as exc:  # noqa: BLE001 - one flaky sensor never takes the unit down
             self._read_failed(exc)
             return
+        self._finish(samples)
+
+    # --- in steps, for the scheduler --------------------------------------------------------------
+
+    def begin(self, synced: bool | None) -> float | None:
+        """Stamp the sample and trigger its first conversion: when to ``resume``, or None when
+        the trigger failed (health records it)."""
+        self._begin_stamp(synced)
+        return self._step(self.driver.trigger)
+
+    def resume(self) -> float | None:
+        """Collect what is ready: when to resume again (another conversion, or the next of
+        ``average`` reads), or None when the sample is done -- delivered, or failed."""
+        try:
+            with self._busy():
+                measurements = self.driver.collect()
+        except Pending as more:
+            return more.ready
+        except Exception as exc:  # noqa: BLE001 - one flaky sensor never takes the unit down
+            self._read_failed(exc)
+            return None
+        self._samples.append(measurements)
+        if len(self._samples) < self.rounds:
+            return self._step(self.driver.trigger)
+        samples, self._samples = self._samples, []
+        self._finish(samples)
+        return None
+
+    def _step(self, trigger: Callable[[], float]) -> float | None:
+        try:
+            with self._busy():
+                return trigger()
+        except Exception as exc:  # noqa: BLE001 - one flaky sensor never takes the unit down
+            self._samples = []
+            self._read_failed(exc)
+            return None
+
+    def _begin_stamp(self, synced: bool | None) -> None:
+        self._stamp = (synced, int(self.clock.time() * NS), int(self.clock.boottime() * NS))
+        self._samples = []
+
+    def _finish(self, samples: list[list[Measurement]]) -> None:
+        """Process a complete sample and hand its readings on (health: a good read)."""
+        try:
+            measurements = self.processor.finish(samples)
+        except Exception as exc:  # noqa: BLE001 - e.g. samples that cannot be averaged
+            self._read_failed(exc)
+            return
+        synced, time_ns, boot_ns = self._stamp
         self.health.samples += 1
         self.health.consecutive = 0
         if self.health.state is not State.OK:

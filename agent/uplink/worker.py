@@ -3,7 +3,12 @@ upstream's sink -- any transport (agent.uplink.sink: HTTP today, HJ 212 and MQTT
 scheme picks it, agent.uplink.transports).
 
 One step takes a batch (``batch_size`` readings while there is a backlog; whatever is there
-every ``flush_interval`` otherwise), sends it and acts on the transport's answer:
+otherwise), sends it and acts on the transport's answer. The writer nudges the worker after each
+commit (:meth:`Uplink.nudge`); while it is caught up it posts at most once per
+``flush_interval`` (a commit that comes sooner waits for the next post, one POST carrying
+several commits), except when something urgent waits: a commit holding an alert, a backlog
+(full batches go back to back), a retry's own schedule, the service button. It also looks by
+itself every ``flush_interval``. The answer:
 
 ==============  =================================================================================
 delivered       ack: the outbox deletes the batch (once every upstream has it)
@@ -88,6 +93,10 @@ log = logging.getLogger("envagent.uplink")
 STATE_REFRESH_S = 600.0  # while delivering, the last-success time is persisted this often
 HOLD_REFRESH_S = 60.0  # while holding for the clock, the count is persisted this often at most
 JOIN_SLACK_S = 2.0  # a stop waits this long beyond the deadline for the worker to finish
+# A commit this much before ``flush_interval`` has passed since the last post is sent with it
+# anyway: commits on wall-clock multiples, a post a few ms after its commit -- the next due
+# commit must not wait a whole interval more for a few ms (at most a tenth of the interval).
+FLUSH_EARLY_S = 1.0
 # How long a clean stop lets the send in flight finish: a few round trips of a slow link, well
 # inside the unit's TimeoutStopSec=20s (systemd/envagent.service) with the sensors' joins.
 STOP_GRACE_S = 5.0
@@ -172,6 +181,8 @@ class Uplink:
         self._wake = threading.Event()  # set by stop(), sync_now() and nudge()
         self._caught_up = False  # the worker waits for news: a nudge may wake it
         self._news = False  # a nudge came since the current step began
+        self._urgent = False  # ... and it carried an alert
+        self._posted: float | None = None  # monotonic time of the last send
         self._thread: threading.Thread | None = None
 
     @property
@@ -211,6 +222,7 @@ class Uplink:
         head = self._pending[0]
         if self._body is None or self._body[0] is not head:
             self._body = (head, self.sink.encode([s.reading for s in head]))
+        self._posted = self.clock.monotonic()
         answer = self.sink.send(self._body[1], self._token)
         return replace(self._act(head, answer), answer=answer)
 
@@ -439,12 +451,12 @@ class Uplink:
                  self.sink.where, self.batch_limit)
         self._save()  # status knows the worker ran, even if it never sends a thing
         while not self._stop.is_set():
-            self._news = False
+            self._news = self._urgent = False
             try:
                 step = self.step()
                 wait, self._caught_up = step.wait, step.caught_up
                 if step.caught_up and self._news:  # committed after this step's take
-                    wait = 0.0
+                    wait = 0.0 if self._urgent else min(wait, self._until_post())
             except Exception as exc:  # noqa: BLE001 - the outbox or a bug: never stop delivering
                 self._enter("failing", f"{type(exc).__name__}: {exc}")
                 log.debug("%s: step failed", self.sink.where, exc_info=True)
@@ -456,11 +468,22 @@ class Uplink:
         if self.state.last_success_ns != self._saved_success_ns:
             self._save()
 
-    def nudge(self) -> None:
+    def _until_post(self) -> float:
+        """Seconds until a post is allowed again (0: now): ``flush_interval`` after the last."""
+        if self._posted is None:
+            return 0.0
+        interval = self.settings.flush_interval
+        early = min(FLUSH_EARLY_S, interval / 10)
+        return max(0.0, self._posted + interval - early - self.clock.monotonic())
+
+    def nudge(self, *, urgent: bool = False) -> None:
         """New readings were committed (``Agent.on_commit``): when the worker is caught up, it
-        sends them now instead of at its next look; a backoff in progress runs its course."""
+        sends them now if ``urgent`` (an alert) or if ``flush_interval`` has passed since its
+        last post, else with the next post; a backoff in progress runs its course."""
         self._news = True
-        if self._caught_up:
+        if urgent:
+            self._urgent = True
+        if self._caught_up and (urgent or self._until_post() <= 0):
             self._wake.set()
 
     def sync_now(self) -> None:
