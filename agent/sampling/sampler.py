@@ -111,16 +111,8 @@ class SensorWorker:
         schedule = self.schedule
         offset = self._wall_offset()
         while not self.stop.is_set():
-            if not self._set_up:
-                if self.power is not None and self.health.state is State.FAILED:
-                    self._power_cycle()
-                set_up = self._try_setup()
-                self.first_setup.set()
-                if not set_up:
-                    self.clock.wait(self.stop, self._reprobe_delay)
-                    self._reprobe_delay = min(self._reprobe_delay * 2, REPROBE_CAP_S)
-                    continue
-                schedule.realign()
+            if not self._set_up and not self._setup_or_wait():
+                continue
             if self.clock.wait(self.stop, schedule.delay()):
                 break
             if abs(self._wall_offset() - offset) > WALL_STEP_S:
