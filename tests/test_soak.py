@@ -47,7 +47,8 @@ def test_a_station_at_ten_times_its_pace_levels_off(tmp_path: Path) -> None:
         text = text.replace('commit_interval = "30s"', 'commit_interval = "5s"')
         config = tmp_path / "fast.toml"
         config.write_text(text + f'\n[uplink]\nurl = "{server.url()}"\n'
-                          'allow_insecure_http = true\nbackoff_min = "1s"\nbackoff_max = "5s"\n',
+                          'allow_insecure_http = true\nbackoff_min = "1s"\nbackoff_max = "5s"\n'
+                          'flush_interval = "5s"\n',  # ten times the pace: a post per commit
                           encoding="utf-8")
         env = {k: v for k, v in os.environ.items()
                if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}

@@ -45,7 +45,7 @@ def station(directory: Path, url: str | None = None) -> Path:
     text = (f'[unit]\nid = "{UNIT_ID}"\nsite = "pole 7"\n[storage]\ncommit_interval = "1s"\n'
             '[[sensor]]\nid = "air"\ndriver = "bme280"\naddress = 0x76\ninterval = "1s"\n')
     if url is not None:
-        text += f'[uplink]\nurl = "{url}"\nallow_insecure_http = true\n'
+        text += f'[uplink]\nurl = "{url}"\nallow_insecure_http = true\nflush_interval = "2s"\n'
     path = directory / "station.toml"
     path.write_text(text, encoding="utf-8")
     return path
