@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
@@ -26,3 +28,14 @@ def envagent(*args: str | Path, cwd: Path, timeout: float) -> subprocess.Complet
     """``python -m agent ARGS`` in ``cwd``; its exit code, stdout and stderr as text."""
     return subprocess.run([sys.executable, "-m", "agent", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=environment())
+
+
+def require(found: str | None, missing: str, skip: str) -> str:
+    """A server binary the integration tests need: its path; without it a test fails in CI
+    (``CI=true``, where .ci/run installs it) with ``missing``, and elsewhere skips, saying
+    ``skip``."""
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(missing, pytrace=False)
+        pytest.skip(f"{skip}; with CI=true this fails")
+    return found

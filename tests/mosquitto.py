@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+from agent_process import require
 
 BINARY = "mosquitto"
 BINARY_ENV = "ENVAGENT_MOSQUITTO"  # an explicit path to the binary, if not on PATH
@@ -48,13 +48,8 @@ def find_binary() -> str | None:
 
 def require_binary() -> str:
     """The broker's path; skips the test locally without it, fails it in CI."""
-    binary = find_binary()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(MISSING, pytrace=False)
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto, or set "
-                    f"{BINARY_ENV}); with CI=true this fails")
-    return binary
+    return require(find_binary(), MISSING, "mosquitto is not installed (apt-get install "
+                   f"mosquitto, or set {BINARY_ENV})")
 
 
 def free_port() -> int:

@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 import requests
+from agent_process import require
 
 BINARY = "victoria-metrics"  # /usr/bin/victoria-metrics in the Debian package
 BINARY_ENV = "ENVAGENT_VICTORIA_METRICS"  # an explicit path to the binary, if not on PATH
@@ -160,13 +161,8 @@ def stop(server: VictoriaMetrics) -> None:
 
 def require_binary() -> str:
     """The binary's path; skips the test locally without it, fails it in CI."""
-    binary = find_binary()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(MISSING, pytrace=False)
-        pytest.skip("victoria-metrics is not installed (apt-get install victoria-metrics, or set "
-                    f"{BINARY_ENV}); with CI=true this fails")
-    return binary
+    return require(find_binary(), MISSING, "victoria-metrics is not installed (apt-get install "
+                   f"victoria-metrics, or set {BINARY_ENV})")
 
 
 @pytest.fixture(scope="session")

@@ -130,6 +130,11 @@ def message(qn: str, st: str, cn: str, mn: str, flag: int, head: str,
                     number) for number, part in enumerate(parts, start=1)]
 
 
+def pw_ok(pw: str) -> bool:
+    """Whether ``pw`` is a PW table 4 allows: 1 to 6 visible characters, none of ; & = ,."""
+    return bool(PW_PATTERN.fullmatch(pw)) and not PW_FORBIDDEN & set(pw)
+
+
 def parse_segment(text: str) -> Segment:
     """The fields of a data segment, each checked against table 4's syntax."""
     head, sep, cp = text.partition(f"CP={CP_OPEN}")
@@ -151,7 +156,7 @@ def parse_segment(text: str) -> Segment:
         if key in fields and not pattern.fullmatch(fields[key]):
             raise PacketError(f"{key}={fields[key][:30]!r} breaks the standard's syntax")
     pw = fields.get("PW", "")
-    if "PW" in fields and (not PW_PATTERN.fullmatch(pw) or PW_FORBIDDEN & set(pw)):
+    if "PW" in fields and not pw_ok(pw):
         raise PacketError("PW breaks the standard's syntax (1 to 6 visible characters)")
     for key in ("ST", "CN", "Flag"):
         if key not in fields:

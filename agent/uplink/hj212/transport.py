@@ -75,11 +75,10 @@ from agent.uplink.hj212.codes import CodeTable
 from agent.uplink.hj212.packet import (
     FLAG_A,
     FLAG_VERSION_2017,
-    PW_FORBIDDEN,
-    PW_PATTERN,
     Segment,
     frame,
     message,
+    pw_ok,
 )
 from agent.uplink.hj212.realtime import Realtime
 from agent.uplink.hj212.session import Closed, Connection
@@ -163,7 +162,7 @@ class Hj212Sink:
         """Keep the connection open while there is nothing to send, so the platform can reach
         the unit (a history pull, a time set -- which a unit whose readings all wait for the
         clock needs most)."""
-        if token is None or self._refused or not _usable(token.reveal()):
+        if token is None or self._refused or not pw_ok(token.reveal()):
             return
         self._pw = token.reveal()
         try:
@@ -177,7 +176,7 @@ class Hj212Sink:
         if token is None:
             return Answer(Outcome.AUTH, f"no password (PW) for {self.where}", NO_PW_HINT)
         pw = token.reveal()
-        if not _usable(pw):
+        if not pw_ok(pw):
             return Answer(Outcome.AUTH, "the password (PW) file does not hold 1 to 6 visible "
                           "characters without ; & = , (HJ 212-2017 table 4)", NO_PW_HINT)
         self._pw = pw
@@ -403,11 +402,6 @@ class Hj212Sink:
         for segment in message(request.qn, st or self.st, cn, self.settings.mn, FLAG_PLAIN,
                                *_split_cp(cp)):
             conn.send(frame(replace(segment, pw=self._pw).render()))
-
-
-def _usable(pw: str) -> bool:
-    """Whether HJ 212-2017 (table 4) can carry ``pw``."""
-    return bool(PW_PATTERN.fullmatch(pw)) and not PW_FORBIDDEN & set(pw)
 
 
 def _split_cp(cp: str) -> tuple[str, list[str]]:
