@@ -4,7 +4,8 @@ The chip has no registers and no status bit: every write is a one-byte opcode an
 returns the 16-bit data register. ``setup`` powers it on, resets the data register and checks that
 it reads 0, sets the measurement time (MTreg) and starts a *continuous* measurement: the chip then
 measures again and again by itself (120-180 µA instead of sleeping between samples), and a sample
-is one read of the newest result, with no wait. A data register that reads 0 or the same counts
+is a read of the newest result, with no wait (read twice: the register has no CRC, and two reads
+that agree are not noise on the bus). A data register that reads 0 or the same counts
 as the sample before is suspect -- a brown-out clears it and stops the measurement, a hung core
 freezes it -- so the chip is checked (the reset check catches one that ignores commands), MTreg
 set again (a brown-out restores 69) and the measurement restarted, and the sample is the fresh
@@ -179,7 +180,7 @@ class BH1750(Driver):
         if self._fresh is None:
             raise SensorError(f"bh1750 at {self.where}: read() before setup()")
         self.wait_until(self._fresh)
-        counts = _counts(self.bus.read(self.address, 2))
+        counts = self._read_data()
         suspect = counts == 0 or counts == self._previous
         if suspect and not self._restarted:
             self._restart()
@@ -206,6 +207,23 @@ class BH1750(Driver):
         # no status bit: the maximum time is the only way to know the first result is there
         self._fresh = self.clock.monotonic() + self._wait
         self._restarted, self._previous = True, None
+
+    def _read_data(self) -> int:
+        """The data register, read until two reads in a row agree (at most three reads).
+
+        The register has no CRC, so a read garbled on the bus would pass as light. Two reads
+        microseconds apart return the same result -- unless a measurement finished in between,
+        which the third read settles. Three reads that all differ are noise on the bus."""
+        with self.bus.lock:
+            reads = [_counts(self.bus.read(self.address, 2)) for _ in range(2)]
+            if reads[0] != reads[1]:
+                reads.append(_counts(self.bus.read(self.address, 2)))
+        if reads[-1] != reads[-2]:
+            raise SensorError(
+                f"bh1750 at {self.where}: three reads of the data register disagree "
+                f"({', '.join(map(str, reads))}): noise on the bus? check the wiring and pull-ups"
+            )
+        return reads[-1]
 
     def _command(self, opcode: int) -> None:
         self.bus.write(self.address, bytes([opcode]))

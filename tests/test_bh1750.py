@@ -113,7 +113,7 @@ def test_illuminance_comes_back_within_the_resolution(
     assert model.opcodes[-1] == opcode
 
 
-def test_setup_starts_a_continuous_measurement_and_a_sample_is_one_read() -> None:
+def test_setup_starts_a_continuous_measurement_and_a_sample_is_two_reads_that_agree() -> None:
     bus, model, driver = rig(mtreg=100)
     driver.setup()
     assert model.opcodes == [0x01, 0x07, 0x40 | 100 >> 5, 0x60 | 100 & 0x1F, CONTINUOUS_H]
@@ -122,8 +122,8 @@ def test_setup_starts_a_continuous_measurement_and_a_sample_is_one_read() -> Non
     bus.clear_log()
     model.illuminance = 321.0
     assert lux(driver) == pytest.approx(321.0, abs=1.0)
-    assert model.opcodes == []  # nothing written: one read of the data register
-    assert [t.kind for t in bus.transactions(ADDRESS)] == ["read"]
+    assert model.opcodes == []  # nothing written: two reads of the data register that agree
+    assert [t.kind for t in bus.transactions(ADDRESS)] == ["read", "read"]
     driver.close()
     assert not model.measuring and not model.powered
 
@@ -234,10 +234,25 @@ def test_a_garbled_reset_check_is_caught() -> None:
     driver.setup()
     model.illuminance = 300.0
     lux(driver)
-    bus.inject(ADDRESS, Stuck())  # the data read repeats itself, so the chip is checked ...
+    bus.inject(ADDRESS, Stuck(count=2))  # the data reads repeat themselves: the chip is checked
     bus.inject(ADDRESS, Garbage(seed=3))  # ... and the check's read is noise
     with pytest.raises(SensorError, match="not executing commands"):
         driver.read()
+
+
+def test_one_garbled_data_read_is_outvoted_and_two_are_a_read_failure() -> None:
+    bus, model, driver = rig()
+    driver.setup()
+    model.illuminance = 300.0
+    lux(driver)
+    model.illuminance = 420.0
+    bus.inject(ADDRESS, Garbage(seed=5))  # the first read is noise, the next two agree
+    assert lux(driver) == pytest.approx(420.0, abs=1.0)
+    model.illuminance = 380.0
+    bus.inject(ADDRESS, Garbage(count=2, seed=5))  # no value to trust: the sample fails
+    with pytest.raises(SensorError, match="three reads of the data register disagree"):
+        driver.read()
+    assert lux(driver) == pytest.approx(380.0, abs=1.0)  # and the next is good again
 
 
 def test_setup_refuses_a_chip_that_ignores_reset() -> None:
