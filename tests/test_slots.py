@@ -162,3 +162,34 @@ def test_the_service_runs_no_timer_threads_of_its_own(tmp_path: Path) -> None:
         service.run(duration=3.0)
     assert "scheduler" in names
     assert not names & {"watchdog", "health"}, names
+
+
+def test_a_sample_longer_than_its_interval_is_not_triggered_again_mid_sample(
+    tmp_path: Path,
+) -> None:
+    """An ADS1115 at 8 SPS averaging 4 reads of two inputs needs 1 s of conversions per sample:
+    the other runner's next slot must not start a new sample over the one converting."""
+    config = parse_config({
+        "unit": {"id": "slots-4", "site": "roof"},
+        "storage": {"commit_interval": "1s"},
+        "sensor": [{"id": "probe", "driver": "ads1115", "address": 0x48, "interval": "1s",
+                    "data_rate": 8, "average": 4, "channel0_quantity": "a0",
+                    "channel1_quantity": "a1"}],
+    }, source="slow.toml")
+    clock = SystemClock()
+    world = build_world([(s.bus, s.address, s.driver, s.id) for s in config.sensors],
+                        clock=clock, environment=Environment())
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 24) as outbox:
+        agent = Agent(config, make_drivers(config, world, clock, DRIVERS), outbox=outbox,
+                      clock=clock, boot_id="slow")
+        agent.start()
+        agent.wait_for_setup(10.0)
+        agent.run(duration=6.0)
+        stored = [s.reading for s in outbox.take(10_000)]
+    (probe,) = agent.workers
+    assert probe.health.errors == 0, probe.health.last_error
+    samples = {r.time_ns for r in stored if r.quantity == "a0"}
+    assert len(samples) >= 2
+    # each sample whole: both inputs, stamped once, on a slot
+    assert samples == {r.time_ns for r in stored if r.quantity == "a1"}
+    assert max(t % NS for t in samples) < NS // 10

@@ -14,7 +14,8 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from drivers.clock import Clock
 
@@ -156,11 +157,14 @@ class Periodic:
         self.due = self._aligned(now + COALESCE_S) if self.align else now + self.interval
 
 
-class Job(NamedTuple):
+@dataclass(eq=False)
+class Job:
+    """One wake-up of a runner: what it serves, growing while it sleeps (:meth:`Slots._claim`)."""
+
     time: float  # monotonic time of the slot
-    sensors: list[Sampled]
     generation: int  # the schedules' generation it was claimed in (a wall-clock step voids it)
-    periodic: tuple[Periodic, ...] = ()
+    sensors: list[Sampled] = field(default_factory=list)
+    periodic: list[Periodic] = field(default_factory=list)
 
 
 class Slots:
@@ -174,10 +178,13 @@ class Slots:
     its slot without it, moves that sensor to a thread of its own, and starts a runner to take
     the place of the stuck one, which ends when its call returns. A call that returns but took
     longer than :data:`OVERRUN_S`, a sensor that needs setting up again, and every sensor at
-    start also run on their own thread (``SensorWorker.run``'s loop: setup with backoff,
-    sampling with its own waits) until a sample goes through in time; then the next claim takes
-    the sensor back. Each slot of a sensor is claimed exactly once, by a runner or by its own
-    thread, under one lock, so the hand-over neither skips nor doubles a sample.
+    start also run on their own thread (``SensorWorker.run_own``: setup with backoff, sampling
+    with its own waits) until a sample goes through in time; then that thread ends and the
+    runners take the sensor back (the one asleep for a slot at its next due adds it, else the
+    next claim). Each slot of a sensor is claimed exactly once, by a runner or by its own
+    thread, under one lock, so the hand-over neither skips nor doubles a sample; and a sample
+    whose conversions outlast its interval is collected before the next one is triggered (the
+    slots in between are skipped).
 
     Periodic work (:class:`Periodic`, :meth:`every`) rides the same wake-ups: the runner that
     serves a slot runs every job that is due once the slot's readings are collected.
@@ -196,6 +203,11 @@ class Slots:
         self._runners: list[threading.Thread] = []
         self._retired: set[threading.Thread] = set()
         self._caller: dict[int, threading.Thread] = {}  # id(sensor) -> runner inside its call
+        # id(sensor) of samples between their trigger and their last collect: a conversion longer
+        # than the interval must not be triggered again by the other runner's next slot
+        self._in_flight: set[int] = set()
+        self._pending: list[Job] = []  # claimed, their runner asleep: what else is due joins them
+        self._serving: dict[threading.Thread, Job] = {}  # the job each runner is serving
         self._offset = clock.time() - clock.monotonic()
         self._periodic: list[Periodic] = []
         self._idle = 0  # runners waiting with nothing to schedule (a finished job wakes them)
@@ -264,21 +276,20 @@ class Slots:
 
     # --- hand-over ----------------------------------------------------------------------------
 
-    def want_in(self, sensor: Sampled) -> bool:
-        """From a sensor's own thread after a good sample: True when the scheduler has taken it
-        (the thread ends), else its next slot is claimed for the own thread."""
+    def want_in(self, sensor: Sampled) -> None:
+        """From a sensor's own thread after a good sample, which then ends: the runners take its
+        next slot -- the job a runner sleeps for at that time, else the next claim."""
         with self._lock:
-            if sensor.attached:
-                return True
             sensor.wants_in = True
-        self.kick()  # a runner with nothing to do sleeps until told
-        return False
+            job = self._pending_at(sensor.schedule.next_due)
+            if job is not None:
+                self._add(job, [sensor], self.clock.monotonic())
+                return
+        self.kick()
 
-    def claim_own(self, sensor: Sampled) -> float | None:
-        """The next slot for a sensor on its own thread, or None when the scheduler has it."""
+    def claim_own(self, sensor: Sampled) -> float:
+        """The next slot for a sensor on its own thread."""
         with self._lock:
-            if sensor.attached:
-                return None
             return sensor.schedule.claim(self.clock.monotonic(), self._late(sensor))
 
     def _detach(self, sensor: Sampled) -> None:
@@ -304,36 +315,63 @@ class Slots:
     def _claim(self) -> Job | None:
         """The earliest slot nobody serves yet, with every sensor due in it and the periodic
         work that rides it; or a wake-up for periodic work alone when no slot comes within its
-        slack (under the lock)."""
+        slack (under the lock). What is due at the time of a job another runner sleeps for
+        joins that job instead: one wake-up per slot."""
         now = self.clock.monotonic()
         ready = [s for s in self.sensors if s.attached or s.wants_in]
         for s in ready:  # skip what is already too late to serve
             while s.schedule.next_due < now - self._late(s):
                 s.schedule.claim(now, self._late(s))
-        first = min((s.schedule.next_due for s in ready), default=math.inf)
-        jobs = [(self._when(p, ready, now), p) for p in self._periodic
-                if not (p.claimed or p.running)]  # a running job's next due is not known yet
-        first = min([first, *(when for when, _ in jobs)])
-        if first == math.inf:
-            return None
-        due = [s for s in ready if s.schedule.next_due <= first + COALESCE_S]
-        for s in due:
-            s.schedule.claim(now, self._late(s))
-            if s.wants_in:
-                s.attached, s.wants_in = True, False
-        riding = tuple(p for when, p in jobs if when <= first + COALESCE_S)
-        for p in riding:
-            p.claimed = True
-        return Job(first, due, self._generation, riding)
+        while True:
+            pending = [job.time for job in self._pending]
+            first = min((s.schedule.next_due for s in ready), default=math.inf)
+            jobs = [(self._when(p, ready, pending, now), p) for p in self._periodic
+                    if not (p.claimed or p.running)]  # a running job's next due is not known yet
+            first = min([first, *(when for when, _ in jobs)])
+            if first == math.inf:
+                return None
+            job = self._pending_at(first)
+            mine = job is None
+            if job is None:
+                job = Job(first, self._generation)
+                self._pending.append(job)
+            self._add(job, [s for s in ready if s.schedule.next_due <= first + COALESCE_S], now)
+            riding = [p for when, p in jobs if when <= first + COALESCE_S]
+            for p in riding:
+                p.claimed = True
+            job.periodic.extend(riding)
+            if mine:
+                return job
 
     @staticmethod
-    def _when(job: Periodic, ready: Sequence[Sampled], now: float) -> float:
-        """When ``job`` is served: the first slot at or after its ``due`` if one comes within
-        its slack, else ``due`` itself (a wake-up of its own)."""
+    def _release(job: Job) -> None:
+        """The job's periodic work is claimed again by the next claim (under the lock)."""
+        for periodic in job.periodic:
+            periodic.claimed = False
+        job.periodic.clear()
+
+    def _pending_at(self, time: float) -> Job | None:
+        """The job of this generation a runner sleeps for at ``time`` (under the lock)."""
+        return next((job for job in self._pending if job.generation == self._generation
+                     and abs(job.time - time) <= COALESCE_S), None)
+
+    def _add(self, job: Job, sensors: Sequence[Sampled], now: float) -> None:
+        """Claim the sensors' slots for ``job`` (under the lock)."""
+        for s in sensors:
+            s.schedule.claim(now, self._late(s))
+            s.attached, s.wants_in = True, False
+            job.sensors.append(s)
+
+    @staticmethod
+    def _when(job: Periodic, ready: Sequence[Sampled], pending: Sequence[float],
+              now: float) -> float:
+        """When ``job`` is served: the first slot at or after its ``due`` (a sensor's, or a job
+        a runner sleeps for) if one comes within its slack, else ``due`` itself (a wake-up of
+        its own)."""
         if job.requested:
             return now
         due = job.due
-        ride = math.inf
+        ride = min((t for t in pending if t >= due - COALESCE_S), default=math.inf)
         for s in ready:
             interval = s.schedule.interval
             slot = s.schedule.next_due
@@ -360,16 +398,20 @@ class Slots:
                 with self._lock:
                     self._idle -= 1
                 continue
-            if not self._sleep_until(job):
-                with self._lock:
-                    for periodic in job.periodic:
-                        periodic.claimed = False
-                continue
+            served = self._sleep_until(job)
+            with self._lock:
+                self._pending.remove(job)  # from now on nothing joins it
+                if not served:
+                    self._release(job)
+                    continue
+                self._serving[me] = job
             self.wakeups += 1
             self._check_wall()
             self._serve(job, me)
             self.served += 1
             self._run_periodic(job.periodic)
+            with self._lock:
+                self._serving.pop(me, None)
         with self._lock:
             if me in self._runners:
                 self._runners.remove(me)
@@ -413,6 +455,8 @@ class Slots:
             ready = self._call(sensor, me, functools.partial(sensor.begin, synced))
             if ready is not None:
                 waiting.append((ready, sensor))
+            else:
+                self._landed(sensor)
         while waiting:
             latest = max(ready for ready, _ in waiting)
             delay = latest - self.clock.monotonic()
@@ -421,21 +465,34 @@ class Slots:
                 self.wakeups += 1
             batch, waiting = waiting, []
             for _, sensor in batch:
-                if not sensor.attached:
-                    continue  # detached meanwhile: its sample is lost, not taken twice
-                ready = self._call(sensor, me, sensor.resume)
+                ready = None
+                if sensor.attached:  # detached meanwhile: its sample is lost, not taken twice
+                    ready = self._call(sensor, me, sensor.resume)
                 if ready is not None:
                     waiting.append((ready, sensor))
+                else:
+                    self._landed(sensor)
         for sensor in job.sensors:
             if sensor.attached and not sensor.set_up:
                 self._detach(sensor)  # failed: re-probed with backoff on its own thread
 
+    def _landed(self, sensor: Sampled) -> None:
+        """The sample of ``sensor`` is over (delivered, failed or given up): no longer in flight."""
+        with self._lock:
+            self._in_flight.discard(id(sensor))
+
     def _take(self, sensor: Sampled, me: threading.Thread) -> bool:
-        """Whether this runner may call ``sensor`` now; a sensor still inside a call from an
-        earlier slot has hung: it goes to its own thread, its runner is replaced."""
+        """Whether this runner may start a sample of ``sensor`` now (it is then in flight until
+        collected): not while the other runner's sample is still converting (this slot is
+        skipped); and a sensor still inside a call from an earlier slot has hung: it goes to its
+        own thread, its runner is replaced."""
         if not sensor.attached:
             return False
         if sensor.busy_since is None:
+            with self._lock:
+                if id(sensor) in self._in_flight:
+                    return False
+                self._in_flight.add(id(sensor))
             return True
         stuck = self._caller.get(id(sensor))
         log.warning("%s: still busy after %.1f s; sampling it on its own thread", sensor.label,
@@ -443,6 +500,9 @@ class Slots:
         if stuck is not None and stuck is not me:
             with self._lock:
                 self._retired.add(stuck)
+                stuck_job = self._serving.pop(stuck, None)
+                if stuck_job is not None:  # its periodic work goes on without it
+                    self._release(stuck_job)
             self._spawn_runner()
         self._detach(sensor)
         return False
