@@ -123,6 +123,7 @@ class SCD4x(Driver):
         self._last_data = 0.0
         self._requested: float | None = None  # when read_measurement was sent, if it was
         self._pressure_hpa: float | None = None
+        self._sent_hpa: int | None = None  # the whole hPa the chip has, since the last setup
 
     @property
     def label(self) -> str:
@@ -131,7 +132,7 @@ class SCD4x(Driver):
     # --- lifecycle ------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        self._started = None
+        self._started = self._sent_hpa = None
         self._stop(tolerate_nack=True)
         self.serial_number = read_serial(self.bus, self.address, self.clock, self.label)
         if self._pressure_hpa is not None:
@@ -210,8 +211,9 @@ class SCD4x(Driver):
     def set_ambient_pressure(self, hpa: float) -> None:
         """Compensate the CO2 reading for ``hpa`` (station pressure, e.g. from a BME280).
 
-        Allowed while the chip measures (table 9); kept and sent again after every ``setup``,
-        because the chip forgets it at power-up. Raises :class:`DriverConfigError` outside the
+        Allowed while the chip measures (table 9); sent when its whole hPa changes (the chip
+        keeps it), and again after every ``setup``, because the chip forgets it at power-up
+        (a power loss stops the measurement too, which sets the chip up again). Raises :class:`DriverConfigError` outside the
         700-1200 hPa the chip accepts, and the bus's ``OSError`` when the chip does not answer.
         """
         if not math.isfinite(hpa) or not PRESSURE_MIN_HPA <= hpa <= PRESSURE_MAX_HPA:
@@ -254,8 +256,12 @@ class SCD4x(Driver):
 
     def _send_pressure(self, hpa: float) -> None:
         # 3.6.5: the argument word is the pressure in Pa / 100, i.e. in hPa.
-        request = sensirion.command(SET_AMBIENT_PRESSURE) + sensirion.frame_words(round(hpa))
+        whole = round(hpa)
+        if whole == self._sent_hpa:
+            return
+        request = sensirion.command(SET_AMBIENT_PRESSURE) + sensirion.frame_words(whole)
         self._write(request, COMMAND_S)
+        self._sent_hpa = whole
 
     def _stop(self, *, tolerate_nack: bool) -> None:
         """stop_periodic_measurement and its 500 ms; ``tolerate_nack``: from an idle chip too."""

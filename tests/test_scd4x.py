@@ -193,6 +193,9 @@ def test_ambient_pressure_reaches_the_chip_and_compensates_co2() -> None:
     driver.set_ambient_pressure(900.4)
     assert bus.transactions()[0].wrote == bytes.fromhex("e000") + frame([900])
     assert model.ambient_pressure_hpa == 900.0
+    bus.clear_log()
+    driver.set_ambient_pressure(899.6)  # the same whole hPa: the chip has it, nothing is sent
+    assert bus.transactions() == []
     clock.advance(5.0)
     assert values(driver)["co2"][0] == 600.0
     driver.close()
