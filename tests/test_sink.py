@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import subprocess
+import sys
 import threading
 import tomllib
 from collections import deque
@@ -29,6 +32,7 @@ from agent.core.reading import Reading
 from agent.store import commission
 from agent.store.commission import Facts, make_record
 from agent.store.outbox import Outbox, Subscriber
+from agent.uplink import http
 from agent.uplink.encoders import JsonEncoder
 from agent.uplink.http import HttpSink
 from agent.uplink.lineprotocol import Epochs
@@ -38,6 +42,8 @@ from agent.uplink.state import STATE_FILE, UplinkState, state_file
 from agent.uplink.transports import TRANSPORTS, build_sink, transport_for
 from agent.uplink.worker import Step, Uplink
 from drivers.sim.clock import FakeClock
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ONE = [Subscriber("default")]  # the one upstream of these tests
 
@@ -420,8 +426,24 @@ def test_the_url_scheme_picks_the_transport() -> None:
         assert sink.documents
     finally:
         sink.close()
-    assert TRANSPORTS["http"] is TRANSPORTS["https"] is transport_for(settings)
-    assert transport_for(UplinkConfig(url="HTTPS://x.org/write")) is TRANSPORTS["https"]
+    assert transport_for(settings) is http.TRANSPORT
+    assert transport_for(UplinkConfig(url="HTTPS://x.org/write")) is http.TRANSPORT
+
+
+def test_a_transport_is_loaded_only_when_an_upstream_uses_it() -> None:
+    """A unit posting over HTTP does not carry the HJ 212 and MQTT code in its memory."""
+    probe = ("import sys, tomllib\n"
+             "from agent.config import parse_config, UplinkConfig\n"
+             "from agent.uplink.transports import build_sink\n"
+             f"config = parse_config(tomllib.loads({CONFIG!r}), source='t.toml')\n"
+             "build_sink(config, UplinkConfig(url='https://tsdb.example.org/write')).close()\n"
+             "print(sorted(m for m in sys.modules if m.startswith('agent.uplink.')))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    loaded = done.stdout
+    assert "agent.uplink.http" in loaded
+    assert "agent.uplink.hj212" not in loaded and "agent.uplink.mqtt" not in loaded
+    assert TRANSPORTS["hj212"] == "agent.uplink.hj212.transport"
 
 
 @pytest.mark.parametrize("url", ["coap://sensors.example.org:5683/envagent",
