@@ -142,56 +142,10 @@ def read_words(
     return parse_words(data, where)
 
 
-def measure(
-    bus: Bus,
-    address: int,
-    request: bytes,
-    words: int,
-    *,
-    clock: Clock,
-    duration: float,
-    where: str,
-    unlocked: float = 0.0,
-) -> list[int]:
-    """Start a conversion and read its ``words`` once the chip stops NACKing the read.
-
-    ``duration`` is the data sheet's maximum conversion time: the first read comes after it, and a
-    chip still NACKing :data:`DEADLINE_MARGIN_S` later raises :class:`SensorTimeoutError`. The bus
-    lock is held throughout, except for ``unlocked`` seconds before the conversion (an SHT4x
-    heater pulse), so a long wait does not hold up the other sensors on the bus. Times count from
-    the write: waiting for the lock while another sensor's exchange runs uses up no deadline.
-    """
-    sent = None
-    if unlocked:
-        with bus.lock:
-            bus.write(address, request)
-            sent = clock.monotonic()
-        clock.sleep(unlocked)
-    with bus.lock:
-        if sent is None:
-            bus.write(address, request)
-            sent = clock.monotonic()
-        ready = sent + unlocked + duration
-        clock.sleep(max(0.0, ready - clock.monotonic()))
-        while True:
-            try:
-                data = bus.read(address, words * FRAME_BYTES)
-                break
-            except OSError as exc:
-                if exc.errno != errno.EREMOTEIO:
-                    raise
-                if clock.monotonic() >= ready + DEADLINE_MARGIN_S:
-                    raise SensorTimeoutError(
-                        f"{where}: no result (NACK) {clock.monotonic() - sent:.3f} s after "
-                        "a measurement command; check the sensor's power and wiring"
-                    ) from exc
-            clock.sleep(POLL_INTERVAL_S)
-    return parse_words(data, where)
-
-
 def start(bus: Bus, address: int, request: bytes, *, clock: Clock) -> float:
-    """Send a measurement command; the monotonic time it was sent (the first half of
-    :func:`measure`, for a scheduler that reads many chips after one wait)."""
+    """Send a measurement command; the monotonic time it was sent, which :func:`fetch`'s times
+    count from: waiting for the bus lock while another sensor's exchange runs uses up no
+    deadline."""
     with bus.lock:
         bus.write(address, request)
         return clock.monotonic()
