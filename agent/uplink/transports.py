@@ -5,7 +5,7 @@
 A new transport is one module that implements the Sink protocol
 (agent.uplink.sink) and offers a :class:`~agent.uplink.sink.Transport` as ``TRANSPORT``, plus its
 line here. A transport's module is imported when an upstream uses it: a unit that only posts
-over HTTP never loads the HJ 212 or MQTT code (about 1.5 MiB of its memory).
+over HTTP never loads the HJ 212 or MQTT code (about 1.1 MiB of its memory).
 """
 
 from __future__ import annotations
