@@ -133,6 +133,8 @@ class SensorWorker:
             if not self._set_up and not self._setup_or_wait():
                 continue
             slot = slots.claim_own(self)
+            if slot is None:
+                return  # the runners have it
             if self.clock.wait(self.stop, slot - self.clock.monotonic()):
                 return
             if abs(self._wall_offset() - offset) > WALL_STEP_S:
@@ -142,8 +144,7 @@ class SensorWorker:
             samples, started = self.health.samples, self.clock.monotonic()
             self.sample()
             took = self.clock.monotonic() - started
-            if self.health.samples > samples and took <= BEHAVES_S:
-                slots.want_in(self)
+            if self.health.samples > samples and took <= BEHAVES_S and slots.want_in(self):
                 return
 
     def _setup_or_wait(self) -> bool:

@@ -179,9 +179,9 @@ class Slots:
     the place of the stuck one, which ends when its call returns. A call that returns but took
     longer than :data:`OVERRUN_S`, a sensor that needs setting up again, and every sensor at
     start also run on their own thread (``SensorWorker.run_own``: setup with backoff, sampling
-    with its own waits) until a sample goes through in time; then that thread ends and the
-    runners take the sensor back (the one asleep for a slot at its next due adds it, else the
-    next claim). Each slot of a sensor is claimed exactly once, by a runner or by its own
+    with its own waits) until a sample goes through in time; then the runners take the sensor
+    back (the one asleep for a slot at its next due adds it, else a runner's next claim) and
+    its thread ends. Each slot of a sensor is claimed exactly once, by a runner or by its own
     thread, under one lock, so the hand-over neither skips nor doubles a sample; and a sample
     whose conversions outlast its interval is collected before the next one is triggered (the
     slots in between are skipped).
@@ -276,20 +276,26 @@ class Slots:
 
     # --- hand-over ----------------------------------------------------------------------------
 
-    def want_in(self, sensor: Sampled) -> None:
-        """From a sensor's own thread after a good sample, which then ends: the runners take its
-        next slot -- the job a runner sleeps for at that time, else the next claim."""
+    def want_in(self, sensor: Sampled) -> bool:
+        """From a sensor's own thread after a good sample: True when the runners have it (the
+        thread ends) -- its next slot joins the job a runner sleeps for at that time; else the
+        own thread samples on until a runner's claim takes it (:meth:`claim_own` says so)."""
         with self._lock:
-            sensor.wants_in = True
-            job = self._pending_at(sensor.schedule.next_due)
-            if job is not None:
-                self._add(job, [sensor], self.clock.monotonic())
-                return
-        self.kick()
+            if not sensor.attached:
+                sensor.wants_in = True
+                job = self._pending_at(sensor.schedule.next_due)
+                if job is not None:
+                    self._add(job, [sensor], self.clock.monotonic())
+            if sensor.attached:
+                return True
+        self.kick()  # an idle runner claims it
+        return False
 
-    def claim_own(self, sensor: Sampled) -> float:
-        """The next slot for a sensor on its own thread."""
+    def claim_own(self, sensor: Sampled) -> float | None:
+        """The next slot for a sensor on its own thread, or None when the runners have it."""
         with self._lock:
+            if sensor.attached:
+                return None
             return sensor.schedule.claim(self.clock.monotonic(), self._late(sensor))
 
     def _detach(self, sensor: Sampled) -> None:
@@ -495,9 +501,11 @@ class Slots:
                 self._in_flight.add(id(sensor))
             return True
         stuck = self._caller.get(id(sensor))
+        if stuck is None:  # its own thread, taken over, is still in the last slot it claimed
+            return False
         log.warning("%s: still busy after %.1f s; sampling it on its own thread", sensor.label,
                     self.clock.monotonic() - sensor.busy_since)
-        if stuck is not None and stuck is not me:
+        if stuck is not me:
             with self._lock:
                 self._retired.add(stuck)
                 stuck_job = self._serving.pop(stuck, None)
