@@ -213,8 +213,9 @@ class SCD4x(Driver):
 
         Allowed while the chip measures (table 9); sent when its whole hPa changes (the chip
         keeps it), and again after every ``setup``, because the chip forgets it at power-up
-        (a power loss stops the measurement too, which sets the chip up again). Raises :class:`DriverConfigError` outside the
-        700-1200 hPa the chip accepts, and the bus's ``OSError`` when the chip does not answer.
+        (a power loss stops the measurement too, which sets the chip up again). Raises
+        :class:`DriverConfigError` outside the 700-1200 hPa the chip accepts, and the bus's
+        ``OSError`` when the chip does not answer.
         """
         if not math.isfinite(hpa) or not PRESSURE_MIN_HPA <= hpa <= PRESSURE_MAX_HPA:
             raise DriverConfigError(
