@@ -103,7 +103,6 @@ class Sampled(Protocol):
     def busy_since(self) -> float | None: ...
     def begin(self, synced: bool | None) -> float | None: ...
     def resume(self) -> float | None: ...
-    def run(self) -> None: ...
 
 
 class Periodic:
@@ -456,7 +455,7 @@ class Slots:
         synced = self.clock.synchronized()  # once per slot, for every sensor in it
         waiting: list[tuple[float, Sampled]] = []
         for sensor in job.sensors:
-            if not self._take(sensor, me):
+            if not self._take(sensor):
                 continue
             ready = self._call(sensor, me, functools.partial(sensor.begin, synced))
             if ready is not None:
@@ -487,7 +486,7 @@ class Slots:
         with self._lock:
             self._in_flight.discard(id(sensor))
 
-    def _take(self, sensor: Sampled, me: threading.Thread) -> bool:
+    def _take(self, sensor: Sampled) -> bool:
         """Whether this runner may start a sample of ``sensor`` now (it is then in flight until
         collected): not while the other runner's sample is still converting (this slot is
         skipped); and a sensor still inside a call from an earlier slot has hung: it goes to its
@@ -505,13 +504,12 @@ class Slots:
             return False
         log.warning("%s: still busy after %.1f s; sampling it on its own thread", sensor.label,
                     self.clock.monotonic() - sensor.busy_since)
-        if stuck is not me:
-            with self._lock:
-                self._retired.add(stuck)
-                stuck_job = self._serving.pop(stuck, None)
-                if stuck_job is not None:  # its periodic work goes on without it
-                    self._release(stuck_job)
-            self._spawn_runner()
+        with self._lock:  # the runner inside the call (never this one: it is in none)
+            self._retired.add(stuck)
+            stuck_job = self._serving.pop(stuck, None)
+            if stuck_job is not None:  # its periodic work goes on without it
+                self._release(stuck_job)
+        self._spawn_runner()
         self._detach(sensor)
         return False
 
