@@ -21,7 +21,7 @@ from agent.config import UplinkConfig, parse_config
 from agent.config.hj212 import Hj212Config
 from agent.core.credentials import Secret
 from agent.core.errors import ConfigError
-from agent.core.reading import Reading
+from agent.core.reading import ALERT_PREFIX, RESERVED_SENSOR_ID, Reading
 from agent.core.timebase import ExternalTime
 from agent.store.outbox import Outbox, Subscriber
 from agent.uplink.hj212.transport import Hj212Sink
@@ -141,6 +141,25 @@ def test_minute_data_are_the_stored_readings_of_each_local_time_interval(
     assert {p.flags["a01001"] for p in minute} == {"N"}
     assert minute[0].fields["Flag"] == "5" and minute[0].fields["ST"] == "22"
     assert receiver.data_packets("2061") == []  # the hour is not over yet
+
+
+def test_an_alert_sent_ahead_of_a_backlog_does_not_close_its_intervals_early(
+        station: Station, receiver: Hj212Receiver) -> None:
+    """Alerts go ahead of the backlog (agent.uplink.worker), newer than what waits: they must
+    not prove the backlog's intervals complete before its readings have arrived."""
+    station.deliver(readings(0, 60))  # 08:00 to 08:09:50, then the link goes down
+    backlog = readings(60, 140)  # 08:10:00 to 08:33:10
+    alert = Reading(RESERVED_SENSOR_ID, ALERT_PREFIX + "flood", 1.0, "", backlog[-1].time_ns,
+                    199, "b", True)
+    station.deliver([*backlog, alert])
+    assert receiver.errors == []
+    minute = receiver.data_packets("2051")
+    assert [p.data_time for p in minute] == ["20260101080000", "20260101081000",
+                                             "20260101082000"]
+    want = expected_aggregates(readings(0, 200), 10)
+    for key, stats in by_interval(minute).items():
+        assert stats == pytest.approx(want[key], abs=1.1e-4), key
+    assert {p.flags["a01001"] for p in minute} == {"N"}  # whole, not "partly down"
 
 
 def test_hourly_and_daily_data_and_an_interval_partly_down_is_flagged_not_filled(

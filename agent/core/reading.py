@@ -13,6 +13,12 @@ DEFAULT_UPSTREAM = "default"  # the name of the single [uplink] table's upstream
 ALERT_PREFIX = "alert_"
 
 
+def is_alert(sensor: str, quantity: str) -> bool:
+    """Whether a reading of ``sensor`` and ``quantity`` is an alert: sent ahead of any backlog,
+    so newer than readings still waiting."""
+    return sensor == RESERVED_SENSOR_ID and quantity.startswith(ALERT_PREFIX)
+
+
 def upstream_sensor(name: str) -> str:
     """The sensor id of the agent's readings about upstream ``name``."""
     return RESERVED_SENSOR_ID + UPSTREAM_SEPARATOR + name

@@ -63,7 +63,7 @@ from types import TracebackType
 from typing import Any
 
 from agent.core.errors import StorageError, StorageFullError
-from agent.core.reading import ALERT_PREFIX, Reading, StoredReading
+from agent.core.reading import ALERT_PREFIX, Reading, StoredReading, is_alert
 from agent.core.reading import RESERVED_SENSOR_ID as ALERT_SENSOR
 from agent.store import cursors, salvage
 from agent.store.cursors import Cursor, Fold, Subscriber, UpstreamStats
@@ -371,7 +371,7 @@ class Outbox:
             if self._alert_ids is not None:
                 self._alert_ids.update(
                     row_id for row_id, r in enumerate(readings, start=first + 1)
-                    if r.sensor == ALERT_SENSOR and r.quantity.startswith(ALERT_PREFIX))
+                    if is_alert(r.sensor, r.quantity))
 
     def ack(self, ids: Iterable[int], *, upstream: str | None = None) -> int:
         """Delete readings upstream has accepted; return how many were still here.

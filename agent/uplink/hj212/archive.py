@@ -11,9 +11,10 @@ How nothing is lost or counted twice: a batch's samples go in (keyed by code and
 so a batch sent again after a crash adds nothing) BEFORE its real-time packets go out, and the
 worker acks the outbox only after that. An interval is closed -- its aggregate computed once,
 stored and queued -- when a reading at least ``CLOSE_MARGIN_S`` past its end has been seen:
-readings come oldest first, so by then every reading of the interval has arrived. Intervals
-are the platform's local time (``timezone``): minutes (``minute_interval``, dividing an hour),
-hours, days from local midnight; ``DataTime`` is the interval's start.
+readings come oldest first, so by then every reading of the interval has arrived. Alerts
+are the exception: they go ahead of a backlog, so the transport does not count them as seen.
+Intervals are the platform's local time (``timezone``): minutes (``minute_interval``, dividing
+an hour), hours, days from local midnight; ``DataTime`` is the interval's start.
 
 An aggregate's values are the Min, Avg and Max of every finite sample of the interval; its
 flag is the first that applies of: M (a sample taken in maintenance mode), F (fewer samples

@@ -60,7 +60,7 @@ from agent.config import Config, UplinkConfig
 from agent.config.hj212 import RTD_RANGE, Hj212Config
 from agent.core.credentials import Secret
 from agent.core.errors import ConfigError
-from agent.core.reading import Reading
+from agent.core.reading import Reading, is_alert
 from agent.core.timebase import ExternalTime
 from agent.uplink.hj212.archive import (
     CN_DAY,
@@ -183,8 +183,11 @@ class Hj212Sink:
         readings = decode(body)
         groups = list(self.realtime.groups(readings))
         try:
+            # Alerts go ahead of a backlog: newer than readings still waiting, they prove
+            # no interval complete.
             self.archive.add((s for g in groups for s in g.samples),
-                             max((r.time_ns for r in readings), default=0))
+                             max((r.time_ns for r in readings
+                                  if not is_alert(r.sensor, r.quantity)), default=0))
         except sqlite3.Error as exc:
             return Answer(Outcome.RETRY, f"the HJ 212 archive cannot be written: {exc}",
                           "see the data directory's free space and permissions")
