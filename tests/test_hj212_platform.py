@@ -5,6 +5,7 @@ the receiver written from the standard (tests/hj212_receiver.py)."""
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import time
@@ -349,3 +350,24 @@ def test_a_failed_sensors_codes_go_flagged_d_without_a_value(
     dead = receiver.data_packets()[-1]
     # The PMSA003I's three codes; the healthy BME280 adds nothing.
     assert dead.flags == {"a34005": "D", "a34004": "D", "a34002": "D"} and dead.values == {}
+
+
+def test_status_counts_the_minute_hourly_and_daily_data_the_platform_has_not_acknowledged(
+        station: Station, receiver: Hj212Receiver, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli.main import main
+
+    station.deliver(readings(0, 200))  # 08:00 to 08:33:10: three 10-minute intervals, acked
+    receiver.ack_limit = receiver.acked  # then the platform stops acknowledging
+    station.outbox.append(readings(200, 70))  # to 08:44:50: closes 08:30-08:40
+    assert station.worker.step().outcome is Outcome.RETRY
+    (tmp_path / "pw").write_text(PW)
+    config = tmp_path / "station.toml"
+    config.write_text(STATION + f'[[uplink]]\nname = "bureau"\nurl = "{receiver.url}"\n'
+                      f'mn = "{MN}"\npassword_file = "{tmp_path / "pw"}"\n')
+    args = ["status", "--config", str(config), "--data-dir", str(tmp_path)]
+    assert main([*args, "--json"]) == 0
+    (uplink,) = json.loads(capsys.readouterr().out)["uplinks"]
+    assert uplink["aggregates_waiting"] == 1
+    assert main(args) == 0
+    assert "minute/hourly/daily data: 1 waiting" in capsys.readouterr().out

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 def _uplinks_status(ctx: Context, cursors: Sequence[UpstreamStats]) -> list[dict[str, Any]]:
     """Each configured upstream: what its delivery worker last recorded in the data directory
     (``state`` None when it never ran) and its share of the outbox (its cursor)."""
+    from agent.cli.statusview import aggregates_waiting
     from agent.uplink.worker import UplinkState, state_file
 
     found = {c.name: c for c in cursors}
@@ -44,6 +45,8 @@ def _uplinks_status(ctx: Context, cursors: Sequence[UpstreamStats]) -> list[dict
             "delivered": None if cursor is None else cursor.delivered,
             "dropped": None if cursor is None else cursor.dropped,
             "quarantined": None if cursor is None else cursor.rejected,
+            # HJ 212: minute, hourly and daily data not yet acknowledged (else None)
+            "aggregates_waiting": aggregates_waiting(settings, ctx.data_dir),
         })
     return report
 

@@ -24,7 +24,9 @@ is what went upstream. Each is shown with its rule and the watched quantity's la
 
 from __future__ import annotations
 
+import logging
 import math
+import sqlite3
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config import AlertConfig, Config
+from agent.config import AlertConfig, Config, UplinkConfig
 from agent.core.timebase import HOLD_UNSYNCED_S, SYNC_ADVICE_SHORT, UNSYNCED_REASON
 from agent.runtime.history import HISTORY_FILE, POINTS, bucket_of
 from agent.runtime.statusfile import HEALTH_QUANTITIES, SENSORS_FILE, SensorsFile, load_history
@@ -42,6 +44,8 @@ from agent.store.outbox import LatestValue, OutboxStats
 from agent.store.salvage import Recovery
 from agent.uplink.worker import UplinkState, state_file
 from drivers.clock import Clock
+
+log = logging.getLogger("envagent.status")
 
 BARS = "▁▂▃▄▅▆▇█"
 ASCII_BARS = "_.-=+*#@"
@@ -178,6 +182,22 @@ def uplink_states(config: Config, data_dir: Path) -> list[tuple[str, UplinkState
     """Each configured upstream's name and the state its worker left in ``data_dir`` (None:
     it never ran there)."""
     return [(u.name, UplinkState.load(data_dir / state_file(u.name))) for u in config.uplinks]
+
+
+def aggregates_waiting(settings: UplinkConfig, data_dir: Path) -> int | None:
+    """How many of an HJ 212 upstream's minute, hourly and daily data wait for the platform's
+    acknowledgement (in its archive, agent.uplink.hj212.archive); None for another upstream,
+    or when the archive cannot be read (logged)."""
+    if settings.hj212 is None:
+        return None
+    from agent.uplink.hj212.archive import archive_path, waiting_in  # HJ 212 units only
+
+    path = archive_path(data_dir, settings.name)
+    try:
+        return waiting_in(path)
+    except sqlite3.Error as exc:
+        log.warning("cannot read the HJ 212 archive %s: %s", path, exc)
+        return None
 
 
 def held_in(config: Config, data_dir: Path, boot_id: str, backlog: int,
@@ -352,10 +372,13 @@ def render(config: Config, data_dir: Path, stats: OutboxStats, latest: Sequence[
     states = uplink_states(config, data_dir)
     if not states:
         row("sync", f"no uplink configured, {count(stats.backlog)} kept")
-    for name, uplink in states:  # one upstream: as it always was; several: each by name
-        who = "" if len(states) == 1 else f"{name}: "
+    for settings, (name, uplink) in zip(config.uplinks, states, strict=True):
+        who = "" if len(states) == 1 else f"{name}: "  # one upstream: as it always was
         cursor = backlogs.get(name)
-        row("sync", who + sync_words(uplink, stats.backlog if cursor is None else cursor, now))
+        aggregates = aggregates_waiting(settings, data_dir)
+        more = f"; minute/hourly/daily data: {count(aggregates)} waiting" if aggregates else ""
+        row("sync", who + sync_words(uplink, stats.backlog if cursor is None else cursor, now)
+            + more)
         if uplink is not None:
             since = f" since {clock_time(uplink.since_ns, now)}" if uplink.since_ns else ""
             row("uplink", f"{who}{uplink.state}{since}")

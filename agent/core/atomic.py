@@ -100,6 +100,15 @@ def write_json(path: Path, data: Any, *, indent: int | None = None,
         json.dump(data, file, ensure_ascii=False, indent=indent, separators=separators)
 
 
+def sqlite_readonly_uri(path: Path) -> str:
+    """A URI to read the SQLite database at ``path`` beside the agent that writes it, creating
+    nothing: while the agent runs, its ``-wal`` and ``-shm`` exist and a read-only connection
+    shares them; without them the main file holds every commit and is opened ``immutable``,
+    because a plain read-only open would create them, owned by whoever reads."""
+    live = all(Path(f"{path}{end}").exists() for end in ("-wal", "-shm"))
+    return path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+
+
 def read_bounded(path: Path, limit: int) -> bytes:
     """The content of the regular file ``path``, at most ``limit`` bytes.
 

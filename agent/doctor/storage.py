@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import DEFAULT_STORAGE_PATH, Config
+from agent.core.atomic import sqlite_readonly_uri
 from agent.core.errors import StorageError, describe
 from agent.doctor.report import Check, DiskUsage, Status, human_age
 from agent.store import datadir, maintenance
@@ -85,7 +86,7 @@ def check_database(data_dir: Path) -> Check:
         return Check("database", Status.PASS, f"no outbox yet at {path}: the agent creates it "
                      "when it first runs")
     try:
-        conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=5.0)
+        conn = sqlite3.connect(sqlite_readonly_uri(path), uri=True, timeout=5.0)
     except sqlite3.Error as exc:
         return Check("database", Status.FAIL, f"cannot open {path}: {exc}", RESTART_HINT)
     try:
@@ -105,13 +106,6 @@ def check_database(data_dir: Path) -> Check:
                      "the agent upgrades an older schema when it starts; a newer one needs "
                      "a newer agent")
     return Check("database", Status.PASS, f"{path}: intact ({human_bytes(_size(path))})")
-
-
-def readonly_uri(path: Path) -> str:
-    """As Outbox.open_readonly: shared -wal/-shm while the daemon runs, else immutable (a plain
-    read-only open would create them, owned by whoever runs the doctor)."""
-    live = all(Path(f"{path}{end}").exists() for end in ("-wal", "-shm"))
-    return path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
 
 
 def check_backlog(config: Config, data_dir: Path, clock: Clock) -> list[Check]:

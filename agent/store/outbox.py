@@ -62,6 +62,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from agent.core.atomic import sqlite_readonly_uri
 from agent.core.errors import StorageError, StorageFullError
 from agent.core.reading import ALERT_PREFIX, Reading, StoredReading, is_alert
 from agent.core.reading import RESERVED_SENSOR_ID as ALERT_SENSOR
@@ -252,18 +253,13 @@ class Outbox:
 
     @classmethod
     def open_readonly(cls, path: Path) -> Outbox:
-        """Open for ``envagent status``: reads only, creates nothing, works beside the daemon.
-
-        While the daemon runs, its ``-wal`` and ``-shm`` files exist and a read-only connection
-        shares them. Without them the main file holds every commit and is opened ``immutable``,
-        because a plain read-only open would create them, owned by whoever ran ``status``.
-        """
+        """Open for ``envagent status``: reads only, creates nothing, works beside the daemon
+        (agent.core.atomic.sqlite_readonly_uri)."""
         self = cls.__new__(cls)
         self.path, self.max_bytes = path, None
         if not path.is_file():
             raise StorageError(f"no outbox at {path}: has the agent run with this storage.path?")
-        live = all(Path(f"{path}{end}").exists() for end in ("-wal", "-shm"))
-        uri = path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+        uri = sqlite_readonly_uri(path)
         self._open(lambda: sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S,
                                            isolation_level=None, check_same_thread=False))
         return self

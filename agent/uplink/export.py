@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent.config import Config
-from agent.core.atomic import atomic_file
+from agent.core.atomic import atomic_file, sqlite_readonly_uri
 from agent.core.errors import AgentError, StorageError
 from agent.core.reading import Reading
 from agent.core.timebase import EPOCH, iso_ns
@@ -169,11 +169,9 @@ class Summary:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    """A read-only connection, as :meth:`agent.store.outbox.Outbox.open_readonly` opens one: beside
-    a
-    running daemon it shares its ``-wal``; without one it creates nothing."""
-    live = all(Path(f"{path}{end}").exists() for end in ("-wal", "-shm"))
-    uri = path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+    """A read-only connection beside a running daemon, creating nothing
+    (agent.core.atomic.sqlite_readonly_uri)."""
+    uri = sqlite_readonly_uri(path)
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         (version,) = conn.execute("PRAGMA user_version").fetchone()

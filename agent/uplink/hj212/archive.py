@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from agent.core.atomic import sqlite_readonly_uri
 from agent.core.timebase import NS
 from agent.uplink.hj212.codes import number
 
@@ -42,6 +43,7 @@ CN_DAY = "2031"  # 上传污染物日历史数据
 CLOSE_MARGIN_S = 60  # an interval closes once a reading this far past its end was seen
 KEEP_DAYS = 7  # aggregates kept for history pulls
 FLAG_ORDER = "MFDT"  # an aggregate's flag: the first of these that applies, else N
+ARCHIVE_FILE = "hj212-{}.sqlite"  # in the data directory, per upstream name
 _QN_MS = {CN_MINUTE: "051", CN_HOUR: "061", CN_DAY: "031"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -113,6 +115,23 @@ def parse_data_time(text: str, zone: ZoneInfo) -> int:
     if len(text) != 14 or not text.isdigit():
         raise ValueError(f"{text[:20]!r} is not yyyyMMddHHmmss")
     return int(datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=zone).timestamp())
+
+
+def archive_path(data_dir: Path, upstream: str) -> Path:
+    return data_dir / ARCHIVE_FILE.format(upstream)
+
+
+def waiting_in(path: Path) -> int:
+    """How many aggregates the archive at ``path`` holds unacknowledged, read beside the agent
+    that writes it (``envagent status``); 0 when there is no archive yet. sqlite3.Error when
+    it cannot be read."""
+    if not path.is_file():
+        return 0
+    conn = sqlite3.connect(sqlite_readonly_uri(path), uri=True, timeout=5.0)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM outgoing").fetchone()[0])
+    finally:
+        conn.close()
 
 
 class Archive:
@@ -243,10 +262,6 @@ class Archive:
                 "ON a.cn = o.cn AND a.start_s = o.start_s ORDER BY o.seq LIMIT ?",
                 (limit,)).fetchall()
         return [Message(*row) for row in rows]
-
-    def waiting(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM outgoing").fetchone()[0])
 
     def delivered(self, seq: int) -> None:
         with self._transaction() as conn:

@@ -68,6 +68,7 @@ from agent.uplink.hj212.archive import (
     CN_MINUTE,
     Archive,
     Kind,
+    archive_path,
     data_time,
     parse_data_time,
 )
@@ -455,7 +456,7 @@ def build(config: Config, settings: UplinkConfig, *, simulated: bool = False,
         codes_of.setdefault(sensor, []).append(code)
     kinds = [Kind(cn, hj.minute_interval if cn == CN_MINUTE else 0)
              for kind, cn in KINDS.items() if kind in hj.send]
-    archive = Archive(data_dir / f"hj212-{settings.name}.sqlite", zone=ZoneInfo(hj.timezone),
+    archive = Archive(archive_path(data_dir, settings.name), zone=ZoneInfo(hj.timezone),
                       kinds=kinds, expected=expected, keep_days=hj.keep_days)
     where = endpoint(settings.url)
     return Hj212Sink(where.host, where.port, hj, archive, name=settings.name,
