@@ -20,6 +20,7 @@ from agent.core.credentials import CredentialError, Secret, load_token
 from agent.core.errors import ConfigError
 from agent.core.reading import Reading
 from agent.store.outbox import Outbox, Subscriber
+from agent.uplink.hj212.archive import CN_DAY, CN_HOUR, CN_MINUTE, Archive, Kind
 from agent.uplink.hj212.codes import CodeTable, data_flag, number
 from agent.uplink.hj212.packet import (
     MAX_SEGMENT,
@@ -157,6 +158,48 @@ def test_rtd_values_are_the_readings_after_unit_conversion_in_local_time() -> No
     assert again == groups  # a replay is identical, QN and all
     cut = list(realtime().groups(readings[:4]))  # a batch boundary inside the second
     assert cut[0].segments[0].qn != segment.qn  # other content, another QN
+
+
+def test_a_real_time_qn_is_never_an_aggregates_of_the_same_data_time(tmp_path: Path) -> None:
+    day = T0 - 8 * 3600 * NS  # 00:00:00.223 in Shanghai: a minute, an hour and a day start
+    failed = Reading("dust", "sensor_state", 2.0, "code", day, 0, "b", True)
+    readings = [Reading("air", q, v, u, day, 0, "b", True) for q, v, u in (
+        ("temperature", 21.5, "°C"), ("humidity", 40.0, "%RH"), ("pressure", 1013.0, "hPa"),
+        ("pm2_5", 8.0, "µg/m³"), ("pm10", 12.0, "µg/m³"), ("pm1", 3.0, "µg/m³"),
+        ("co2", 612.0, "ppm"), ("illuminance", 90.0, "lx"))]
+    station = Realtime(st=22, mn=MN, zone=SHANGHAI, codes_of={"dust": ["a99002"]},
+                       table=CodeTable((("illuminance", "a99001"),)))
+    # Every code the station sends, and a failed sensor's code the table lacks, goes first once.
+    # (The CRC rule of old never met the aggregates either, by luck: appendix A's CRC has 256
+    # values, none 31, 51 or 61 modulo 1000.)
+    groups = [next(station.groups([*readings[i:], *readings[:i]]))
+              for i in range(len(readings))] + [next(station.groups([failed, *readings]))]
+    firsts = {g.segments[0].cp.split(";")[1].split("-")[0] for g in groups}
+    assert firsts == {"a01001", "a01002", "a01006", "a34004", "a34002", "a34005", "a05001",
+                      "a99001", "a99002"}
+    archive = Archive(tmp_path / "hj212.sqlite", zone=SHANGHAI, expected={},
+                      kinds=[Kind(CN_MINUTE, 1), Kind(CN_HOUR), Kind(CN_DAY)])
+    archive.add(groups[0].samples, day + 2 * 86400 * NS)  # closes the minute, hour and day
+    aggregates = {m.qn for m in archive.pending(10)}
+    archive.close()
+    realtime_qns = {g.segments[0].qn for g in groups}
+    assert {qn[:14] for qn in aggregates} == {qn[:14] for qn in realtime_qns} == {
+        "20260101000000"}
+    assert len(aggregates) == 3 and len(realtime_qns) == len(groups) == 9
+    assert not aggregates & realtime_qns
+
+
+def test_every_part_of_a_second_a_batch_boundary_can_cut_has_a_qn_of_its_own() -> None:
+    # The CRC rule of old gave both parts of sample(22) cut after its 3rd or 4th reading one QN
+    # (found by trying every cut of sample(0) to sample(3000): about 1 cut in 100 collided).
+    readings = sample(22)
+    parts = [readings[i:j] for i in range(len(readings)) for j in range(i + 1, len(readings) + 1)]
+    groups = [list(realtime().groups(part)) for part in parts]
+    # The two halves of any cut, and a part against the parts a restart may cut anew.
+    qns = {segment.qn for (group,) in groups for segment in group.segments}
+    assert len(qns) == len(parts) == 21
+    assert {qn[:14] for qn in qns} == {"20260101080340"}
+    assert [list(realtime().groups(part)) for part in parts] == groups  # a replay: same bytes
 
 
 def test_co2_goes_in_mg_per_m3_at_the_samples_temperature_and_pressure_or_in_ppm() -> None:

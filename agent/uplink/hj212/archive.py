@@ -44,6 +44,8 @@ CLOSE_MARGIN_S = 60  # an interval closes once a reading this far past its end w
 KEEP_DAYS = 7  # aggregates kept for history pulls
 FLAG_ORDER = "MFDT"  # an aggregate's flag: the first of these that applies, else N
 ARCHIVE_FILE = "hj212-{}.sqlite"  # in the data directory, per upstream name
+# An aggregate's QN is its DataTime and these; real-time QNs of the same DataTime never end in
+# them (they end in realtime.QN_FIRST or more): change one only with the other.
 _QN_MS = {CN_MINUTE: "051", CN_HOUR: "061", CN_DAY: "031"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (

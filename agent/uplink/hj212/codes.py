@@ -129,9 +129,14 @@ class CodeTable:
     def __init__(self, codes: Sequence[tuple[str, str]] = (),
                  units: Sequence[tuple[str, str]] = ()) -> None:
         chosen = dict(units)
+        entries = [*DEFAULT_CODES.items(), *codes]
+        # Every code it can give, each once, the defaults first: a code keeps its place while
+        # the config's codes keep their order (one added goes last), since real-time QNs are
+        # numbered by it (agent.uplink.hj212.realtime).
+        self.codes: tuple[str, ...] = tuple(dict.fromkeys(code for _, code in entries))
         self._by_quantity: dict[str, Code] = {}
         self._by_series: dict[tuple[str, str], Code] = {}
-        for quantity, code in [*DEFAULT_CODES.items(), *codes]:
+        for quantity, code in entries:
             entry = self._code(code, chosen.get(code))
             sensor, dot, name = quantity.rpartition(".")
             if dot:
