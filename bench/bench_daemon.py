@@ -433,7 +433,7 @@ def by_thread(a: Snapshot, b: Snapshot, readings: int) -> str:
     for name, cpu in b.threads.items():
         if name in a.threads:
             kind = name.rsplit("#", 1)[0]
-            kind = "sensor threads" if kind.startswith(("sensor-", "sensor ")) else kind
+            kind = "sensor threads" if kind.startswith("sensor ") else kind
             groups[kind] = groups.get(kind, 0.0) + cpu - a.threads[name]
     groups["threads started or ended in the window"] = (
         b.cpu_s - a.cpu_s - sum(groups.values()))

@@ -18,6 +18,7 @@ from agent.core.errors import ConfigError
 from agent.core.reading import Reading
 from agent.sampling.daemon import make_drivers
 from agent.sampling.sampler import SensorWorker
+from agent.sampling.scheduler import Slots
 from drivers.registry import DRIVERS, IDENTIFIERS
 from drivers.scan import Found, scan
 from drivers.sim import BME280Model, BusIOError, Environment, FakeClock, Nack, SimBus, build_world
@@ -264,12 +265,15 @@ def test_two_identical_bme280s_on_two_channels_sample_concurrently(clock: FakeCl
         SensorWorker(s, d, clock=clock, deliver=deliver, boot_id="b", stop=stop)
         for s, d in zip(config.sensors[:2], drivers[:2], strict=True)
     ]
-    for worker in workers:
-        worker.thread.start()
+    # each on a thread of its own, as every sensor starts (no runner takes them back)
+    slots = Slots(workers, clock, stop, own=lambda sensor: None)
+    threads = [threading.Thread(target=w.run_own, args=(slots,), daemon=True) for w in workers]
+    for thread in threads:
+        thread.start()
     assert enough.wait(30), [w.health for w in workers]
     stop.set()
-    for worker in workers:
-        worker.thread.join(5)
+    for thread in threads:
+        thread.join(5)
     assert all(w.health.errors == 0 for w in workers), [w.health for w in workers]
     with collected:
         temperatures = {

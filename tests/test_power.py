@@ -15,6 +15,7 @@ from agent.config import parse_config
 from agent.core.reading import Reading
 from agent.sampling.power import PowerSwitch
 from agent.sampling.sampler import SensorWorker, State
+from agent.sampling.scheduler import Slots
 from drivers.bme280 import BME280
 from drivers.sim.bme280 import BME280Model
 from drivers.sim.clock import FakeClock
@@ -65,9 +66,11 @@ def test_a_failed_sensor_is_power_cycled_and_recovers() -> None:
     worker = SensorWorker(CONFIG.sensors[0], BME280(bus, ADDRESS, clock=clock), clock=clock,
                           deliver=deliver, boot_id="b", stop=stop, power=switch)
     bus.vanish(ADDRESS)  # latched up: answers nothing until its supply is removed
+    # its own thread's loop, where a failed sensor is re-probed (no runner takes it back)
+    slots = Slots([worker], clock, stop, own=lambda sensor: None)
     give_up = threading.Timer(10.0, stop.set)  # a regression fails instead of hanging
     give_up.start()
-    worker.run()
+    worker.run_own(slots)
     give_up.cancel()
     assert switch.cycles == 1
     assert [s.state for s in pin.states] == [False, True, False, True]  # init, on, off, on

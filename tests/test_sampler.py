@@ -1,4 +1,8 @@
-"""Sensor workers: readings carry true time, failures change health, never end the thread."""
+"""Sensor workers: readings carry true time, failures change health, never end the thread.
+
+Here a worker samples on a thread of its own (``run_own``, as at start and while it misbehaves;
+no runner takes it back), or one ``sample`` at a time; in steps on the scheduler's runners:
+tests/test_slots.py."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest
 from agent.config import parse_config
 from agent.core.reading import Reading
 from agent.sampling.sampler import FAILURES_BEFORE_FAILED, SensorWorker, State
+from agent.sampling.scheduler import Slots
 from drivers.bme280 import BME280
 from drivers.sim.bme280 import BME280Model
 from drivers.sim.clock import FakeClock
@@ -39,14 +44,18 @@ def make_worker(
 
 
 def run_until(worker: SensorWorker, done: Callable[[], bool]) -> None:
-    """Run the worker loop on its (fake, instantly advancing) clock until ``done``."""
+    """Run the worker on its own thread's loop (``run_own``, as every sensor starts) on its
+    (fake, instantly advancing) clock until ``done``. The scheduler's runners are not started,
+    so none takes the sensor back: it sets itself up, re-probes and samples its slots itself."""
+    slots = Slots([worker], worker.clock, worker.stop, own=lambda sensor: None)
+
     def watch() -> None:
         while not worker.stop.is_set():
             if done():
                 worker.stop.set()
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    worker.run()
+    worker.run_own(slots)
     watcher.join(5)
 
 

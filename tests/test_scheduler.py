@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.sampling.scheduler import Schedule
+from agent.sampling.scheduler import LATE_FRACTION, Schedule
 from drivers.sim.clock import FakeClock
 
 
@@ -12,11 +12,16 @@ def wall_of(clock: FakeClock, mono: float) -> float:
     return mono + (clock.time() - clock.monotonic())
 
 
+def claim(schedule: Schedule, clock: FakeClock) -> float:
+    """The next slot, claimed as the scheduler claims it (Slots, SensorWorker.run_own)."""
+    return schedule.claim(clock.monotonic(), LATE_FRACTION * schedule.interval)
+
+
 def test_first_slot_is_the_next_wall_clock_multiple() -> None:
     clock = FakeClock(start=50.0, wall=1_700_000_003.25)
     schedule = Schedule(10.0, clock)
     assert wall_of(clock, schedule.next_due) == pytest.approx(1_700_000_010.0)
-    assert schedule.delay() == pytest.approx(6.75)
+    assert schedule.next_due - clock.monotonic() == pytest.approx(6.75)
 
 
 def test_slots_do_not_drift_when_reads_take_time() -> None:
@@ -24,10 +29,10 @@ def test_slots_do_not_drift_when_reads_take_time() -> None:
     schedule = Schedule(5.0, clock)
     walls = []
     for _ in range(1000):
-        clock.advance(schedule.delay())
-        walls.append(wall_of(clock, schedule.next_due))
+        slot = claim(schedule, clock)
+        clock.advance(slot - clock.monotonic())
+        walls.append(wall_of(clock, slot))
         clock.advance(0.37)  # the read itself takes time
-        schedule.advance()
     assert walls[0] == pytest.approx(1_700_000_005.0)
     assert walls[-1] == pytest.approx(1_700_000_005.0 + 999 * 5.0)
     assert all(w % 5.0 == pytest.approx(0.0, abs=1e-6) for w in walls)
@@ -37,12 +42,12 @@ def test_slots_do_not_drift_when_reads_take_time() -> None:
 def test_missed_slots_are_skipped_and_counted_not_bursted() -> None:
     clock = FakeClock(start=0.0, wall=1_700_000_000.0)
     schedule = Schedule(10.0, clock)
-    clock.advance(schedule.delay())
+    clock.advance(claim(schedule, clock) - clock.monotonic())
     clock.advance(35.0)  # a read hung for 35 s
-    schedule.advance()
+    slot = claim(schedule, clock)
     assert schedule.missed == 3
-    assert 0 < schedule.delay() <= 10.0
-    assert wall_of(clock, schedule.next_due) % 10.0 == pytest.approx(0.0, abs=1e-6)
+    assert 0 < slot - clock.monotonic() <= 10.0
+    assert wall_of(clock, slot) % 10.0 == pytest.approx(0.0, abs=1e-6)
 
 
 def test_realign_follows_a_wall_clock_step() -> None:

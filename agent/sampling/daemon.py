@@ -204,8 +204,11 @@ class Agent:
                 self.on_stop()
             self.slots.join(JOIN_TIMEOUT_S)
             for worker in self.workers:
-                worker.thread.join(JOIN_TIMEOUT_S)
-                if worker.thread.is_alive():
+                thread = worker.thread  # its latest own thread (Slots.start gave it one)
+                if thread is None:
+                    continue
+                thread.join(JOIN_TIMEOUT_S)
+                if thread.is_alive():
                     log.warning("%s: still busy in a read at shutdown; left behind", worker.label)
             self._commit_cycle()
 

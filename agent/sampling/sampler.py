@@ -2,8 +2,8 @@
 
 A :class:`SensorWorker` is sampled in steps by the one scheduler thread
 (agent.sampling.scheduler: ``begin`` triggers, ``resume`` collects) while it behaves, and runs
-on a thread of its own (``run``: set up, re-probe, sample with its own waits) while it does not --
-so a slow or hung sensor delays nobody else. Health follows
+on a thread of its own (``run_own``: set up, re-probe, sample with its own waits) at start and
+while it does not -- so a slow or hung sensor delays nobody else. Health follows
 DESIGN.md: ok -> warning (a read failed; the next slot retries) -> failed (after several
 consecutive failures, or when setup fails: the chip is re-probed and set up again with a capped
 exponential backoff) -> ok. Only transitions are logged, never individual polls.
@@ -87,7 +87,7 @@ class SensorWorker:
         self.idle = threading.Event()  # set while no thread is inside this sensor's driver
         self.idle.set()
         self.first_setup = threading.Event()  # set once setup was tried (success or not)
-        self.thread = threading.Thread(target=self.run, name=f"sensor-{sensor.id}", daemon=True)
+        self.thread: threading.Thread | None = None  # its latest own thread (Slots starts it)
         # Reads per reading: ``average``, or 1 when the chip averages itself (ADS1115 oversample).
         self.rounds = sensor.average
         if sensor.average > 1 and driver.oversample(sensor.average):
@@ -107,22 +107,6 @@ class SensorWorker:
     def set_up(self) -> bool:
         return self._set_up
 
-    def run(self) -> None:
-        schedule = self.schedule
-        offset = self._wall_offset()
-        while not self.stop.is_set():
-            if not self._set_up and not self._setup_or_wait():
-                continue
-            if self.clock.wait(self.stop, schedule.delay()):
-                break
-            if abs(self._wall_offset() - offset) > WALL_STEP_S:
-                # The wall clock stepped (NTP sync, a manual date): keep slots on its multiples.
-                offset = self._wall_offset()
-                schedule.realign()
-                continue
-            self.sample()
-            schedule.advance()
-
     def run_own(self, slots: Slots) -> None:
         """This sensor on a thread of its own (at start, and while it misbehaves): set up with
         backoff, sample its slots with its own waits, and hand itself back to the scheduler
@@ -138,6 +122,7 @@ class SensorWorker:
             if self.clock.wait(self.stop, slot - self.clock.monotonic()):
                 return
             if abs(self._wall_offset() - offset) > WALL_STEP_S:
+                # The wall clock stepped (NTP sync, a manual date): keep slots on its multiples.
                 offset = self._wall_offset()
                 self.schedule.realign()
                 continue

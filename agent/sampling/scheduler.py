@@ -47,10 +47,6 @@ class Schedule:
         """Monotonic time of the next slot."""
         return self._next
 
-    def delay(self) -> float:
-        """Seconds until the next slot (0 when it is due)."""
-        return max(0.0, self._next - self.clock.monotonic())
-
     def claim(self, now: float, late: float) -> float:
         """The next slot to serve, moving past it: slots more than ``late`` seconds over are
         skipped and counted. Each slot is claimed once, by whoever serves it."""
@@ -60,15 +56,6 @@ class Schedule:
         slot = self._next
         self._next += self.interval
         return slot
-
-    def advance(self) -> None:
-        """Move past the slot just served; skip (and count) slots that are already over."""
-        self._next += self.interval
-        now = self.clock.monotonic()
-        if self._next <= now:
-            behind = math.floor((now - self._next) / self.interval) + 1
-            self.missed += behind
-            self._next += behind * self.interval
 
 
 # --- one scheduler thread for every sensor that behaves ---------------------------------------
@@ -93,7 +80,7 @@ class Sampled(Protocol):
     attached: bool
     wants_in: bool
     idle: threading.Event
-    thread: threading.Thread
+    thread: threading.Thread | None
 
     @property
     def label(self) -> str: ...
