@@ -8,10 +8,10 @@ whole seconds. Its CP is ``DataTime=yyyyMMddHHmmss;<code>-Rtd=<value>,<code>-Fla
 of readings of one second, in the batch's (the outbox's) order; a run the batch boundary cut in
 two goes as two messages of the same DataTime, each with codes the other has not.
 
-QN (6.3.2) is the DataTime with, for milliseconds, a number from 100 to 999 that the place of
-the message's first code among the upstream's codes (CodeTable.codes, then any code of a
-failed sensor the table lacks) picks a block of 30 in, and its number of codes one in that
-block. The platform acknowledges by QN and may take a repeated QN for a repeated message, so:
+QN (6.3.2) is the DataTime with, for milliseconds, 100 + (30 x the place of the message's
+first code among the upstream's codes + its number of codes - 1) modulo 900: a number from 100
+to 999 (the places: CodeTable.codes, then any code of a failed sensor the table lacks). The
+platform acknowledges by QN and may take a repeated QN for a repeated message, so:
 
 - a message sent again -- a resend, or a replay after a restart with the same config --
   carries the same QN and the same bytes;
