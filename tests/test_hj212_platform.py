@@ -10,7 +10,7 @@ import random
 import statistics
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -74,12 +74,13 @@ def receiver() -> Iterator[Hj212Receiver]:
 class Station:
     """An outbox, the HJ 212 sink and its worker, over one data directory."""
 
-    def __init__(self, data_dir: Path, url: str, **hj: object) -> None:
+    def __init__(self, data_dir: Path, url: str, *,
+                 wall: Callable[[], float] = time.time, **hj: object) -> None:
         config = parse_config(tomllib.loads(STATION), source="t.toml")
         self.settings = settings(url, **hj)
         self.outbox = Outbox(data_dir / "outbox.sqlite", max_bytes=64 * 1024**2,
                              subscribers=[Subscriber("bureau")])
-        sink = build_sink(config, self.settings, data_dir=data_dir)
+        sink = build_sink(config, self.settings, data_dir=data_dir, wall=wall)
         assert isinstance(sink, Hj212Sink)
         self.sink = sink
         self.worker = Uplink(self.outbox, sink, self.settings, clock=FakeClock(),
@@ -283,7 +284,11 @@ def test_what_the_platform_set_outlives_a_restart(tmp_path: Path,
 
 def test_a_heartbeat_keeps_a_quiet_line_alive(tmp_path: Path, receiver: Hj212Receiver) -> None:
     receiver.heartbeat_cn = "9015"
-    unit = Station(tmp_path, receiver.url, heartbeat=1.0, heartbeat_cn="9015")
+    # 08:00:00.31, a sample time: the beat's QN is neither a real-time message's of that second
+    # (its number 100-999) nor an aggregate's (031, 051, 061), or a platform that drops a
+    # repeated QN could drop data for it
+    unit = Station(tmp_path, receiver.url, wall=lambda: T0 // NS + 0.31, heartbeat=1.0,
+                   heartbeat_cn="9015")
     try:
         unit.deliver(readings(0, 1))
         time.sleep(2.6)
@@ -291,6 +296,7 @@ def test_a_heartbeat_keeps_a_quiet_line_alive(tmp_path: Path, receiver: Hj212Rec
         unit.close()
     beats = [r for r in receiver.received if r.cn == "9015"]
     assert len(beats) >= 1 and receiver.errors == []
+    assert {b.fields["QN"] for b in beats} == {"20260101080000032"}
 
 
 def test_maintenance_readings_are_flagged_m_in_real_time_and_aggregate_data(

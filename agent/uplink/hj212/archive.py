@@ -44,9 +44,10 @@ CLOSE_MARGIN_S = 60  # an interval closes once a reading this far past its end w
 KEEP_DAYS = 7  # aggregates kept for history pulls
 FLAG_ORDER = "MFDT"  # an aggregate's flag: the first of these that applies, else N
 ARCHIVE_FILE = "hj212-{}.sqlite"  # in the data directory, per upstream name
-# An aggregate's QN is its DataTime and these; real-time QNs of the same DataTime never end in
-# them (they end in realtime.QN_FIRST or more): change one only with the other.
-_QN_MS = {CN_MINUTE: "051", CN_HOUR: "061", CN_DAY: "031"}
+# An aggregate's QN is its DataTime and these; real-time QNs (realtime.QN_FIRST or more) and
+# the heartbeat's (transport.Hj212Sink._qn_now) never end in them: change one only with the
+# others.
+QN_MS = {CN_MINUTE: "051", CN_HOUR: "061", CN_DAY: "031"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
     code TEXT NOT NULL, t_ns INTEGER NOT NULL, value REAL, flag TEXT NOT NULL,
@@ -201,7 +202,7 @@ class Archive:
         while (end := interval_end(start, kind, self.zone)) + CLOSE_MARGIN_S <= seen_s:
             cp = self._aggregate(conn, kind, start, end)
             if cp is not None:
-                qn = data_time(start, self.zone) + _QN_MS[kind.cn]
+                qn = data_time(start, self.zone) + QN_MS[kind.cn]
                 conn.execute("INSERT OR REPLACE INTO aggregates VALUES (?, ?, ?, ?)",
                              (kind.cn, start, qn, cp))
                 conn.execute("INSERT INTO outgoing (cn, start_s) VALUES (?, ?)",

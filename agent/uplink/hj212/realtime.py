@@ -48,7 +48,7 @@ from agent.uplink.hj212.packet import FLAG_A, FLAG_VERSION_2017, Segment, messag
 CN_REALTIME = "2011"  # 6.6.2 / appendix C: 上传污染物实时数据
 SENSOR_STATE = "sensor_state"  # a sensor's health reading (agent.runtime.health)
 SENSOR_FAILED = 2.0  # its code for a failed sensor (agent.runtime.health.SENSOR_STATE)
-QN_FIRST = 100  # real-time QNs end in 100-999, above the aggregates' (archive._QN_MS)
+QN_FIRST = 100  # real-time QNs end in 100-999, above the aggregates' (archive.QN_MS)
 QN_BLOCK = 30  # QN numbers per first code, one per number of codes: 30 blocks fill 100-999
 
 

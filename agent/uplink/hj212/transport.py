@@ -66,6 +66,7 @@ from agent.uplink.hj212.archive import (
     CN_DAY,
     CN_HOUR,
     CN_MINUTE,
+    QN_MS,
     Archive,
     Kind,
     archive_path,
@@ -308,8 +309,14 @@ class Hj212Sink:
                              FLAG_PLAIN, "").render())
 
     def _qn_now(self) -> str:
+        """Now, for the heartbeat: its number is now's hundredths of a second, so 000-099,
+        never a real-time message's (100-999) nor an aggregate's (archive.QN_MS) of the same
+        DataTime -- a platform that drops a repeated QN must not drop data for a heartbeat."""
         now = self._wall()
-        return data_time(int(now), self.zone) + f"{int(now * 1000) % 1000:03d}"
+        number = f"{int(now * 100) % 100:03d}"
+        if number in QN_MS.values():
+            number = f"{int(number) + 1:03d}"  # 032, 052, 062: free
+        return data_time(int(now), self.zone) + number
 
     def _request(self, request: Segment, conn: Connection) -> None:
         """Answer one request of the platform on ``conn``."""
