@@ -305,7 +305,7 @@ def test_withheld_acks_resend_byte_identical_packets_and_delete_nothing(
     finally:
         sink.close()
     assert step.outcome is Outcome.RETRY and step.delivered == 0
-    assert step.answer is not None and "no data acknowledgement" in step.answer.detail
+    assert step.answer is not None and "no acknowledgement (CN 9014)" in step.answer.detail
     got = receiver.data_packets()
     assert len(got) == 3  # the packet and its two resends
     assert got[0].raw == got[1].raw == got[2].raw

@@ -376,4 +376,6 @@ def test_status_counts_the_minute_hourly_and_daily_data_the_platform_has_not_ack
     (uplink,) = json.loads(capsys.readouterr().out)["uplinks"]
     assert uplink["aggregates_waiting"] == 1
     assert main(args) == 0
-    assert "minute/hourly/daily data: 1 waiting" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "minute/hourly/daily data: 1 waiting" in shown
+    assert "not delivering: server does not acknowledge" in shown  # reached, not unreachable

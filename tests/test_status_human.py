@@ -178,6 +178,15 @@ def test_sync_in_words() -> None:
     assert sync_words(None, 5, now).startswith("not started: ")
     down = UplinkState("retrying", int(now * 1e9), None, "HTTP 503: maintenance")
     assert "server answers HTTP 503" in sync_words(down, 3, now)
+    silent = UplinkState("retrying", int(now * 1e9), None,
+                         "no acknowledgement (PUBACK) within 10 s (broker.example.org:8883)")
+    assert "not delivering: server does not acknowledge (since" in sync_words(silent, 3, now)
+    full = UplinkState("retrying", int(now * 1e9), None,
+                       "this unit cannot write its HJ 212 archive: database or disk is full")
+    assert "not delivering: this unit cannot write its HJ 212 archive (since" in sync_words(
+        full, 3, now)
+    lost = UplinkState("retrying", int(now * 1e9), None, "cannot connect to db:8086")
+    assert "not delivering: server unreachable (since" in sync_words(lost, 3, now)
 
 
 def test_sparkline_squeezes_and_scales() -> None:

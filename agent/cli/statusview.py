@@ -42,6 +42,7 @@ from agent.sampling.alerts import ALERT_SENSOR, FIRING, alert_quantity
 from agent.store.maintenance import BY_BUTTON, Window
 from agent.store.outbox import LatestValue, OutboxStats
 from agent.store.salvage import Recovery
+from agent.uplink.sink import NOT_ACKNOWLEDGED, THIS_UNIT
 from agent.uplink.worker import UplinkState, state_file
 from drivers.clock import Clock
 
@@ -125,7 +126,8 @@ def sync_words(state: UplinkState | None, backlog: int, now: float) -> str:
 
 
 def trouble_words(state: UplinkState) -> str:
-    """Why delivery stopped, in a few words: "server unreachable", "server answers HTTP 503"."""
+    """Why delivery stopped, in a few words: "server unreachable", "server answers HTTP 503",
+    "server does not acknowledge"."""
     error = state.last_error or ""
     reason = {"auth_blocked": "server refused the token", "failing": "server refuses the writes",
               "retrying": "server unreachable"}.get(state.state, state.state)
@@ -133,6 +135,10 @@ def trouble_words(state: UplinkState) -> str:
         reason = "the token file is unusable"
     elif state.state == "retrying" and error.startswith(("HTTP 5", "HTTP 429", "HTTP 408")):
         reason = f"server answers {error.split(':')[0]}"
+    elif state.state == "retrying" and error.startswith(NOT_ACKNOWLEDGED):
+        reason = "server does not acknowledge"
+    elif state.state == "retrying" and error.startswith(THIS_UNIT):
+        reason = error.split(":")[0]  # "this unit cannot write its HJ 212 archive"
     return reason
 
 

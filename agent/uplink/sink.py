@@ -42,6 +42,10 @@ from agent.core.timebase import ExternalTime
 from agent.uplink.lineprotocol import Epochs
 
 ERROR_TEXT_CHARS = 1000  # of an answer's detail or hint kept and logged
+# The first words of a retry's detail when the server was reached but did not acknowledge,
+# or when this unit itself failed: ``envagent status`` does not call those "unreachable".
+NOT_ACKNOWLEDGED = "no acknowledgement"
+THIS_UNIT = "this unit"
 
 
 class Outcome(enum.Enum):

@@ -85,7 +85,15 @@ from agent.uplink.hj212.packet import (
 from agent.uplink.hj212.realtime import Realtime
 from agent.uplink.hj212.session import Closed, Connection
 from agent.uplink.lineprotocol import Epochs, quality_of
-from agent.uplink.sink import Answer, Endpoint, Outcome, Transport, Verdict
+from agent.uplink.sink import (
+    NOT_ACKNOWLEDGED,
+    THIS_UNIT,
+    Answer,
+    Endpoint,
+    Outcome,
+    Transport,
+    Verdict,
+)
 
 log = logging.getLogger("envagent.uplink.hj212")
 
@@ -191,7 +199,7 @@ class Hj212Sink:
                              max((r.time_ns for r in readings
                                   if not is_alert(r.sensor, r.quantity)), default=0))
         except sqlite3.Error as exc:
-            return Answer(Outcome.RETRY, f"the HJ 212 archive cannot be written: {exc}",
+            return Answer(Outcome.RETRY, f"{THIS_UNIT} cannot write its HJ 212 archive: {exc}",
                           "see the data directory's free space and permissions")
         with self._lock:
             if self._refused:
@@ -247,7 +255,7 @@ class Hj212Sink:
             except OSError as exc:
                 return (str(exc) if isinstance(exc, Closed) else
                         f"{type(exc).__name__}: {exc.strerror or exc} ({self.host}:{self.port})")
-        return (f"no data acknowledgement (CN 9014) for QN={qn} within "
+        return (f"{NOT_ACKNOWLEDGED} (CN 9014) for QN={qn} within "
                 f"{self.overtime:g} s, {attempts} time(s)")
 
     def _pace(self) -> None:

@@ -61,7 +61,15 @@ from agent.uplink.lineprotocol import Epochs
 from agent.uplink.mqtt import reasons
 from agent.uplink.mqtt.payload import Message, MessageEncoder, acknowledged_prefix, unpack
 from agent.uplink.mqtt.topics import Topics, status_topic
-from agent.uplink.sink import ERROR_TEXT_CHARS, Answer, Endpoint, Outcome, Transport, Verdict
+from agent.uplink.sink import (
+    ERROR_TEXT_CHARS,
+    NOT_ACKNOWLEDGED,
+    Answer,
+    Endpoint,
+    Outcome,
+    Transport,
+    Verdict,
+)
 
 if TYPE_CHECKING:  # imported by the first connection only (see the module docstring)
     import ssl
@@ -329,7 +337,8 @@ class MqttSink:
         if ended is not None:
             return self._said(Outcome.RETRY, f"{ended} ({self.host}:{self.port})",
                               reasons.RETRY_HINT, accepted, token)
-        return self._said(Outcome.RETRY, f"no PUBACK within {self.read_timeout:g} s "
+        return self._said(Outcome.RETRY, f"{NOT_ACKNOWLEDGED} (PUBACK) within "
+                          f"{self.read_timeout:g} s "
                           f"({self.host}:{self.port})", reasons.RETRY_HINT, accepted, token)
 
     @staticmethod
