@@ -379,3 +379,25 @@ def test_status_counts_the_minute_hourly_and_daily_data_the_platform_has_not_ack
     shown = capsys.readouterr().out
     assert "minute/hourly/daily data: 1 waiting" in shown
     assert "not delivering: server does not acknowledge" in shown  # reached, not unreachable
+
+
+def test_status_says_nothing_of_an_archive_it_cannot_read_and_still_answers(
+        tmp_path: Path, receiver: Hj212Receiver, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    from agent.cli.main import main
+
+    unit = Station(tmp_path, receiver.url)
+    unit.deliver(readings(0, 70))
+    unit.close()
+    archive = tmp_path / "hj212-bureau.sqlite"
+    for leftover in (Path(f"{archive}-wal"), Path(f"{archive}-shm")):
+        leftover.unlink(missing_ok=True)
+    archive.write_bytes(b"not a database" * 100)  # damaged
+    (tmp_path / "pw").write_text(PW)
+    config = tmp_path / "station.toml"
+    config.write_text(STATION + f'[[uplink]]\nname = "bureau"\nurl = "{receiver.url}"\n'
+                      f'mn = "{MN}"\npassword_file = "{tmp_path / "pw"}"\n')
+    assert main(["status", "--config", str(config), "--data-dir", str(tmp_path), "--json"]) == 0
+    (uplink,) = json.loads(capsys.readouterr().out)["uplinks"]
+    assert uplink["aggregates_waiting"] is None
+    assert "cannot read the HJ 212 archive" in caplog.text
