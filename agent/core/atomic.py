@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sqlite3
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -32,6 +33,7 @@ _ATTEMPTS = 100  # names tried before giving up (each collision is a 2**-48 even
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO must not wait for a writer; a regular file ignores it.
 _READ = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+BUSY_TIMEOUT_S = 5.0  # an SQLite connection waits this long for another one's lock
 _JSON_ERRORS = (ValueError, RecursionError)  # RecursionError: "[[[[..." nested too deeply
 
 
@@ -100,13 +102,16 @@ def write_json(path: Path, data: Any, *, indent: int | None = None,
         json.dump(data, file, ensure_ascii=False, indent=indent, separators=separators)
 
 
-def sqlite_readonly_uri(path: Path) -> str:
-    """A URI to read the SQLite database at ``path`` beside the agent that writes it, creating
-    nothing: while the agent runs, its ``-wal`` and ``-shm`` exist and a read-only connection
-    shares them; without them the main file holds every commit and is opened ``immutable``,
-    because a plain read-only open would create them, owned by whoever reads."""
+def connect_readonly(path: Path, **options: Any) -> sqlite3.Connection:
+    """A connection that reads the SQLite database at ``path`` beside the agent that writes it,
+    creating nothing: while the agent runs, its ``-wal`` and ``-shm`` exist and a read-only
+    connection shares them; without them the main file holds every commit and is opened
+    ``immutable``, because a plain read-only open would create them, owned by whoever reads.
+    Waits up to BUSY_TIMEOUT_S for the writer's lock; ``options`` go to ``sqlite3.connect``.
+    sqlite3.Error when it cannot be opened."""
     live = all(Path(f"{path}{end}").exists() for end in ("-wal", "-shm"))
-    return path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+    uri = path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, **options)
 
 
 def read_bounded(path: Path, limit: int) -> bytes:

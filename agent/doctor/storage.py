@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import DEFAULT_STORAGE_PATH, Config
-from agent.core.atomic import sqlite_readonly_uri
+from agent.core.atomic import connect_readonly
 from agent.core.errors import StorageError, describe
 from agent.doctor.report import Check, DiskUsage, Status, human_age
 from agent.store import datadir, maintenance
@@ -86,7 +86,7 @@ def check_database(data_dir: Path) -> Check:
         return Check("database", Status.PASS, f"no outbox yet at {path}: the agent creates it "
                      "when it first runs")
     try:
-        conn = sqlite3.connect(sqlite_readonly_uri(path), uri=True, timeout=5.0)
+        conn = connect_readonly(path)
     except sqlite3.Error as exc:
         return Check("database", Status.FAIL, f"cannot open {path}: {exc}", RESTART_HINT)
     try:

@@ -62,7 +62,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from agent.core.atomic import sqlite_readonly_uri
+from agent.core.atomic import BUSY_TIMEOUT_S, connect_readonly
 from agent.core.errors import StorageError, StorageFullError
 from agent.core.reading import ALERT_PREFIX, Reading, StoredReading, is_alert
 from agent.core.reading import RESERVED_SENSOR_ID as ALERT_SENSOR
@@ -74,7 +74,6 @@ log = logging.getLogger("envagent.outbox")
 
 SCHEMA_VERSION = 3  # PRAGMA user_version of a database this module created
 PAGE_SIZE = 1024  # bytes; applies to new databases only (SQLite fixes it at creation)
-BUSY_TIMEOUT_S = 5.0  # wait this long for another connection's lock before failing
 LOW_WATER = 0.9  # a full outbox drops down to this fraction of max_bytes
 # The integrity check at every start is one SQLite call that reads the whole file (a full 256 MiB
 # outbox: ~2 s on a PC, a minute or more on a Pi Zero) and reports nothing while it runs:
@@ -254,14 +253,12 @@ class Outbox:
     @classmethod
     def open_readonly(cls, path: Path) -> Outbox:
         """Open for ``envagent status``: reads only, creates nothing, works beside the daemon
-        (agent.core.atomic.sqlite_readonly_uri)."""
+        (agent.core.atomic.connect_readonly)."""
         self = cls.__new__(cls)
         self.path, self.max_bytes = path, None
         if not path.is_file():
             raise StorageError(f"no outbox at {path}: has the agent run with this storage.path?")
-        uri = sqlite_readonly_uri(path)
-        self._open(lambda: sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S,
-                                           isolation_level=None, check_same_thread=False))
+        self._open(lambda: connect_readonly(path, isolation_level=None, check_same_thread=False))
         return self
 
     def _open(self, connect: Callable[[], sqlite3.Connection]) -> None:

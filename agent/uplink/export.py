@@ -49,11 +49,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent.config import Config
-from agent.core.atomic import atomic_file, sqlite_readonly_uri
+from agent.core.atomic import atomic_file, connect_readonly
 from agent.core.errors import AgentError, StorageError
 from agent.core.reading import Reading
 from agent.core.timebase import EPOCH, iso_ns
-from agent.store.outbox import BUSY_TIMEOUT_S, SCHEMA_VERSION
+from agent.store.outbox import SCHEMA_VERSION
 from agent.uplink import metadata
 from agent.uplink.encoders import reading_id
 from agent.uplink.lineprotocol import Epochs, LineProtocolEncoder, nonfinite_name, quality_of
@@ -170,10 +170,9 @@ class Summary:
 
 def _connect(path: Path) -> sqlite3.Connection:
     """A read-only connection beside a running daemon, creating nothing
-    (agent.core.atomic.sqlite_readonly_uri)."""
-    uri = sqlite_readonly_uri(path)
+    (agent.core.atomic.connect_readonly)."""
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn = connect_readonly(path, isolation_level=None)
         (version,) = conn.execute("PRAGMA user_version").fetchone()
     except sqlite3.Error as exc:
         raise StorageError(f"cannot read the outbox {path}: {exc}") from exc

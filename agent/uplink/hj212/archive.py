@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from agent.core.atomic import sqlite_readonly_uri
+from agent.core.atomic import connect_readonly
 from agent.core.timebase import NS
 from agent.uplink.hj212.codes import number
 
@@ -130,7 +130,7 @@ def waiting_in(path: Path) -> int:
     it cannot be read."""
     if not path.is_file():
         return 0
-    conn = sqlite3.connect(sqlite_readonly_uri(path), uri=True, timeout=5.0)
+    conn = connect_readonly(path)
     try:
         return int(conn.execute("SELECT COUNT(*) FROM outgoing").fetchone()[0])
     finally:
