@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -256,6 +257,30 @@ def test_no_outbox_is_a_runtime_failure(tmp_path: Path) -> None:
     assert result.returncode == 1 and "no outbox" in result.stderr
     assert not (tmp_path / "empty").exists()  # the export creates nothing
 
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"not a database, a file put in its place" * 100, "file is not a database"),
+    (None, "has outbox schema 0, this agent reads"),  # an SQLite file, not an outbox
+])
+def test_an_outbox_that_is_not_one_is_a_clear_runtime_failure(tmp_path: Path,
+                                                               content: bytes | None,
+                                                               words: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    if content is None:
+        sqlite3.connect(data / "outbox.sqlite").execute("CREATE TABLE t (x)").connection.close()
+    else:
+        (data / "outbox.sqlite").write_bytes(content)
+    before = (data / "outbox.sqlite").read_bytes()
+    target = tmp_path / "export.csv"
+    result = envagent("export", "--config", station(tmp_path / "station.toml"), "--data-dir",
+                      data, "--output", target, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr
+    assert not target.exists()  # nothing written under the name
+    assert (data / "outbox.sqlite").read_bytes() == before
+    assert sorted(p.name for p in data.iterdir()) == ["outbox.sqlite"]  # no -wal, no -shm
 
 # --- what --output may not touch ---------------------------------------------------------------
 

@@ -150,6 +150,10 @@ _TAKE_WINDOW = _TAKE_ROWS.format(where="WHERE id > ? AND id <= ?{series}{held}")
 _ROWS_BY_ID = _TAKE_ROWS.replace("{where} ORDER BY id LIMIT ?", "WHERE id IN ({marks}) ORDER BY id")
 _TAKE_ROWS = _TAKE_ROWS.format(where="")
 _QUARANTINED = _SELECT.format(table="quarantine", extra=", r.reason, r.quarantined_ns")
+_SCAN = _SELECT.replace(
+    "ORDER BY r.id LIMIT ?", "WHERE r.time_ns >= ? AND r.time_ns < ? ORDER BY r.id").format(
+    table="readings", extra="")
+_MIN_NS, _MAX_NS = -(2**63), 2**63 - 1  # SQLite's INTEGER range: no bound
 _READING_COLUMNS = "id, series, time_ns, boot_ns, boot, value, quality, synced, calibration"
 _QUARANTINE = f"""INSERT INTO quarantine SELECT {_READING_COLUMNS}, ?, ?
     FROM readings WHERE id = ?"""
@@ -320,6 +324,18 @@ class Outbox:
         log.warning("outbox %s: salvaged %d undelivered reading(s) from %s; %d unreadable "
                     "counted as dropped%s", self.path, recovery.salvaged, aside, recovery.lost,
                     " (an estimate: the counters were unreadable)" if recovery.estimated else "")
+
+    def scan(self, since_ns: int | None, until_ns: int | None,
+             chunk: int) -> Iterator[list[Reading]]:
+        """The stored readings with ``since_ns <= time_ns < until_ns`` (None: no bound), oldest
+        appended first, ``chunk`` at a time: one statement, so one consistent snapshot however
+        long the caller takes between chunks (``envagent export`` on a read-only outbox)."""
+        bounds = (_MIN_NS if since_ns is None else since_ns,
+                  _MAX_NS if until_ns is None else until_ns)
+        with self._storage_errors():
+            rows = self._conn.execute(_SCAN, bounds)
+            while chunk_rows := rows.fetchmany(chunk):
+                yield [_reading(row[1:]) for row in chunk_rows]
 
     # --- writing (the sampler and delivery threads) -------------------------------------------
 

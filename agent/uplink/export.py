@@ -36,10 +36,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import re
-import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -49,11 +47,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent.config import Config
-from agent.core.atomic import atomic_file, connect_readonly
-from agent.core.errors import AgentError, StorageError
+from agent.core.atomic import atomic_file
+from agent.core.errors import AgentError
 from agent.core.reading import Reading
 from agent.core.timebase import EPOCH, iso_ns
-from agent.store.outbox import SCHEMA_VERSION
+from agent.store.outbox import Outbox
 from agent.uplink import metadata
 from agent.uplink.encoders import reading_id
 from agent.uplink.lineprotocol import Epochs, LineProtocolEncoder, nonfinite_name, quality_of
@@ -64,12 +62,6 @@ COLUMNS = ("id", "unit", "site", "sensor", "driver", "quantity", "value", "nonfi
            "simulated")
 CHUNK = 5000  # readings per fetch and per write
 _FRACTION = re.compile(r"(?<=\d\d:\d\d:\d\d)[.,](\d+)")
-_ROWS = """SELECT s.sensor, s.quantity, r.value, s.unit, r.time_ns, r.boot_ns, b.boot_id,
-        r.synced, r.quality, c.name
-    FROM readings r JOIN series s ON s.id = r.series JOIN boots b ON b.id = r.boot
-    LEFT JOIN calibrations c ON c.id = r.calibration
-    WHERE r.time_ns >= ? AND r.time_ns < ? ORDER BY r.id"""
-_MIN_NS, _MAX_NS = -(2**63), 2**63 - 1
 # OWASP, CSV injection: what makes a spreadsheet read a cell as a formula (or a new cell).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
@@ -168,38 +160,11 @@ class Summary:
         return lines
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    """A read-only connection beside a running daemon, creating nothing
-    (agent.core.atomic.connect_readonly)."""
-    try:
-        conn = connect_readonly(path, isolation_level=None)
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot read the outbox {path}: {exc}") from exc
-    if version != SCHEMA_VERSION:
-        conn.close()
-        raise StorageError(f"{path} has outbox schema {version}, this agent reads "
-                           f"{SCHEMA_VERSION}: is it an outbox, from this agent version?")
-    return conn
-
-
 def undelivered(path: Path, since_ns: int | None, until_ns: int | None) -> Iterator[list[Reading]]:
     """The undelivered readings with ``since_ns <= time_ns < until_ns``, in chunks, oldest
-    appended first; one statement, so one consistent snapshot however long the export takes."""
-    conn = _connect(path)
-    try:
-        cursor = conn.execute(_ROWS, (_MIN_NS if since_ns is None else since_ns,
-                                      _MAX_NS if until_ns is None else until_ns))
-        while rows := cursor.fetchmany(CHUNK):
-            yield [Reading(sensor, quantity, math.nan if value is None else value, unit, time_ns,
-                           boot_ns, boot_id, None if synced is None else bool(synced), quality,
-                           calibration)
-                   for (sensor, quantity, value, unit, time_ns, boot_ns, boot_id, synced, quality,
-                        calibration) in rows]
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot read the outbox {path}: {exc}") from exc
-    finally:
-        conn.close()
+    appended first, read beside a running daemon (agent.store.outbox.Outbox.scan)."""
+    with Outbox.open_readonly(path) as outbox:
+        yield from outbox.scan(since_ns, until_ns, CHUNK)
 
 
 def csv_text(text: str) -> str:
