@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agent.cli.records import describe
 from agent.config import parse_config
 from agent.core.timebase import NS
 from agent.sampling.daemon import make_drivers
@@ -258,7 +259,7 @@ def test_a_sensor_that_does_not_answer_is_recorded_with_its_error(tmp_path: Path
     record = make_record(config, Facts(), sensors, time_ns=1_795_240_800_000_000_000,
                          clock_synced=None, boot_id=None, boot_ns=5)
     assert record["clock_synced"] is None and "boot_id" not in record  # unknown, said so
-    lines = commission.describe(record, 1, tmp_path / FILE)
+    lines = describe(record, 1, tmp_path / FILE)
     assert any("co2" in line and "FAILED" in line for line in lines)
     assert any("synchronised is unknown: that date may be wrong" in line for line in lines)
 
@@ -280,7 +281,7 @@ def test_the_date_warning_promises_a_correction_only_where_the_agent_makes_one(
     config = parse_config(tomllib.loads(CONFIG), source="station.toml")
     record = make_record(config, Facts(), [], time_ns=STALE_NS + boot_s * NS,
                          clock_synced=synced, boot_id=boot_id, boot_ns=boot_s * NS)
-    warnings = [line for line in commission.describe(record, 1, tmp_path / FILE)
+    warnings = [line for line in describe(record, 1, tmp_path / FILE)
                 if "date may be wrong" in line]
     if corrected is None:
         assert warnings == []

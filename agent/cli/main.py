@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "until Ctrl-C")
     p.set_defaults(func=cmd_status)
 
-    from agent.store.commission import height_argument, text_argument
+    from agent.cli.records import height_argument, text_argument
     from agent.uplink.export import FORMATS, parse_time
 
     p = sub.add_parser("export", help="undelivered readings to a file, for offline sites")

@@ -35,7 +35,7 @@ def duration_argument(text: str) -> float:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """The ``maintenance`` subcommand (the common options are added by the caller)."""
-    from agent.store.commission import text_argument
+    from agent.cli.records import text_argument
     from agent.store.maintenance import DEFAULT_FOR_S
 
     p = sub.add_parser(

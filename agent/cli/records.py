@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 from agent.cli.context import EXIT_FAILURE, EXIT_OK, clock_of, context_of, print_json
 from agent.cli.hardware import open_buses
 from agent.core.errors import ConfigError
+from agent.core.timebase import HOLD_UNSYNCED_S
+from agent.store import commission
+
+MAX_HEIGHT_M = 100.0  # a mast taller than this is a typo
+MAX_TEXT = 200  # characters of a free-text fact
+
+
+def height_argument(text: str) -> float:
+    """``--mounting-height`` for argparse: metres above ground."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_HEIGHT_M:
+        raise argparse.ArgumentTypeError(
+            f"expected metres above ground, 0 to {MAX_HEIGHT_M:g}, got {text!r}")
+    return value
+
+
+def text_argument(text: str) -> str:
+    """A free-text fact for argparse: one line, not empty."""
+    text = " ".join(text.split())
+    if not text or len(text) > MAX_TEXT:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_TEXT} characters")
+    return text
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -44,7 +72,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_commission(args: argparse.Namespace) -> int:
     """Record the as-installed facts and the sensors' serial numbers; exit 1 if one failed."""
     from agent.sampling.daemon import make_drivers
-    from agent.store import commission, datadir
+    from agent.store import datadir
     from drivers.registry import DRIVERS
 
     ctx = context_of(args)
@@ -64,7 +92,7 @@ def cmd_commission(args: argparse.Namespace) -> int:
         print_json(record)
     else:
         path = ctx.data_dir / commission.FILE
-        print("\n".join(commission.describe(record, len(document["history"]), path)))
+        print("\n".join(describe(record, len(document["history"]), path)))
     failed = [s for s in sensors if "error" in s]
     for s in failed:
         print(f"{s['id']}: {s['error']}", file=sys.stderr)
@@ -96,3 +124,39 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         report.print_human(checks, sys.stdout, shutil.get_terminal_size().columns)
     return report.exit_code(checks)
+
+
+def _unsynced_warning(record: dict[str, Any]) -> str:
+    """What becomes of a date taken before the clock synchronised: corrected only where the
+    agent can (agent.store.commission.awaits_restamp)."""
+    if record["clock_synced"] is None:
+        return ("  whether the clock is synchronised is unknown: that date may be wrong; it "
+                "goes upstream as recorded")
+    if not commission.awaits_restamp(record):
+        return ("  the clock is not synchronised: that date may be wrong; it goes upstream "
+                "as recorded, flagged unsynchronised")
+    return ("  the clock is not synchronised yet: that date may be wrong; the agent corrects it "
+            "from the boot time when the clock synchronises (if within "
+            f"{HOLD_UNSYNCED_S / 60:g} min of boot, before a reboot) and only then sends it")
+
+
+def describe(record: dict[str, Any], count: int, path: Path) -> list[str]:
+    """The record for a person, a few short lines."""
+    where = ", ".join(f"{record[k]:g}{unit}" for k, unit in
+                      (("latitude", "°"), ("longitude", "°"), ("elevation_m", " m"))
+                      if k in record)
+    who = f" by {record['technician']}" if "technician" in record else ""
+    lines = [f"commissioned {record['unit']} at {record['site']}"
+             f"{f' ({where})' if where else ''} on {record['time'][:19]}Z{who}"]
+    if record["clock_synced"] is not True:
+        lines.append(_unsynced_warning(record))
+    for key, label in (("mounting_height_m", "mounted at"), ("radiation_shield", "shield")):
+        if key in record:
+            lines.append(f"  {label} {record[key]}{' m' if key == 'mounting_height_m' else ''}")
+    for s in record["sensors"]:
+        what = (f"FAILED: {s['error']}" if "error" in s
+                else f"serial {s['serial']}" if "serial" in s else "no serial number")
+        at = f"{s['bus']}:" + (f"0x{s['mux']:02x}/{s['channel']}:" if "mux" in s else "")
+        lines.append(f"  {s['id']:<10} {s['driver']:<8} {at}0x{s['address']:02x}  {what}")
+    lines.append(f"record {count} in {path} (not sent upstream yet)")
+    return lines

@@ -35,9 +35,7 @@ within the daemon, the delivery worker and the writer take turns on :data:`_WRIT
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -303,29 +301,6 @@ def reading_tags(record: dict[str, Any]) -> dict[str, str]:
 
 # --- the command ------------------------------------------------------------------------------
 
-MAX_HEIGHT_M = 100.0  # a mast taller than this is a typo
-MAX_TEXT = 200  # characters of a free-text fact
-
-
-def height_argument(text: str) -> float:
-    """``--mounting-height`` for argparse: metres above ground."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= MAX_HEIGHT_M:
-        raise argparse.ArgumentTypeError(
-            f"expected metres above ground, 0 to {MAX_HEIGHT_M:g}, got {text!r}")
-    return value
-
-
-def text_argument(text: str) -> str:
-    """A free-text fact for argparse: one line, not empty."""
-    text = " ".join(text.split())
-    if not text or len(text) > MAX_TEXT:
-        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_TEXT} characters")
-    return text
-
 
 def record_now(config: Config, facts: Facts, sensors: list[dict[str, Any]],
                clock: Clock) -> dict[str, Any]:
@@ -335,38 +310,10 @@ def record_now(config: Config, facts: Facts, sensors: list[dict[str, Any]],
                        boot_ns=int(clock.boottime() * NS))
 
 
-def _unsynced_warning(record: dict[str, Any]) -> str:
-    """What becomes of a date taken before the clock synchronised: corrected only where the
-    agent can (agent.sampling.timekeeping), i.e. this boot's id is known and its hold is not
-    over."""
-    if record["clock_synced"] is None:
-        return ("  whether the clock is synchronised is unknown: that date may be wrong; it "
-                "goes upstream as recorded")
-    if record.get("boot_id") is None or record["boot_ns"] >= HOLD_UNSYNCED_S * NS:
-        return ("  the clock is not synchronised: that date may be wrong; it goes upstream "
-                "as recorded, flagged unsynchronised")
-    return ("  the clock is not synchronised yet: that date may be wrong; the agent corrects it "
-            "from the boot time when the clock synchronises (if within "
-            f"{HOLD_UNSYNCED_S / 60:g} min of boot, before a reboot) and only then sends it")
-
-
-def describe(record: dict[str, Any], count: int, path: Path) -> list[str]:
-    """The record for a person, a few short lines."""
-    where = ", ".join(f"{record[k]:g}{unit}" for k, unit in
-                      (("latitude", "°"), ("longitude", "°"), ("elevation_m", " m"))
-                      if k in record)
-    who = f" by {record['technician']}" if "technician" in record else ""
-    lines = [f"commissioned {record['unit']} at {record['site']}"
-             f"{f' ({where})' if where else ''} on {record['time'][:19]}Z{who}"]
-    if record["clock_synced"] is not True:
-        lines.append(_unsynced_warning(record))
-    for key, label in (("mounting_height_m", "mounted at"), ("radiation_shield", "shield")):
-        if key in record:
-            lines.append(f"  {label} {record[key]}{' m' if key == 'mounting_height_m' else ''}")
-    for s in record["sensors"]:
-        what = (f"FAILED: {s['error']}" if "error" in s
-                else f"serial {s['serial']}" if "serial" in s else "no serial number")
-        at = f"{s['bus']}:" + (f"0x{s['mux']:02x}/{s['channel']}:" if "mux" in s else "")
-        lines.append(f"  {s['id']:<10} {s['driver']:<8} {at}0x{s['address']:02x}  {what}")
-    lines.append(f"record {count} in {path} (not sent upstream yet)")
-    return lines
+def awaits_restamp(record: dict[str, Any]) -> bool:
+    """Whether the agent can still give a record taken before the clock synchronised its true
+    time (:func:`restamp`): its boot is known and the record was taken while that boot's
+    readings are held for the clock (agent.sampling.timekeeping), so it is not sent before."""
+    boot_ns = record.get("boot_ns")
+    return (record.get("clock_synced") is False and record.get("boot_id") is not None
+            and isinstance(boot_ns, int) and boot_ns < HOLD_UNSYNCED_S * NS)
