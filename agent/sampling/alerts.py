@@ -24,10 +24,9 @@ unit ``state``) it is stored in the outbox like everything else, so it survives 
 a power cut, and upstream it is the metric ``envagent_alert_<id>``. The outbox and the uplink
 send pending alert readings ahead of any backlog (``Outbox.take_alerts``).
 
-The engine runs on each sensor's thread, wrapped around its ``deliver`` as the pressure feed
-is (agent.sampling.daemon): per reading it costs a dictionary lookup, and a rule belongs to one
-sensor,
-so no rule is touched by two threads.
+The engine runs on each sensor's thread, one of the steps its readings go through after they
+are queued for the commit (agent.sampling.daemon, ``Steps``): per reading it costs a dictionary
+lookup, and a rule belongs to one sensor, so no rule is touched by two threads.
 """
 
 from __future__ import annotations
@@ -167,19 +166,3 @@ class Alerts:
                              r.value)
         if emitted:
             self.emit(emitted)
-
-    def feed(self, deliver: Emit) -> AlertFeed:
-        """A sensor's ``deliver`` that also feeds the rules."""
-        return AlertFeed(deliver, self)
-
-
-class AlertFeed:
-    """Wraps a sensor's ``deliver``: the readings are handed on first, then checked."""
-
-    def __init__(self, deliver: Emit, alerts: Alerts) -> None:
-        self.deliver = deliver
-        self.alerts = alerts
-
-    def __call__(self, readings: list[Reading]) -> None:
-        self.deliver(readings)
-        self.alerts.observe(readings)

@@ -125,15 +125,19 @@ class Agent:
         # The writer's turn, on the scheduler's wake-ups (see the module's docstring).
         self.commit_job = self.slots.every("the commit", interval, self._commit_turn,
                                            slack=interval / 2, align=True)
-        self._feed_pressure()
         # [[alert]] (agent.sampling.alerts): committed at once, so delivery can send them ahead of
         # all
         self.alerts = Alerts(config.alerts, functools.partial(self.submit, urgent=True))
         if self.alerts.rules:
             self._resume_alerts()
+        pressure = self._pressure_feeds()
         for worker in self.workers:
+            # A sensor's readings are queued for the commit first -- nothing after that can cost
+            # a reading -- then passed on to what watches them, in this order.
+            steps = [self._queue.put, *pressure.get(worker.sensor.id, ())]
             if self.alerts.watches(worker.sensor.id):
-                worker.deliver = self.alerts.feed(worker.deliver)
+                steps.append(self.alerts.observe)
+            worker.deliver = steps[0] if len(steps) == 1 else Steps(steps)
         self.committed = 0
         self.timekeeper = TimeKeeper(clock, boot_id, commission_dir=commission_dir,
                                      external=external_time)
@@ -279,9 +283,11 @@ class Agent:
             log.error("outbox %s: stopping unable to store; %d held reading(s) are lost",
                       self.outbox.path, len(self._pending) + self._given_up)
 
-    def _feed_pressure(self) -> None:
-        """``pressure_from``: every pressure reading of the named sensor goes to the driver."""
+    def _pressure_feeds(self) -> dict[str, list[PressureFeed]]:
+        """``pressure_from``: every pressure reading of the named sensor goes to the driver;
+        the feeds by the id of the sensor whose readings they watch."""
         by_id = {worker.sensor.id: worker for worker in self.workers}
+        feeds: dict[str, list[PressureFeed]] = {}
         for worker in self.workers:
             source_id = worker.sensor.options.get("pressure_from")
             if not source_id:
@@ -292,35 +298,42 @@ class Agent:
                 log.warning("%s: cannot take pressure from %r", worker.label, source_id)
                 continue
             label = f"pressure of {source.label} for {worker.label}"
-            source.deliver = PressureFeed(source.deliver, set_pressure, label)
+            feeds.setdefault(source_id, []).append(PressureFeed(set_pressure, label))
+        return feeds
 
 
 # A pressure reading flagged with any of these is not passed on to compensate another sensor.
 UNFIT_PRESSURE = Quality.OUT_OF_RANGE | Quality.SPIKE | Quality.STUCK | Quality.CLIPPED
 
 
+class Steps:
+    """A sensor's ``deliver``: its readings go to each step in turn, on the sensor's thread."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self, steps: list[Callable[[list[Reading]], None]]) -> None:
+        self.steps = tuple(steps)
+
+    def __call__(self, readings: list[Reading]) -> None:
+        for step in self.steps:
+            step(readings)
+
+
 class PressureFeed:
-    """A sensor's ``deliver`` that also passes each of its pressure readings (hPa) on to a
-    driver that compensates for pressure (the scd4x's ``set_ambient_pressure``).
+    """Passes each pressure reading (hPa) of a sensor on to a driver that compensates for
+    pressure (the scd4x's ``set_ambient_pressure``).
 
     It runs on the source sensor's thread, which is safe because drivers hold the bus lock for
-    each exchange. The readings are handed on first, and a failure to pass the pressure is only
-    logged, on transitions: the compensated sensor never costs the source a reading.
+    each exchange. It comes after the readings are queued, and a failure to pass the pressure is
+    only logged, on transitions: the compensated sensor never costs the source a reading.
     """
 
-    def __init__(
-        self,
-        deliver: Callable[[list[Reading]], None],
-        set_pressure: Callable[[float], None],
-        label: str,
-    ) -> None:
-        self.deliver = deliver
+    def __init__(self, set_pressure: Callable[[float], None], label: str) -> None:
         self.set_pressure = set_pressure
         self.label = label
         self.failing = False
 
     def __call__(self, readings: list[Reading]) -> None:
-        self.deliver(readings)
         for r in readings:
             fit = math.isfinite(r.value) and not r.quality & UNFIT_PRESSURE
             if r.quantity == "pressure" and r.unit == "hPa" and fit:
