@@ -16,6 +16,7 @@ import math
 import os
 import random
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -311,6 +312,55 @@ def test_a_slow_drip_is_cut_off_at_the_total_deadline(server: FaultServer, outbo
     assert 0.75 <= posts[0] < 1.3
     assert outbox.stats().backlog == 30  # nothing acknowledged on a cut-off answer
 
+
+
+def test_a_deadline_cuts_only_its_own_upstreams_connection() -> None:
+    """Two upstreams on one port (two HTTPS servers both use 443): the one that never answers
+    is cut off at its deadline, the other one's POST in flight meanwhile is not."""
+    listeners = []
+    for host in ("127.0.0.1", "127.0.0.2"):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, listeners[0].getsockname()[1] if listeners else 0))
+        listener.listen(4)
+        listeners.append(listener)
+    port = listeners[0].getsockname()[1]
+    stop = threading.Event()
+
+    def serve(listener: socket.socket, answer_after: float | None) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            if stop.wait(answer_after if answer_after is not None else 30):
+                return
+            conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            stop.wait(5)
+
+    def sink(host: str, deadline: float) -> HttpSink:
+        encoder = make_encoder("json", unit="u", site="s", drivers={}, measurement="m")
+        return HttpSink(f"http://{host}:{port}/write", encoder, make_session(),
+                        connect_timeout=1.0, deadline=deadline, name=host)
+
+    servers = [threading.Thread(target=serve, args=(listeners[0], None), daemon=True),
+               threading.Thread(target=serve, args=(listeners[1], 1.0), daemon=True)]
+    for server in servers:
+        server.start()
+    silent, healthy = sink("127.0.0.1", 0.5), sink("127.0.0.2", 10.0)
+    replies: dict[str, Reply] = {}
+    cut = threading.Thread(target=lambda: replies.update(silent=silent.post(b"{}", None)))
+    try:
+        cut.start()
+        time.sleep(0.2)  # its deadline falls while the healthy upstream's POST is in flight
+        replies["healthy"] = healthy.post(b"{}", None)
+        cut.join(5)
+    finally:
+        stop.set()
+        silent.close()
+        healthy.close()
+        for listener in listeners:
+            listener.close()
+    assert replies["silent"].failure is Failure.DEADLINE
+    assert replies["healthy"].status == 204, replies["healthy"].describe()
 
 def test_connection_refused_and_dns_failure_are_retried(outbox: Outbox, tmp_path: Path) -> None:
     outbox.append(samples(3))

@@ -51,12 +51,12 @@ from agent.uplink.httpwire import (
     Deadlines,
     Failure,
     Reply,
+    connections_of,
     explain,
     failure_of,
     inflate,
     make_session,
     read_bounded,
-    shutdown_connections,
 )
 from agent.uplink.lineprotocol import Epochs, LineProtocolEncoder
 from agent.uplink.sink import (
@@ -99,6 +99,7 @@ class HttpSink:
         self.where = f"'{name}' at {urlunsplit((parts.scheme, host_port, parts.path, '', ''))}"
         self.encoder = encoder
         self.session = session
+        self._connections = connections_of(session)
         self.auth = auth
         self.timeouts = (connect_timeout, read_timeout)
         self.deadline = deadline
@@ -205,7 +206,7 @@ class HttpSink:
             if attempt != self._in_flight:
                 return  # finished meanwhile
             self._ended = self._ended or why
-            if shutdown_connections(self.port) == 0:  # still resolving or connecting: look again
+            if self._connections.shutdown() == 0:  # still resolving or connecting: look again
                 self._deadlines.arm(attempt, RECHECK_S, why)
 
 

@@ -7,11 +7,13 @@ False``: no proxy variables, no ``~/.netrc`` credentials), verifies TLS (optiona
 
 The total deadline. ``requests`` bounds the connect and each single read, not an exchange: a
 server that dribbles one byte per read timeout keeps a request alive forever. A deadline armed
-for every POST shuts down (``shutdown(SHUT_RDWR)``) this process's TCP connections to the upload
-port when it expires, which makes the blocked send or receive in the worker fail at once. The
-connections are found by listing the process's own file descriptors (``/proc/self/fd``), since
-``requests`` does not hand out its sockets; the agent has no other TCP client, so the match on
-the peer port is exact enough. What that guarantees: a POST whose connection is up returns
+for every POST shuts down (``shutdown(SHUT_RDWR)``) the TCP connections of that sink's session
+when it expires, which makes the blocked send or receive in the worker fail at once. The session
+notes each connection it opens (:class:`Connections`: its two ends, as the connection pool makes
+it), since ``requests`` does not hand out its sockets, and the deadline finds them among the
+process's own file descriptors (``/proc/self/fd``) by those ends -- never another upstream's
+connection, even to the same port or server (several HTTPS upstreams all use 443; an MQTT or
+HJ 212 upstream may too). What that guarantees: a POST whose connection is up returns
 within ``deadline`` plus a few milliseconds, and one still resolving or connecting at the
 deadline is cut off within ``RECHECK_S`` of connecting. What it does not: name resolution
 (bounded by the resolver's own timeouts, ``/etc/resolv.conf``) and each connection attempt
@@ -62,6 +64,7 @@ INFLATE_WBITS = {"gzip": 47, "x-gzip": 47, "deflate": 47}
 RAW_DEFLATE_WBITS = -15
 FD_DIRS = ("/proc/self/fd", "/dev/fd")  # Linux, then macOS/BSD
 RECHECK_S = 0.1  # after the deadline, how often to look for a connection made late
+MAX_NOTED = 32  # connections a session remembers (urllib3 keeps up to 10 per server)
 
 
 class Failure(enum.Enum):
@@ -95,12 +98,96 @@ class Reply:
         return f"HTTP {self.status}{where}" + (f": {self.text}" if self.text else "")
 
 
+class Connections:
+    """The TCP connections one session opened, by their two ends ((address, port) here and
+    there), the newest :data:`MAX_NOTED` of them: a pool keeps a few per server, and an end
+    noted long ago may belong to someone else's connection by now."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ends: dict[tuple[tuple[Any, ...], tuple[Any, ...]], None] = {}  # oldest first
+
+    def note(self, sock: socket.socket) -> None:
+        ends = _ends(sock)
+        with self._lock:
+            self._ends.pop(ends, None)
+            self._ends[ends] = None
+            while len(self._ends) > MAX_NOTED:
+                del self._ends[next(iter(self._ends))]
+
+    def shutdown(self) -> int:
+        """Shut down those of them still open; return how many. A connection found closed is
+        forgotten."""
+        with self._lock:
+            noted = set(self._ends)
+        found = shutdown_connections(lambda sock: _ends(sock) in noted)
+        with self._lock:
+            for gone in noted - found:
+                self._ends.pop(gone, None)
+        return len(found)
+
+
+def _ends(sock: socket.socket) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """A TCP connection's (address, port) here and there; OSError when not connected."""
+    return tuple(sock.getsockname()[:2]), tuple(sock.getpeername()[:2])
+
+
+def _noting_adapter(connections: Connections) -> Any:
+    """A ``requests`` adapter whose connection pools note every connection they open in
+    ``connections`` (urllib3 makes each socket in ``HTTPConnection._new_conn``, for HTTPS
+    too, before TLS wraps it)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class Noting:
+        def _new_conn(self) -> socket.socket:
+            sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+            with contextlib.suppress(OSError):  # reset already: nothing to shut down later
+                connections.note(sock)
+            return sock
+
+    class Http(Noting, HTTPConnection):
+        pass
+
+    class Https(Noting, HTTPSConnection):
+        pass
+
+    class HttpPool(HTTPConnectionPool):
+        ConnectionCls = Http
+
+    class HttpsPool(HTTPSConnectionPool):
+        ConnectionCls = Https
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": HttpPool, "https": HttpsPool}
+
+    return Adapter()
+
+
+def connections_of(session: requests.Session) -> Connections:
+    """The connections :func:`make_session` notes for ``session``."""
+    connections = getattr(session, "connections", None)
+    if not isinstance(connections, Connections):
+        raise TypeError("the HTTP transport needs a session from make_session(): its deadline "
+                        "shuts down the connections that session noted, and only those")
+    return connections
+
+
 def make_session(*, ca_file: Path | None = None, client_cert: Path | None = None,
                  client_key: Path | None = None) -> requests.Session:
-    """The one Session of the uplink: keep-alive, no environment, TLS verified."""
+    """The one Session of the uplink: keep-alive, no environment, TLS verified; its
+    connections noted in ``session.connections`` (:class:`Connections`)."""
     import requests
 
     session = requests.Session()
+    connections = Connections()
+    adapter = _noting_adapter(connections)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.connections = connections  # type: ignore[attr-defined]
     session.trust_env = False
     session.verify = str(ca_file) if ca_file is not None else True
     if client_cert is not None:
@@ -270,16 +357,17 @@ def _lower(strerror: str) -> str:
     return strerror[:1].lower() + strerror[1:]
 
 
-def shutdown_connections(port: int) -> int:
-    """Shut down this process's TCP connections whose peer port is ``port``; return how many.
+def shutdown_connections(
+        chosen: Callable[[socket.socket], bool]) -> set[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+    """Shut down this process's TCP connections that ``chosen`` picks; return their ends.
 
     Each file descriptor is checked through a duplicate, so nothing of the owner's is closed; a
     shut-down connection makes its owner's blocked send or receive return at once.
     """
     fd_dir = next((d for d in FD_DIRS if os.path.isdir(d)), None)
     if fd_dir is None:
-        return 0
-    count = 0
+        return set()
+    found = set()
     for name in os.listdir(fd_dir):
         try:
             fd = int(name)
@@ -295,10 +383,11 @@ def shutdown_connections(port: int) -> int:
             continue
         with sock, contextlib.suppress(OSError):  # not connected, or gone meanwhile
             if (sock.family in (socket.AF_INET, socket.AF_INET6)
-                    and sock.type == socket.SOCK_STREAM and sock.getpeername()[1] == port):
+                    and sock.type == socket.SOCK_STREAM and chosen(sock)):
+                ends = _ends(sock)
                 sock.shutdown(socket.SHUT_RDWR)
-                count += 1
-    return count
+                found.add(ends)
+    return found
 
 
 def read_bounded(raw: Any) -> tuple[bytes, bool]:
