@@ -51,7 +51,7 @@ from agent.store.storage import ReopeningOutbox
 from agent.uplink.worker import STOP_GRACE_S, Outcome, build_uplink
 from drivers.clock import SystemClock
 from drivers.registry import DRIVERS
-from drivers.sim.clock import FakeClock, SimulatedClock
+from drivers.sim.clock import SimulatedClock
 
 ONE = [Subscriber("default")]  # the one upstream of these tests
 
@@ -148,7 +148,9 @@ def test_the_writer_asks_delivery_to_stop_before_its_final_commit(tmp_path: Path
     config = parse_config(tomllib.loads('[unit]\nid = "u"\nsite = "s"\n'), drivers={})
     calls: list[str] = []
     with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20, subscribers=ONE) as box:
-        agent = Agent(config, [], outbox=box, clock=FakeClock(), boot_id="b")
+        # The real clock: on a FakeClock the runner's wait for the commit jumps the shared
+        # time 30 s ahead, and the commit job may run before the 0.5 s have "passed".
+        agent = Agent(config, [], outbox=box, clock=SystemClock(), boot_id="b")
         agent.on_stop = lambda: calls.append("stop")
         agent.on_commit = lambda urgent: calls.append("commit")
         agent.submit(samples(1))
