@@ -343,6 +343,25 @@ def test_a_time_set_is_taken_as_the_true_time_when_ntp_has_not_synchronised(
     assert anchor.boot_ns == int(clock.boottime() * NS)
 
 
+
+@pytest.mark.parametrize("said", ["99991231235959", "20000101000000"])
+def test_an_implausible_time_set_is_refused_and_holds_nothing_back(
+        tmp_path: Path, receiver: Hj212Receiver, said: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = parse_config(tomllib.loads(STATION), source="t.toml")
+    clock = FakeClock(synced=False)
+    external = ExternalTime(clock.synchronized, clock.boottime)
+    sink = build_sink(config, settings(receiver.url), data_dir=tmp_path, external_time=external)
+    try:
+        assert sink.send(sink.encode(readings(0, 1)), Secret(PW)).outcome is Outcome.DELIVERED
+        got = answers(receiver, receiver.request("1012", f"SystemTime={said}",
+                                                 qn="20260301120000001"))
+    finally:
+        sink.close()
+    assert got[-1].fields["CP"] == "ExeRtn=3"
+    assert external.anchor() is None  # readings are not stamped with it, nor held for it
+    assert f"sets the time to {said}; refused: not a plausible time" in caplog.text
+
 def test_a_failed_sensors_codes_go_flagged_d_without_a_value(
         station: Station, receiver: Hj212Receiver) -> None:
     from agent.runtime.health import SENSOR_STATE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,21 @@ def test_with_the_platforms_time_readings_are_held_past_the_hold_not_sent_flagge
     assert_true_or_flagged(readings)
 
 
+
+@pytest.mark.parametrize("year", [1970, 2000, 2100, 9999])
+def test_an_implausible_time_from_upstream_is_refused_and_changes_nothing(
+        tmp_path: Path, year: int) -> None:
+    unit, external = platform_unit(tmp_path)
+    unit.sample(2)
+    said = datetime(year, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+    with pytest.raises(ValueError, match="not a plausible time"):
+        external.offer(said, "the platform")
+    assert external.anchor() is None
+    unit.clock.advance(HOLD_UNSYNCED_S)  # the hold for the clock ends as it would have
+    unit.commit()
+    readings = unit.uploadable()
+    assert len(readings) == 6 and all(r.synced is False for r in readings)  # sent flagged
+
 def test_ntp_keeps_the_clock_and_the_platforms_time_is_refused(tmp_path: Path) -> None:
     unit, external = platform_unit(tmp_path)
     unit.sync()
@@ -233,3 +249,25 @@ def test_ntp_keeps_the_clock_and_the_platforms_time_is_refused(tmp_path: Path) -
     unit.sample(2)
     unit.commit()
     assert_true_or_flagged(unit.uploadable())
+
+
+def test_a_re_stamp_that_fails_unexpectedly_costs_no_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from agent.sampling.daemon import Agent
+    from agent.store.outbox import Subscriber
+
+    config = parse_config({"unit": {"id": "u", "site": "s"}}, drivers={})
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20,
+                subscribers=[Subscriber("default")]) as outbox:
+        agent = Agent(config, [], outbox=outbox, clock=FakeClock(), boot_id="boot-a")
+
+        def broken(outbox: Outbox) -> None:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+        monkeypatch.setattr(agent.timekeeper, "maintain", broken)
+        agent.submit([Reading("air", "temperature", 21.0, "°C", 5 * NS, 5 * NS, "boot-a", True)])
+        with caplog.at_level(logging.WARNING):
+            agent.run(duration=0)  # its final commit, then the re-stamp that fails
+        assert outbox.stats().backlog == 1
+    assert caplog.text.count("re-stamping readings failed") == 1
+    assert "OverflowError" in caplog.text

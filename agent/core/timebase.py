@@ -26,6 +26,12 @@ SYNC_ADVICE = ("check `timedatectl status` (System clock synchronized? NTP servi
                "inside its network and set it in /etc/systemd/timesyncd.conf); a unit that "
                "cannot reach NTP at all needs an RTC module (e.g. DS3231, "
                "dtoverlay=i2c-rtc,ds3231 in /boot/firmware/config.txt)")
+# The true time an upstream may tell this unit (ExternalTime.offer), as Unix seconds: nothing
+# earlier than this agent's first release is true, and nothing beyond 2100 is plausible for a
+# unit in the field (a time nanoseconds cannot hold in SQLite's INTEGER, past 2262, would stop
+# every re-stamp).
+PLAUSIBLE_TIME_S = (datetime(2024, 1, 1, tzinfo=UTC).timestamp(),
+                    datetime(2100, 1, 1, tzinfo=UTC).timestamp())
 # The same, short enough for one status line or a sync report.
 SYNC_ADVICE_SHORT = "sudo timedatectl set-ntp true, UDP port 123 open (envagent doctor)"
 
@@ -71,7 +77,12 @@ class ExternalTime:
         self._anchor: Anchor | None = None
 
     def offer(self, wall_s: float, source: str) -> bool:
-        """Take ``wall_s`` as the true time now, unless NTP keeps the clock (then False)."""
+        """Take ``wall_s`` as the true time now, unless NTP keeps the clock (then False).
+        ValueError for a time outside :data:`PLAUSIBLE_TIME_S`."""
+        low, high = PLAUSIBLE_TIME_S
+        if not low <= wall_s < high:
+            start, end = (f"{EPOCH + timedelta(seconds=t):%Y-%m-%d}" for t in (low, high))
+            raise ValueError(f"not a plausible time (from {start} to {end})")
         if self._synchronized():
             return False
         with self._lock:

@@ -105,6 +105,7 @@ class Agent:
         self._urgent = False  # an urgent submission waits for its commit
         self._commit_lock = threading.Lock()  # a runner's commit, or the final one at a stop
         self._storage_error: StorageError | None = None  # while commits fail
+        self._keep_time_failing = False  # while re-stamping fails with an unexpected error
         self.workers = [
             SensorWorker(
                 sensor, driver, clock=clock, deliver=self._queue.put, boot_id=boot_id,
@@ -268,6 +269,12 @@ class Agent:
             self.timekeeper.maintain(self.outbox)
         except StorageError as exc:  # the next cycle tries again; sampling goes on regardless
             log.warning("re-stamping readings failed: %s", exc)
+        except Exception:  # a bug must not stop the commits; said once until it passes
+            if not self._keep_time_failing:
+                log.exception("re-stamping readings failed")
+            self._keep_time_failing = True
+            return
+        self._keep_time_failing = False
 
     def _hold(self, exc: StorageError) -> None:
         if self._storage_error is None:

@@ -365,8 +365,14 @@ class Hj212Sink:
             theirs = parse_data_time(fields.get("SystemTime", ""), self.zone)
         except ValueError:
             return EXE_BAD_REQUEST
-        if self.external_time is not None and self.external_time.offer(
-                theirs, f"the HJ 212 platform {self.where}"):
+        try:
+            taken = self.external_time is not None and self.external_time.offer(
+                theirs, f"the HJ 212 platform {self.where}")
+        except ValueError as exc:
+            log.warning("%s: the platform sets the time to %s; refused: %s", self.where,
+                        fields["SystemTime"], exc)
+            return EXE_BAD_REQUEST
+        if taken:
             log.info("%s: the platform sets the time to %s, %+.0f s from this unit's clock, "
                      "which NTP has not synchronised: readings are stamped with it",
                      self.where, fields["SystemTime"], theirs - self._wall())
