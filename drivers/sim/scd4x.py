@@ -193,7 +193,9 @@ class SCD4xModel(CommandChip):
         compensated = self.ambient_pressure_hpa
         if not compensated:  # 3.6.3: the altitude stands in for the pressure
             altitude = self.settings["altitude"]
-            compensated = DEFAULT_COMPENSATION_HPA * station_pressure(altitude) / station_pressure(0)
+            compensated = (
+                DEFAULT_COMPENSATION_HPA * station_pressure(altitude) / station_pressure(0)
+            )
         ppm = round(air.co2 * air.pressure / compensated) + self.frc_correction if co2 else 0
         if co2:
             self.last_co2 = ppm - self.frc_correction  # what FRC corrects
