@@ -274,9 +274,15 @@ def test_adafruit_sht31d_periodic_mode(world: Callable[..., World]) -> None:
     sensor.frequency = adafruit_sht31d.FREQUENCY_2
     sensor.mode = adafruit_sht31d.MODE_PERIODIC
     assert model.periodic and model.commands[-1] == 0x2236  # table 10: 2 mps, high
+    with pytest.raises(OSError) as nothing_yet:  # 4.6: no data yet, the read header is NACKed
+        _ = sensor.temperature  # (what adafruit/Adafruit_CircuitPython_SHT31D#37 reports)
+    assert nothing_yet.value.errno == errno.EREMOTEIO
     w.clock.advance(0.6)
     temperatures = sensor.temperature  # fetch data (4.6): the newest measurement
-    assert temperatures == pytest.approx(w.truth().temperature, abs=0.2)
+    # The driver reads 48 bytes and decodes as many CRC-valid measurements as it finds: one here,
+    # as the data sheet describes; Adafruit's docs claim up to eight (not in the data sheet).
+    newest = temperatures[0] if isinstance(temperatures, list) else temperatures
+    assert newest == pytest.approx(w.truth().temperature, abs=0.2)
     w.clock.advance(0.6)
     assert sensor.relative_humidity == pytest.approx(w.truth().humidity, abs=2.0)
     sensor.mode = adafruit_sht31d.MODE_SINGLE  # break (4.8)
@@ -485,6 +491,23 @@ def test_adafruit_bh1750_saturates_in_sunlight(world: Callable[..., World]) -> N
     assert sensor.lux == pytest.approx(0xFFFF / 1.2)
 
 
+@pytest.mark.xfail(strict=True, reason="adafruit-circuitpython-bh1750 1.1.19: in ONE_SHOT mode "
+                   "`lux` only reads the data register; a one-time measurement starts only when "
+                   "mode or resolution is written, so later reads repeat the first result")
+def test_adafruit_bh1750_one_shot_measures_again(world: Callable[..., World]) -> None:
+    import adafruit_bh1750
+
+    w = world("adafruit_bh1750")
+    model = BH1750Model(clock=w.clock, illuminance=1000.0)
+    w.bus.attach(0x23, model)
+    sensor = adafruit_bh1750.BH1750(BusioI2C(w.bus))
+    sensor.mode = adafruit_bh1750.Mode.ONE_SHOT
+    assert sensor.lux == pytest.approx(1000.0, rel=0.01)
+    model.illuminance = 2000.0
+    w.clock.advance(1.0)
+    assert sensor.lux == pytest.approx(2000.0, rel=0.01)
+
+
 # --- ADS1115 ------------------------------------------------------------------------------------
 
 VOLTS = (0.5, 1.25, 2.0, 3.1)
@@ -561,6 +584,19 @@ def test_pimoroni_ads1115_sample_rate(world: Callable[..., World]) -> None:
     adc.detect_chip_type()
     adc.set_sample_rate(860)
     assert model.config >> 5 & 0b111 == 0b111
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason="ads1015 1.0.0: the threshold encoder "
+                   "calls ord() on the bytes of struct.pack (Python 2 code)")
+def test_pimoroni_ads1015_thresholds(world: Callable[..., World]) -> None:
+    import ads1015
+
+    w = world("ads1015")
+    model = ADS1115Model(clock=w.clock)
+    w.bus.attach(0x48, model)
+    adc = ads1015.ADS1015(i2c_dev=SMBus(w.bus))
+    adc.set_low_threshold(-100)
+    assert model.thresholds[0] == 0x10000 - 100
 
 
 # --- PMSA003I -----------------------------------------------------------------------------------
