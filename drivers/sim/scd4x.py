@@ -244,7 +244,7 @@ class SCD4xModel(CommandChip):
             self.busy(now, T_PERSIST)
         elif code == PERFORM_FACTORY_RESET:
             self.settings, self.eeprom = dict(SETTING_DEFAULTS), dict(SETTING_DEFAULTS)
-            self.frc_correction = 0
+            self.frc_correction, self.ambient_pressure_hpa = 0, None
             self.busy(now, T_FACTORY_RESET)
         elif code == PERFORM_FORCED_RECALIBRATION:
             self._forced_recalibration(self._argument(argument), now)
