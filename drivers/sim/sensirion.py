@@ -134,6 +134,7 @@ class CommandChip:
         self._busy_until = -math.inf
         self._held_until = -math.inf
         self._measurement_ends: float | None = None
+        self._stretching = False  # the running measurement answers a read by stretching SCL
         self._response: bytes | None = None
         self._response_at = -math.inf
         self._corruptions: deque[_Corruption] = deque()
@@ -180,6 +181,14 @@ class CommandChip:
     def read(self, length: int) -> bytes:
         with self._lock:
             now = self._now()
+            ends = self._measurement_ends
+            if self._stretching and ends is not None and now >= self._held_until:
+                # A clock-stretching command (SHT3x-DIS 4.3, table 9): the read header is
+                # acknowledged and SCL held low until the measurement is complete.
+                if self.stuck_measuring:
+                    raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))  # adapter gives up
+                self.clock.sleep(ends - now)
+                now = self._now()
             if self._is_busy(now) or self._response is None or now < self._response_at:
                 raise nack()  # nothing to send: the read header is not acknowledged
             answer, self._response = self._damage(self._response), None
@@ -198,9 +207,15 @@ class CommandChip:
         """The chip executes for ``seconds``: it NACKs every transfer until then."""
         self._busy_until = max(self._busy_until, now + seconds)
 
-    def measure(self, now: float, seconds: float, words: Sequence[int]) -> None:
-        """A conversion of ``seconds`` whose result is ``words`` (unless the chip is stuck)."""
+    def measure(
+        self, now: float, seconds: float, words: Sequence[int], *, stretch: bool = False
+    ) -> None:
+        """A conversion of ``seconds`` whose result is ``words`` (unless the chip is stuck).
+
+        ``stretch``: a read during the conversion is acknowledged and waits (SCL held low)
+        instead of being NACKed."""
         self._measurement_ends = now + seconds
+        self._stretching = stretch
         self.respond(words, now, seconds)
 
     def respond(self, words: Sequence[int], now: float, delay: float = 0.0) -> None:
@@ -226,6 +241,7 @@ class CommandChip:
         ends = self._measurement_ends
         if ends is not None and now >= ends and not self.stuck_measuring:
             self._measurement_ends = None  # finished: a later stuck fault needs a new one
+            self._stretching = False
         self.advance(now)
         return now
 

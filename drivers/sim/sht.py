@@ -1,7 +1,9 @@
 """Command-level models of the Sensirion SHT3x (SHT30/31/35) and SHT4x (SHT40/41/45).
 
-SHT3x numbers are from the data sheet "SHT3x-DIS" v5 (May 2018): single-shot commands (table 9),
-soft reset (4.9), heater (table 16), status register (tables 17-19), timings (table 4). SHT4x
+SHT3x numbers are from the data sheet "SHT3x-DIS" v5 (May 2018): single-shot commands with and
+without clock stretching (4.3, table 9), periodic data acquisition (4.5, table 10), fetch data
+(4.6, table 11), ART (4.7), break (4.8), soft reset (4.9), heater (table 16), status register
+(tables 17-19), timings (table 4). SHT4x
 numbers are from the data sheet "SHT4x" (Version 3, April 2022): the one-byte command table and the
 timing table. Both models answer with the raw ticks a real chip would send for the physical inputs,
 inverting the data sheets' conversion formulas, and take typical durations, so a driver that waits
@@ -13,12 +15,21 @@ conversion during which the chip acknowledges nothing; a read with no result wai
 result is read once. Where the data sheets are silent the models choose, and say so: the SHT3x
 acknowledges a command it does not know (or a one-byte write) and flags it in status bit 1 ("last
 command not processed"), so a following read is NACKed for want of data; the SHT4x does not
-acknowledge an unknown command byte. Not modelled: SHT3x periodic mode, ART and alert limits (their
-commands count as unknown); clock-stretching variants (a SimBus cannot stretch SCL); any
-temperature rise from the heaters, which only set their status (SHT3x) or take their time (SHT4x).
+acknowledge an unknown command byte. SHT3x clock stretching: a read during the conversion is
+acknowledged and answered when the conversion ends (the model sleeps on its clock for the rest of
+it, as the master waits on SCL). SHT3x periodic mode: a measurement every 1/mps s, each taking the
+repeatability's conversion time; fetch data answers the newest unread one and clears it (4.6),
+its read is NACKed when there is none. 4.8 asks to send break before any command but fetch; the
+model executes, besides fetch and break, a new periodic/ART command (restarting the acquisition),
+the heater and status commands, and leaves any other command unprocessed (status bit 1) --
+Adafruit notes that the chip ignores a soft reset in periodic mode. Not modelled: alert limits
+(their commands count as unknown); any temperature rise from the heaters, which only set their
+status (SHT3x) or take their time (SHT4x).
 """
 
 from __future__ import annotations
+
+import math
 
 from drivers.clock import Clock
 from drivers.sim.environment import Source
@@ -26,11 +37,39 @@ from drivers.sim.sensirion import CommandChip, celsius_ticks, nack, to_ticks
 from drivers.sim.simbus import remember
 
 _MS = 1e-3
+_TIME_EPSILON = 1e-9  # of a period: float sums like 1000.0 + 2.3 - 1000.0 < 2.3
 
 # --- SHT3x --------------------------------------------------------------------------------------
 SHT3X_MEASURE_HIGH = 0x2400  # single shot, clock stretching disabled (table 9)
 SHT3X_MEASURE_MEDIUM = 0x240B
 SHT3X_MEASURE_LOW = 0x2416
+# The same with clock stretching enabled (table 9): the read waits on SCL instead of a NACK.
+SHT3X_STRETCH_HIGH = 0x2C06
+SHT3X_STRETCH_MEDIUM = 0x2C0D
+SHT3X_STRETCH_LOW = 0x2C10
+SHT3X_STRETCHED = {
+    SHT3X_STRETCH_HIGH: SHT3X_MEASURE_HIGH,
+    SHT3X_STRETCH_MEDIUM: SHT3X_MEASURE_MEDIUM,
+    SHT3X_STRETCH_LOW: SHT3X_MEASURE_LOW,
+}
+# Periodic data acquisition (table 10): command -> (measurements per second, repeatability as
+# the no-stretch single-shot command of the same repeatability, for its conversion time).
+SHT3X_PERIODIC = {
+    0x2032: (0.5, SHT3X_MEASURE_HIGH), 0x2024: (0.5, SHT3X_MEASURE_MEDIUM),
+    0x202F: (0.5, SHT3X_MEASURE_LOW),
+    0x2130: (1.0, SHT3X_MEASURE_HIGH), 0x2126: (1.0, SHT3X_MEASURE_MEDIUM),
+    0x212D: (1.0, SHT3X_MEASURE_LOW),
+    0x2236: (2.0, SHT3X_MEASURE_HIGH), 0x2220: (2.0, SHT3X_MEASURE_MEDIUM),
+    0x222B: (2.0, SHT3X_MEASURE_LOW),
+    0x2334: (4.0, SHT3X_MEASURE_HIGH), 0x2322: (4.0, SHT3X_MEASURE_MEDIUM),
+    0x2329: (4.0, SHT3X_MEASURE_LOW),
+    0x2737: (10.0, SHT3X_MEASURE_HIGH), 0x2721: (10.0, SHT3X_MEASURE_MEDIUM),
+    0x272A: (10.0, SHT3X_MEASURE_LOW),
+}
+SHT3X_ART = 0x2B32  # 4.7: periodic acquisition at 4 Hz
+SHT3X_ART_MPS = 4.0
+SHT3X_FETCH_DATA = 0xE000  # 4.6, table 11
+SHT3X_BREAK_MS = 1.0  # 4.8: "this takes 1 ms"
 SHT3X_SOFT_RESET = 0x30A2  # 4.9
 SHT3X_BREAK = 0x3093  # stops periodic mode; harmless in single-shot mode (4.8)
 SHT3X_HEATER_ON = 0x306D  # table 16
@@ -94,9 +133,19 @@ class SHT3xModel(CommandChip):
         humidity: float = 50.0,
         serial: int = 0x1A2B3C4D,
     ) -> None:
+        # periodic mode: (start, period, conversion time) and the newest unread result
+        self._periodic: tuple[float, float, float] | None = None
+        self._periodic_done = 0
+        self._periodic_data: list[int] | None = None
         super().__init__(clock=clock, source=source, temperature=temperature, humidity=humidity)
         self.serial = serial
         self._status = _STATUS_AFTER_RESET  # powered up a while ago: no start-up time to wait
+
+    @property
+    def periodic(self) -> bool:
+        """Whether periodic data acquisition (or ART) runs."""
+        with self._lock:
+            return self._periodic is not None
 
     @property
     def status(self) -> int:
@@ -113,6 +162,7 @@ class SHT3xModel(CommandChip):
         with self._lock:
             now = self.clock.monotonic()
             self._status = _STATUS_AFTER_RESET  # the heater is off after any reset
+            self._periodic, self._periodic_data = None, None
             self.discard_response()
             self.busy(now, SHT3X_RESET_MS * _MS)
 
@@ -128,12 +178,29 @@ class SHT3xModel(CommandChip):
         self._status &= ~STATUS_COMMAND_FAILED
         remember(self.commands, code)
 
+    def advance(self, now: float) -> None:
+        """Latch the newest periodic measurement that has ended by ``now``."""
+        if self._periodic is None or self.stuck_measuring:
+            return
+        start, period, conversion = self._periodic
+        done = math.floor((now - start - conversion) / period + _TIME_EPSILON) + 1
+        if done > self._periodic_done:
+            self._periodic_done = done
+            self._periodic_data = self._words(start + (done - 1) * period + conversion)
+
+    def _words(self, at: float) -> list[int]:
+        air = self.conditions(at)
+        rh = to_ticks(air.humidity, SHT3X_RH_OFFSET, SHT3X_RH_SPAN)
+        return [celsius_ticks(air.temperature), rh]
+
     def _run(self, code: int, now: float) -> bool:
-        if code in SHT3X_MEASURE_MS:
-            seconds = SHT3X_MEASURE_MS[code] * _MS
-            air = self.conditions(now + seconds)
-            rh = to_ticks(air.humidity, SHT3X_RH_OFFSET, SHT3X_RH_SPAN)
-            self.measure(now, seconds, [celsius_ticks(air.temperature), rh])
+        if self._periodic is not None:
+            return self._run_periodic(code, now)
+        if code in SHT3X_MEASURE_MS or code in SHT3X_STRETCHED:
+            seconds = SHT3X_MEASURE_MS[SHT3X_STRETCHED.get(code, code)] * _MS
+            self.measure(now, seconds, self._words(now + seconds), stretch=code in SHT3X_STRETCHED)
+        elif code in SHT3X_PERIODIC or code == SHT3X_ART:
+            self._start_periodic(code, now)
         elif code == SHT3X_SOFT_RESET:
             self.power_on_reset()
         elif code == SHT3X_HEATER_ON:
@@ -146,6 +213,35 @@ class SHT3xModel(CommandChip):
             self.respond([self.serial >> 16, self.serial & 0xFFFF], now)
         else:
             return code == SHT3X_BREAK
+        return True
+
+    def _start_periodic(self, code: int, now: float) -> None:
+        mps, repeatability = SHT3X_PERIODIC.get(code, (SHT3X_ART_MPS, SHT3X_MEASURE_HIGH))
+        self._periodic = (now, 1.0 / mps, SHT3X_MEASURE_MS[repeatability] * _MS)
+        self._periodic_done, self._periodic_data = 0, None
+        self.discard_response()
+
+    def _run_periodic(self, code: int, now: float) -> bool:
+        """A command while periodic acquisition runs (see the module docstring)."""
+        if code == SHT3X_FETCH_DATA:
+            self.discard_response()  # 4.6: no data -> the read header is NACKed
+            if self._periodic_data is not None:
+                self.respond(self._periodic_data, now)
+                self._periodic_data = None  # "the data memory is cleared"
+        elif code == SHT3X_BREAK:
+            self._periodic, self._periodic_data = None, None
+            self.discard_response()
+            self.busy(now, SHT3X_BREAK_MS * _MS)
+        elif code in SHT3X_PERIODIC or code == SHT3X_ART:
+            self._start_periodic(code, now)
+        elif code == SHT3X_HEATER_ON:
+            self._status |= STATUS_HEATER_ON
+        elif code == SHT3X_HEATER_OFF:
+            self._status &= ~STATUS_HEATER_ON
+        elif code == SHT3X_CLEAR_STATUS:
+            self._status &= ~_STATUS_CLEARABLE
+        else:
+            return False
         return True
 
 

@@ -174,6 +174,13 @@ class _ActiveFault:
         return self.remaining is not None and self.remaining <= 0
 
 
+def _wire_bits(kind: TransactionKind, wrote: int, length: int) -> int:
+    """SCL clocks of one transfer: 9 per byte (8 data + ACK) for each address byte and data byte,
+    one for each START and for the STOP (a write_read has a repeated START and a second address)."""
+    messages = 2 if kind == "write_read" else 1
+    return 9 * (messages + wrote + length) + messages + 1
+
+
 def _os_error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
@@ -182,9 +189,14 @@ class SimBus:
     """One simulated ``/dev/i2c-N``; thread-safe, like one kernel adapter shared by samplers."""
 
     def __init__(self, number: int = 1, *, clock: Clock | None = None,
-                 log_length: int = LOG_LENGTH) -> None:
+                 log_length: int = LOG_LENGTH, bit_rate: float | None = None) -> None:
         self.number = number
         self.clock: Clock = clock if clock is not None else SystemClock()
+        # SCL frequency in Hz: when set, each transfer takes the time its bits take on the wire
+        # (9 clocks per byte, address bytes included, plus a START and a STOP), so a driver that
+        # polls a status register without sleeping -- as on hardware, where each poll costs
+        # time -- sees a FakeClock move. None: transfers are instantaneous.
+        self.bit_rate = bit_rate
         self.lock = threading.RLock()
         self._devices: dict[int, SimDevice] = {}
         self._muxes: dict[int, SimMux] = {}
@@ -287,6 +299,8 @@ class SimBus:
             if self._closed:
                 raise _os_error(errno.EBADF)  # as smbus2 on a closed file descriptor
             started = self.clock.monotonic()
+            if self.bit_rate is not None:
+                self.clock.sleep(_wire_bits(kind, len(wrote), length) / self.bit_rate)
             try:
                 answer = self._run(address, kind, wrote, length)
             except OSError as exc:
