@@ -9,7 +9,8 @@ nothing here waits on the wall clock. Values are compared with the Environment's
 chip's data-sheet accuracy.
 
 Driver bugs found while doing this are recorded as strict xfails: they document what the driver
-does wrong on a real chip too, and turn red when the driver is fixed.
+does wrong on a real chip too, and turn red when a release that fixes it is pinned in
+pyproject.toml.
 """
 
 from __future__ import annotations
