@@ -14,6 +14,7 @@ Numbers: Sensirion data sheet "SHT3x-DIS" v5 (May 2018) -- table 9 (single-shot 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from typing import Any, ClassVar
@@ -28,7 +29,8 @@ log = logging.getLogger("envagent.driver")
 MEASURE = {"high": 0x2400, "medium": 0x240B, "low": 0x2416}  # table 9, no clock stretching
 # Maximum measurement durations in seconds (table 4 of the latest revision: 15.5 / 6.5 / 4.5 ms).
 MEASURE_MAX_S = {"high": 0.0155, "medium": 0.0065, "low": 0.0045}
-SOFT_RESET = 0x30A2
+SOFT_RESET = 0x30A2  # 4.9: executed in idle state only
+BREAK = 0x3093  # 4.8: ends periodic data acquisition; the chip is then idle
 HEATER_ON = 0x306D
 HEATER_OFF = 0x3066
 CLEAR_STATUS = 0x3041
@@ -37,6 +39,7 @@ STATUS_HEATER_ON = 1 << 13  # table 18
 STATUS_COMMAND_FAILED = 1 << 1
 
 SOFT_RESET_S = 0.0015  # t_SR max (table 4)
+BREAK_S = 0.001  # 4.8: "this takes 1 ms"
 COMMAND_S = sensirion.SHT3X_COMMAND_S
 
 # Specified operating range (table 1, 2): outside it the value is stored but flagged.
@@ -80,6 +83,11 @@ class SHT3x(Driver):
         except (OSError, SensorError) as exc:
             self._explain_identity(exc)
             raise
+        # A chip another program left in periodic acquisition ignores the soft reset and every
+        # single shot (status bit 1) until it gets a break or loses power: break first, which an
+        # idle chip takes as a no-op; a NACK of it says nothing the soft reset will not.
+        with contextlib.suppress(OSError):
+            self._command(BREAK, BREAK_S)
         self._command(SOFT_RESET, SOFT_RESET_S)  # the heater is off after any reset
         if self.settings["heater"]:
             self._command(HEATER_ON, COMMAND_S)

@@ -152,6 +152,22 @@ def test_sht3x_status_register_reset_heater_and_invalid_commands() -> None:
     assert model.status & STATUS_HEATER_ON == 0
 
 
+
+def test_an_sht3x_left_in_periodic_mode_by_another_program_is_taken_back() -> None:
+    clock = FakeClock()
+    bus = SimBus(1, clock=clock)
+    model = SHT3xModel(clock=clock)
+    bus.attach(ADDRESS, model)
+    clock.advance(0.01)
+    bus.write(ADDRESS, b"\x21\x30")  # periodic acquisition, 1 measurement per second (table 10)
+    clock.advance(2.0)
+    assert model.periodic
+    driver = sht3x.SHT3x(bus, ADDRESS, clock=clock, options={})
+    driver.setup()
+    assert not model.periodic and not model.status & STATUS_COMMAND_FAILED
+    model.temperature = 12.5
+    assert values(driver)["temperature"][0] == pytest.approx(12.5, abs=T_TICK)
+
 def test_sht4x_refuses_unknown_commands_and_reads_its_serial_number() -> None:
     driver, model, bus, _ = rig(sht4x.SHT4x, SHT4xModel)
     assert isinstance(driver, sht4x.SHT4x) and driver.serial_number == model.serial
