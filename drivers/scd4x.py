@@ -26,6 +26,7 @@ the valid ambient pressure input as 700-1200 hPa.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -45,9 +46,11 @@ STOP_PERIODIC_MEASUREMENT = 0x3F86
 SET_AMBIENT_PRESSURE = 0xE000
 GET_DATA_READY_STATUS = 0xE4B8
 GET_SERIAL_NUMBER = 0x3682
+WAKE_UP = 0x36F6  # 3.10.4 (SCD41): the only command a powered-down chip takes; never acknowledged
 
 COMMAND_S = 0.001  # read_measurement, get_data_ready_status, get_serial_number, set_ambient_p.
 STOP_S = 0.5  # the chip answers nothing for 500 ms after stop_periodic_measurement
+WAKE_UP_S = 0.03  # table 9
 SIGNAL_UPDATE_INTERVAL_S = 5.0
 DATA_READY_MASK = 0x07FF  # data ready unless the least significant 11 bits are all 0
 
@@ -133,6 +136,11 @@ class SCD4x(Driver):
 
     def setup(self) -> None:
         self._started = self._sent_hpa = None
+        # A chip another program powered down takes nothing but wake_up, which no chip
+        # acknowledges (an SCD40, which has no power_down, NACKs it as unknown).
+        with contextlib.suppress(OSError):
+            self._write(sensirion.command(WAKE_UP))
+        self.clock.sleep(WAKE_UP_S)
         self._stop(tolerate_nack=True)
         self.serial_number = read_serial(self.bus, self.address, self.clock, self.label)
         if self._pressure_hpa is not None:

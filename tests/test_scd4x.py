@@ -25,6 +25,7 @@ from drivers.sim.scd4x import (
     DATASHEET_SERIAL,
     GET_DATA_READY_STATUS,
     GET_SERIAL_NUMBER,
+    POWER_DOWN,
     READ_MEASUREMENT,
     START_PERIODIC_MEASUREMENT,
     SCD4xModel,
@@ -96,13 +97,28 @@ def test_setup_stops_a_running_measurement_reads_the_serial_and_starts_measuring
     driver.setup()
     assert driver.serial_number == DATASHEET_SERIAL
     assert model.commands[1:] == [
-        scd4x.STOP_PERIODIC_MEASUREMENT, GET_SERIAL_NUMBER, START_PERIODIC_MEASUREMENT
+        scd4x.WAKE_UP, scd4x.STOP_PERIODIC_MEASUREMENT, GET_SERIAL_NUMBER,
+        START_PERIODIC_MEASUREMENT,
     ]
     assert model.measuring
     driver.close()
     assert not model.measuring
     driver.setup()  # from idle: the first stop is tolerated either way
     assert model.measuring
+
+
+def test_setup_wakes_a_chip_another_program_powered_down() -> None:
+    clock = FakeClock()
+    bus = SimBus(1, clock=clock)
+    model = SCD4xModel(clock=clock, co2=800.0)
+    bus.attach(ADDRESS, model)
+    command(bus, POWER_DOWN)
+    clock.advance(60.0)  # the agent starts later
+    assert model.asleep
+    driver = scd4x.SCD4x(bus, ADDRESS, clock=clock)
+    driver.setup()
+    assert driver.serial_number == DATASHEET_SERIAL and model.measuring
+    assert values(driver)["co2"][0] == 800.0
 
 
 def test_read_waits_for_data_ready_and_gets_each_measurement_once() -> None:
