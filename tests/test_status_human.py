@@ -31,6 +31,8 @@ from agent.runtime.statusfile import (
     MIN_WRITE_S,
     REFRESH_S,
     SENSORS_FILE,
+    STUCK,
+    STUCK_WORDS,
     SensorsFile,
     StatusFiles,
     load_history,
@@ -105,6 +107,22 @@ def test_sensor_states_are_written_on_change_at_most_every_30_s(tmp_path: Path) 
     files.tick(crew)
     assert SensorsFile.load(path).sensors[0].errors == 5  # type: ignore[union-attr]
 
+
+
+def test_a_sensor_stuck_in_one_read_is_written_stuck_since_it_got_in(tmp_path: Path) -> None:
+    clock, crew = FakeClock(wall=1_800_000_000.0), workers()
+    files = StatusFiles(tmp_path, clock, latest=list, boot_id="boot-a")
+    files.tick(crew)
+    got_in = clock.monotonic()
+    clock.advance(MIN_WRITE_S + 5)
+    files.tick(crew, stuck={"air": got_in})  # its worker still says ok: it never came back
+    air, probes = SensorsFile.load(tmp_path / SENSORS_FILE).sensors  # type: ignore[union-attr]
+    assert (air.state, air.last_error) == (STUCK, STUCK_WORDS)
+    assert air.since_ns == int((clock.time() - MIN_WRITE_S - 5) * 1e9)
+    assert probes.state == "ok"
+    clock.advance(MIN_WRITE_S)
+    files.tick(crew)  # the read came back
+    assert SensorsFile.load(tmp_path / SENSORS_FILE).sensors[0].state == "ok"  # type: ignore
 
 def test_a_status_file_that_cannot_be_written_never_raises(tmp_path: Path) -> None:
     files = StatusFiles(tmp_path / "missing" / "dir", FakeClock(), latest=list, boot_id="b")

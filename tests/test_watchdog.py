@@ -243,3 +243,29 @@ def test_the_status_line_says_readings_are_held_for_the_clock(tmp_path: Path) ->
     assert proc.returncode == 0, stderr
     held = [m for _, m in notify.messages if "held for the clock" in m]
     assert held[-1].startswith("STATUS=1/1 sensors ok; backlog "), held
+
+
+def test_the_sensor_stuck_longest_is_named_the_others_wait_behind_it() -> None:
+    from dataclasses import dataclass
+
+    from agent.runtime.notify import Notifier
+    from agent.runtime.supervisor import HUNG_READ_S, Supervisor
+    from drivers.sim.clock import FakeClock
+
+    @dataclass(eq=False)
+    class Worker:
+        label: str
+        busy_since: float | None = None
+
+    clock = FakeClock(start=1000.0)
+    hung, waiting, idle = Worker("bme280 'air' at 1:0x76"), Worker("bmp280 'box' at 1:0x77"), \
+        Worker("sht4x 'soil' at 2:0x44")
+    supervisor = Supervisor(Notifier({}), clock, [waiting, hung, idle],
+                            writer_beat=clock.monotonic, writer_timeout=1e9, status=str)
+    hung.busy_since = clock.monotonic()
+    clock.advance(0.5)
+    waiting.busy_since = clock.monotonic()  # its read waits for the bus lock the hung one holds
+    clock.advance(HUNG_READ_S + 1)
+    assert supervisor.stuck() == {hung: 1000.0, waiting: 1000.5}
+    assert supervisor.problem() == ("bme280 'air' at 1:0x76 has been stuck in one read for "
+                                    "32 s (1 more wait behind it)")

@@ -184,7 +184,9 @@ class Service:
         return None if watch is None else watch.current()
 
     def _on_tick(self) -> None:
-        self.status_files.tick(self.agent.workers)
+        stuck = self.supervisor.stuck()
+        self.status_files.tick(self.agent.workers, stuck={
+            w.sensor.id: since for w in self.agent.workers if (since := stuck.get(w)) is not None})
         if self.led is not None:
             self.led.show(self.condition())
 

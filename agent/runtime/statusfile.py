@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +55,11 @@ REFRESH_S = 900.0  # error counts alone are brought up to date this often
 SAMPLE_S = 60.0  # how often the last values are folded into the history
 # Per-sensor health readings (agent.runtime.health) share the sensor's id; they are not sparklines.
 HEALTH_QUANTITIES = frozenset({"sensor_state", "sensor_errors"})
+# A sensor hung inside one read (agent.runtime.supervisor): its state in the file, and why.
+STUCK = "stuck"
+STUCK_WORDS = ("inside one read that never ends: the chip or its bus does not let go, and every "
+               "sensor on that bus waits; the watchdog restarts the agent (power the sensor "
+               "down and up, or check its wiring, if it comes back)")
 
 
 class Worker(Protocol):
@@ -70,7 +75,7 @@ class Worker(Protocol):
 class SensorState:
     id: str
     driver: str
-    state: str  # starting, ok, warning, failed
+    state: str  # starting, ok, warning, failed; or stuck (STUCK)
     since_ns: int
     errors: int
     last_error: str | None
@@ -178,10 +183,12 @@ class StatusFiles:
         self._next_sample = clock.monotonic()
         self._failed = False
 
-    def tick(self, workers: Sequence[Worker]) -> None:
-        """Write what changed, within the limits above; never raises."""
+    def tick(self, workers: Sequence[Worker], *, stuck: Mapping[str, float] | None = None) -> None:
+        """Write what changed, within the limits above; never raises. ``stuck``: the sensors
+        hung in one read (agent.runtime.supervisor), by id, with the monotonic time they got in:
+        their state is written as ``stuck`` since then."""
         try:
-            self._sensors(workers, force=False)
+            self._sensors(workers, force=False, stuck=stuck or {})
             now = self.clock.monotonic()
             if now >= self._next_sample:
                 self._next_sample = now + SAMPLE_S
@@ -205,16 +212,22 @@ class StatusFiles:
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot write the status files in %s: %s", self.sensors_path.parent, exc)
 
-    def _sensors(self, workers: Sequence[Worker], *, force: bool) -> None:
+    def _sensors(self, workers: Sequence[Worker], *, force: bool,
+                 stuck: Mapping[str, float] | None = None) -> None:
         now_ns = int(self.clock.time() * NS)
+        now = self.clock.monotonic()
         states = []
         for w in workers:
-            state = str(w.health.state)
+            state, error = str(w.health.state), w.health.last_error
+            got_in = (stuck or {}).get(w.sensor.id)
+            if got_in is not None:
+                state, error = STUCK, STUCK_WORDS
             previous = self._since.get(w.sensor.id)
             if previous is None or previous[0] != state:
-                self._since[w.sensor.id] = previous = (state, now_ns)
+                since_ns = now_ns if got_in is None else now_ns - int((now - got_in) * NS)
+                self._since[w.sensor.id] = previous = (state, since_ns)
             states.append(SensorState(w.sensor.id, w.sensor.driver, state, previous[1],
-                                      w.health.errors, w.health.last_error))
+                                      w.health.errors, error))
         key = tuple((s.state, s.last_error) for s in states)
         counts = tuple(s.errors for s in states)
         mode = None if self._maintenance is None else maintenance_record(self._maintenance())

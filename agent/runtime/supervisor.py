@@ -78,11 +78,24 @@ class Supervisor:
         silent = now - self._writer_beat()
         if silent > self.writer_timeout:
             return f"the writer loop has not turned for {silent:.0f} s"
+        stuck = self.stuck()
+        if not stuck:
+            return None
+        # The one stuck longest is the cause: the others on its bus wait for it to let go.
+        first = min(stuck, key=stuck.__getitem__)
+        others = f" ({len(stuck) - 1} more wait behind it)" if len(stuck) > 1 else ""
+        return f"{first.label} has been stuck in one read for {now - stuck[first]:.0f} s{others}"
+
+    def stuck(self) -> dict[Busy, float]:
+        """The sensors stuck inside one setup or read for longer than ``hung_after``, with the
+        monotonic time each got in."""
+        now = self.clock.monotonic()
+        found = {}
         for worker in self.workers:
             since = worker.busy_since
             if since is not None and now - since > self.hung_after:
-                return f"{worker.label} has been stuck in one read for {now - since:.0f} s"
-        return None
+                found[worker] = since
+        return found
 
     def tick(self) -> None:
         """One supervision step: ping if healthy, and publish the status line when it changed.
