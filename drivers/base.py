@@ -156,7 +156,8 @@ class Driver(ABC):
         return False
 
     def close(self) -> None:  # noqa: B027 - most chips need nothing
-        """Leave the chip in its lowest-power state."""
+        """Leave the chip in its lowest-power state; best effort: a chip that does not answer
+        is logged (debug), never raised, so closing never hides what the caller was doing."""
 
     def serial(self) -> str | None:
         """The serial number the chip reports (after ``setup``), for the commissioning record;

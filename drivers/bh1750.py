@@ -23,11 +23,14 @@ window" (p. 11).
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 from drivers.base import Driver, Measurement, Option, Pending, Quality
 from drivers.bus import Bus
 from drivers.errors import SensorError
+
+log = logging.getLogger("envagent.driver")
 
 POWER_DOWN = 0x00
 POWER_ON = 0x01
@@ -193,9 +196,13 @@ class BH1750(Driver):
         return [Measurement("illuminance", lux, "lx", quality)]
 
     def close(self) -> None:
-        """Power down: the continuous measurement stops."""
+        """Power down: the continuous measurement stops (best effort: a chip that does not
+        answer is not measuring for anyone)."""
         self._fresh = None
-        self._command(POWER_DOWN)
+        try:
+            self._command(POWER_DOWN)
+        except OSError as exc:
+            log.debug("%s: power down on close failed: %s", f"bh1750 at {self.where}", exc)
 
     def _restart(self) -> None:
         """Power on, check the reset, set MTreg (lost at a brown-out) and start measuring."""

@@ -75,6 +75,16 @@ def test_a_bmp280_where_the_config_wants_a_bme280_fails_read_naming_the_bmp280(
     assert "illuminance" in result.stdout  # the light sensor is wired as configured
 
 
+
+def test_a_light_sensor_that_is_not_there_costs_read_only_its_own_line(tmp_path: Path) -> None:
+    config, wiring = station(tmp_path, '[[device]]\nchip = "bme280"\naddress = 0x76\n')
+    result = envagent("read", "--config", config, "--simulate", "--sim-wiring", wiring,
+                      cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()  # the BH1750's power-down at close is no error
+    assert line.startswith("light: ") and "no answer at 1:0x23" in line
+    assert "temperature" in result.stdout and "humidity" in result.stdout  # the BME280's
+
 def test_without_a_wiring_file_the_world_still_mirrors_the_config(tmp_path: Path) -> None:
     config, _ = station(tmp_path, "")
     result = envagent("read", "--config", config, "--simulate", cwd=tmp_path)

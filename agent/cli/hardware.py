@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -110,7 +111,8 @@ def cmd_read(args: argparse.Namespace) -> int:
                 print(f"{sensor.id}: {describe_error(exc, driver.where)}", file=sys.stderr)
                 continue
             finally:
-                driver.close()
+                with contextlib.suppress(Exception):  # as doctor and commission: never the cause
+                    driver.close()
             rows += [
                 {"sensor": sensor.id, "quantity": m.quantity, "value": m.value, "unit": m.unit,
                  "quality": int(m.quality), "flags": quality.names(m.quality),
