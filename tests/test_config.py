@@ -1107,6 +1107,18 @@ def test_an_address_the_chip_cannot_have_names_the_ones_it_can(sensor: str, line
     assert real_problems(UNIT + '[[sensor]]\nid = "x"\n' + sensor) == [f"{SRC}: {line}"]
 
 
+
+@pytest.mark.parametrize(("written", "hint"), [("0x4c", False), ("76", True)])
+def test_the_decimal_hint_is_only_for_an_address_written_decimal(tmp_path: Path, written: str,
+                                                                 hint: bool) -> None:
+    path = tmp_path / "station.toml"
+    path.write_text(UNIT + f'[[sensor]]\nid = "x"\ndriver = "bme280"\naddress = {written}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    (line,) = caught.value.problems
+    assert "the bme280 answers only at 0x76 or 0x77" in line
+    assert ("76 is decimal: write 0x76" in line) is hint
+
 def test_every_address_the_chip_can_have_passes() -> None:
     from drivers.registry import DRIVERS
 

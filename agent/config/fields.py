@@ -67,6 +67,20 @@ class Problems:
         labels = self.labels[array] = _Labels(array, tables, lines, id_key, pattern)
         return labels
 
+    def written(self, path: str) -> str | None:
+        """The line of the file that holds ``path`` (a key of a named ``[[table]]``), as
+        written; None where the text or the key's own line is not known."""
+        match = _IN_ARRAY.fullmatch(path)
+        labels = None if match is None else self.labels.get(match[1])
+        if match is None or labels is None or labels.lines is None or self.text is None:
+            return None
+        index, key = int(match[2]), match[3] or ""
+        line = labels.lines[index].get(key) if index < len(labels.lines) else None
+        if line is None:
+            return None
+        lines = self.text.splitlines()
+        return lines[line - 1] if 0 < line <= len(lines) else None
+
     def _where(self, path: str) -> str:
         match = _IN_ARRAY.fullmatch(path)
         labels = None if match is None else self.labels.get(match[1])

@@ -7,6 +7,7 @@ second user of an id or a place, naming the first by its label and line.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,9 +60,15 @@ def check_chip_address(problems: Problems, path: str, chip: str, addresses: Sequ
         return True
     listed = [f"0x{a:02x}" for a in addresses]
     either = listed[0] if len(listed) == 1 else f"{', '.join(listed[:-1])} or {listed[-1]}"
-    problems.add(toml_key(path, "address"), f"the {chip} answers only at {either}"
-                 + _decimal_hint(address, addresses), address, toml_hex)
+    written = problems.written(toml_key(path, "address"))
+    hint = "" if written is not None and _HEX_VALUE.search(written) else \
+        _decimal_hint(address, addresses)  # only for a number that may have been written decimal
+    problems.add(toml_key(path, "address"), f"the {chip} answers only at {either}" + hint,
+                 address, toml_hex)
     return False
+
+
+_HEX_VALUE = re.compile(r"=\s*0[xX]")  # ``address = 0x4c`` as written: not a decimal slip
 
 
 def _decimal_hint(value: int, addresses: Sequence[int]) -> str:
