@@ -207,7 +207,8 @@ def test_sync_with_a_refused_token_never_prints_it(tmp_path: Path) -> None:
         as_json = envagent("sync", "--config", str(config), "--json", cwd=tmp_path)
     assert result.returncode == 1 == as_json.returncode
     assert "HTTP 401" in result.stderr and "<redacted>" in result.stderr
-    assert json.loads(as_json.stdout)["ok"] is False
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is False and report["url"] == server.url()  # the URL, not a label
     state = (tmp_path / "data" / "uplink-state.json").read_text()
     for output in (result.stdout, result.stderr, as_json.stdout, as_json.stderr, state):
         assert TOKEN not in output

@@ -24,6 +24,7 @@ from agent.cli.context import (
 from agent.cli.hardware import mock_pin_factory, open_buses, uses_gpio
 from agent.config import Config, UplinkConfig
 from agent.core.errors import ConfigError
+from agent.store.station import public_url
 from drivers.clock import Clock
 
 if TYPE_CHECKING:  # loaded by the commands that use them, not by --help (start-up memory)
@@ -204,6 +205,6 @@ def _flush(ctx: Context, settings: UplinkConfig, outbox: Outbox, clock: Clock,
     reason = statusview.sync_left(uplink.state, uplink.sink.where, failed=not flushed.ok,
                                   quarantined=flushed.quarantined, backlog=left,
                                   now=clock.time())
-    return {"name": settings.name, "url": uplink.sink.where, "delivered": flushed.delivered,
+    return {"name": settings.name, "url": public_url(settings.url), "delivered": flushed.delivered,
             "quarantined": flushed.quarantined, "held": flushed.held, "backlog": left,
             "ok": reason is None, "reason": reason, "error": flushed.error}
