@@ -136,10 +136,19 @@ def test_status_without_an_outbox_says_so(tmp_path: Path) -> None:
     assert "no outbox" in result.stderr
 
 
-@pytest.mark.parametrize("args", [["frobnicate"], ["run", "--duration", "-1"], []])
+@pytest.mark.parametrize("args", [
+    ["frobnicate"], ["run", "--duration", "-1"], ["run", "--duration", "nan"], [],
+    ["scan", "--simulate", "--bus", "-1"], ["scan", "--simulate", "--bus", "256"],
+])
 def test_bad_usage_exits_2(tmp_path: Path, args: list[str]) -> None:
     assert envagent(*args, cwd=tmp_path).returncode == 2
 
+
+
+def test_a_duration_may_be_written_as_in_the_config(tmp_path: Path) -> None:
+    result = envagent("run", "--simulate", "--data-dir", str(tmp_path / "d"), "--duration",
+                      "1500ms", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
 
 def test_damaged_outbox_is_moved_aside_and_status_says_so(tmp_path: Path) -> None:
     data = tmp_path / "d"

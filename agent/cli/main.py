@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_read)
 
     p = sub.add_parser("scan", help="list the addresses that answer on a bus, and their chips")
-    p.add_argument("--bus", type=int, default=1, metavar="N", help="/dev/i2c-N (default 1)")
+    p.add_argument("--bus", type=_bus_number, default=1, metavar="N",
+                   help="/dev/i2c-N (default 1)")
     add_common(p, "config", "simulate", "sim_wiring", "json")
     p.set_defaults(func=cmd_scan)
 
@@ -200,13 +202,30 @@ def _no_token(text: str) -> str:
 
 
 def _positive_seconds(text: str) -> float:
+    """Seconds, as a number (``90``) or a duration as the config writes them (``90s``, ``2m``)."""
+    from agent.core.units import parse_duration
+
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
+        try:
+            value = parse_duration(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected seconds such as 90, 90s or 2m, got {text!r}") from None
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+def _bus_number(text: str) -> int:
+    """``--bus N``: the N of /dev/i2c-N, as the config allows it."""
+    from agent.config.placement import BUS_RANGE
+
+    low, high = BUS_RANGE
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise argparse.ArgumentTypeError(f"expected a bus number, {low} to {high}, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
