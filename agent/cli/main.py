@@ -164,19 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="configuration tools")
     config_sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     c = config_sub.add_parser("check", help="validate the config file and exit")
-    add_common(c, "config", "simulate")
+    add_common(c, "config")
+    c.add_argument("--simulate", action="store_true",
+                   help="without --config and /etc/envagent/envagent.toml: check the shipped "
+                   "example, the config a rehearsal then uses")
     c.set_defaults(func=cmd_config_check)
 
     from agent.cli.completion import SHELLS, apply_help_layout
     from agent.doctor.report import sample_count
 
-    p = sub.add_parser("doctor", help="check this unit: PASS, WARN or FAIL, and what to do",
+    p = sub.add_parser("doctor", help="check this unit: PASS, WARN, FAIL or SKIP, and what "
+                       "to do",
                        description="Checks the I2C buses, each sensor (the right chip? a few "
                        "samples), the clock (and how to get it synchronised), the data "
                        "directory (writable by the service's user? held by another agent?), "
                        "free space, the outbox and its backlog, and the uplink (the token "
                        "file's mode, DNS, TCP, TLS, token). Each check: PASS, WARN or FAIL, and "
-                       "what to do next. Writes nothing.")
+                       "what to do next, or SKIP when an earlier check made it pointless (no "
+                       "samples from a sensor that was not found). Exit 1 when any FAILs. "
+                       "Writes nothing.")
     add_common(p, "config", "simulate", "sim_clock", "sim_wiring", "data_dir", "json")
     p.add_argument("--samples", type=sample_count, default=3, metavar="N",
                    help="test samples per sensor (default 3)")
