@@ -112,7 +112,16 @@ create_venv() {
         say "created $VENV"
     fi
     say "installing envagent from $SRC_DIR into $VENV (needs network access to PyPI)"
-    PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/pip" install --quiet --upgrade -- "$SRC_DIR"
+    # Built from a clean copy of what the package holds: pip builds a source directory in place,
+    # and a build/ left there by an earlier version would ship modules that no longer exist.
+    local build
+    build=$(mktemp -d)
+    cp -RL -- "$SRC_DIR/pyproject.toml" "$SRC_DIR/README.md" "$SRC_DIR/agent" "$SRC_DIR/drivers" \
+        "$build/"
+    find "$build" -name __pycache__ -prune -exec rm -rf -- {} +
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/pip" install --quiet --upgrade -- "$build" ||
+        { rm -rf -- "$build"; die "pip could not install envagent (see above)"; }
+    rm -rf -- "$build"
     if [[ -e $CLI_LINK && ! -L $CLI_LINK ]]; then
         warn "$CLI_LINK exists and is not our link; leaving it alone"
     else
