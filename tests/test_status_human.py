@@ -277,6 +277,32 @@ def test_status_fits_the_terminal(tmp_path: Path, columns: int) -> None:
     assert alert["since"] and alert["value"] > -40
 
 
+
+def test_status_tells_the_clock_as_the_running_agent_sees_it(tmp_path: Path) -> None:
+    """A rehearsal's clock is simulated (--sim-clock): status, in another process with another
+    clock, says what the agent sees, not its own."""
+    plain, data = tmp_path / "plain.toml", tmp_path / "d"
+    plain.write_text(STATION)
+    ran = envagent("run", "--simulate", "--config", str(plain), "--data-dir", str(data),
+                   "--duration", "1.5", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+
+    def status() -> dict[str, Any]:
+        result = envagent("status", "--simulate", "--config", str(plain), "--data-dir",
+                          str(data), "--json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    assert status()["clock_synchronized"] is True  # the agent stopped: status's own clock
+    agents_clock = FakeClock(start=60.0, wall=__import__("time").time(), synced=False)
+    files = StatusFiles(data, agents_clock, latest=list, boot_id=read_boot_id(),
+                        synced=agents_clock.synchronized)
+    files.tick(workers())  # as a running agent (this process) whose clock is not synchronised
+    assert status()["clock_synchronized"] is False
+    human = envagent("status", "--simulate", "--config", str(plain), "--data-dir", str(data),
+                     cwd=tmp_path)
+    assert "NOT synchronised" in human.stdout, human.stdout
+
 def test_the_daemons_own_workers_fit_the_writer(tmp_path: Path) -> None:
     """What agent/service.py hands over on each supervisor tick: Agent.workers, outbox.latest."""
     from agent.sampling.daemon import Agent, make_drivers

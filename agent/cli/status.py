@@ -110,7 +110,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "quarantined": stats.rejected,
         "uplink": _first_uplink(uplinks),
         "uplinks": uplinks,
-        "clock_synchronized": clock_of(args).synchronized(),
+        "clock_synchronized": None,  # below: the running agent's view, else this host's
         "recovered": None if recovery is None else {
             "at": iso(recovery.at_ns), "reason": recovery.reason, "moved_to": recovery.moved_to,
             "salvaged": recovery.salvaged, "lost": recovery.lost},
@@ -128,6 +128,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from agent.store import maintenance
 
     clock = clock_of(args)
+    seen = statusview.agent_clock(ctx.data_dir, read_boot_id())
+    synced, hold_end = (clock.synchronized(), hold_ends(clock)) if seen is None else seen
+    report["clock_synchronized"] = synced
     window, damaged = maintenance.read_active(ctx.data_dir, clock, read_boot_id())
     report["maintenance"] = maintenance.to_json(window, clock, read_boot_id())
     report["sensors"] = statusview.sensors_json(ctx.data_dir, read_boot_id())
@@ -142,7 +145,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             ctx.config, ctx.data_dir, stats, latest, recovery=recovery,
             synced=report["clock_synchronized"], boot_id=read_boot_id(),
             now=clock_of(args).time(), width=shutil.get_terminal_size().columns, bars=bars,
-            hold_ends=hold_ends(clock_of(args)),
+            hold_ends=hold_end,
             backlogs={u["name"]: u["backlog"] for u in uplinks if u["backlog"] is not None},
             maintenance=(window, damaged, clock))
     if simulated:  # a rehearsal's outbox (agent.store.rehearsal): said first, on the unit's line

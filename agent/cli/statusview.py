@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AlertConfig, Config, UplinkConfig
-from agent.core.timebase import HOLD_UNSYNCED_S, SYNC_ADVICE_SHORT, UNSYNCED_REASON
+from agent.core.timebase import HOLD_UNSYNCED_S, NS, SYNC_ADVICE_SHORT, UNSYNCED_REASON
 from agent.runtime.history import HISTORY_FILE, POINTS, bucket_of
 from agent.runtime.statusfile import HEALTH_QUANTITIES, SENSORS_FILE, SensorsFile, load_history
 from agent.sampling.alerts import ALERT_SENSOR, FIRING, alert_quantity
@@ -410,6 +410,15 @@ def render(config: Config, data_dir: Path, stats: OutboxStats, latest: Sequence[
             f"{clock_time(daemon.written_ns, now)}")
     lines += _sensors(config, data_dir, daemon, latest, now, width, bars)
     return lines
+
+
+def agent_clock(data_dir: Path, boot_id: str) -> tuple[bool | None, float] | None:
+    """The running agent's own clock (a rehearsal's is simulated): synchronised, and the wall
+    time its boot's hold for the clock ends; None when no agent runs or it did not say."""
+    daemon = SensorsFile.load(data_dir / SENSORS_FILE)
+    if daemon is None or daemon.clock is None or not daemon.running(boot_id):
+        return None
+    return daemon.clock["synced"], daemon.clock["hold_ends_ns"] / NS
 
 
 def sensors_json(data_dir: Path, boot_id: str) -> dict[str, Any] | None:

@@ -87,7 +87,8 @@ class Service:
         # sensors-state.json and history.json, for `envagent status` in another process
         self.status_files = StatusFiles(config.storage.path, clock, latest=outbox.latest,
                                         boot_id=agent.boot_id,
-                                        maintenance=self._maintenance_window)
+                                        maintenance=self._maintenance_window,
+                                        synced=lambda: agent.timekeeper.synced)
 
     def run(self, duration: float | None) -> None:
         self._save_station()

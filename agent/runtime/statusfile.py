@@ -36,6 +36,7 @@ from agent.core.errors import StorageError
 from agent.core.reading import RESERVED_SENSOR_ID
 from agent.core.timebase import NS
 from agent.runtime.history import HISTORY_FILE, Accumulator, History, bucket_of
+from agent.sampling.timekeeping import hold_ends
 from agent.store.maintenance import Window
 from agent.store.outbox import LatestValue
 from drivers.clock import Clock
@@ -89,6 +90,9 @@ class SensorsFile:
     sensors: tuple[SensorState, ...]
     # maintenance mode as the agent applies it: since_ns, until_ns, note, by; None: off
     maintenance: dict[str, Any] | None = None
+    # the clock as the agent sees it (a rehearsal's is simulated): synchronised (None: the
+    # kernel does not say), and the wall time (ns) at which its boot's hold for the clock ends
+    clock: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, path: Path) -> SensorsFile | None:
@@ -98,7 +102,7 @@ class SensorsFile:
             data = read_json(path, MAX_SENSORS_BYTES)
             found = cls(data["pid"], data["boot_id"], data["written_ns"],
                         tuple(SensorState(**s) for s in data["sensors"]),
-                        data.get("maintenance"))
+                        data.get("maintenance"), data.get("clock"))
             if not found.well_formed():
                 raise ValueError("not the shape this version writes")
         except FileNotFoundError:
@@ -118,7 +122,8 @@ class SensorsFile:
                     isinstance(s.id, str) and isinstance(s.driver, str)
                     and isinstance(s.state, str) and integer(s.since_ns) and integer(s.errors)
                     and isinstance(s.last_error, str | None) for s in self.sensors)
-                and (self.maintenance is None or _maintenance_shape(self.maintenance)))
+                and (self.maintenance is None or _maintenance_shape(self.maintenance))
+                and (self.clock is None or _clock_shape(self.clock)))
 
     def running(self, boot_id: str) -> bool:
         """Whether the process that wrote this is still running (in this boot)."""
@@ -138,6 +143,13 @@ def _maintenance_shape(value: object) -> bool:
             and all(isinstance(value[k], int) and not isinstance(value[k], bool)
                     for k in ("since_ns", "until_ns"))
             and isinstance(value["note"], str | None) and isinstance(value["by"], str))
+
+
+def _clock_shape(value: object) -> bool:
+    return (isinstance(value, dict) and set(value) == {"synced", "hold_ends_ns"}
+            and isinstance(value["synced"], bool | None)
+            and isinstance(value["hold_ends_ns"], int)
+            and not isinstance(value["hold_ends_ns"], bool))
 
 
 def maintenance_record(window: Window | None) -> dict[str, Any] | None:
@@ -164,7 +176,8 @@ class StatusFiles:
 
     def __init__(self, data_dir: Path, clock: Clock, *,
                  latest: Callable[[], Sequence[LatestValue]], boot_id: str,
-                 maintenance: Callable[[], Window | None] | None = None) -> None:
+                 maintenance: Callable[[], Window | None] | None = None,
+                 synced: Callable[[], bool | None] | None = None) -> None:
         self.sensors_path = data_dir / SENSORS_FILE
         self.history_path = data_dir / HISTORY_FILE
         self.clock = clock
@@ -172,6 +185,9 @@ class StatusFiles:
         self._boot_id = boot_id
         self._maintenance = maintenance
         self._written_maintenance: dict[str, Any] | None = None
+        self._synced = synced  # the agent's own view of its clock (agent.sampling.timekeeping)
+        self._hold_ends_ns = int(hold_ends(clock) * NS)
+        self._written_clock: dict[str, Any] | None = None
         self._since: dict[str, tuple[str, int]] = {}  # sensor -> (state, since_ns)
         self._written: tuple[Any, ...] | None = None  # (states and errors) last written
         self._written_counts: tuple[int, ...] | None = None
@@ -231,16 +247,20 @@ class StatusFiles:
         key = tuple((s.state, s.last_error) for s in states)
         counts = tuple(s.errors for s in states)
         mode = None if self._maintenance is None else maintenance_record(self._maintenance())
+        seen = None if self._synced is None else {"synced": self._synced(),
+                                                 "hold_ends_ns": self._hold_ends_ns}
         elapsed = self.clock.monotonic() - self._written_at
         changed = key != self._written and elapsed >= MIN_WRITE_S
         counted = counts != self._written_counts and elapsed >= REFRESH_S
         if not (force or changed or counted or self._written is None
-                or mode != self._written_maintenance):  # a mode change: at once
+                or mode != self._written_maintenance  # a mode change: at once
+                or seen != self._written_clock):  # the clock's sync too
             return
-        document = SensorsFile(os.getpid(), self._boot_id, now_ns, tuple(states), mode)
+        document = SensorsFile(os.getpid(), self._boot_id, now_ns, tuple(states), mode, seen)
         write_json(self.sensors_path, asdict(document))
         self._written, self._written_counts = key, counts
         self._written_maintenance = mode
+        self._written_clock = seen
         self._written_at = self.clock.monotonic()
 
     def _observe(self) -> None:
