@@ -70,6 +70,31 @@ def test_a_bad_token_file_is_described_without_its_content(tmp_path: Path, conte
     assert TOKEN not in message and "second" not in message and "xxxxxxxx" not in message
 
 
+def in_a_process(code: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a fresh interpreter, killed (TimeoutExpired) if it hangs."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_a_fifo_as_the_token_file_is_refused_without_hanging(tmp_path: Path) -> None:
+    # a blocking open of a FIFO waits for a writer: the worker would hang at its first batch
+    fifo = tmp_path / "upload-token"
+    os.mkfifo(fifo, 0o600)
+    code = ("import sys\nfrom pathlib import Path\n"
+            "from agent.core.credentials import CredentialError, read_token\n"
+            f"try:\n    read_token(Path({str(fifo)!r}))\n"
+            "except CredentialError as exc:\n    print(exc)\n")
+    result = in_a_process(code, timeout=10.0)
+    assert "is not a regular file" in result.stdout, result.stderr
+    assert "plain file" in result.stdout
+
+
+def test_a_device_as_the_token_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "upload-token").symlink_to("/dev/zero")
+    with pytest.raises(CredentialError, match="is not a regular file"):
+        read_token(tmp_path / "upload-token")
+
+
 def test_a_missing_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(CredentialError, match="cannot read the upload token file .*No such file"):
         read_token(tmp_path / "nope")

@@ -244,3 +244,15 @@ def test_a_salvage_refuses_a_set_replaced_by_links(tmp_path: Path) -> None:
         salvage.salvage_into(conn, salvage.Damage("test", False), aside)
     conn.close()
     assert untouched(victim, content)
+
+
+def test_a_saved_header_larger_than_a_header_is_never_written_back(tmp_path: Path) -> None:
+    # <aside>-header holds the 100 bytes a salvage replaced; anything larger is not ours (a
+    # planted file): never read whole, never written over the evidence
+    aside = damaged_aside(tmp_path)
+    before = aside.read_bytes()
+    Path(f"{aside}-header").write_bytes(b"planted" * 1_000_000)
+    salvage._restore_header(aside)
+    assert aside.read_bytes() == before
+    assert not salvage._rebuild_header(aside)
+    assert aside.read_bytes() == before

@@ -49,6 +49,10 @@ class DamagedFileError(AgentError, ValueError):
     """A file is not what the agent wrote: too large, not a regular file, not UTF-8 or JSON."""
 
 
+class FileTooLargeError(DamagedFileError):
+    """A file is larger than the bound it is read with."""
+
+
 def _new_temporary(path: Path) -> tuple[int, Path]:
     """A new, empty file beside ``path``, created by us alone (mode 0666 less the umask, as
     ``open(..., "w")`` would give)."""
@@ -180,18 +184,25 @@ def connect_writable(path: Path, **options: Any) -> sqlite3.Connection:
     return conn
 
 
-def read_bounded(path: Path, limit: int) -> bytes:
+def read_bounded(path: Path, limit: int, *, follow: bool = True) -> bytes:
     """The content of the regular file ``path``, at most ``limit`` bytes.
 
-    OSError when it cannot be opened or read (FileNotFoundError when missing);
-    DamagedFileError when it is not a regular file or is larger than ``limit``.
+    OSError when it cannot be opened or read (FileNotFoundError when missing; with
+    ``follow=False``, ELOOP when it is a symbolic link); DamagedFileError when it is not a
+    regular file or is larger than ``limit``.
     """
-    fd = os.open(path, _READ)
+    return read_bounded_stat(path, limit, follow=follow)[0]
+
+
+def read_bounded_stat(path: Path, limit: int, *,
+                      follow: bool = True) -> tuple[bytes, os.stat_result]:
+    """:func:`read_bounded`, and the file's status as it was read (its mode, its owner)."""
+    fd = os.open(path, _READ if follow else _READ | os.O_NOFOLLOW)
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):  # as open() says it
+        found = os.fstat(fd)
+        if stat.S_ISDIR(found.st_mode):  # as open() says it
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(found.st_mode):
             raise DamagedFileError(f"{path} is not a regular file")
         os.set_blocking(fd, True)
         chunks, size = [], 0
@@ -204,8 +215,8 @@ def read_bounded(path: Path, limit: int) -> bytes:
     finally:
         os.close(fd)
     if size > limit:
-        raise DamagedFileError(f"{path} is larger than {limit} bytes")
-    return b"".join(chunks)
+        raise FileTooLargeError(f"{path} is larger than {limit} bytes")
+    return b"".join(chunks), found
 
 
 def read_json(path: Path, limit: int) -> Any:

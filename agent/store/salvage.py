@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from agent.core.atomic import refuse_links, write_new
+from agent.core.atomic import read_bounded, refuse_links, write_new
 from agent.core.errors import StorageError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"  # https://sqlite.org/fileformat.html#the_database_header
@@ -765,7 +765,7 @@ def _rebuild_header(aside: Path) -> bool:
         with _open_plain(aside, write=True) as f:
             header = f.read(HEADER_BYTES)
             size = f.seek(0, os.SEEK_END)
-            saved = kept.read_bytes() if kept.is_file() and not kept.is_symlink() else None
+            saved = _saved_header(kept)
             if saved is not None and saved != header:
                 return True  # rebuilt by a salvage that was killed before it put it back
             if _valid_header(header) or len(header) < HEADER_BYTES:
@@ -782,20 +782,31 @@ def _rebuild_header(aside: Path) -> bool:
             f.seek(0)
             f.write(header)
         kept.unlink()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a -header that is not ours (DamagedFileError)
         pass  # a file that cannot be written is salvaged as it is
     return False
+
+
+def _saved_header(kept: Path) -> bytes | None:
+    """The header a salvage saved at ``kept``, None when there is none; OSError or
+    DamagedFileError (a ValueError) when what is there is not one (a link, a larger file)."""
+    try:
+        return read_bounded(kept, HEADER_BYTES, follow=False)
+    except FileNotFoundError:
+        return None
 
 
 def _restore_header(aside: Path) -> None:
     """Put the damaged header back: the moved-aside file stays the evidence, as it was."""
     kept = _sibling(aside, "-header")
     try:
-        original = kept.read_bytes()
+        original = _saved_header(kept)
+        if original is None:
+            return
         with _open_plain(aside, write=True) as f:
             f.write(original)
         kept.unlink()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a -header that is not ours (DamagedFileError)
         pass  # kept beside it: the two files together are the damaged file as it was
 
 
