@@ -19,6 +19,7 @@ from agent.config import (
     parse_config,
 )
 from agent.core.errors import ConfigError
+from agent.store.station import public_url
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "envagent.example.toml"
@@ -328,6 +329,20 @@ def test_an_unknown_scheme_says_which_are_supported(tmp_path: Path, url: str, wh
     text = f'[[uplink]]\nname = "a"\nurl = "{url}"\n'
     assert problems(tmp_path, text) == [f'uplink \'a\' (line {line(text, "url")}): '
                                         f'url = "{url}": {why}']
+
+
+@pytest.mark.parametrize("param", ["p", "token", "access_token", "api_key", "api-key",
+                                   "X-Api-Key", "apikey", "auth_token", "access_key", "key",
+                                   "secret", "sig", "signature", "Signature"])
+def test_a_credential_parameter_in_a_url_is_refused_and_masked(tmp_path: Path,
+                                                               param: str) -> None:
+    url = f"{VM}?db=field&{param}=hunter2"
+    text = f'[[uplink]]\nname = "a"\nurl = "{url}"\n'
+    assert problems(tmp_path, text) == [
+        f'uplink \'a\' (line {line(text, "url")}): url = "{VM}?db=field&{param}=***": carries '
+        f"credentials ({param.lower()}=); they never go in the config file: "
+        + SECRET_HOWTO.removeprefix("a secret never goes in the config file; ")]
+    assert public_url(url) == f"{VM}?db=field"  # and never into the station record
 
 
 def test_credentials_in_an_mqtt_url_are_refused_unshown(tmp_path: Path) -> None:

@@ -70,6 +70,31 @@ def test_a_bad_token_file_is_described_without_its_content(tmp_path: Path, conte
     assert TOKEN not in message and "second" not in message and "xxxxxxxx" not in message
 
 
+def in_a_process(code: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a fresh interpreter, killed (TimeoutExpired) if it hangs."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_a_fifo_as_the_token_file_is_refused_without_hanging(tmp_path: Path) -> None:
+    # a blocking open of a FIFO waits for a writer: the worker would hang at its first batch
+    fifo = tmp_path / "upload-token"
+    os.mkfifo(fifo, 0o600)
+    code = ("import sys\nfrom pathlib import Path\n"
+            "from agent.core.credentials import CredentialError, read_token\n"
+            f"try:\n    read_token(Path({str(fifo)!r}))\n"
+            "except CredentialError as exc:\n    print(exc)\n")
+    result = in_a_process(code, timeout=10.0)
+    assert "is not a regular file" in result.stdout, result.stderr
+    assert "plain file" in result.stdout
+
+
+def test_a_device_as_the_token_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "upload-token").symlink_to("/dev/zero")
+    with pytest.raises(CredentialError, match="is not a regular file"):
+        read_token(tmp_path / "upload-token")
+
+
 def test_a_missing_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(CredentialError, match="cannot read the upload token file .*No such file"):
         read_token(tmp_path / "nope")
@@ -251,16 +276,63 @@ def test_a_token_in_the_config_file_is_refused_and_not_repeated(tmp_path: Path) 
     assert TOKEN not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("argv", [["--token", TOKEN], [f"--token={TOKEN}"],
-                                  ["--upload-token", TOKEN]])
-def test_a_token_on_the_command_line_is_refused_and_not_repeated(tmp_path: Path,
-                                                                 argv: list[str]) -> None:
+def command_paths() -> list[list[str]]:
+    """Every command line envagent parses: none, each command, each subcommand."""
+    import argparse
+
+    from agent.cli.main import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> list[list[str]]:
+        found = [path]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    found += walk(child, [*path, name])
+        return found
+
+    return walk(build_parser(), [])
+
+
+TOKEN_ARGVS = [["--token", TOKEN], [f"--token={TOKEN}"], ["--upload-token", TOKEN],
+               [f"--upload-token={TOKEN}"], ["--tok", TOKEN], [f"--toke={TOKEN}"],
+               ["--uplo", TOKEN], ["--token", TOKEN, "--no-such-option", TOKEN]]
+
+
+def test_every_command_is_walked() -> None:
+    paths = command_paths()
+    assert ["doctor"] in paths and ["config", "check"] in paths and ["maintenance"] in paths
+    assert len(paths) >= 13
+
+
+@pytest.mark.parametrize("argv", TOKEN_ARGVS)
+@pytest.mark.parametrize("command", command_paths(), ids=lambda c: "/".join(c) or "none")
+def test_no_command_repeats_a_token_given_on_the_command_line(
+        command: list[str], argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli.main import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, *argv])
+    out, err = capsys.readouterr()
+    assert stopped.value.code == 2
+    assert "never taken from the command line" in err
+    assert TOKEN not in out + err
+
+
+def test_an_option_that_only_looks_like_the_token_is_still_taken() -> None:
+    from agent.cli.main import build_parser
+
+    parsed = build_parser().parse_args(["commission", "--t", "Alice"])  # --technician
+    assert parsed.technician == "Alice"
+    assert build_parser().parse_args(["sync", "--upl", "cloud"]).uplink == "cloud"
+
+
+def test_a_token_on_the_command_line_is_refused_and_not_repeated(tmp_path: Path) -> None:
     config = station(tmp_path, "https://example.org/write")
-    for command in ("sync", "run"):
-        result = envagent(command, "--config", str(config), *argv, cwd=tmp_path)
-        assert result.returncode == 2
+    for command in command_paths():
+        result = envagent(*command, "--config", str(config), "--token", TOKEN, cwd=tmp_path)
+        assert result.returncode == 2, command
         assert "never taken from the command line" in result.stderr
-        assert TOKEN not in result.stdout + result.stderr
+        assert TOKEN not in result.stdout + result.stderr, command
 
 
 def test_a_token_in_the_environment_stops_sync_and_run(tmp_path: Path) -> None:

@@ -27,15 +27,17 @@ from httpfaults import FaultServer, status
 
 from agent.config import Config, parse_config
 from agent.core.reading import Reading
-from agent.doctor.checkup import check_clock, check_device
+from agent.doctor.checkup import check_clock, check_device, running_agent
 from agent.doctor.report import Check, DiskUsage, Status, worst
 from agent.doctor.sensors import check_sensors, spreads
 from agent.doctor.storage import (
+    MAX_CMDLINE_BYTES,
     check_backlog,
     check_data_dir,
     check_database,
     check_free_space,
     check_lock,
+    command_words,
 )
 from agent.doctor.uplink import check_upstream
 from agent.sampling.processing import Processed
@@ -277,6 +279,28 @@ def test_a_running_agent_keeps_doctor_off_the_real_bus() -> None:
     assert checks["sensors"].status is Status.WARN
     assert "pid 4242" in checks["sensors"].detail
     assert "systemctl stop envagent" in (checks["sensors"].hint or "")
+
+
+def test_a_running_agent_is_found_from_bounded_command_lines(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    for pid, argv in ((101, [b"/usr/bin/python3", b"-m", b"http.server", b"x" * 10**6]),
+                      (102, [b"/usr/bin/envagent", b"run", b"--config", b"y" * 10**6])):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "cmdline").write_bytes(b"\0".join(argv) + b"\0")
+    assert running_agent(proc) == 102
+    assert command_words(proc / "102" / "cmdline")[:3] == ["/usr/bin/envagent", "run",
+                                                           "--config"]
+    assert sum(map(len, command_words(proc / "101" / "cmdline"))) < MAX_CMDLINE_BYTES
+
+
+def test_a_fifo_in_place_of_a_command_line_does_not_hang_doctor(tmp_path: Path) -> None:
+    (tmp_path / "proc" / "103").mkdir(parents=True)
+    os.mkfifo(tmp_path / "proc" / "103" / "cmdline")
+    code = ("from pathlib import Path\nfrom agent.doctor.checkup import running_agent\n"
+            f"print(running_agent(Path({str(tmp_path / 'proc')!r})))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=10, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.strip() == "None", result.stderr
 
 
 # --- the unit itself -----------------------------------------------------------------------------

@@ -19,9 +19,10 @@ import requests
 from httpfaults import FaultServer, parse_line
 
 from agent.config import HealthConfig, UplinkConfig, parse_config
+from agent.core.atomic import DamagedFileError
 from agent.core.errors import ConfigError
 from agent.core.reading import Reading, upstream_sensor
-from agent.core.timebase import NS
+from agent.core.timebase import BOOT_ID_PATH, NS, current_boot, read_boot_id
 from agent.runtime.health import (
     HEALTH_SENSOR,
     HealthReporter,
@@ -197,6 +198,33 @@ def test_the_readers_of_proc_and_sysfs(tmp_path: Path) -> None:
     if Path("/proc/self/io").exists():  # the real one, on Linux
         written = read_write_bytes()
         assert isinstance(written, int) and written >= 0
+
+
+def test_the_readers_of_proc_and_sysfs_are_bounded(tmp_path: Path) -> None:
+    # not the kernel's file (a bind mount, a test, a damaged sysfs): a few bytes are read, never
+    # megabytes, and a FIFO costs nothing (O_NONBLOCK), not a hung health thread
+    (tmp_path / "io").write_text("rchar: 1\n" * 100_000 + PROC_IO)
+    assert read_write_bytes(tmp_path / "io") is None
+    (tmp_path / "temp").write_text("4" * 100 + "\n")
+    assert read_cpu_temperature(tmp_path / "temp") is None
+    os.mkfifo(tmp_path / "fifo")
+    code = ("from pathlib import Path\n"
+            "from agent.runtime.health import read_cpu_temperature, read_write_bytes\n"
+            f"print(read_cpu_temperature(Path({str(tmp_path / 'fifo')!r})),\n"
+            f"      read_write_bytes(Path({str(tmp_path / 'fifo')!r})))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=10, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.split() == ["None", "None"], result.stderr
+
+
+def test_a_boot_id_file_is_read_with_a_bound(tmp_path: Path) -> None:
+    (tmp_path / "boot_id").write_text("0b1c6f4e-7a3d-4c55-9d0e-2f6a8b7c9d10\n")
+    assert read_boot_id(tmp_path / "boot_id") == "0b1c6f4e-7a3d-4c55-9d0e-2f6a8b7c9d10"
+    (tmp_path / "boot_id").write_text("0" * 10_000_000)
+    with pytest.raises(DamagedFileError, match="larger than 64 bytes"):
+        read_boot_id(tmp_path / "boot_id")
+    if BOOT_ID_PATH.exists():  # the real one, on Linux
+        assert read_boot_id() == current_boot() and len(read_boot_id()) == 36
 
 
 def make_uplink(url: str, outbox: Outbox) -> Uplink:

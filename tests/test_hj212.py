@@ -122,6 +122,23 @@ def test_a_bad_packet_is_refused_saying_why(packet: bytes, words: str) -> None:
     assert isinstance(caught.value, ValueError)
 
 
+def test_a_segment_never_shows_its_password() -> None:
+    segment = parse_segment(VECTOR.replace("PW=100000", "PW=s3Cr3t"))
+    assert segment.pw == "s3Cr3t"
+    assert "s3Cr3t" not in repr(segment) and "s3Cr3t" not in str(segment)
+    assert "s3Cr3t" in segment.render()  # on the wire, where it belongs
+
+
+@pytest.mark.parametrize("segment", [
+    VECTOR.replace("PW=100000", "PW=s3Cr3t").replace("CP=&&RtdInterval=30&&", "CP=&&x"),
+    VECTOR.replace("PW=100000", "PWs3Cr3t"),
+])
+def test_a_bad_segment_is_refused_without_quoting_its_password(segment: str) -> None:
+    with pytest.raises(PacketError) as caught:
+        parse_segment(segment)
+    assert "s3Cr3t" not in str(caught.value) and "PW" in str(caught.value)
+
+
 def test_the_reader_holds_at_most_one_packet_and_cuts_them_out_of_a_stream() -> None:
     reader = Reader()
     packet = frame(VECTOR)

@@ -50,8 +50,36 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+# A token option as typed: the full name, or an abbreviation argparse would take for it (long
+# enough to be no other option's: --technician, --uplink), alone or with ``=VALUE``.
+_TOKEN_OPTIONS = (("--token", len("--to")), ("--upload-token", len("--uplo")))
+TOKEN_REFUSAL = ("the upload token is never taken from the command line (other users can read "
+                 "it in the process list); put it in the file named by uplink.token_file, or "
+                 "use LoadCredential=upload-token:... in the systemd unit")
+
+
+def _is_token_option(arg: str) -> bool:
+    name = arg.split("=", 1)[0]
+    return any(len(name) >= shortest and full.startswith(name)
+               for full, shortest in _TOKEN_OPTIONS)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Refuses a ``--token`` for every command (the subcommands' parsers are of this class too)
+    before parsing, with a message that repeats no argument: argparse's own errors quote them
+    ("unrecognized arguments: --token S3CRET"), and the next one after ``--token`` is the
+    secret."""
+
+    def parse_known_args(  # type: ignore[override]  # typeshed: overloads; one signature here
+            self, args: Sequence[str] | None = None,
+            namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        if any(_is_token_option(arg) for arg in (sys.argv[1:] if args is None else args)):
+            self.error(TOKEN_REFUSAL)
+        return super().parse_known_args(args, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="envagent",
         description="Field agent for environmental monitoring: reads I2C sensors, keeps every "
         "reading in a local outbox.",
@@ -101,14 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-fault", type=SimFault.parse, action="append", default=[],
                    metavar="SENSOR=KIND[@S]",
                    help="with --simulate: make a sensor hang, nack or eio (after S seconds)")
-    _refuse_token_option(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sync", help="deliver the outbox to every upstream now, and report; "
                        "exit 1 unless all of it went")
     p.add_argument("--uplink", metavar="NAME", help="only this upstream (its name in the config)")
     add_common(p, "config", "simulate", "deliver", "sim_clock", "data_dir", "json")
-    _refuse_token_option(p)
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("read", help="take one sample from every configured sensor")
@@ -193,18 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_completion)
     apply_help_layout(parser)
     return parser
-
-
-def _refuse_token_option(parser: argparse.ArgumentParser) -> None:
-    """``--token`` fails with a clear message that does not repeat the token."""
-    parser.add_argument("--token", "--upload-token", type=_no_token, help=argparse.SUPPRESS)
-
-
-def _no_token(text: str) -> str:
-    raise argparse.ArgumentTypeError(
-        "the upload token is never taken from the command line (other users can read it in "
-        "the process list); put it in the file named by uplink.token_file, or use "
-        "LoadCredential=upload-token:... in the systemd unit")
 
 
 def _positive_seconds(text: str) -> float:

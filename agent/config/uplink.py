@@ -48,8 +48,13 @@ INFLUX_V2_PATH = "/api/v2/write"
 # Keys and URL parts that would put a secret in this file (readable by every technician, kept in
 # backups and support tickets): refused, with the way to do it instead.
 SECRET_KEYS = ("token", "password", "api_key", "apikey", "secret", "auth_token", "upload_token")
+# Query parameters that carry a credential (compared lowercased): refused in a config's URL,
+# masked where the config shows it (config check) and left out of the station record. u and p:
+# InfluxDB 1.x query authentication; sig, signature: signed URLs (Azure SAS, presigned); key,
+# api-key, x-api-key, access_key: API keys as HTTP APIs take them in the query.
 SECRET_PARAMS = frozenset({"u", "p", "password", "token", "access_token", "api_key", "apikey",
-                           "auth_token"})  # u and p: InfluxDB 1.x query authentication
+                           "api-key", "x-api-key", "auth_token", "access_key", "key", "secret",
+                           "sig", "signature"})
 TOKEN_HOWTO = ("put the token in a file readable only by the agent's user and name it with "
                "uplink.token_file, or use LoadCredential=upload-token:/etc/envagent/upload-token "
                "in the systemd unit")

@@ -27,12 +27,12 @@ from __future__ import annotations
 import base64
 import functools
 import logging
-import os
 import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from agent.core.atomic import DamagedFileError, FileTooLargeError, read_bounded_stat
 from agent.core.errors import AgentError, ConfigError
 from agent.core.reading import DEFAULT_UPSTREAM
 
@@ -132,10 +132,17 @@ def read_token(path: Path, *, what: str = "upload token", key: str = "uplink.tok
     """The token in ``path``: one line of visible ASCII; a final line break is ignored.
     ``what`` and ``key`` name the secret and its setting in messages (an HJ 212 upstream's
     password, ``password_file``)."""
-    try:
-        with path.open("rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
-            raw = file.read(MAX_TOKEN_BYTES + 1)
+    try:  # O_NONBLOCK and a regular file only: a FIFO named here must not hang the worker
+        raw, found = read_bounded_stat(path, MAX_TOKEN_BYTES)
+        mode = found.st_mode
+    except DamagedFileError as exc:
+        named = f"named by {key}" if looks_like_token(path) else str(path)
+        if isinstance(exc, FileTooLargeError):
+            raise CredentialError(f"the {what} file {named} is larger than {MAX_TOKEN_BYTES} "
+                                  "bytes: is it the right file?") from None
+        raise CredentialError(f"the {what} file {named} is not a regular file (a FIFO, a "
+                              f"socket or a device): put the {what} in a plain file and set "
+                              f"{key} to it") from None
     except OSError as exc:
         if looks_like_token(path):  # never repeated: it may be the token, pasted in
             raise CredentialError(
@@ -147,9 +154,6 @@ def read_token(path: Path, *, what: str = "upload token", key: str = "uplink.tok
         raise CredentialError(
             f"cannot read the {what} file {path}: {reason}; create it (one line, readable "
             f"by the agent's user only) or fix {key}") from None
-    if len(raw) > MAX_TOKEN_BYTES:
-        raise CredentialError(f"the {what} file {path} is larger than {MAX_TOKEN_BYTES} "
-                              "bytes: is it the right file?")
     text = raw.rstrip(b"\r\n")
     if not text:
         raise CredentialError(f"the {what} file {path} is empty; write the {what} in it")

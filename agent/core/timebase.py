@@ -14,6 +14,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The kernel's random id of this boot (proc(5)): readings stamped in one boot share it, so a
 # later sync can re-stamp exactly the readings whose boot-time anchor it knows.
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+MAX_BOOT_ID_BYTES = 64  # a UUID, 36 characters and a line break
 # How long after boot readings wait for the clock to synchronise before they are sent flagged.
 # NTP normally syncs within a minute of the network coming up; a unit that cannot reach a time
 # server for half an hour still delivers, honestly flagged (agent.sampling.timekeeping).
@@ -43,14 +44,22 @@ def iso_ns(time_ns: int) -> str:
 
 
 def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
-    return path.read_text().strip()
+    """This boot's id; OSError when it cannot be read, DamagedFileError (a ValueError) when it is
+    not a small ASCII file."""
+    from agent.core.atomic import DamagedFileError, read_bounded  # sqlite3 and json: lazily
+
+    raw = read_bounded(path, MAX_BOOT_ID_BYTES)
+    try:
+        return raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise DamagedFileError(f"{path} is not ASCII") from None
 
 
 def current_boot() -> str | None:
     """This boot's id, or None where the kernel does not say (not Linux)."""
     try:
         return read_boot_id()
-    except OSError:
+    except (OSError, ValueError):
         return None
 
 

@@ -178,10 +178,9 @@ def running_agent(proc: Path = Path("/proc")) -> int | None:
     me = os.getpid()
     for entry in proc.glob("[0-9]*"):
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            words = doctor_storage.command_words(entry / "cmdline")
         except OSError:
             continue
-        words = [w.decode("utf-8", "replace") for w in argv if w]
         if int(entry.name) == me or "run" not in words or "--simulate" in words:
             continue
         if any(Path(w).name == "envagent" for w in words[:2]) or words[1:3] == ["-m", "agent"]:

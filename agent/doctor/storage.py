@@ -330,15 +330,26 @@ def _lock_unknown(data_dir: Path, exc: OSError) -> Check:
                  f"lock of {data_dir} ({describe(exc)}); sudo envagent doctor checks it")
 
 
+def command_words(cmdline: Path) -> list[str]:
+    """The words of a process's command line (``/proc/PID/cmdline``), from its first
+    MAX_CMDLINE_BYTES: a command line can be megabytes, and only its first words tell what runs.
+    OSError when it cannot be read (O_NONBLOCK: anything but the kernel's file must not hang
+    doctor)."""
+    fd = os.open(cmdline, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        argv = os.read(fd, MAX_CMDLINE_BYTES).split(b"\0")
+    finally:
+        os.close(fd)
+    return [w.decode("utf-8", "replace") for w in argv if w]
+
+
 def _command(pid: int) -> str:
     """``envagent run`` or ``envagent sync`` for an agent's pid, else its command line; "" when
     it cannot be read."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            argv = file.read(MAX_CMDLINE_BYTES).split(b"\0")
+        words = command_words(Path(f"/proc/{pid}/cmdline"))
     except OSError:
         return ""
-    words = [w.decode("utf-8", "replace") for w in argv if w]
     # envagent ARGS, python .../envagent ARGS (the console script), python -m agent ARGS
     start = next((i + 1 for i, w in enumerate(words[:2]) if Path(w).name == "envagent"),
                  3 if words[1:3] == ["-m", "agent"] else None)

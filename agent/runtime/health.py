@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from agent.core.atomic import read_bounded
 from agent.core.reading import RESERVED_SENSOR_ID, Reading, upstream_sensor
 from agent.core.timebase import NS
 from agent.sampling.daemon import Agent
@@ -47,9 +48,11 @@ log = logging.getLogger("envagent.health")
 HEALTH_SENSOR = RESERVED_SENSOR_ID  # the sensor id of the unit's own readings
 # proc(5): ``write_bytes`` is what this process (all its threads) caused to be sent to storage.
 PROC_IO = Path("/proc/self/io")
+MAX_PROC_IO_BYTES = 4096  # seven "key: number" lines, ~200 bytes
 # Linux thermal sysfs (Documentation/driver-api/thermal/sysfs-api.rst): ``temp`` is in
 # millidegrees Celsius; zone 0 is the SoC on a Raspberry Pi.
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
+MAX_THERMAL_BYTES = 64  # one integer and a line break
 MILLIDEGREES_PER_DEGREE = 1000.0
 FIRST_SAMPLE_S = 5.0  # after start: the first sample, so a restart shows up upstream at once
 JOIN_TIMEOUT_S = 2.0
@@ -63,8 +66,8 @@ UPLINK_STATE = {"ok": 0, "retrying": 1, "failing": 2, "starting": 3, "auth_block
 def read_write_bytes(path: Path = PROC_IO) -> int | None:
     """``write_bytes`` from ``path``; None where the kernel does not account task I/O."""
     try:
-        text = path.read_text(encoding="ascii")
-    except (OSError, ValueError):
+        text = read_bounded(path, MAX_PROC_IO_BYTES).decode("ascii")
+    except (OSError, ValueError):  # DamagedFileError and UnicodeDecodeError too
         return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -79,7 +82,8 @@ def read_write_bytes(path: Path = PROC_IO) -> int | None:
 def read_cpu_temperature(path: Path = THERMAL_ZONE) -> float | None:
     """Degrees Celsius from a thermal zone; None on a board without one (or while it errs)."""
     try:
-        return int(path.read_text(encoding="ascii").strip()) / MILLIDEGREES_PER_DEGREE
+        text = read_bounded(path, MAX_THERMAL_BYTES).decode("ascii")
+        return int(text.strip()) / MILLIDEGREES_PER_DEGREE
     except (OSError, ValueError):
         return None
 

@@ -62,7 +62,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from agent.core.atomic import BUSY_TIMEOUT_S, connect_readonly
+from agent.core.atomic import BUSY_TIMEOUT_S, connect_readonly, connect_writable, refuse_links
 from agent.core.errors import StorageError, StorageFullError
 from agent.core.reading import ALERT_PREFIX, Reading, StoredReading, is_alert
 from agent.core.reading import RESERVED_SENSOR_ID as ALERT_SENSOR
@@ -237,10 +237,11 @@ class Outbox:
             raise StorageError(exc.errno, f"cannot create the outbox directory {path.parent}: "
                                f"{exc.strerror}; check storage.path and its owner") from exc
         salvage.check_directory(path.parent, path.name)
+        refuse_links(path)  # before anything reads or moves it: a link is never written through
         damage = _diagnose(path, progress)
         aside = None if damage is None else salvage.move_aside(path)
-        self._open(lambda: sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                           check_same_thread=False))
+        self._open(lambda: connect_writable(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                            check_same_thread=False))
         if damage is not None and aside is not None:
             with self._lock, self._transaction() as conn:
                 salvage.mark_pending(conn, damage, aside)
@@ -317,7 +318,10 @@ class Outbox:
                 recovery = salvage.salvage_into(conn, damage, aside, progress)
                 conn.execute(reset, (cursors.RESET_KEY,))
         except Exception as exc:  # a salvage bug must not stop sampling: keep the files
-            log.exception("outbox %s: salvaging %s failed", self.path, aside)
+            if isinstance(exc, StorageError):  # a link planted in the set: it says what to do
+                log.error("outbox %s: not salvaging %s: %s", self.path, aside, exc)
+            else:
+                log.exception("outbox %s: salvaging %s failed", self.path, aside)
             with self._lock, self._transaction() as conn:
                 recovery = salvage.record_failure(conn, damage, aside, exc)
                 conn.execute(reset, (cursors.RESET_KEY,))

@@ -46,6 +46,7 @@ import json
 import os
 import pwd
 import sqlite3
+import stat
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -53,7 +54,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from agent.core.atomic import write_new
+from agent.core.atomic import read_bounded, refuse_links, write_new
 from agent.core.errors import StorageError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"  # https://sqlite.org/fileformat.html#the_database_header
@@ -162,7 +163,7 @@ def diagnose(path: Path) -> Damage | None:
     if not path.exists():
         return Damage("a -wal without its database", False) if wal_size else None
     try:
-        with path.open("r+b") as f:  # r+ also proves the file is writable
+        with _open_plain(path, write=True) as f:  # also proves the file is writable
             header = f.read(HEADER_BYTES)
     except OSError as exc:
         return Damage(f"cannot open it for writing ({exc.strerror})", bool(wal_size))
@@ -280,7 +281,7 @@ def scan_wal(wal: Path, page_size: int = 0) -> WalScan:
     what they held. Streams frame by frame: a -wal grows without bound while checkpoints are
     held back.
     """
-    with wal.open("rb") as f:
+    with _open_plain(wal) as f:
         head = f.read(WAL_HEADER.size)
         if len(head) < WAL_HEADER.size:
             return WalScan(f"{len(head)} bytes, shorter than a WAL header")
@@ -406,8 +407,11 @@ def salvage_into(conn: sqlite3.Connection, damage: Damage, aside: Path,
     """Copy what is readable from the moved-aside set into ``conn``'s fresh outbox.
 
     ``conn`` is inside the transaction that created the schema; every table is empty.
-    ``progress`` is called after every :data:`COPY_BATCH` rows copied.
+    ``progress`` is called after every :data:`COPY_BATCH` rows copied. StorageError, before
+    anything is read, when a file of the set is a link or not a regular file
+    (agent.core.atomic.refuse_links): the set stays as it is, for a human.
     """
+    refuse_links(aside, ("", "-wal", "-shm"))
     _split_partial_page(aside)
     found = _read_damaged(conn, damage, aside, progress)
     _drop_orphans(conn)
@@ -548,7 +552,7 @@ def _split_partial_page(aside: Path) -> None:
     zeros, and rows in it would come back with wrong values instead of failing. The two files
     together are the damaged file as it was."""
     try:
-        with aside.open("r+b") as f:
+        with _open_plain(aside, write=True) as f:
             header = f.read(HEADER_BYTES)
             size = f.seek(0, os.SEEK_END)
             if len(header) < HEADER_BYTES or not header.startswith(SQLITE_MAGIC):
@@ -758,10 +762,10 @@ def _rebuild_header(aside: Path) -> bool:
     """
     kept = _sibling(aside, "-header")
     try:
-        with aside.open("r+b") as f:
+        with _open_plain(aside, write=True) as f:
             header = f.read(HEADER_BYTES)
             size = f.seek(0, os.SEEK_END)
-            saved = kept.read_bytes() if kept.is_file() and not kept.is_symlink() else None
+            saved = _saved_header(kept)
             if saved is not None and saved != header:
                 return True  # rebuilt by a salvage that was killed before it put it back
             if _valid_header(header) or len(header) < HEADER_BYTES:
@@ -778,20 +782,31 @@ def _rebuild_header(aside: Path) -> bool:
             f.seek(0)
             f.write(header)
         kept.unlink()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a -header that is not ours (DamagedFileError)
         pass  # a file that cannot be written is salvaged as it is
     return False
+
+
+def _saved_header(kept: Path) -> bytes | None:
+    """The header a salvage saved at ``kept``, None when there is none; OSError or
+    DamagedFileError (a ValueError) when what is there is not one (a link, a larger file)."""
+    try:
+        return read_bounded(kept, HEADER_BYTES, follow=False)
+    except FileNotFoundError:
+        return None
 
 
 def _restore_header(aside: Path) -> None:
     """Put the damaged header back: the moved-aside file stays the evidence, as it was."""
     kept = _sibling(aside, "-header")
     try:
-        original = kept.read_bytes()
-        with aside.open("r+b") as f:
+        original = _saved_header(kept)
+        if original is None:
+            return
+        with _open_plain(aside, write=True) as f:
             f.write(original)
         kept.unlink()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a -header that is not ours (DamagedFileError)
         pass  # kept beside it: the two files together are the damaged file as it was
 
 
@@ -804,7 +819,7 @@ def _page_size_candidates(aside: Path, header: bytes) -> list[int]:
     wal = _sibling(aside, "-wal")
     if wal.exists():
         try:
-            with wal.open("rb") as f:
+            with _open_plain(wal) as f:
                 head = f.read(WAL_HEADER.size)
             if len(head) == WAL_HEADER.size and WAL_HEADER.unpack(head)[0] in WAL_MAGICS:
                 found.append(WAL_HEADER.unpack(head)[2])
@@ -871,7 +886,7 @@ def _wal_facts(aside: Path, database_id: str | None) -> _WalFacts:
     ``database_id``)."""
     wal = _sibling(aside, "-wal")
     try:
-        with aside.open("rb") as f:
+        with _open_plain(aside) as f:
             header = f.read(HEADER_BYTES)
         if not wal.exists():
             return _WalFacts()
@@ -879,7 +894,7 @@ def _wal_facts(aside: Path, database_id: str | None) -> _WalFacts:
         scan = scan_wal(wal, _page_size(header) if valid else 0)
         facts = _WalFacts(usable=wal_problem(scan, _db_pages(aside, header) if valid else 0)
                           is None and scan.end > 0)
-        with wal.open("rb") as f:
+        with _open_plain(wal) as f:
             for frame in (each for each in scan.committed() if each.intact):
                 f.seek(frame.offset)
                 page = f.read(scan.page_size)
@@ -902,7 +917,7 @@ def _raw_reading_ids(aside: Path, progress: Progress | None) -> tuple[int, int]:
     rows of delivered readings, so the lowest is a guess and the highest an upper bound."""
     lowest = highest = 0
     try:
-        with aside.open("rb") as f:
+        with _open_plain(aside) as f:
             header = f.read(HEADER_BYTES)
             page_size = _page_size_candidates(aside, header)[0]
             f.seek(page_size)  # page 1 holds the schema
@@ -1072,6 +1087,25 @@ def _db_pages(path: Path, header: bytes) -> int:
     pages = path.stat().st_size // _page_size(header)
     in_header = _pages_in_header(header)
     return min(in_header, pages) if in_header else pages
+
+
+def _open_plain(path: Path, *, write: bool = False) -> BinaryIO:
+    """``path`` opened for reading (``write``: and writing), never through a symbolic link
+    (``O_NOFOLLOW``) and never unless it is a regular file -- one with one name, to write: the
+    moved-aside files stay in a directory the service's user can change, and a salvage may run as
+    root (``sudo envagent sync``). OSError otherwise."""
+    flags = (os.O_RDWR if write else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags)
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or (write and found.st_nlink != 1):
+            raise OSError(errno.EPERM, "not a regular file of its own (a hard link, a FIFO or "
+                          "a device)", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "r+b" if write else "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _sibling(path: Path, end: str) -> Path:

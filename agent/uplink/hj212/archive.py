@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from agent.core.atomic import connect_readonly
+from agent.core.atomic import connect_readonly, connect_writable
 from agent.core.timebase import NS
 from agent.uplink.hj212.codes import number
 
@@ -145,7 +145,8 @@ class Archive:
         self.zone, self.kinds, self.expected = zone, tuple(kinds), dict(expected)
         self.keep_s = keep_days * 86400
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # StorageError for a link planted at the name: never written through, even as root
+        self._conn = connect_writable(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)

@@ -20,7 +20,7 @@ it reads from a bounded buffer and refuses a bad length, CRC or field syntax wit
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from agent.core.errors import AgentError
 
@@ -45,6 +45,7 @@ ST_PATTERN = re.compile(r"[0-9]{2}")
 CN_PATTERN = re.compile(r"[0-9]{4}")
 PW_PATTERN = re.compile(r"[!-~]{1,6}")  # visible ASCII; ';', '&', '=', ',' refused below
 PW_FORBIDDEN = frozenset(";&=,")
+_PW_VALUE = re.compile(r"(^|;)(PW=?)[^;]*")  # a PW field (or a malformed one) and its value
 FLAG_PATTERN = re.compile(r"[0-9]{1,3}")
 PNUM_PATTERN = re.compile(r"[0-9]{1,4}")
 HEAD_KEYS = ("QN", "ST", "CN", "PW", "MN", "Flag", "PNUM", "PNO")  # table 4's order
@@ -76,12 +77,13 @@ def frame(segment: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """A data segment's fields; ``cp`` is what stands between ``CP=&&`` and ``&&``."""
+    """A data segment's fields; ``cp`` is what stands between ``CP=&&`` and ``&&``. ``pw``, the
+    platform's password, is left out of the repr (a log line, a traceback's locals)."""
 
     qn: str
     st: str
     cn: str
-    pw: str
+    pw: str = field(repr=False)
     mn: str
     flag: int
     cp: str
@@ -135,18 +137,25 @@ def pw_ok(pw: str) -> bool:
     return bool(PW_PATTERN.fullmatch(pw)) and not PW_FORBIDDEN & set(pw)
 
 
+def _masked(text: str) -> str:
+    """``text`` (part of a data segment, for an error message) with the PW's value masked."""
+    return _PW_VALUE.sub(r"\1\2***", text)
+
+
 def parse_segment(text: str) -> Segment:
-    """The fields of a data segment, each checked against table 4's syntax."""
+    """The fields of a data segment, each checked against table 4's syntax. A PacketError never
+    quotes the PW."""
     head, sep, cp = text.partition(f"CP={CP_OPEN}")
     if not sep or not cp.endswith(CP_CLOSE):
-        raise PacketError(f"no CP=&&...&& at the end of the data segment: {text[:80]!r}")
+        raise PacketError("no CP=&&...&& at the end of the data segment: "
+                          f"{_masked(text)[:80]!r}")
     fields: dict[str, str] = {}
     for item in head.split(";"):
         if not item:
             continue
         key, eq, value = item.partition("=")
         if not eq or key not in HEAD_KEYS:
-            raise PacketError(f"unknown field {item[:20]!r} in the data segment")
+            raise PacketError(f"unknown field {_masked(item)[:20]!r} in the data segment")
         if key in fields:
             raise PacketError(f"field {key} twice in the data segment")
         fields[key] = value
