@@ -420,3 +420,19 @@ def test_for_and_note_go_with_on_and_a_duration_is_bounded(tmp_path: Path) -> No
                         cwd=tmp_path)
     assert too_long.returncode == 2 and "7d" in too_long.stderr
     assert not (tmp_path / FILE).exists()
+
+
+def test_a_note_with_control_characters_is_refused_and_never_printed(tmp_path: Path) -> None:
+    escape = "swap \x1b]0;PWNED\x07\x1b[31mred\x9b2J"
+    refused = envagent("maintenance", "on", "--note", escape, "--data-dir", tmp_path,
+                       cwd=tmp_path)
+    assert refused.returncode == 2 and "printable" in refused.stderr
+    assert "\x1b" not in refused.stderr + refused.stdout and not (tmp_path / FILE).exists()
+    # A record the service's user wrote by hand (status runs as root): read as damaged, never
+    # shown.
+    clock = FakeClock(start=100.0, wall=WALL)
+    maintenance.turn_on(tmp_path, clock, BOOT, note="PM sensor swap")
+    record = json.loads((tmp_path / FILE).read_text())
+    (tmp_path / FILE).write_text(json.dumps(record | {"note": escape}))
+    window, why = maintenance.read_active(tmp_path, clock, BOOT)
+    assert window is None and why is not None and "\x1b" not in why

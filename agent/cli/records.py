@@ -32,10 +32,14 @@ def height_argument(text: str) -> float:
 
 
 def text_argument(text: str) -> str:
-    """A free-text fact for argparse: one line, not empty."""
+    """A free-text fact for argparse: one line, not empty, printable (no control characters or
+    terminal escape sequences, which `status` would later print to someone's terminal)."""
     text = " ".join(text.split())
     if not text or len(text) > MAX_TEXT:
         raise argparse.ArgumentTypeError(f"expected 1 to {MAX_TEXT} characters")
+    if not text.isprintable():
+        raise argparse.ArgumentTypeError("expected printable text: no control characters, "
+                                         "escape sequences or bytes that are not UTF-8")
     return text
 
 

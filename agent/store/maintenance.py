@@ -120,7 +120,8 @@ class Window:
                 and isinstance(self.for_s, int | float) and not isinstance(self.for_s, bool)
                 and math.isfinite(self.for_s) and 0 < self.for_s <= MAX_FOR_S
                 and isinstance(self.boot_id, str) and self.by in _BY
-                and (self.note is None or isinstance(self.note, str) and len(self.note) <= MAX_NOTE)
+                and (self.note is None or isinstance(self.note, str) and len(self.note) <= MAX_NOTE
+                     and self.note.isprintable())  # status prints it to a terminal
                 and (self.ended_ns is None or integer(self.ended_ns))
                 and (self.ended_by is None or self.ended_by in _BY))
 
