@@ -444,7 +444,9 @@ def test_a_message_too_large_for_the_broker_halves_the_batch_and_loses_nothing(
 def test_a_lost_connection_acks_only_what_the_broker_acknowledged(broker: Mosquitto,
                                                                    tmp_path: Path) -> None:
     """A stop mid-batch: the answer's ``accepted`` is a prefix whose every reading the
-    subscriber has; the rest stays for the next send."""
+    subscriber has; the rest stays for the next send. The stop comes once the subscriber has a
+    few of the batch's messages: with two in flight at most, the agent had the first one's
+    PUBACK before it published the third (a fixed delay raced the start of the batch)."""
     config = config_of(mqtt_uplink(broker, extra="max_message_bytes = 1024\n"
                                                  "max_inflight = 2\n"))
     sink = build_sink(config, config.uplinks[0])
@@ -454,10 +456,19 @@ def test_a_lost_connection_acks_only_what_the_broker_acknowledged(broker: Mosqui
         body = sink.encode(batch)
         first = sink.send(sink.encode(batch[:1]), TOKEN)  # connected
         assert first.outcome is Outcome.DELIVERED
-        timer = threading.Timer(0.05, sink.close)
-        timer.start()
+        sub.wait_for("the first message and the status", lambda got: got.messages >= 2)
+        seen = sub.received.messages
+
+        def stop_mid_batch() -> None:
+            deadline = time.monotonic() + 30
+            while sub.received.messages < seen + 5 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            sink.close()
+
+        stopper = threading.Thread(target=stop_mid_batch)
+        stopper.start()
         answer = sink.send(body, TOKEN)
-        timer.join()
+        stopper.join()
         assert answer.outcome is Outcome.STOPPED, answer
         accepted = answer.accepted or 0
         assert 0 < accepted < len(batch), accepted

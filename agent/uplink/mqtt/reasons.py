@@ -61,6 +61,8 @@ AUTH_HINT = ("put a user name and password the broker accepts in the credentials
              "(user:password; a ThingsBoard device's access token alone) and check the broker's "
              "ACL for the topics; it is read again every auth_retry, no restart needed")
 RETRY_HINT = "delivery retries by itself; if this lasts, check the network and the broker"
+MALFORMED_HINT = ("delivery retries by itself; if this lasts, check that url names an MQTT 5 "
+                  "broker (not another service on that port) and the broker's health")
 TOO_LARGE_HINT = "the batch is split until its messages fit; lower max_message_bytes to match"
 TAKEN_OVER_HINT = ("another client connected with this client id and took the session over: "
                    "give each unit and upstream its own client_id")

@@ -18,14 +18,16 @@ broker's Maximum Packet Size                       worker halves the batch
 TLS verification failed, an unreadable CA file     failed, with a hint
 or client certificate
 a stop cut the exchange short                      stopped, with ``accepted`` as above
+a packet from the broker above 16 KiB, a           retry, ``accepted`` as above: the
+malformed CONNACK (agent.uplink.mqtt.bounds)       connection is closed before paho reads it
 =================================================  ============================================
 
-The session: MQTT 5 (reason codes per message, Maximum Packet Size, Receive Maximum -- a 3.1.1
-broker acknowledges a message it dropped as if it took it), Clean Start off and a Session Expiry
-Interval (``session_expiry``), under one client id per unit and upstream, so a broker keeps the
-session across reconnects. The in-flight window is ``max_inflight``, or the broker's Receive
-Maximum when smaller. No reconnect of its own: a failed send is the worker's, which waits its
-full-jitter backoff (agent.uplink.policy) before the next send connects again.
+The session: MQTT 5 (reason codes per message, Maximum Packet Size both ways, Receive Maximum --
+a 3.1.1 broker acknowledges a message it dropped as if it took it), Clean Start off and a
+Session Expiry Interval (``session_expiry``), under one client id per unit and upstream, so a
+broker keeps the session across reconnects. The in-flight window is ``max_inflight``, or the
+broker's Receive Maximum when smaller. No reconnect of its own: a failed send is the worker's,
+which waits its full-jitter backoff (agent.uplink.policy) before the next send connects again.
 
 The status topic (``<status_prefix>/status``): the last will is ``offline``, retained, QoS 1 --
 the broker publishes it when the unit vanishes (a power cut, a kill, a lost link past the keep
@@ -59,6 +61,7 @@ from agent.core.reading import Reading
 from agent.core.timebase import ExternalTime
 from agent.uplink.lineprotocol import Epochs
 from agent.uplink.mqtt import reasons
+from agent.uplink.mqtt.bounds import MAX_PACKET_BYTES, BoundedSocket, install
 from agent.uplink.mqtt.payload import Message, MessageEncoder, acknowledged_prefix, unpack
 from agent.uplink.mqtt.topics import Topics, status_topic
 from agent.uplink.sink import (
@@ -105,6 +108,8 @@ class _Connection:
         self.ended_code: tuple[int, str] | None = None  # the broker's DISCONNECT reason
         self.results: dict[int, tuple[int, str]] = {}  # mid -> PUBACK reason (code, name)
         self.progress = time.monotonic()  # the last answer from the broker
+        self.bounded: BoundedSocket | None = None  # what paho reads the broker through
+        self.malformed = False  # the broker sent what this agent does not read (bounds)
 
     @property
     def alive(self) -> bool:
@@ -113,6 +118,13 @@ class _Connection:
     def on_connect(self, client: Client, userdata: Any, flags: ConnectFlags,
                    reason: ReasonCode, properties: Properties | None) -> None:
         with self.cond:
+            bounded = self.bounded
+            if bounded is None or not bounded.packets.connack_checked \
+                    or client.socket() is not bounded:  # read past the bounds: not taken
+                self.ended = self.ended or ("paho-mqtt read a CONNACK that envagent did not "
+                                            "check (an unsupported paho-mqtt?)")
+                self.cond.notify_all()
+                return
             self.connack = (reason.value, reason.getName())
             self.session_present = bool(flags.session_present)
             if properties is not None:
@@ -138,13 +150,23 @@ class _Connection:
                 self.ended = self.ended or "the connection was lost"
             self.cond.notify_all()
 
+    def refused(self, what: str) -> None:
+        """The broker sent ``what``, which this agent does not read (agent.uplink.mqtt.
+        bounds); called on paho's thread as the connection ends."""
+        with self.cond:
+            self.malformed = True
+            self.ended = self.ended or f"{NOT_ACKNOWLEDGED}: the broker sent {what}"
+            self.cond.notify_all()
+
     def end(self, why: str) -> None:
         """Cut the connection now, from any thread; paho's thread ends with it."""
         with self.cond:
             self.ended = self.ended or why
             self.cond.notify_all()
         sock = self.client.socket()
-        if isinstance(sock, socket.socket):  # an SSLSocket is one too
+        if isinstance(sock, BoundedSocket):
+            sock.shutdown()
+        elif isinstance(sock, socket.socket):  # an SSLSocket is one too
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
@@ -311,6 +333,8 @@ class MqttSink:
     def _answer(self, conn: _Connection, count: int, messages: list[Message],
                 codes: list[tuple[int, str] | None], ended: str | None,
                 ended_code: tuple[int, str] | None, token: Secret | None) -> Answer:
+        """The send's answer: ``codes`` are the PUBACKs' reasons (None: none came), ``ended``
+        why the connection ended if it did, ``ended_code`` the broker's DISCONNECT reason."""
         ok = [c is not None and c[0] in reasons.ACCEPTED for c in codes]
         if all(ok):
             return Answer(Outcome.DELIVERED, f"{len(messages)} message(s) acknowledged")
@@ -336,7 +360,8 @@ class MqttSink:
                               reasons.hint(ended_code[0]), accepted, token)
         if ended is not None:
             return self._said(Outcome.RETRY, f"{ended} ({self.host}:{self.port})",
-                              reasons.RETRY_HINT, accepted, token)
+                              reasons.MALFORMED_HINT if conn.malformed else reasons.RETRY_HINT,
+                              accepted, token)
         return self._said(Outcome.RETRY, f"{NOT_ACKNOWLEDGED} (PUBACK) within "
                           f"{self.read_timeout:g} s "
                           f"({self.host}:{self.port})", reasons.RETRY_HINT, accepted, token)
@@ -411,6 +436,7 @@ class MqttSink:
                                         "client_cert and client_key", None, token)
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = 0 if probe else self.settings.session_expiry
+        properties.MaximumPacketSize = MAX_PACKET_BYTES  # a conforming broker sends no more
         try:
             client.connect(self.host, self.port, keepalive=self.settings.keepalive,
                            clean_start=probe, properties=properties)
@@ -422,6 +448,20 @@ class MqttSink:
         except (OSError, ValueError) as exc:
             return None, self._said(Outcome.RETRY, f"cannot connect to {self.host}:{self.port}:"
                                     f" {_reason(exc)}", reasons.RETRY_HINT, None, token)
+        # paho reads nothing before loop_start(): every byte from the broker is bounded. No
+        # socket: the connection is lost already (the CONNECT could not be written: a TLS
+        # broker that refused the client after the handshake, say); nothing can be read.
+        sock = client.socket()
+        if sock is not None:
+            conn.bounded = install(client, conn.refused)
+            if conn.bounded is None:
+                conn.end("not connected")
+                with contextlib.suppress(OSError):
+                    sock.close()
+                return None, self._said(Outcome.FAILED, "this paho-mqtt cannot be made to "
+                                        "bound what it reads from a broker, so envagent does "
+                                        "not connect with it", "install the paho-mqtt 2.x that "
+                                        "envagent's pyproject.toml names", None, token)
         client.loop_start()
         with conn.cond:
             conn.cond.wait_for(lambda: conn.connack is not None or conn.ended is not None
@@ -448,6 +488,7 @@ class MqttSink:
             return None, Answer(Outcome.STOPPED, "stopping")
         why = conn.ended or f"no CONNACK within {self.connect_timeout:g} s"
         return None, self._said(Outcome.RETRY, f"{why} ({self.host}:{self.port})",
+                                reasons.MALFORMED_HINT if conn.malformed else
                                 reasons.RETRY_HINT, None, token)
 
     def _online(self, conn: _Connection) -> None:
