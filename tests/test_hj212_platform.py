@@ -324,18 +324,25 @@ def test_two_sensors_for_one_code_is_one_clear_line(tmp_path: Path) -> None:
     build_sink(config, mapped, data_dir=tmp_path).close()
 
 
-def test_a_time_set_is_taken_as_the_true_time_when_ntp_has_not_synchronised(
-        tmp_path: Path, receiver: Hj212Receiver) -> None:
+def time_set(tmp_path: Path, receiver: Hj212Receiver, clock: FakeClock,
+             said: str) -> tuple[list[Received], ExternalTime]:
+    """The platform sets the time to ``said`` (CN 1012) while NTP has not synchronised
+    ``clock``: the answers, and the time source the agent would take it from."""
     config = parse_config(tomllib.loads(STATION), source="t.toml")
-    clock = FakeClock(synced=False)
     external = ExternalTime(clock.synchronized, clock.boottime)
     sink = build_sink(config, settings(receiver.url), data_dir=tmp_path, external_time=external)
     try:
         assert sink.send(sink.encode(readings(0, 1)), Secret(PW)).outcome is Outcome.DELIVERED
-        got = answers(receiver, receiver.request("1012", "SystemTime=20260301120000",
-                                                 qn="20260301120000001"))
+        return answers(receiver, receiver.request("1012", f"SystemTime={said}",
+                                                  qn="20260301120000001")), external
     finally:
         sink.close()
+
+
+def test_a_time_set_is_taken_as_the_true_time_when_ntp_has_not_synchronised(
+        tmp_path: Path, receiver: Hj212Receiver) -> None:
+    clock = FakeClock(synced=False)
+    got, external = time_set(tmp_path, receiver, clock, "20260301120000")
     assert got[-1].fields["CP"] == "ExeRtn=1"
     anchor = external.anchor()
     assert anchor is not None and anchor.wall_ns == int(
@@ -343,24 +350,15 @@ def test_a_time_set_is_taken_as_the_true_time_when_ntp_has_not_synchronised(
     assert anchor.boot_ns == int(clock.boottime() * NS)
 
 
-
 @pytest.mark.parametrize("said", ["99991231235959", "20000101000000"])
 def test_an_implausible_time_set_is_refused_and_holds_nothing_back(
         tmp_path: Path, receiver: Hj212Receiver, said: str,
         caplog: pytest.LogCaptureFixture) -> None:
-    config = parse_config(tomllib.loads(STATION), source="t.toml")
-    clock = FakeClock(synced=False)
-    external = ExternalTime(clock.synchronized, clock.boottime)
-    sink = build_sink(config, settings(receiver.url), data_dir=tmp_path, external_time=external)
-    try:
-        assert sink.send(sink.encode(readings(0, 1)), Secret(PW)).outcome is Outcome.DELIVERED
-        got = answers(receiver, receiver.request("1012", f"SystemTime={said}",
-                                                 qn="20260301120000001"))
-    finally:
-        sink.close()
+    got, external = time_set(tmp_path, receiver, FakeClock(synced=False), said)
     assert got[-1].fields["CP"] == "ExeRtn=3"
     assert external.anchor() is None  # readings are not stamped with it, nor held for it
     assert f"sets the time to {said}; refused: not a plausible time" in caplog.text
+
 
 def test_a_failed_sensors_codes_go_flagged_d_without_a_value(
         station: Station, receiver: Hj212Receiver) -> None:

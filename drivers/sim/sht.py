@@ -203,16 +203,22 @@ class SHT3xModel(CommandChip):
             self._start_periodic(code, now)
         elif code == SHT3X_SOFT_RESET:
             self.power_on_reset()
-        elif code == SHT3X_HEATER_ON:
+        elif code == SHT3X_READ_SERIAL:
+            self.respond([self.serial >> 16, self.serial & 0xFFFF], now)
+        else:
+            return self._status_command(code) or code == SHT3X_BREAK
+        return True
+
+    def _status_command(self, code: int) -> bool:
+        """The heater and clear-status commands (tables 16, 17), in either mode."""
+        if code == SHT3X_HEATER_ON:
             self._status |= STATUS_HEATER_ON
         elif code == SHT3X_HEATER_OFF:
             self._status &= ~STATUS_HEATER_ON
         elif code == SHT3X_CLEAR_STATUS:
             self._status &= ~_STATUS_CLEARABLE
-        elif code == SHT3X_READ_SERIAL:
-            self.respond([self.serial >> 16, self.serial & 0xFFFF], now)
         else:
-            return code == SHT3X_BREAK
+            return False
         return True
 
     def _start_periodic(self, code: int, now: float) -> None:
@@ -234,14 +240,8 @@ class SHT3xModel(CommandChip):
             self.busy(now, SHT3X_BREAK_MS * _MS)
         elif code in SHT3X_PERIODIC or code == SHT3X_ART:
             self._start_periodic(code, now)
-        elif code == SHT3X_HEATER_ON:
-            self._status |= STATUS_HEATER_ON
-        elif code == SHT3X_HEATER_OFF:
-            self._status &= ~STATUS_HEATER_ON
-        elif code == SHT3X_CLEAR_STATUS:
-            self._status &= ~_STATUS_CLEARABLE
         else:
-            return False
+            return self._status_command(code)
         return True
 
 
