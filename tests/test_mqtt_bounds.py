@@ -31,7 +31,7 @@ from agent.store.outbox import Outbox
 from agent.store.outbox import Subscriber as Cursor
 from agent.uplink.mqtt.bounds import MAX_PACKET_BYTES, Packets, Violation, connack_problem
 from agent.uplink.mqtt.transport import MqttSink, check_write
-from agent.uplink.sink import NOT_ACKNOWLEDGED, Outcome
+from agent.uplink.sink import NOT_ACKNOWLEDGED, Answer, Outcome
 from agent.uplink.state import UplinkState
 from agent.uplink.transports import build_sink
 from agent.uplink.worker import Step, Uplink, state_file
@@ -325,15 +325,20 @@ def test_a_malformed_connack_is_no_connection(tmp_path: Path, connack: bytes,
             uplink.sink.close()
 
 
+
+def send_two(broker: FakeBroker) -> Answer:
+    """One send of two readings by a fresh sink to ``broker``."""
+    config = config_of(broker)
+    sink = build_sink(config, config.uplinks[0])
+    try:
+        return sink.send(sink.encode(readings(2)), None)
+    finally:
+        sink.close()
+
 def test_a_refusal_of_a_broker_without_mqtt5_is_still_read() -> None:
     """MQTT 3.1.1's two-byte CONNACK refusing the protocol version: refused, with its hint."""
     with fake_broker(b"\x20\x02\x00\x01") as broker:
-        config = config_of(broker)
-        sink = build_sink(config, config.uplinks[0])
-        try:
-            answer = sink.send(sink.encode(readings(2)), None)
-        finally:
-            sink.close()
+        answer = send_two(broker)
     assert answer.outcome is Outcome.FAILED, answer
     assert "0x84" in answer.detail and "does not speak MQTT 5" in answer.hint
 
@@ -356,12 +361,7 @@ def test_a_paho_whose_socket_cannot_be_bounded_gets_no_connection(
     monkeypatch.setattr(Client, "socket", lambda self: getattr(original(self), "raw",
                                                                original(self)))
     with fake_broker() as broker:
-        config = config_of(broker)
-        sink = build_sink(config, config.uplinks[0])
-        try:
-            answer = sink.send(sink.encode(readings(2)), None)
-        finally:
-            sink.close()
+        answer = send_two(broker)
     assert answer.outcome is Outcome.FAILED, answer
     assert "cannot be made to bound what it reads" in answer.detail
 
